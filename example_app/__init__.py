@@ -1,0 +1,1 @@
+"""Helpers of the example app (train_model.py): data, models, checkpoints. Knows nothing of the launcher."""

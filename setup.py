@@ -1,0 +1,41 @@
+from pathlib import Path
+
+from setuptools import find_namespace_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = {}
+exec((HERE / "hydra_plugins/hydra_awsbatch_launcher/__init__.py").read_text(), VERSION)
+
+# What the example app (train_model.py) needs; the container image installs these too.
+EXAMPLE = ["torch>=2.1", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2023.6", "s3fs>=2023.6"]
+TEST = EXAMPLE + [
+    "pytest>=7.4",
+    "pytest-timeout>=2.2",
+    "moto[server]>=5.0",
+    "ruff>=0.5",
+]
+
+setup(
+    name="hydra-awsbatch-launcher",
+    version=VERSION["__version__"],
+    description="Hydra launcher that runs every config of a sweep as an AWS Batch job",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_namespace_packages(include=["hydra_plugins.*"]),
+    package_data={"hydra_plugins.hydra_awsbatch_launcher": ["py.typed", "*.yaml"]},
+    install_requires=[
+        "hydra-core>=1.3,<1.4",
+        "boto3>=1.28",
+        "cloudpickle>=2.2",
+        "rich>=13",
+    ],
+    extras_require={"example": EXAMPLE, "test": TEST},
+    classifiers=[
+        "Framework :: Hydra",
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+    ],
+    include_package_data=True,
+)

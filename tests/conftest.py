@@ -1,0 +1,84 @@
+"""Shared fixtures: the example app run as a user runs it, and a moto server on 127.0.0.1 over real HTTP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DUMMY_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory) -> Path:
+    """A HOME of the tests' own, so the app's default data cache lands there, prepared once."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture
+def app_env(home) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT))
+    return env
+
+
+@pytest.fixture
+def run_app(tmp_path, app_env):
+    """Run `python train_model.py ARGS` in a fresh folder, as a user would; returns the finished process."""
+
+    def run(*args: str, env: dict | None = None, check: bool = True, timeout: float = 300):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "train_model.py"), *args],
+            cwd=tmp_path, env=env or app_env, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"train_model.py {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's server in a thread on a free port of 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_server, app_env, monkeypatch) -> dict:
+    """Environment that points boto3 (here and in subprocesses) at the moto server with dummy credentials."""
+    env = dict(app_env, AWS_ENDPOINT_URL=moto_server, **DUMMY_AWS)
+    for key, value in env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def bucket(aws_env, request) -> str:
+    """A fresh, empty bucket on the moto server."""
+    import boto3
+
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"test-{name}-{os.getpid()}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
