@@ -1,0 +1,122 @@
+"""The local executor of aws_batch_local: each job of an array runs the very worker a Batch container runs,
+as a local process with the environment Batch would give it, at most `max_parallel` at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUNNABLE, RUNNING, SUCCEEDED, FAILED = "RUNNABLE", "RUNNING", "SUCCEEDED", "FAILED"
+FINAL = (SUCCEEDED, FAILED)
+
+
+@dataclass
+class JobState:
+    """What the watcher knows of one job, in Batch's words."""
+
+    num: int
+    state: str = RUNNABLE
+    job_id: str = ""
+    exit_code: int | None = None
+    reason: str = ""
+    started: float | None = None
+    stopped: float | None = None
+    log_path: str = ""
+
+
+@dataclass
+class _Process:
+    state: JobState
+    env: dict
+    popen: subprocess.Popen | None = None
+    log: object = field(default=None, repr=False)
+
+
+class LocalExecutor:
+    def __init__(self, max_parallel: int | None, log_dir: Path, cwd: str, in_place: bool = True):
+        self.max_parallel = max(1, max_parallel or os.cpu_count() or 1)
+        self.log_dir = Path(log_dir)
+        self.cwd, self.in_place = cwd, in_place
+        self._jobs: list[_Process] = []
+
+    def submit(self, payload_uri: str, first_num: int, size: int, environment: dict) -> str:
+        """Queue one array of `size` jobs; return its id."""
+        from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE, ENV_PAYLOAD_URI
+
+        array_id = f"local-{os.getpid()}-{first_num}"
+        # Each job gets its share of the CPUs, as a Batch job gets its vCPUs: parallel jobs whose math
+        # libraries each start a thread per CPU spin against each other and run many times slower.
+        threads = str(max(1, (os.cpu_count() or 1) // min(self.max_parallel, size)))
+        for index in range(size):
+            job_id = f"{array_id}:{index}" if size > 1 else array_id
+            env = dict(os.environ, **environment)
+            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env.setdefault(name, threads)
+            env.pop(ENV_IN_PLACE, None)
+            if self.in_place:
+                env[ENV_IN_PLACE] = "1"
+            env.update({ENV_PAYLOAD_URI: payload_uri, "AWS_BATCH_JOB_ID": job_id,
+                        "AWS_BATCH_JOB_ATTEMPT": "1", "PYTHONUNBUFFERED": "1"})
+            if size > 1:
+                env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
+            log_path = self.log_dir / f"{first_num + index}.log"
+            self._jobs.append(_Process(JobState(first_num + index, job_id=job_id, log_path=str(log_path)), env))
+        return array_id
+
+    def poll(self) -> list[JobState]:
+        """Reap finished processes, start queued ones in free slots, and report every job's state."""
+        for job in self._jobs:
+            if job.popen is not None and job.state.state == RUNNING and job.popen.poll() is not None:
+                self._finish(job)
+        running = sum(job.state.state == RUNNING for job in self._jobs)
+        for job in self._jobs:
+            if running >= self.max_parallel:
+                break
+            if job.state.state == RUNNABLE:
+                self._start(job)
+                running += 1
+        return [job.state for job in self._jobs]
+
+    def _start(self, job: _Process) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        job.log = open(job.state.log_path, "wb")
+        job.popen = subprocess.Popen(
+            [sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"],
+            cwd=self.cwd, env=job.env, stdin=subprocess.DEVNULL, stdout=job.log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the parent only, which stops the jobs
+        )
+        job.state.state, job.state.started = RUNNING, time.time()
+
+    def _finish(self, job: _Process) -> None:
+        code = job.popen.returncode
+        job.log.close()
+        job.state.exit_code, job.state.stopped = code, time.time()
+        job.state.state = SUCCEEDED if code == 0 else FAILED
+        if code != 0:
+            job.state.reason = (f"Essential container in task exited (exit code {code})" if code > 0
+                                else f"killed by signal {signal.Signals(-code).name}")
+
+    def terminate(self, reason: str) -> int:
+        """SIGTERM every unfinished job (as Batch does), wait for them, and return how many there were."""
+        unfinished = [job for job in self._jobs if job.state.state not in FINAL]
+        for job in unfinished:
+            if job.popen is not None:
+                job.popen.send_signal(signal.SIGTERM)
+        deadline = time.time() + 30
+        for job in unfinished:
+            if job.popen is None:
+                job.state.state, job.state.reason = FAILED, reason
+                continue
+            try:
+                job.popen.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                job.popen.kill()
+                job.popen.wait()
+            self._finish(job)
+            job.state.reason = reason
+        return len(unfinished)

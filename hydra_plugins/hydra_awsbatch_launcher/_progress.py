@@ -1,0 +1,66 @@
+"""What the user sees while a sweep runs: a live line of job counts per state on a terminal (plain log lines
+when stdout is not one), and a table of every job at the end."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+
+log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
+ORDER = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
+
+
+def counts_line(states) -> str:
+    counts = Counter(states)
+    known = [f"{counts[s]} {s}" for s in ORDER if counts[s]]
+    return ", ".join(known + [f"{n} {s}" for s, n in sorted(counts.items()) if s not in ORDER])
+
+
+class Progress:
+    def __init__(self, sweep_id: str, total: int, live: bool | None = None):
+        self.sweep_id, self.total = sweep_id, total
+        self.live = sys.stdout.isatty() if live is None else live
+        self._last = None
+        self._display = None
+        if self.live:
+            from rich.live import Live
+
+            self._display = Live("", refresh_per_second=4, transient=True)
+            self._display.start()
+
+    def update(self, states, stuck: dict | None = None) -> None:
+        """`states`: the Batch state of every job; `stuck`: reason -> count for jobs held in RUNNABLE."""
+        line = f"sweep {self.sweep_id}: {counts_line(states)}"
+        notes = [f"  {n} RUNNABLE: {reason}" for reason, n in (stuck or {}).items()]
+        text = "\n".join([line, *notes])
+        if text == self._last:
+            return
+        self._last = text
+        if self._display is not None:
+            self._display.update(text)
+        else:
+            log.info(text)
+
+    def close(self) -> None:
+        if self._display is not None:
+            self._display.stop()
+            self._display = None
+
+    @staticmethod
+    def summary(rows: list[dict]) -> None:
+        """One row per job: number, overrides, state, duration, value or error, job dir."""
+        headers = ("#", "overrides", "state", "duration", "result", "job dir")
+        cells = [(str(r["num"]), r["overrides"], r["state"], r["duration"], r["result"], r["job_dir"])
+                 for r in rows]
+        if sys.stdout.isatty():
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(*headers, title="sweep summary")
+            for row in cells:
+                table.add_row(*row)
+            Console().print(table)
+            return
+        for row in cells:
+            log.info("\t#%s %s: %s in %s -> %s (%s)", *row)

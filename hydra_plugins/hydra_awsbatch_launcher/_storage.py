@@ -1,0 +1,157 @@
+"""Every file the launcher reads or writes, at an s3:// URI or in a local folder, through one interface.
+
+S3 goes through boto3's managed transfer (multipart for large files, retries with backoff); local folders
+(plain paths or file:// URIs) through the file system, with atomic writes. boto3 honours AWS_ENDPOINT_URL.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def _local(uri: str) -> Path:
+    return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+@functools.cache
+def _s3():
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(retries={"mode": "adaptive", "max_attempts": 10}))
+
+
+@functools.cache
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=64 * MIB, multipart_chunksize=16 * MIB, max_concurrency=8)
+
+
+def _is_missing(error) -> bool:
+    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+def exists(uri: str) -> bool:
+    if not is_s3(uri):
+        return _local(uri).exists()
+    from botocore.exceptions import ClientError
+
+    bucket, key = _bucket_key(uri)
+    try:
+        _s3().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as error:
+        if _is_missing(error):
+            return False
+        raise
+
+
+def read_bytes(uri: str) -> bytes:
+    """The object's bytes; FileNotFoundError naming the URI when there is none."""
+    if not is_s3(uri):
+        return _local(uri).read_bytes()
+    from botocore.exceptions import ClientError
+
+    bucket, key = _bucket_key(uri)
+    try:
+        return _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if _is_missing(error):
+            raise FileNotFoundError(f"no object at {uri}") from None
+        raise
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    if is_s3(uri):
+        bucket, key = _bucket_key(uri)
+        _s3().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = _local(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # readers see the old object or the whole new one
+
+
+def upload_file(path: Path, uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = _bucket_key(uri)
+        _s3().upload_file(str(path), bucket, key, Config=_transfer_config())
+        return
+    target = _local(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.resolve() != Path(path).resolve():
+        shutil.copyfile(path, target)
+
+
+def download_file(uri: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_s3(uri):
+        bucket, key = _bucket_key(uri)
+        _s3().download_file(bucket, key, str(path), Config=_transfer_config())
+    elif _local(uri).resolve() != path.resolve():
+        shutil.copyfile(_local(uri), path)
+
+
+def list_files(uri: str) -> list[tuple[str, int]]:
+    """(relative path, size in bytes) of every file under the folder or prefix `uri`, sorted."""
+    if not is_s3(uri):
+        root = _local(uri)
+        if not root.is_dir():
+            return []
+        return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+    bucket, key = _bucket_key(uri)
+    prefix = key.rstrip("/") + "/"
+    found = []
+    for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        found += [(o["Key"][len(prefix):], o["Size"]) for o in page.get("Contents", [])]
+    return sorted(found)
+
+
+def matches(relpath: str, patterns: Iterable[str]) -> bool:
+    """A path matches a glob when the whole relative path or its file name does."""
+    name = relpath.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(relpath, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def upload_dir(local_dir: Path, uri: str) -> int:
+    """Upload every file under `local_dir`; return how many."""
+    files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+    for path in files:
+        upload_file(path, join(uri, path.relative_to(local_dir).as_posix()))
+    return len(files)
+
+
+def download_dir(uri: str, local_dir: Path, exclude: Iterable[str] = ()) -> list[str]:
+    """Download every file under `uri` into `local_dir` but those an `exclude` pattern matches;
+    return the relative paths of the files left out."""
+    exclude = list(exclude)
+    left_out = []
+    for rel, _ in list_files(uri):
+        if matches(rel, exclude):
+            left_out.append(rel)
+        else:
+            download_file(join(uri, rel), Path(local_dir) / rel)
+    return left_out
