@@ -21,6 +21,7 @@ import os
 import pickle
 import platform
 import secrets
+import sys
 import tarfile
 import traceback
 from dataclasses import dataclass, field
@@ -84,6 +85,19 @@ def new_sweep_id() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
+def job_subdir(config) -> str:
+    """The job's dir under hydra.sweep.dir, evaluated as run_job evaluates it (with the job's HydraConfig)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)
+    try:
+        return str(OmegaConf.select(config, "hydra.sweep.subdir"))
+    finally:
+        HydraConfig.instance().cfg = saved
+
+
 # ---------------------------------------------------------------------------------------- code package
 @dataclass
 class CodePackage:
@@ -93,8 +107,8 @@ class CodePackage:
     raw_bytes: int
 
 
-def _gitignore_rules(directory: Path, base: str) -> list[tuple[str, str, bool, bool]]:
-    """(base, pattern, negated, dir_only) for each rule of `directory`/.gitignore."""
+def _gitignore_rules(directory: Path, base: str) -> list[tuple[str, str, bool, bool, bool]]:
+    """(base, pattern, negated, dir_only, anchored) for each rule of `directory`/.gitignore."""
     path = directory / ".gitignore"
     if not path.is_file():
         return []
@@ -106,7 +120,9 @@ def _gitignore_rules(directory: Path, base: str) -> list[tuple[str, str, bool, b
         negated = line.startswith("!")
         line = line[1:] if negated else line
         dir_only = line.endswith("/")
-        rules.append((base, line.strip("/") if "/" in line.rstrip("/") else line.rstrip("/"), negated, dir_only))
+        line = line.rstrip("/")
+        anchored = "/" in line  # a slash anywhere but at the end ties the pattern to this folder
+        rules.append((base, line.lstrip("/"), negated, dir_only, anchored))
     return rules
 
 
@@ -115,13 +131,12 @@ def _ignored(rel: str, is_dir: bool, rules) -> bool:
     import fnmatch
 
     ignored = False
-    for base, pattern, negated, dir_only in rules:
+    for base, pattern, negated, dir_only, anchored in rules:
         if dir_only and not is_dir:
             continue
         if base and not rel.startswith(base + "/"):
             continue
         local = rel[len(base) + 1:] if base else rel
-        anchored = "/" in pattern
         if fnmatch.fnmatch(local if anchored else local.rsplit("/", 1)[-1], pattern):
             ignored = not negated
     return ignored
@@ -210,6 +225,37 @@ def version_mismatch(made_with: dict) -> str | None:
     return ("version mismatch: " + "; ".join(problems)
             + ". Use the same versions in the image (Dockerfile's BASE_IMAGE, a pinned hydra-core) as where you "
             "launch.")
+
+
+@dataclass(frozen=True)
+class ScriptFunction:
+    """A task function of the app's script, by file and name, so the job imports it from the code package
+    and its tracebacks show real file names and source lines (cloudpickle's copies show neither)."""
+
+    relpath: str
+    qualname: str
+
+    @classmethod
+    def of(cls, function, code_root: Path) -> ScriptFunction | None:
+        if getattr(function, "__module__", None) != "__main__" or "<locals>" in function.__qualname__:
+            return None
+        try:
+            path = Path(sys.modules["__main__"].__file__).resolve()
+            return cls(path.relative_to(code_root).as_posix(), function.__qualname__)
+        except (AttributeError, KeyError, TypeError, ValueError):  # no script file, or not in the package
+            return None
+
+    def load(self, code_dir: Path):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("__hydra_awsbatch_main__", code_dir / self.relpath)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)  # as an import: the script's `if __name__ == "__main__"` stays idle
+        function = module
+        for name in self.qualname.split("."):
+            function = getattr(function, name)
+        return getattr(function, "__wrapped__", function)  # @hydra.main's wrapper -> the task itself
 
 
 def dump_payload(header: dict, objects: tuple) -> bytes:

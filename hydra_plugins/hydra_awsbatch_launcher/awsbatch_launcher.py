@@ -100,8 +100,12 @@ class BaseAwsBatchLauncher(Launcher):
         staging = _stage.Staging(self.manifest.staging_uri, self.manifest.sweep_id)
 
         root = self.code_root()
-        package = _stage.package_code(root, self.params.code_include, self.params.code_exclude,
-                                      self.params.use_gitignore, self.params.code_max_mib)
+        # Outputs of this very sweep must not ship, nor change the package's hash from one run to the next.
+        own = [Path(p).resolve() for p in (sweep_dir, self.manifest.staging_uri) if not _storage.is_s3(str(p))]
+        exclude = [*self.params.code_exclude, *(p.relative_to(root).as_posix() for p in own
+                                                if p.is_relative_to(root) and p != root)]
+        package = _stage.package_code(root, self.params.code_include, exclude, self.params.use_gitignore,
+                                      self.params.code_max_mib)
         code_uri = staging.code(package.sha256)
         uploaded = not _storage.exists(code_uri)
         if uploaded:
@@ -110,7 +114,8 @@ class BaseAwsBatchLauncher(Launcher):
                  f"{'uploaded' if uploaded else 'already staged'} as {code_uri}")
 
         header = {"code_uri": code_uri, "code_root": str(root), "sync_outputs": self.params.sync_outputs}
-        body = (self.hydra_context, self.task_function, Singleton.get_state(), configs)
+        task = _stage.ScriptFunction.of(self.task_function, root) or self.task_function
+        body = (self.hydra_context, task, Singleton.get_state(), configs)
         payload_uri = staging.payload(first_num)
         _storage.write_bytes(payload_uri, _stage.dump_payload(header, body))
 
@@ -119,21 +124,9 @@ class BaseAwsBatchLauncher(Launcher):
                                       "batch_job_ids": []})
         for config in configs:
             self.manifest.jobs.append({"num": config.hydra.job.num, "overrides": list(config.hydra.overrides.task),
-                                       "subdir": self.subdir(config), "state": "STAGED"})
+                                       "subdir": _stage.job_subdir(config), "state": "STAGED"})
         self.manifest.save()
         return payload_uri
-
-    @staticmethod
-    def subdir(config: DictConfig) -> str:
-        """The job's dir under the sweep dir, evaluated the way run_job will evaluate it."""
-        from hydra.core.hydra_config import HydraConfig
-
-        saved = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(config)
-        try:
-            return str(OmegaConf.select(config, "hydra.sweep.subdir"))
-        finally:
-            HydraConfig.instance().cfg = saved
 
     # ----------------------------------------------------------------------------------- submit & watch
     def check_settings(self) -> None:
@@ -248,7 +241,7 @@ class BaseAwsBatchLauncher(Launcher):
             message = (f"job #{num} ended without a result: {state.reason or state.state}"
                        f"{self.log_tail(state)}")
             ret.return_value = _stage.RemoteJobError(message)
-        self._explain(num, ret.return_value, error)
+        self._explain(num, ret._return_value, error)
         return ret
 
     @staticmethod

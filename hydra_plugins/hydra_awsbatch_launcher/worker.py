@@ -58,9 +58,9 @@ def _place_remotely(config, header: dict, scratch: Path, code_dir: Path) -> None
     cwd, code_root = Path(config.hydra.runtime.cwd), Path(header["code_root"])
     here = code_dir / cwd.relative_to(code_root) if cwd.is_relative_to(code_root) else scratch
     here.mkdir(parents=True, exist_ok=True)
-    with read_write(config), open_dict(config):
-        config.hydra.sweep.dir = str(scratch / "sweep")
-        config.hydra.runtime.cwd = str(here)
+    for node, key, value in ((config.hydra.sweep, "dir", scratch / "sweep"), (config.hydra.runtime, "cwd", here)):
+        with read_write(node), open_dict(node):
+            node[key] = str(value)
     os.chdir(here)
 
 
@@ -73,7 +73,7 @@ def run(payload_uri: str, index: int) -> int:
     scratch = Path(tempfile.mkdtemp(prefix=f"hydra-awsbatch-{num}-"))
     signal.signal(signal.SIGTERM, _on_sigterm)
     status, job_return, error, exit_code, sync = _stage.FAILED, None, None, EXIT_FAILED, True
-    job_started = False
+    job_dir = None
     try:
         header, body = _stage.load_payload(_storage.read_bytes(payload_uri))
         sync = header["sync_outputs"]
@@ -89,12 +89,14 @@ def run(payload_uri: str, index: int) -> int:
         from hydra.core.utils import JobStatus, run_job, setup_globals
 
         hydra_context, task_function, singleton_state, configs = cloudpickle.loads(body)
+        if isinstance(task_function, _stage.ScriptFunction):
+            task_function = task_function.load(code_dir)
         config = configs[index]
         Singleton.set_state(singleton_state)
         setup_globals()
         if not os.environ.get(ENV_IN_PLACE):
             _place_remotely(config, header, scratch, code_dir)
-        job_started = True
+        job_dir = Path(config.hydra.sweep.dir) / _stage.job_subdir(config)
         job_return = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                              job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         if job_return.status == JobStatus.COMPLETED:
@@ -114,8 +116,7 @@ def run(payload_uri: str, index: int) -> int:
     if error:
         sys.stderr.write(error["traceback"])
 
-    job_dir = _job_dir() if job_started else None
-    if sync and job_dir and job_dir.is_dir():
+    if sync and job_dir is not None and job_dir.is_dir():
         _storage.upload_dir(job_dir, staging.output(num))
     result = _stage.dump_result(
         status, job_return, error, num=num, exit_code=exit_code, started=started, stopped=time.time(),
@@ -123,18 +124,6 @@ def run(payload_uri: str, index: int) -> int:
     _storage.write_bytes(staging.result(num), result)
     shutil.rmtree(scratch, ignore_errors=True)
     return exit_code
-
-
-def _job_dir() -> Path | None:
-    """The job's output dir, which run_job records before it runs the task (so it is known even when the
-    task ended the process's normal flow with SIGTERM or sys.exit)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        cfg = HydraConfig.instance().cfg
-        return Path(cfg.hydra.runtime.output_dir) if cfg is not None else None
-    except Exception:
-        return None
 
 
 def main() -> int:
