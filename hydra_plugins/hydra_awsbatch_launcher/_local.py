@@ -68,6 +68,24 @@ class LocalExecutor:
             self._jobs.append(_Process(JobState(first_num + index, job_id=job_id, log_path=str(log_path)), env))
         return array_id
 
+    poll_interval_s = 0.2
+
+    def stuck(self) -> dict[str, int]:
+        return {}
+
+    def failure_details(self, nums: list[int], log_group: str = "", lines: int = 50) -> dict[int, str]:
+        """Exit code and the tail of the job's log file, for jobs that ended without a result."""
+        details = {}
+        for num in nums:
+            state = next(job.state for job in self._jobs if job.state.num == num)
+            try:
+                tail = Path(state.log_path).read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                tail = []
+            details[num] = "\n".join([f"{state.reason or state.state}; exit code: {state.exit_code}",
+                                      f"Last {len(tail)} lines of {state.log_path}:", *tail])
+        return details
+
     def poll(self) -> list[JobState]:
         """Reap finished processes, start queued ones in free slots, and report every job's state."""
         for job in self._jobs:

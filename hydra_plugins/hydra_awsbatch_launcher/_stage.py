@@ -328,7 +328,8 @@ class Manifest:
     launcher: str
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
     code_uri: str = ""
-    batches: list = field(default_factory=list)  # {first, size, payload_uri, batch_job_ids}
+    settings: dict = field(default_factory=dict)  # launcher settings that `hydra-awsbatch` needs later
+    batches: list = field(default_factory=list)  # {first, size, payload_uri, batch_job_ids, arrays}
     jobs: list = field(default_factory=list)  # {num, overrides, subdir, state, started, stopped, ...}
 
     def job(self, num: int) -> dict:

@@ -68,6 +68,23 @@ def exists(uri: str) -> bool:
         raise
 
 
+def check_writable(uri: str) -> str | None:
+    """Why nothing can be written under the s3:// prefix `uri`, or None when a probe object could be."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = _bucket_key(uri)
+    probe = key.rstrip("/") + f"/.write-probe-{uuid.uuid4().hex}"
+    try:
+        _s3().put_object(Bucket=bucket, Key=probe.lstrip("/"), Body=b"")
+        _s3().delete_object(Bucket=bucket, Key=probe.lstrip("/"))
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            return f"bucket '{bucket}' does not exist: create it, deploy the stack, or fix the URI"
+        return f"cannot write to bucket '{bucket}' ({code}): grant s3:PutObject there or fix the URI"
+    return None
+
+
 def read_bytes(uri: str) -> bytes:
     """The object's bytes; FileNotFoundError naming the URI when there is none."""
     if not is_s3(uri):

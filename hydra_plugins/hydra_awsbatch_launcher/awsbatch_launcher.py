@@ -1,4 +1,4 @@
-"""The launchers. launch() reads as the story of a sweep: compose, stage, submit, watch, collect.
+"""The launchers. launch() reads as the story of a sweep: check, compose, stage, submit, watch, collect.
 
 `aws_batch_local` and `aws_batch` are one class with two executors; everything heavy is imported inside
 the methods, since Hydra imports this module at start-up.
@@ -25,11 +25,16 @@ RESERVED_ENV_PREFIXES = ("AWS_BATCH_", "HYDRA_AWSBATCH_")
 
 
 class LaunchError(Exception):
-    """A setting to fix before anything is staged or submitted."""
+    """Settings to fix before anything is staged or submitted: one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("cannot launch the sweep:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
 
 
 class BaseAwsBatchLauncher(Launcher):
     where = "abstract"  # in the "Launching N jobs ..." line
+    writes_in_place = False  # True: job dirs are written straight into the sweep dir
 
     def __init__(self, **params: Any) -> None:
         self.params = OmegaConf.create(params)
@@ -53,15 +58,22 @@ class BaseAwsBatchLauncher(Launcher):
         configs = self.compose(job_overrides, initial_job_idx, sweep_dir)
         payload_uri = self.stage(configs, initial_job_idx, sweep_dir)
         executor = self.submit(payload_uri, initial_job_idx, len(configs))
-        states = self.watch(executor, initial_job_idx, len(configs))
-        return self.collect(configs, initial_job_idx, states, sweep_dir)
+        if executor is None:  # a dry run, or wait=false
+            return [self.unfinished_return(config) for config in configs]
+        states = self.watch(executor, len(configs))
+        return self.collect(configs, states, executor)
+
+    # ------------------------------------------------------------------------------------------- check
+    def check_settings(self) -> None:
+        problems = [f"hydra.launcher.environment.{name}: names starting with {prefix} are reserved for the "
+                    "launcher; rename it" for name in self.params.environment
+                    for prefix in RESERVED_ENV_PREFIXES if str(name).startswith(prefix)]
+        if problems:
+            raise LaunchError(problems)
 
     # ------------------------------------------------------------------------------------------ compose
     def compose(self, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[DictConfig]:
-        from hydra.core.hydra_config import HydraConfig
-
         configs = []
-        saved = HydraConfig.instance().cfg
         for i, overrides in enumerate(job_overrides):
             num = initial_job_idx + i
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
@@ -70,9 +82,7 @@ class BaseAwsBatchLauncher(Launcher):
                 sweep_config.hydra.job.id = f"{num}"
                 sweep_config.hydra.job.num = num
                 sweep_config.hydra.sweep.dir = str(sweep_dir)  # resolved once, here: ${now:} must not move
-            HydraConfig.instance().set_config(sweep_config)
             configs.append(sweep_config)
-        HydraConfig.instance().cfg = saved
         return configs
 
     # -------------------------------------------------------------------------------------------- stage
@@ -87,7 +97,12 @@ class BaseAwsBatchLauncher(Launcher):
         except (TypeError, OSError):
             return Path(self.config.hydra.runtime.cwd).resolve()
 
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.params.get("dry_run", False))
+
     def stage(self, configs: list[DictConfig], first_num: int, sweep_dir: Path) -> str:
+        """Code package, payload and manifest into staging (a dry run writes nothing); the payload's URI."""
         from hydra.core.singleton import Singleton
 
         from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
@@ -95,7 +110,7 @@ class BaseAwsBatchLauncher(Launcher):
         if self.manifest is None:
             sweep_id = _stage.new_sweep_id()
             self.manifest = _stage.Manifest(sweep_id, self.staging_root(sweep_dir), str(sweep_dir),
-                                            launcher=type(self).__name__)
+                                            launcher=type(self).__name__, settings=self.manifest_settings())
             log.info(f"Sweep {sweep_id}, staging at {self.manifest.staging_uri}")
         staging = _stage.Staging(self.manifest.staging_uri, self.manifest.sweep_id)
 
@@ -107,17 +122,21 @@ class BaseAwsBatchLauncher(Launcher):
         package = _stage.package_code(root, self.params.code_include, exclude, self.params.use_gitignore,
                                       self.params.code_max_mib)
         code_uri = staging.code(package.sha256)
-        uploaded = not _storage.exists(code_uri)
+        uploaded = not self.dry_run and not _storage.exists(code_uri)
         if uploaded:
             _storage.write_bytes(code_uri, package.data)
         log.info(f"Code package of {root}: {len(package.files)} files, {len(package.data) / 1024:.1f} KiB, "
-                 f"{'uploaded' if uploaded else 'already staged'} as {code_uri}")
+                 f"{'uploaded' if uploaded else 'not uploaded (dry run)' if self.dry_run else 'already staged'}"
+                 f" as {code_uri}")
 
         header = {"code_uri": code_uri, "code_root": str(root), "sync_outputs": self.params.sync_outputs}
         task = _stage.ScriptFunction.of(self.task_function, root) or self.task_function
         body = (self.hydra_context, task, Singleton.get_state(), configs)
         payload_uri = staging.payload(first_num)
-        _storage.write_bytes(payload_uri, _stage.dump_payload(header, body))
+        payload = _stage.dump_payload(header, body)  # pickled even in a dry run: what cannot pickle fails now
+        if self.dry_run:
+            return payload_uri
+        _storage.write_bytes(payload_uri, payload)
 
         self.manifest.code_uri = code_uri
         self.manifest.batches.append({"first": first_num, "size": len(configs), "payload_uri": payload_uri,
@@ -128,21 +147,19 @@ class BaseAwsBatchLauncher(Launcher):
         self.manifest.save()
         return payload_uri
 
-    # ----------------------------------------------------------------------------------- submit & watch
-    def check_settings(self) -> None:
-        problems = [f"hydra.launcher.environment.{name}: names starting with {prefix} are reserved for the "
-                    "launcher; rename it" for name in self.params.environment
-                    for prefix in RESERVED_ENV_PREFIXES if str(name).startswith(prefix)]
-        if problems:
-            raise LaunchError("; ".join(problems))
+    def manifest_settings(self) -> dict:
+        """What `hydra-awsbatch` needs to find this sweep's jobs and outputs again."""
+        params = OmegaConf.to_container(self.params)
+        return {k: params[k] for k in ("sync_outputs", "sync_exclude", "region", "profile", "log_group") if k in params}
 
+    # ------------------------------------------------------------------------------------------- submit
     def submit(self, payload_uri: str, first_num: int, size: int):
+        """Start the batch's jobs; return the executor that watches them, or None when not watching."""
         raise NotImplementedError
 
-    poll_interval_s = 0.2
-
-    def watch(self, executor, first_num: int, size: int) -> dict:
-        """Poll until every job of the batch is final; Ctrl-C or SIGTERM stops them all."""
+    # -------------------------------------------------------------------------------------------- watch
+    def watch(self, executor, size: int) -> dict:
+        """Poll until every job is final. Ctrl-C or SIGTERM stops them all (terminate_on_interrupt)."""
         from hydra_plugins.hydra_awsbatch_launcher._local import FINAL
         from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
 
@@ -151,71 +168,83 @@ class BaseAwsBatchLauncher(Launcher):
 
         previous = signal.signal(signal.SIGTERM, to_interrupt)
         progress = Progress(self.manifest.sweep_id, size)
+        rounds = 0
         try:
             while True:
                 states = executor.poll()
-                progress.update([s.state for s in states])
+                rounds += 1
+                waiting = any(s.state == "RUNNABLE" for s in states)
+                progress.update([s.state for s in states], executor.stuck() if waiting and rounds % 6 == 0 else None)
                 if all(s.state in FINAL for s in states):
                     return {s.num: s for s in states}
-                time.sleep(self.poll_interval_s)
+                time.sleep(executor.poll_interval_s)
         except KeyboardInterrupt:
             progress.close()
-            log.warning("Interrupted: stopping the unfinished jobs of sweep %s", self.manifest.sweep_id)
+            if not self.params.get("terminate_on_interrupt", True):
+                log.warning(f"Interrupted; the jobs go on. Follow them with: hydra-awsbatch attach "
+                            f"{self.manifest.sweep_dir}")
+                raise
+            log.warning(f"Interrupted: stopping the unfinished jobs of sweep {self.manifest.sweep_id} "
+                        "(Ctrl-C again to leave at once)")
             stopped = executor.terminate("interrupted by the user")
-            self._record_states({s.num: s for s in executor.poll()})
-            log.warning("Stopped %d unfinished jobs; the manifest is at %s", stopped, self.manifest.sweep_dir)
+            self.record_states({s.num: s for s in executor.poll()})
+            log.warning(f"Stopped {stopped} unfinished jobs; the manifest is in {self.manifest.sweep_dir}")
             raise
         finally:
             progress.close()
             signal.signal(signal.SIGTERM, previous)
 
-    def _record_states(self, states: dict) -> None:
+    def record_states(self, states: dict) -> None:
         for num, state in states.items():
-            job = self.manifest.job(num)
-            job.update(state=state.state, job_id=state.job_id, exit_code=state.exit_code, reason=state.reason,
-                       started=state.started, stopped=state.stopped)
+            self.manifest.job(num).update(state=state.state, job_id=state.job_id, exit_code=state.exit_code,
+                                          reason=state.reason, started=state.started, stopped=state.stopped)
         self.manifest.save()
 
     # ------------------------------------------------------------------------------------------ collect
-    def collect(self, configs, first_num: int, states: dict, sweep_dir: Path) -> list[JobReturn]:
+    def collect(self, configs, states: dict, executor) -> list[JobReturn]:
+        """Results and job dirs back from staging, as Hydra JobReturns in order."""
         from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
         from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
 
-        self._record_states(states)
+        self.record_states(states)
         staging = _stage.Staging(self.manifest.staging_uri, self.manifest.sweep_id)
+        sweep_dir = Path(self.manifest.sweep_dir)
+        sync, exclude = self.manifest.settings.get("sync_outputs", True), self.manifest.settings.get("sync_exclude", [])
+        results = {}
+        for config in configs:
+            num = config.hydra.job.num
+            try:
+                results[num] = _stage.load_result(_storage.read_bytes(staging.result(num)))
+            except FileNotFoundError:
+                results[num] = None
+        missing = [num for num, result in results.items() if result is None]
+        details = executor.failure_details(missing, self.manifest.settings.get("log_group", "")) if missing else {}
+
         returns, rows = [], []
         for config in configs:
             num = config.hydra.job.num
-            job, state = self.manifest.job(num), states[num]
+            job, state, result = self.manifest.job(num), states[num], results[num]
             job_dir = sweep_dir / job["subdir"]
-            try:
-                result = _stage.load_result(_storage.read_bytes(staging.result(num)))
-            except FileNotFoundError:
-                result = None
-            if result is not None and self.params.sync_outputs and not self.writes_in_place:
-                left = _storage.download_dir(staging.output(num), job_dir, self.params.sync_exclude)
+            if result is not None and sync and not self.writes_in_place:
+                left = _storage.download_dir(staging.output(num), job_dir, exclude)
                 if left:
-                    log.info(f"\t#{num}: left in staging: " + ", ".join(_storage.join(staging.output(num), r)
-                                                                         for r in left))
-            ret = self.job_return(config, job_dir, result, state)
+                    log.info(f"\t#{num}: left in staging: "
+                             + ", ".join(_storage.join(staging.output(num), rel) for rel in left))
+            ret = self.job_return(config, job_dir, result, details.get(num, ""))
             returns.append(ret)
             value = ret._return_value
+            job["result"] = (repr(value) if ret.status == JobStatus.COMPLETED
+                             else f"{type(value).__name__}: {str(value).splitlines()[0] if str(value) else ''}")
             rows.append({"num": num, "overrides": " ".join(filter_overrides(job["overrides"])),
-                         "state": state.state,
-                         "duration": f"{state.stopped - state.started:.1f}s" if state.started and state.stopped
-                         else "-",
-                         "result": (repr(value) if ret.status == JobStatus.COMPLETED
-                                    else f"{type(value).__name__}: {value}")[:60],
-                         "job_dir": str(job_dir)})
-            job["result"] = rows[-1]["result"]
+                         "state": state.state, "result": job["result"][:60], "job_dir": str(job_dir),
+                         "duration": (f"{state.stopped - state.started:.1f}s" if state.started and state.stopped
+                                      else "-")})
         self.manifest.save()
         Progress.summary(rows)
         return returns
 
-    writes_in_place = False
-
-    def job_return(self, config: DictConfig, job_dir: Path, result: dict | None, state) -> JobReturn:
-        """Hydra's JobReturn for one job: the worker's own when it came back, else one that says why not."""
+    def job_return(self, config: DictConfig, job_dir: Path, result: dict | None, missing: str) -> JobReturn:
+        """Hydra's JobReturn: the worker's own when it came back, else one that says why not."""
         from hydra_plugins.hydra_awsbatch_launcher import _stage
 
         num = config.hydra.job.num
@@ -226,26 +255,32 @@ class BaseAwsBatchLauncher(Launcher):
             with read_write(runtime), open_dict(runtime):
                 runtime.output_dir = str(job_dir)
             if ret.status == JobStatus.FAILED:
-                self._explain(num, ret._return_value, result["error"])
+                self.explain(num, ret._return_value, result["error"])
             return ret
-        ret = JobReturn()
-        ret.overrides = list(config.hydra.overrides.task)
-        ret.cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        ret.hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra)})
-        ret.working_dir, ret.task_name, ret.status = str(job_dir), config.hydra.job.name, JobStatus.FAILED
+        ret = self.unfinished_return(config, job_dir)
+        ret.status = JobStatus.FAILED
         error = (result or {}).get("error")
         if error:
             message = f"job #{num} {result['status']}: {error['type']}: {error['message']}"
             ret.return_value = _stage.RemoteJobError(message, error["type"], error["traceback"])
         else:
-            message = (f"job #{num} ended without a result: {state.reason or state.state}"
-                       f"{self.log_tail(state)}")
-            ret.return_value = _stage.RemoteJobError(message)
-        self._explain(num, ret._return_value, error)
+            ret.return_value = _stage.RemoteJobError(f"job #{num} ended without a result. {missing}")
+        self.explain(num, ret._return_value, error)
         return ret
 
     @staticmethod
-    def _explain(num: int, exc: BaseException, error: dict | None) -> None:
+    def unfinished_return(config: DictConfig, job_dir: Path | None = None) -> JobReturn:
+        """A JobReturn for a job whose result is not here (a dry run, wait=false, or none came back)."""
+        ret = JobReturn()
+        ret.overrides = list(config.hydra.overrides.task)
+        ret.cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        ret.hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra)})
+        ret.working_dir, ret.task_name = str(job_dir or ""), config.hydra.job.name
+        ret.status, ret.return_value = JobStatus.COMPLETED, None
+        return ret
+
+    @staticmethod
+    def explain(num: int, exc: BaseException, error: dict | None) -> None:
         """Show the remote traceback in the log and on the exception Hydra will raise."""
         remote = (error or {}).get("traceback", "")
         log.error(f"\t#{num} failed: {type(exc).__name__}: {exc}"
@@ -254,16 +289,11 @@ class BaseAwsBatchLauncher(Launcher):
             exc.add_note(f"Remote traceback of job #{num}:\n{remote}")
             exc._remote_noted = True
 
-    def log_tail(self, state, lines: int = 50) -> str:
-        return ""
-
 
 class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
     """Each job runs the Batch worker as a local process."""
 
-    @property
-    def where(self) -> str:
-        return "as local processes (aws_batch_local)"
+    where = "as local processes (aws_batch_local)"
 
     @property
     def writes_in_place(self) -> bool:
@@ -279,9 +309,104 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
         self.manifest.save()
         return executor
 
-    def log_tail(self, state, lines: int = 50) -> str:
+
+class AwsBatchLauncher(BaseAwsBatchLauncher):
+    """Each launched batch of jobs becomes one AWS Batch array job."""
+
+    where = "on AWS Batch"
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._api = None
+
+    @property
+    def api(self):
+        if self._api is None:
+            from hydra_plugins.hydra_awsbatch_launcher._batch import BatchApi
+
+            self._api = BatchApi(self.params.region, self.params.profile)
+        return self._api
+
+    def check_settings(self) -> None:
+        """Everything Batch would refuse, and what the stack gives, before anything is uploaded."""
+        from hydra_plugins.hydra_awsbatch_launcher import _batch, _storage
+
         try:
-            tail = Path(state.log_path).read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return ""
-        return f". Last lines of {state.log_path}:\n" + "\n".join(tail)
+            super().check_settings()
+            problems = []
+        except LaunchError as error:
+            problems = list(error.problems)
+        p = self.params
+        if not p.wait and "BasicSweeper" not in str(self.config.hydra.sweeper.get("_target_", "")):
+            problems.append("hydra.launcher.wait=false hands no results to the sweeper; only the basic sweeper "
+                            "can go on without them: use wait=true with this sweeper")
+        session_problems = self.api.check_session()
+        if session_problems:
+            raise LaunchError(problems + session_problems)
+        if p.stack_name:
+            try:
+                outputs = self.api.stack_outputs(p.stack_name)
+            except _batch.BatchError as error:
+                raise LaunchError([*problems, str(error)]) from None
+            for setting, value in outputs.items():  # explicit settings win
+                if p.get(setting) in (None, "", "/aws/batch/job" if setting == "log_group" else None):
+                    p[setting] = value
+        queue_problems, compute_environments = self.api.check_queue(p.job_queue)
+        definition_problems, _ = self.api.check_job_definition(p.job_definition)
+        problems += queue_problems + definition_problems
+        problems += _batch.check_resources(p.vcpus, p.memory_mib, p.gpus, p.timeout_min, p.attempts,
+                                           compute_environments)
+        name = _batch.sanitize_job_name(p.job_name)
+        if not _batch.JOB_NAME.match(name):
+            problems.append(f"hydra.launcher.job_name='{p.job_name}' has no letter or digit to start a Batch job "
+                            "name: set hydra.launcher.job_name")
+        if not p.staging_uri or not _storage.is_s3(p.staging_uri):
+            problems.append(f"hydra.launcher.staging_uri={p.staging_uri}: Batch jobs need an s3://bucket/prefix "
+                            "(or set hydra.launcher.stack_name)")
+        elif not problems and not self.dry_run:
+            problem = _storage.check_writable(p.staging_uri)  # last: it writes (and deletes) one object
+            if problem:
+                problems.append(f"hydra.launcher.staging_uri={p.staging_uri}: {problem}")
+        if problems:
+            raise LaunchError(problems)
+
+    def manifest_settings(self) -> dict:
+        return dict(super().manifest_settings(), region=self.api.session.region_name)
+
+    def submit(self, payload_uri: str, first_num: int, size: int):
+        import json
+
+        from hydra_plugins.hydra_awsbatch_launcher import _batch
+
+        p = self.params
+        environment = dict(p.environment)
+        endpoint = _batch.loopback_endpoint()
+        if endpoint:  # the local cloud: containers reach moto on this machine with dummy credentials
+            environment.update(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=self.api.session.region_name,
+                               **_batch.DUMMY_CREDENTIALS)
+        requests = _batch.submit_requests(
+            job_name=_batch.sanitize_job_name(p.job_name), queue=p.job_queue, job_definition=p.job_definition,
+            payload_uri=payload_uri, sweep_id=self.manifest.sweep_id, first=first_num, size=size,
+            environment=environment, resources={"VCPU": p.vcpus, "MEMORY": p.memory_mib, "GPU": p.gpus},
+            timeout_s=None if p.timeout_min is None else max(60, int(p.timeout_min * 60)), attempts=p.attempts,
+            tags={**_batch.automatic_tags(self.manifest.sweep_id, p.job_name), **p.tags},
+            share_identifier=p.share_identifier, scheduling_priority=p.scheduling_priority)
+        if self.dry_run:
+            for _, _, request in requests:
+                print(f"SubmitJob request (dry run, nothing submitted):\n{json.dumps(request, indent=2)}")
+            log.info("Dry run: nothing was uploaded or submitted")
+            return None
+        job_ids = self.api.submit([request for _, _, request in requests])
+        arrays = [_batch.Array(job_id, first, n) for job_id, (first, n, _) in zip(job_ids, requests)]
+        self.manifest.batches[-1]["batch_job_ids"] += job_ids
+        self.manifest.batches[-1]["arrays"] = [{"job_id": a.job_id, "first": a.first, "size": a.size}
+                                               for a in arrays]
+        self.manifest.save()
+        log.info(f"Submitted {size} jobs as {len(arrays)} Batch job(s): {', '.join(job_ids)}")
+        executor = _batch.BatchExecutor(self.api, arrays, p.poll_interval_s)
+        self.record_states({s.num: s for s in executor.states.values()})
+        if not p.wait:
+            log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status "
+                     f"{self.manifest.sweep_dir}; collect it with: hydra-awsbatch attach {self.manifest.sweep_dir}")
+            return None
+        return executor

@@ -45,8 +45,53 @@ class AwsBatchLocalLauncherConf(BaseAwsBatchLauncherConf):
     in_place: bool = True
 
 
+@dataclass
+class AwsBatchLauncherConf(BaseAwsBatchLauncherConf):
+    """Each launched batch of jobs becomes one AWS Batch array job."""
+
+    _target_: str = "hydra_plugins.hydra_awsbatch_launcher.awsbatch_launcher.AwsBatchLauncher"
+    # CloudFormation stack (our template.yaml) whose outputs give the queue, job definition and staging bucket
+    stack_name: Optional[str] = None
+    # Job queue name or ARN; null: the stack's JobQueue output
+    job_queue: Optional[str] = None
+    # Job definition: name, name:revision or ARN; null: the stack's JobDefinition output
+    job_definition: Optional[str] = None
+    # AWS region; null: boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, the profile's region)
+    region: Optional[str] = None
+    # Named profile from ~/.aws/config; null: boto3's chain
+    profile: Optional[str] = None
+    # vCPUs per job; null: the job definition's
+    vcpus: Optional[float] = None
+    # Memory per job in MiB; null: the job definition's
+    memory_mib: Optional[int] = None
+    # GPUs per job; null: the job definition's
+    gpus: Optional[int] = None
+    # Minutes an attempt may run before Batch stops it (at least 1); null: the job definition's timeout
+    timeout_min: Optional[float] = None
+    # Attempts per job, 1-10: retried on host loss (Spot reclaim) and on the app's SIGTERM exit code 75
+    attempts: int = 3
+    # Tags for every job, on top of hydra-awsbatch:sweep-id, :app and :user
+    tags: Dict[str, str] = field(default_factory=dict)
+    # Fair-share queues: the share identifier and scheduling priority of the jobs; null: none
+    share_identifier: Optional[str] = None
+    scheduling_priority: Optional[int] = None
+    # Batch job name, sanitised to letters, digits, - and _ (at most 128)
+    job_name: str = "${hydra.job.name}"
+    # Seconds between status polls at first; the interval grows while nothing changes
+    poll_interval_s: float = 5.0
+    # false: submit, print how to follow the sweep (hydra-awsbatch status/attach), and return
+    wait: bool = True
+    # On Ctrl-C or SIGTERM, terminate every unfinished job of the sweep
+    terminate_on_interrupt: bool = True
+    # Print the exact SubmitJob request(s) and submit nothing
+    dry_run: bool = False
+    # CloudWatch log group of the jobs, read for the log tail of a failed job
+    log_group: str = "/aws/batch/job"
+
+
 def _store(name: str, node: Any) -> None:
     ConfigStore.instance().store(group="hydra/launcher", name=name, node=node, provider="hydra-awsbatch-launcher")
 
 
 _store("aws_batch_local", AwsBatchLocalLauncherConf)
+_store("aws_batch", AwsBatchLauncherConf)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 ENV_PAYLOAD_URI = "HYDRA_AWSBATCH_PAYLOAD_URI"
 ENV_SWEEP_ID = "HYDRA_AWSBATCH_SWEEP_ID"
+# Added to the array index: a batch larger than Batch's 10,000-job arrays is split into several arrays.
+ENV_INDEX_OFFSET = "HYDRA_AWSBATCH_INDEX_OFFSET"
 # Set by aws_batch_local: the job shares the parent's disk, so it runs in the parent's own paths.
 ENV_IN_PLACE = "HYDRA_AWSBATCH_IN_PLACE"
 EXIT_FAILED, EXIT_NO_PAYLOAD, EXIT_INTERRUPTED = 1, 2, 75
@@ -132,7 +134,7 @@ def main() -> int:
         sys.stderr.write(f"hydra-awsbatch worker: {ENV_PAYLOAD_URI} is not set. This image runs jobs that "
                          "the hydra/launcher=aws_batch launcher submits; it is not meant to be run alone.\n")
         return EXIT_NO_PAYLOAD
-    return run(payload_uri, array_index())
+    return run(payload_uri, int(os.environ.get(ENV_INDEX_OFFSET) or 0) + array_index())
 
 
 if __name__ == "__main__":

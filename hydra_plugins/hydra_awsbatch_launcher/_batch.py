@@ -1,0 +1,372 @@
+"""Every AWS Batch, CloudFormation and CloudWatch Logs call of the `aws_batch` launcher, with its throttling.
+
+S3 stays in _storage.py; this module asks it only whether the staging bucket can be written.
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from hydra_plugins.hydra_awsbatch_launcher._local import FAILED, FINAL, SUCCEEDED, JobState
+
+log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
+
+WORKER_COMMAND = ["python", "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"]
+EXIT_INTERRUPTED = 75  # the worker's and the example app's "stopped by SIGTERM, run me again"
+MAX_ARRAY = 10_000  # Batch's largest array job
+DESCRIBE_CHUNK = 100  # DescribeJobs takes at most 100 ids
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+FARGATE_VCPUS = (0.25, 0.5, 1, 2, 4, 8, 16)
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_SESSION_TOKEN": "testing"}
+STACK_OUTPUTS = {"job_queue": "JobQueue", "job_definition": "JobDefinition", "staging_uri": "StagingUri",
+                 "log_group": "LogGroup"}
+
+
+class BatchError(Exception):
+    """Settings to fix before anything is submitted; one line per problem."""
+
+
+def sanitize_job_name(name: str) -> str:
+    """Batch's pattern: a letter or digit, then up to 127 letters, digits, - or _."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", str(name)).lstrip("-_")
+    return name[:128]
+
+
+def loopback_endpoint() -> str | None:
+    """AWS_ENDPOINT_URL when it names this machine (the local cloud), else None."""
+    url = os.environ.get("AWS_ENDPOINT_URL", "")
+    host = urlparse(url).hostname or ""
+    try:
+        return url if host == "localhost" or ipaddress.ip_address(host).is_loopback else None
+    except ValueError:
+        return None
+
+
+def retry_strategy(attempts: int) -> dict:
+    """Retry host loss (Spot reclaim) and the app's SIGTERM exit code; give up on anything else."""
+    return {"attempts": attempts, "evaluateOnExit": [
+        {"onStatusReason": "Host EC2*", "action": "RETRY"},
+        {"onExitCode": str(EXIT_INTERRUPTED), "action": "RETRY"},
+        {"onReason": "*", "action": "EXIT"},
+    ]}
+
+
+@dataclass
+class Array:
+    """One SubmitJob: an array of `size` jobs (a plain job when size is 1) for job numbers first..."""
+
+    job_id: str
+    first: int
+    size: int
+    summary: dict = field(default_factory=dict)
+
+
+class BatchApi:
+    def __init__(self, region: str | None = None, profile: str | None = None):
+        import boto3
+        from botocore.config import Config
+
+        self.session = boto3.session.Session(region_name=region, profile_name=profile)
+        config = Config(retries={"mode": "adaptive", "max_attempts": 10})
+        self.batch = self.session.client("batch", config=config)
+        self.logs = self.session.client("logs", config=config)
+        self.cloudformation = self.session.client("cloudformation", config=config)
+
+    # -------------------------------------------------------------------------------------- settings
+    def check_session(self) -> list[str]:
+        problems = []
+        if self.session.get_credentials() is None:
+            problems.append("no AWS credentials found: run `aws configure` or `aws sso login`, set "
+                            "hydra.launcher.profile, or export AWS_PROFILE")
+        if not self.session.region_name:
+            problems.append("no AWS region: set hydra.launcher.region or export AWS_DEFAULT_REGION")
+        return problems
+
+    def stack_outputs(self, stack_name: str) -> dict[str, str]:
+        """The launcher settings that the stack's outputs give (job_queue, job_definition, staging_uri...)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            stacks = self.cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+        except ClientError as error:
+            raise BatchError(f"stack '{stack_name}' not found ({error.response['Error']['Message']}): deploy "
+                             "template.yaml or fix hydra.launcher.stack_name") from None
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+        return {setting: outputs[key] for setting, key in STACK_OUTPUTS.items() if key in outputs}
+
+    def check_queue(self, queue: str | None) -> tuple[list[str], list[dict]]:
+        """Problems with the queue, and its compute environments."""
+        if not queue:
+            return ["no job queue: set hydra.launcher.job_queue or hydra.launcher.stack_name"], []
+        found = self.batch.describe_job_queues(jobQueues=[queue])["jobQueues"]
+        if not found:
+            return [f"job queue '{queue}' does not exist in {self.session.region_name}: fix "
+                    "hydra.launcher.job_queue (or the region)"], []
+        q = found[0]
+        problems = []
+        if q.get("state") != "ENABLED":
+            problems.append(f"job queue '{queue}' is {q.get('state')}: enable it or set hydra.launcher.job_queue")
+        if q.get("status") != "VALID":
+            problems.append(f"job queue '{queue}' is {q.get('status')} ({q.get('statusReason', '')}): fix it "
+                            "or set hydra.launcher.job_queue")
+        arns = [ce["computeEnvironment"] for ce in q.get("computeEnvironmentOrder", [])]
+        envs = self.batch.describe_compute_environments(computeEnvironments=arns)["computeEnvironments"] if arns else []
+        return problems, envs
+
+    def check_job_definition(self, name: str | None) -> tuple[list[str], dict | None]:
+        if not name:
+            return ["no job definition: set hydra.launcher.job_definition or hydra.launcher.stack_name"], None
+        if name.startswith("arn:") or ":" in name:
+            found = self.batch.describe_job_definitions(jobDefinitions=[name])["jobDefinitions"]
+        else:
+            found = self.batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]
+        if not found:
+            return [f"job definition '{name}' does not exist: fix hydra.launcher.job_definition"], None
+        latest = max(found, key=lambda d: d.get("revision", 0))
+        if latest.get("status") != "ACTIVE":
+            return [f"job definition '{name}' is {latest.get('status')}: register a new revision or set "
+                    "hydra.launcher.job_definition"], latest
+        return [], latest
+
+    # -------------------------------------------------------------------------------------------- submit
+    def submit(self, requests: list[dict]) -> list[str]:
+        return [self.batch.submit_job(**request)["jobId"] for request in requests]
+
+    # --------------------------------------------------------------------------------------------- watch
+    def describe(self, job_ids: list[str]) -> list[dict]:
+        jobs = []
+        for i in range(0, len(job_ids), DESCRIBE_CHUNK):
+            jobs += self.batch.describe_jobs(jobs=job_ids[i:i + DESCRIBE_CHUNK])["jobs"]
+        return jobs
+
+    def children(self, array_id: str, status: str, max_results: int | None = None) -> list[dict]:
+        """Summaries of the array's children in `status` (ListJobs pages of up to 1,000)."""
+        found, token = [], None
+        while True:
+            kwargs = {"arrayJobId": array_id, "jobStatus": status, "maxResults": max_results or 1000}
+            if token:
+                kwargs["nextToken"] = token
+            page = self.batch.list_jobs(**kwargs)
+            found += page.get("jobSummaryList", [])
+            token = page.get("nextToken")
+            if not token or max_results:
+                return found
+
+    def terminate(self, job_ids: list[str], reason: str) -> None:
+        for job_id in job_ids:
+            self.batch.terminate_job(jobId=job_id, reason=reason)
+
+    def log_tail(self, log_group: str, stream: str, lines: int = 50) -> list[str]:
+        from botocore.exceptions import ClientError
+
+        try:
+            events = self.logs.get_log_events(logGroupName=log_group, logStreamName=stream, limit=lines,
+                                              startFromHead=False)["events"]
+        except ClientError as error:
+            return [f"(no log stream {log_group}/{stream}: {error.response['Error']['Code']})"]
+        return [e["message"].rstrip("\n") for e in events]
+
+
+# ------------------------------------------------------------------------------------------------ requests
+def submit_requests(*, job_name: str, queue: str, job_definition: str, payload_uri: str, sweep_id: str,
+                    first: int, size: int, environment: dict, resources: dict, timeout_s: int | None,
+                    attempts: int, tags: dict, share_identifier: str | None,
+                    scheduling_priority: int | None) -> list[tuple[int, int, dict]]:
+    """(first job number, size, SubmitJob request) for each array of at most 10,000 jobs; a lone job is a
+    plain job. The command is fixed; the payload URI and the index offset travel as environment variables."""
+    from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_INDEX_OFFSET, ENV_PAYLOAD_URI, ENV_SWEEP_ID
+
+    requests = []
+    for offset in range(0, size, MAX_ARRAY):
+        n = min(MAX_ARRAY, size - offset)
+        env = dict(environment, **{ENV_PAYLOAD_URI: payload_uri, ENV_SWEEP_ID: sweep_id,
+                                   ENV_INDEX_OFFSET: str(offset)})
+        overrides: dict[str, Any] = {"command": WORKER_COMMAND,
+                                     "environment": [{"name": k, "value": str(v)} for k, v in sorted(env.items())]}
+        requirements = [{"type": t, "value": _number(v)} for t, v in resources.items() if v is not None]
+        if requirements:
+            overrides["resourceRequirements"] = requirements
+        request: dict[str, Any] = {
+            "jobName": job_name, "jobQueue": queue, "jobDefinition": job_definition,
+            "containerOverrides": overrides, "retryStrategy": retry_strategy(attempts),
+            "tags": dict(tags), "propagateTags": True,
+        }
+        if n > 1:
+            request["arrayProperties"] = {"size": n}
+        if timeout_s is not None:
+            request["timeout"] = {"attemptDurationSeconds": int(timeout_s)}
+        if share_identifier is not None:
+            request["shareIdentifier"] = share_identifier
+        if scheduling_priority is not None:
+            request["schedulingPriorityOverride"] = int(scheduling_priority)
+        requests.append((first + offset, n, request))
+    return requests
+
+
+def _number(value) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def automatic_tags(sweep_id: str, app: str) -> dict:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = "unknown"
+    return {"hydra-awsbatch:sweep-id": sweep_id, "hydra-awsbatch:app": app, "hydra-awsbatch:user": user}
+
+
+def check_resources(vcpus, memory_mib, gpus, timeout_min, attempts, compute_environments: list[dict]) -> list[str]:
+    """Batch's ranges, checked before anything is submitted."""
+    fargate = bool(compute_environments) and all(
+        ce.get("computeResources", {}).get("type", "").startswith("FARGATE") for ce in compute_environments)
+    problems = []
+    if vcpus is not None:
+        if fargate and float(vcpus) not in FARGATE_VCPUS:
+            problems.append(f"hydra.launcher.vcpus={vcpus}: Fargate takes one of {FARGATE_VCPUS}")
+        elif not fargate and (float(vcpus) < 1 or not float(vcpus).is_integer()):
+            problems.append(f"hydra.launcher.vcpus={vcpus}: EC2 jobs take a whole number of vCPUs, at least 1")
+    if memory_mib is not None and int(memory_mib) < (512 if fargate else 4):
+        problems.append(f"hydra.launcher.memory_mib={memory_mib}: at least {512 if fargate else 4} MiB")
+    if gpus is not None:
+        if int(gpus) < 0:
+            problems.append(f"hydra.launcher.gpus={gpus}: must be 0 or more")
+        elif int(gpus) > 0 and fargate:
+            problems.append(f"hydra.launcher.gpus={gpus}: the queue's compute environments are all Fargate, "
+                            "which has no GPUs; use a GPU queue (the stack's GpuJobQueue) via hydra.launcher.job_queue")
+    if timeout_min is not None and float(timeout_min) * 60 < 60:
+        problems.append(f"hydra.launcher.timeout_min={timeout_min}: Batch needs at least 1 minute (60 s)")
+    if not 1 <= int(attempts) <= 10:
+        problems.append(f"hydra.launcher.attempts={attempts}: Batch takes 1 to 10")
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------- watcher
+class BatchExecutor:
+    """One watcher for every array of a sweep's batch: DescribeJobs on the array parents (100 ids a call),
+    ListJobs(arrayJobId, jobStatus) only for states whose count grew, a poll interval that grows while
+    nothing changes, and backoff with jitter on throttling."""
+
+    def __init__(self, api: BatchApi, arrays: list[Array], poll_interval_s: float = 5.0):
+        self.api, self.arrays = api, arrays
+        self.states: dict[int, JobState] = {}
+        for array in arrays:
+            for i in range(array.size):
+                job_id = f"{array.job_id}:{i}" if array.size > 1 else array.job_id
+                self.states[array.first + i] = JobState(array.first + i, state="SUBMITTED", job_id=job_id)
+        self.base_interval = self.interval = poll_interval_s
+        self.failures = 0
+
+    @property
+    def poll_interval_s(self) -> float:
+        return self.interval
+
+    def poll(self) -> list[JobState]:
+        from botocore.exceptions import ClientError
+
+        before = {num: s.state for num, s in self.states.items()}
+        try:
+            self._poll()
+            self.failures = 0
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("TooManyRequestsException", "ThrottlingException"):
+                raise
+            self.failures += 1  # botocore's own retries ran out: back off harder, with jitter
+            self.interval = min(60.0, self.base_interval * 2 ** self.failures) * random.uniform(0.5, 1.0)
+            log.warning("Batch is throttling the watcher; next poll in %.1f s", self.interval)
+            return list(self.states.values())
+        changed = any(self.states[n].state != before[n] for n in self.states)
+        self.interval = self.base_interval if changed else min(self.interval * 1.5, 60.0)
+        return list(self.states.values())
+
+    def _poll(self) -> None:
+        parents = {job["jobId"]: job for job in self.api.describe([a.job_id for a in self.arrays])}
+        for array in self.arrays:
+            parent = parents.get(array.job_id)
+            if parent is None:
+                continue
+            if array.size == 1:
+                self._update(array.first, parent)
+                continue
+            summary = parent.get("arrayProperties", {}).get("statusSummary", {})
+            grown = [s for s, n in summary.items() if n > array.summary.get(s, 0)
+                     and s in ("RUNNABLE", "STARTING", "RUNNING", SUCCEEDED, FAILED)]
+            array.summary = summary
+            for status in grown:
+                for child in self.api.children(array.job_id, status):
+                    index = int(child["jobId"].rsplit(":", 1)[1])
+                    self._update(array.first + index, child)
+
+    def _update(self, num: int, job: dict) -> None:
+        state = self.states[num]
+        if state.state in FINAL:
+            return
+        container = job.get("container", {})
+        state.state = job["status"]
+        state.reason = job.get("statusReason", "") or container.get("reason", "")
+        state.exit_code = container.get("exitCode")
+        state.started = job["startedAt"] / 1000 if job.get("startedAt") else state.started
+        state.stopped = job["stoppedAt"] / 1000 if job.get("stoppedAt") else state.stopped
+
+    def stuck(self) -> dict[str, int]:
+        """statusReason -> count for jobs held in RUNNABLE (one ListJobs call per array that has any)."""
+        reasons: dict[str, int] = {}
+        for array in self.arrays:
+            waiting = [s for n, s in self.states.items() if array.first <= n < array.first + array.size
+                       and s.state == "RUNNABLE"]
+            if not waiting:
+                continue
+            if array.size == 1:
+                found = self.api.describe([array.job_id])
+            else:
+                found = self.api.children(array.job_id, "RUNNABLE", max_results=100)
+            for job in found:
+                if job.get("statusReason"):
+                    reasons[job["statusReason"]] = reasons.get(job["statusReason"], 0) + 1
+        return reasons
+
+    def terminate(self, reason: str) -> int:
+        """Terminate every unfinished job: the array parents first (Batch ends their children), then any
+        child still unfinished."""
+        unfinished = [s for s in self.states.values() if s.state not in FINAL]
+        if not unfinished:
+            return 0
+        self.api.terminate([a.job_id for a in self.arrays], reason)
+        self._poll()
+        left = [s.job_id for s in self.states.values() if s.state not in FINAL and ":" in s.job_id]
+        self.api.terminate(left, reason)
+        self._poll()
+        for s in self.states.values():
+            if s.state not in FINAL:  # Batch will end it; we stop waiting
+                s.state, s.reason = FAILED, reason
+        return len(unfinished)
+
+    def failure_details(self, nums: list[int], log_group: str, lines: int = 50) -> dict[int, str]:
+        """For jobs that ended without a result: Batch's reason, the container's exit code and reason, and
+        the tail of the CloudWatch log stream (the only CloudWatch calls of a sweep)."""
+        details = {}
+        jobs = {job["jobId"]: job for job in self.api.describe([self.states[n].job_id for n in nums])}
+        for num in nums:
+            job = jobs.get(self.states[num].job_id, {})
+            container = job.get("container", {})
+            attempts = job.get("attempts") or [{}]
+            stream = container.get("logStreamName") or attempts[-1].get("container", {}).get("logStreamName")
+            text = [f"Batch status: {job.get('status', self.states[num].state)}; "
+                    f"statusReason: {job.get('statusReason') or self.states[num].reason or '-'}; "
+                    f"exit code: {container.get('exitCode', self.states[num].exit_code)}; "
+                    f"container reason: {container.get('reason') or '-'}"]
+            if stream:
+                tail = self.api.log_tail(log_group, stream, lines)
+                text.append(f"Last {len(tail)} lines of {log_group}/{stream}:")
+                text += tail
+            details[num] = "\n".join(text)
+        return details
+
