@@ -32,6 +32,7 @@ setup(
         "rich>=13",
     ],
     extras_require={"example": EXAMPLE, "test": TEST},
+    entry_points={"console_scripts": ["hydra-awsbatch = hydra_plugins.hydra_awsbatch_launcher.cli:main"]},
     classifiers=[
         "Framework :: Hydra",
         "Programming Language :: Python :: 3",

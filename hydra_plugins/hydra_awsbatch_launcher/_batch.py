@@ -5,6 +5,7 @@ S3 stays in _storage.py; this module asks it only whether the staging bucket can
 
 from __future__ import annotations
 
+import functools
 import getpass
 import ipaddress
 import logging
@@ -73,13 +74,18 @@ class Array:
 class BatchApi:
     def __init__(self, region: str | None = None, profile: str | None = None):
         import boto3
-        from botocore.config import Config
 
         self.session = boto3.session.Session(region_name=region, profile_name=profile)
-        config = Config(retries={"mode": "adaptive", "max_attempts": 10})
-        self.batch = self.session.client("batch", config=config)
-        self.logs = self.session.client("logs", config=config)
-        self.cloudformation = self.session.client("cloudformation", config=config)
+
+    def _client(self, service: str):
+        from botocore.config import Config
+
+        return self.session.client(service, config=Config(retries={"mode": "adaptive", "max_attempts": 10}))
+
+    # Clients are made on first use: without a region, check_session() must get to say so first.
+    batch = functools.cached_property(lambda self: self._client("batch"))
+    logs = functools.cached_property(lambda self: self._client("logs"))
+    cloudformation = functools.cached_property(lambda self: self._client("cloudformation"))
 
     # -------------------------------------------------------------------------------------- settings
     def check_session(self) -> list[str]:
@@ -125,17 +131,17 @@ class BatchApi:
     def check_job_definition(self, name: str | None) -> tuple[list[str], dict | None]:
         if not name:
             return ["no job definition: set hydra.launcher.job_definition or hydra.launcher.stack_name"], None
-        if name.startswith("arn:") or ":" in name:
+        if name.startswith("arn:") or ":" in name:  # one revision
             found = self.batch.describe_job_definitions(jobDefinitions=[name])["jobDefinitions"]
-        else:
-            found = self.batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]
+        else:  # the latest ACTIVE revision, as SubmitJob takes it
+            found = self.batch.describe_job_definitions(jobDefinitionName=name)["jobDefinitions"]
         if not found:
             return [f"job definition '{name}' does not exist: fix hydra.launcher.job_definition"], None
-        latest = max(found, key=lambda d: d.get("revision", 0))
-        if latest.get("status") != "ACTIVE":
-            return [f"job definition '{name}' is {latest.get('status')}: register a new revision or set "
-                    "hydra.launcher.job_definition"], latest
-        return [], latest
+        active = [d for d in found if d.get("status") == "ACTIVE"]
+        if not active:
+            return [f"job definition '{name}' is INACTIVE: register a new revision or set "
+                    "hydra.launcher.job_definition"], found[0]
+        return [], max(active, key=lambda d: d.get("revision", 0))
 
     # -------------------------------------------------------------------------------------------- submit
     def submit(self, requests: list[dict]) -> list[str]:
@@ -299,11 +305,11 @@ class BatchExecutor:
             summary = parent.get("arrayProperties", {}).get("statusSummary", {})
             grown = [s for s, n in summary.items() if n > array.summary.get(s, 0)
                      and s in ("RUNNABLE", "STARTING", "RUNNING", SUCCEEDED, FAILED)]
-            array.summary = summary
             for status in grown:
                 for child in self.api.children(array.job_id, status):
                     index = int(child["jobId"].rsplit(":", 1)[1])
                     self._update(array.first + index, child)
+            array.summary = summary  # only once every grown state was listed: a throttled call retries it
 
     def _update(self, num: int, job: dict) -> None:
         state = self.states[num]

@@ -1,0 +1,144 @@
+"""hydra-awsbatch: follow, inspect, cancel or collect a sweep from its manifest.
+
+    hydra-awsbatch status SWEEP          per-job state, duration and result
+    hydra-awsbatch logs SWEEP JOB_NUM    the tail of a job's CloudWatch log stream
+    hydra-awsbatch cancel SWEEP          terminate every unfinished job
+    hydra-awsbatch attach SWEEP          watch until done, then bring results and job dirs home
+
+SWEEP is the local sweep dir (it holds manifest.json) or the manifest's URI in staging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
+
+
+def load_manifest(sweep: str):
+    from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
+
+    uri = sweep if sweep.endswith(".json") else str(Path(sweep) / _stage.MANIFEST)
+    try:
+        manifest = _stage.Manifest.from_json(_storage.read_bytes(uri).decode())
+    except FileNotFoundError:
+        raise SystemExit(f"hydra-awsbatch: no sweep manifest at {uri}: give the sweep dir (multirun/DATE/TIME) "
+                         "or the manifest's URI") from None
+    if not _storage.is_s3(uri):  # the sweep dir may have moved since
+        manifest.sweep_dir = str(Path(uri).resolve().parent)
+    return manifest
+
+
+class Sweep:
+    """A sweep submitted to AWS Batch, brought back from its manifest."""
+
+    def __init__(self, sweep: str):
+        from hydra_plugins.hydra_awsbatch_launcher._batch import Array, BatchApi, BatchExecutor
+
+        self.manifest = load_manifest(sweep)
+        if self.manifest.launcher != "AwsBatchLauncher":
+            raise SystemExit(f"hydra-awsbatch: sweep {self.manifest.sweep_id} ran with {self.manifest.launcher}; "
+                             "its jobs were local processes that ended with the launching process")
+        settings = self.manifest.settings
+        self.api = BatchApi(settings.get("region"), settings.get("profile"))
+        self.executors = [BatchExecutor(self.api, [Array(a["job_id"], a["first"], a["size"]) for a in b["arrays"]])
+                          for b in self.manifest.batches if b.get("arrays")]
+
+    def launcher(self):
+        from hydra_plugins.hydra_awsbatch_launcher.awsbatch_launcher import AwsBatchLauncher
+
+        launcher = AwsBatchLauncher(terminate_on_interrupt=False, **self.manifest.settings)
+        launcher.manifest = self.manifest
+        launcher._api = self.api
+        return launcher
+
+    def refresh(self) -> None:
+        launcher = self.launcher()
+        for executor in self.executors:
+            launcher.record_states({s.num: s for s in executor.poll()})
+
+
+def status(args) -> int:
+    sweep = Sweep(args.sweep)
+    sweep.refresh()
+    m = sweep.manifest
+    print(f"sweep {m.sweep_id} ({m.launcher}), created {m.created}, staging {m.staging_uri}")
+    print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<40} result")
+    for job in m.jobs:
+        duration = (f"{job['stopped'] - job['started']:.0f}s" if job.get("started") and job.get("stopped") else "-")
+        print(f"{job['num']:>4}  {job.get('state', '?'):<10} {duration:>9}  {' '.join(job['overrides'])[:40]:<40} "
+              f"{job.get('result', job.get('reason') or '')}")
+    return 0
+
+
+def logs(args) -> int:
+    sweep = Sweep(args.sweep)
+    job = next((j for j in sweep.manifest.jobs if j["num"] == args.job_num), None)
+    if job is None or not job.get("job_id"):
+        raise SystemExit(f"hydra-awsbatch: sweep {sweep.manifest.sweep_id} has no submitted job #{args.job_num}")
+    described = sweep.api.describe([job["job_id"]])
+    stream = (described[0].get("container", {}).get("logStreamName") if described else None)
+    if not stream:
+        raise SystemExit(f"hydra-awsbatch: job #{args.job_num} ({job['job_id']}) has no log stream yet; "
+                         f"it is {described[0]['status'] if described else 'unknown to Batch'}")
+    print("\n".join(sweep.api.log_tail(sweep.manifest.settings.get("log_group", "/aws/batch/job"), stream,
+                                       args.lines)))
+    return 0
+
+
+def cancel(args) -> int:
+    sweep = Sweep(args.sweep)
+    launcher = sweep.launcher()
+    stopped = 0
+    for executor in sweep.executors:
+        executor.poll()
+        stopped += executor.terminate("cancelled with hydra-awsbatch cancel")
+        launcher.record_states(executor.states)
+    print(f"terminated {stopped} unfinished jobs of sweep {sweep.manifest.sweep_id}")
+    return 0
+
+
+def attach(args) -> int:
+    import cloudpickle
+    from hydra.core.utils import JobStatus
+
+    from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
+
+    sweep = Sweep(args.sweep)
+    launcher = sweep.launcher()
+    failed = 0
+    batches = [b for b in sweep.manifest.batches if b.get("arrays")]
+    for batch, executor in zip(batches, sweep.executors):
+        _, body = _stage.load_payload(_storage.read_bytes(batch["payload_uri"]))
+        configs = cloudpickle.loads(body)[3]
+        states = launcher.watch(executor, len(configs))
+        returns = launcher.collect(configs, states, executor)
+        failed += sum(r.status != JobStatus.COMPLETED for r in returns)
+    print(f"sweep {sweep.manifest.sweep_id}: {len(sweep.manifest.jobs) - failed} jobs completed, {failed} failed; "
+          f"job dirs in {sweep.manifest.sweep_dir}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hydra-awsbatch", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, function, text in [("status", status, "per-job state, duration and result"),
+                                 ("logs", logs, "the tail of a job's CloudWatch log stream"),
+                                 ("cancel", cancel, "terminate every unfinished job of the sweep"),
+                                 ("attach", attach, "watch until done, then collect results and job dirs")]:
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("sweep", help="the local sweep dir, or the manifest's URI")
+        command.set_defaults(function=function)
+        if name == "logs":
+            command.add_argument("job_num", type=int, help="the job's number (#N in the sweep)")
+            command.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return args.function(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
