@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -10,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.moto_batch import create_batch_resources, start_moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DUMMY_AWS = {
@@ -53,13 +54,8 @@ def run_app(tmp_path, app_env):
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's server in a thread on a free port of 127.0.0.1; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    server, endpoint = start_moto_server()
+    yield endpoint
     server.stop()
 
 
@@ -84,49 +80,8 @@ def bucket(aws_env, request) -> str:
     return name
 
 
-def moto_client(endpoint: str, service: str):
-    import boto3
-
-    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
-
 
 @pytest.fixture(scope="session")
 def batch_resources(moto_server) -> dict:
-    """Batch as a user's account would have it, on the moto server in its no-container mode (jobs end at
-    once): an EC2 queue and job definition, a Fargate-only queue, a disabled queue, a staging bucket."""
-    import json
-    import urllib.request
-
-    request = urllib.request.Request(f"{moto_server}/moto-api/config", method="POST",
-                                     data=json.dumps({"batch": {"use_docker": False}}).encode())
-    urllib.request.urlopen(request).read()
-    iam, ec2, batch = (moto_client(moto_server, s) for s in ("iam", "ec2", "batch"))
-    role = iam.create_role(RoleName="batch-test", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    iam.create_instance_profile(InstanceProfileName="batch-test")
-    iam.add_role_to_instance_profile(InstanceProfileName="batch-test", RoleName="batch-test")
-    profile = iam.get_instance_profile(InstanceProfileName="batch-test")["InstanceProfile"]["Arn"]
-    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
-    group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
-    network = {"subnets": subnets, "securityGroupIds": [group]}
-
-    def compute_environment(name: str, resources: dict) -> str:
-        return batch.create_compute_environment(computeEnvironmentName=name, type="MANAGED", state="ENABLED",
-                                                computeResources={**resources, **network},
-                                                serviceRole=role)["computeEnvironmentArn"]
-
-    def queue(name: str, environment: str, state: str = "ENABLED") -> str:
-        batch.create_job_queue(jobQueueName=name, state=state, priority=1,
-                               computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}])
-        return name
-
-    ec2_env = compute_environment("test-ec2", {"type": "EC2", "minvCpus": 0, "maxvCpus": 64,
-                                               "instanceTypes": ["optimal"], "instanceRole": profile})
-    fargate_env = compute_environment("test-fargate", {"type": "FARGATE", "maxvCpus": 16})
-    batch.register_job_definition(jobDefinitionName="test-job", type="container", containerProperties={
-        "image": "hydra-awsbatch:latest", "command": ["python", "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"],
-        "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]})
-    moto_client(moto_server, "s3").create_bucket(Bucket="batch-staging")
-    return {"queue": queue("test-queue", ec2_env), "fargate_queue": queue("test-fargate-queue", fargate_env),
-            "disabled_queue": queue("test-disabled-queue", ec2_env, state="DISABLED"),
-            "job_definition": "test-job", "bucket": "batch-staging", "staging": "s3://batch-staging/staging"}
+    """Batch as a user's account would have it, on the moto server in its no-container mode."""
+    return create_batch_resources(moto_server)
