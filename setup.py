@@ -7,7 +7,8 @@ VERSION = {}
 exec((HERE / "hydra_plugins/hydra_awsbatch_launcher/__init__.py").read_text(), VERSION)
 
 # What the example app (train_model.py) needs; the container image installs these too.
-EXAMPLE = ["torch>=2.1", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2023.6", "s3fs>=2023.6"]
+# s3fs[boto3] brings a boto3 that fits the botocore which s3fs's aiobotocore pins.
+EXAMPLE = ["torch>=2.1", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2023.6", "s3fs[boto3]>=2023.6"]
 TEST = EXAMPLE + [
     "pytest>=7.4",
     "pytest-timeout>=2.2",

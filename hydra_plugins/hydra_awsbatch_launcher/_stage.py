@@ -33,7 +33,7 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 # Never worth shipping: version control, caches, environments and the outputs of earlier runs.
 ALWAYS_EXCLUDE = (
-    ".git", ".hg", ".svn", "__pycache__", "*.pyc", ".venv", "venv", ".mypy_cache", ".pytest_cache",
+    ".git", ".hg", ".svn", "__pycache__", "*.pyc", ".venv*", "venv", ".mypy_cache", ".pytest_cache",
     ".ruff_cache", ".ipynb_checkpoints", "*.egg-info", ".DS_Store", "multirun", "outputs",
 )
 

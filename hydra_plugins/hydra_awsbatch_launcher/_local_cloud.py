@@ -1,0 +1,253 @@
+"""The local cloud: the whole AWS path on one machine, without an AWS account. moto's server (on 127.0.0.1,
+in the background) plays CloudFormation, Batch, S3, ECR and CloudWatch Logs; moto's Batch runs every job in a
+real container of our image, on a Docker engine that has no bridge and uses the host's network.
+
+    hydra-awsbatch local-cloud up | status | down
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository (template.yaml, Dockerfile)
+STATE_DIR = Path(os.environ.get("HYDRA_AWSBATCH_LOCAL_CLOUD_DIR", Path.home() / ".cache/hydra-awsbatch/local-cloud"))
+STACK = "hydra-batch"
+BASE_TAG = "local/python:3.11"
+DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+SAFE_DOCKERD = "dockerd --bridge=none --iptables=false --ip-masq=false --host-gateway-ip=127.0.0.1"
+
+
+class LocalCloudError(Exception):
+    pass
+
+
+def say(message: str) -> None:
+    print(f"[local-cloud] {message}", flush=True)
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, text=True, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------- docker
+def docker_answers() -> str | None:
+    """Why no Docker engine answers, or None when one does."""
+    if shutil.which("docker") is None:
+        return "the docker command is missing: apt-get install docker.io"
+    proc = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return ("no Docker engine answers. Start one that creates no bridge and no private-range addresses:\n"
+                f"    sudo {SAFE_DOCKERD} &")
+    return None
+
+
+def image_exists(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def registry_reachable(timeout: float = 3.0) -> bool:
+    try:
+        urllib.request.urlopen("https://registry-1.docker.io/v2/", timeout=timeout)
+    except urllib.error.HTTPError:
+        return True  # 401: it answers
+    except OSError:
+        return False
+    return True
+
+
+def build_base_image(tag: str = BASE_TAG) -> str:
+    """A python:3.11 base without a registry: debootstrap a minimal Debian, add PyTorch from the local wheel
+    (or PyPI), and import it into Docker. Cached: a second call finds the image and returns at once."""
+    if image_exists(tag):
+        say(f"base image {tag}: cached")
+        return tag
+    if shutil.which("debootstrap") is None:
+        raise LocalCloudError("building a base image needs debootstrap (apt-get install debootstrap), or set "
+                              "BASE_IMAGE to an image you have")
+    rootfs = STATE_DIR / "rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    rootfs.parent.mkdir(parents=True, exist_ok=True)
+    say(f"base image {tag}: debootstrap of Debian bookworm (about a minute)...")
+    run(["debootstrap", "--variant=minbase", "--include=python3,python3-pip,python3-venv,ca-certificates",
+         "bookworm", str(rootfs)], stdout=subprocess.DEVNULL)
+    for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
+        marker.unlink()
+    (rootfs / "usr/bin/python").symlink_to("python3")
+    shutil.copyfile("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
+    shutil.copyfile("/etc/resolv.conf", rootfs / "etc/resolv.conf")
+    wheels = sorted(Path("/opt/wheels").glob("torch-*cp311*.whl")) if Path("/opt/wheels").is_dir() else []
+    torch = "torch --index-url https://download.pytorch.org/whl/cpu"
+    if wheels:
+        shutil.copyfile(wheels[-1], rootfs / "tmp" / wheels[-1].name)
+        torch = f"/tmp/{wheels[-1].name}"
+    say(f"base image {tag}: installing PyTorch ({torch.split()[0]})...")
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+           "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt", "PIP_NO_CACHE_DIR": "1"}
+    run(["chroot", str(rootfs), "python3", "-m", "pip", "install", "--quiet", *torch.split()], env=env)
+    for wheel in (rootfs / "tmp").glob("*.whl"):
+        wheel.unlink()
+    say(f"base image {tag}: importing into Docker...")
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    run(["docker", "import", "--change", "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt", "-", tag],
+        stdin=tar.stdout, stdout=subprocess.DEVNULL)
+    tar.wait()
+    shutil.rmtree(rootfs, ignore_errors=True)
+    return tag
+
+
+def base_image() -> str:
+    """BASE_IMAGE from the environment, else python:3.11-slim when a registry answers, else a local build."""
+    if os.environ.get("BASE_IMAGE"):
+        return os.environ["BASE_IMAGE"]
+    if registry_reachable():
+        return "python:3.11-slim"
+    return build_base_image()
+
+
+def build_image(tag: str, base: str) -> None:
+    say(f"building {tag} from {base} (docker build --network host)...")
+    run(["docker", "build", "--network", "host", "--quiet", "--build-arg", f"BASE_IMAGE={base}", "-t", tag,
+         str(ROOT)], stdout=subprocess.DEVNULL)
+
+
+# --------------------------------------------------------------------------------------------------- moto
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(state_dir: Path) -> tuple[int, str]:
+    """moto's server on 127.0.0.1, in the background; its Batch runs jobs in host-network containers."""
+    port = free_port()
+    log = open(state_dir / "moto.log", "ab")
+    env = dict(os.environ, MOTO_DOCKER_NETWORK_MODE="host")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            return proc.pid, endpoint
+        except OSError:
+            if proc.poll() is not None:
+                raise LocalCloudError(f"moto's server exited; see {state_dir / 'moto.log'}") from None
+            time.sleep(0.2)
+    raise LocalCloudError(f"moto's server did not answer on {endpoint}; see {state_dir / 'moto.log'}")
+
+
+def client(endpoint: str, service: str):
+    import boto3
+
+    return boto3.client(service, endpoint_url=endpoint, region_name=DUMMY_ENV["AWS_DEFAULT_REGION"],
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def batch_service_role(iam) -> str:
+    """Batch's service-linked role, which AWS creates on first use and moto must be given."""
+    roles = iam.list_roles(PathPrefix="/aws-service-role/batch.amazonaws.com/")["Roles"]
+    if roles:
+        return roles[0]["Arn"]
+    return iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")["Role"]["Arn"]
+
+
+def deploy_stack(endpoint: str, stack: str = STACK, **parameters: str) -> dict:
+    """template.yaml into moto's CloudFormation; returns the stack's outputs."""
+    cloudformation = client(endpoint, "cloudformation")
+    params = {"EnvironmentName": stack, "ServiceRoleArn": batch_service_role(client(endpoint, "iam")),
+              "JobTimeoutSeconds": "3600", **parameters}
+    cloudformation.create_stack(StackName=stack, TemplateBody=(ROOT / "template.yaml").read_text(),
+                                Capabilities=["CAPABILITY_IAM"],
+                                Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
+    found = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
+    if found["StackStatus"] != "CREATE_COMPLETE":
+        raise LocalCloudError(f"stack {stack}: {found['StackStatus']} {found.get('StackStatusReason', '')}")
+    return {o["OutputKey"]: o["OutputValue"] for o in found["Outputs"]}
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def state_file() -> Path:
+    return STATE_DIR / "state.json"
+
+
+def read_state() -> dict | None:
+    try:
+        return json.loads(state_file().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def exports(state: dict) -> str:
+    return "\n".join(f"export {k}={v}" for k, v in {**DUMMY_ENV, "AWS_ENDPOINT_URL": state["endpoint"]}.items())
+
+
+def up(stack: str = STACK) -> dict:
+    state = read_state()
+    if state and alive(state["pid"]):
+        say(f"already up: moto's server pid {state['pid']} at {state['endpoint']}")
+        return state
+    problem = docker_answers()
+    if problem:
+        raise LocalCloudError(problem)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    say("starting moto's server on 127.0.0.1...")
+    pid, endpoint = start_moto(STATE_DIR)
+    state = {"pid": pid, "endpoint": endpoint, "stack": stack, "started": time.time()}
+    state_file().write_text(json.dumps(state))
+    say(f"deploying template.yaml as stack {stack}...")
+    outputs = deploy_stack(endpoint, stack)
+    image = outputs["RepositoryUri"] + ":latest"
+    build_image(image, base_image())
+    state.update(outputs=outputs, image=image)
+    state_file().write_text(json.dumps(state))
+    say("up. In your shell:")
+    print(exports(state))
+    print(f"python train_model.py --multirun lr=1e-3,1e-4 hydra/launcher=aws_batch hydra.launcher.stack_name={stack} "
+          f"checkpoint.uri={outputs['StagingUri']}/checkpoints/'${{hydra:job.override_dirname}}'")
+    return state
+
+
+def status() -> int:
+    state = read_state()
+    if not state:
+        say("down (no state file)")
+        return 1
+    running = alive(state["pid"])
+    say(f"moto's server pid {state['pid']} at {state['endpoint']}: {'running' if running else 'gone'}")
+    say(f"stack {state['stack']}: {json.dumps(state.get('outputs', {}))}")
+    say(f"job image: {state.get('image', '-')}")
+    return 0 if running else 1
+
+
+def down() -> int:
+    """Stop what `up` started (moto's server, by its pid) and nothing else."""
+    state = read_state()
+    if not state:
+        say("nothing to stop")
+        return 0
+    if alive(state["pid"]):
+        os.kill(state["pid"], signal.SIGTERM)
+        for _ in range(50):
+            if not alive(state["pid"]):
+                break
+            time.sleep(0.1)
+        say(f"stopped moto's server (pid {state['pid']})")
+    state_file().unlink()
+    return 0

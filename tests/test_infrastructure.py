@@ -1,0 +1,200 @@
+"""template.yaml, Dockerfile and container_shell_script.sh: linted as a reviewer would, and the template
+deployed into moto's CloudFormation over HTTP for both GPU conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+TEMPLATE = ROOT / "template.yaml"
+LINT_VENV = ROOT / ".venv-lint"
+
+
+@pytest.fixture(scope="session")
+def lint_bin() -> Path:
+    """cfn-lint, checkov and hadolint, in a virtual environment of their own (made on first use)."""
+    bin_dir = LINT_VENV / "bin"
+    if not all((bin_dir / tool).exists() for tool in ("cfn-lint", "checkov", "hadolint")):
+        subprocess.run([sys.executable, "-m", "venv", str(LINT_VENV)], check=True)
+        subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "-r",
+                        str(ROOT / "requirements-lint.txt")], check=True, timeout=900)
+    return bin_dir
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, BC_SKIP_MAPPING="TRUE"))
+
+
+def test_cfn_lint_has_no_errors_or_warnings(lint_bin):
+    proc = run(str(lint_bin / "cfn-lint"), "template.yaml")
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("target", ["template.yaml", "Dockerfile"])
+def test_checkov_fails_nothing_and_every_skip_says_why(lint_bin, target):
+    proc = run(str(lint_bin / "checkov"), "-f", target, "--skip-download", "--output", "json")
+    report = json.loads(proc.stdout)
+    results = report["results"]
+    assert results["failed_checks"] == [], [c["check_id"] for c in results["failed_checks"]]
+    assert report["summary"]["passed"] > 20
+    for check in results["skipped_checks"]:
+        reason = check["check_result"].get("suppress_comment", "")
+        assert len(reason) > 20, f"{check['check_id']} is skipped without a reason"
+
+
+def test_hadolint_is_clean(lint_bin):
+    proc = run(str(lint_bin / "hadolint"), "Dockerfile")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_shellcheck_is_clean():
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is missing: apt-get install shellcheck (.ci/run does)"
+    proc = run(shellcheck, "container_shell_script.sh")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- the template
+class CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref x -> {"Ref": x}, !Sub s -> {"Fn::Sub": s}, ...)."""
+
+
+def _tag(loader, suffix, node):
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        return {name: value.split(".", 1) if suffix == "GetAtt" else value}
+    if isinstance(node, yaml.SequenceNode):
+        return {name: loader.construct_sequence(node, deep=True)}
+    return {name: loader.construct_mapping(node, deep=True)}
+
+
+CfnLoader.add_multi_constructor("!", _tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
+
+
+def statements(role: dict) -> list[dict]:
+    return [s for policy in role["Properties"].get("Policies", []) for s in policy["PolicyDocument"]["Statement"]]
+
+
+def test_job_role_reaches_only_this_bucket(template):
+    role = template["Resources"]["JobRole"]
+    assert "ManagedPolicyArns" not in role["Properties"]
+    resources = [s["Resource"] for s in statements(role)]
+    assert resources == [{"Fn::Sub": "${Bucket.Arn}/*"}, {"Fn::GetAtt": ["Bucket", "Arn"]}]
+    actions = {a for s in statements(role) for a in s["Action"]}
+    assert actions == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:GetBucketLocation"}
+
+
+def test_no_full_access_and_no_wildcard_where_a_resource_can_be_named(template):
+    text = TEMPLATE.read_text()
+    assert "FullAccess" not in text and "AWSBatchServiceRole" not in text
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        for statement in statements(resource):
+            if statement["Resource"] == "*":  # only what takes no resource-level permission
+                assert statement["Action"] == "ecr:GetAuthorizationToken", (name, statement)
+    instance = template["Resources"]["InstanceRole"]["Properties"]["ManagedPolicyArns"]
+    assert instance == [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/"
+                                    "AmazonEC2ContainerServiceforEC2Role"}]
+
+
+def test_retry_strategy_matches_the_launchers(template):
+    from hydra_plugins.hydra_awsbatch_launcher import _batch
+
+    jobdef = template["Resources"]["JobDefinition"]["Properties"]
+    launcher = _batch.retry_strategy(3)["evaluateOnExit"]
+    ours = [{k[0].lower() + k[1:]: v for k, v in rule.items()} for rule in jobdef["RetryStrategy"]["EvaluateOnExit"]]
+    assert ours == launcher
+    assert jobdef["ContainerProperties"]["Command"] == _batch.WORKER_COMMAND
+    assert jobdef["Timeout"] == {"AttemptDurationSeconds": {"Ref": "JobTimeoutSeconds"}}
+    assert template["Parameters"]["JobTimeoutSeconds"]["Default"] == 86400
+
+
+def test_bucket_blocks_public_access_and_plain_http(template):
+    bucket = template["Resources"]["Bucket"]["Properties"]
+    assert bucket["PublicAccessBlockConfiguration"] == {"BlockPublicAcls": True, "BlockPublicPolicy": True,
+                                                        "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    (statement,) = template["Resources"]["BucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_staging_expires_but_checkpoints_do_not(template):
+    rules = template["Resources"]["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    expiring = {r.get("Prefix") for r in rules if "ExpirationInDays" in r}
+    assert expiring == {"code/", "sweeps/"}
+
+
+# ------------------------------------------------------------------------------------- deployed into moto
+@pytest.fixture(scope="module")
+def deploy(moto_server):
+    """Deploy template.yaml into moto's CloudFormation; returns its outputs."""
+    from tests.moto_batch import moto_client
+
+    cloudformation, iam = moto_client(moto_server, "cloudformation"), moto_client(moto_server, "iam")
+    from hydra_plugins.hydra_awsbatch_launcher._local_cloud import batch_service_role
+
+    service_role = batch_service_role(iam)
+
+    def create(name: str, **parameters: str) -> dict:
+        params = {"EnvironmentName": name, "ServiceRoleArn": service_role, **parameters}
+        cloudformation.create_stack(StackName=name, TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_IAM"],
+                                    Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
+        stack = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+        assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+        return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+    return create
+
+
+@pytest.mark.parametrize("gpu", [False, True], ids=["gpu-off", "gpu-on"])
+def test_template_deploys_a_usable_batch(deploy, aws_env, gpu):
+    name = "stack-gpu" if gpu else "stack-cpu"
+    outputs = deploy(name, **({"GpuInstanceTypes": "g5.xlarge,g5.2xlarge"} if gpu else {}))
+    assert {"JobQueue", "JobDefinition", "Bucket", "StagingUri", "RepositoryUri", "LogGroup"} <= set(outputs)
+    assert ("GpuJobQueue" in outputs) == gpu
+    batch, s3 = boto3.client("batch"), boto3.client("s3")
+
+    queues = [outputs["JobQueue"], *([outputs["GpuJobQueue"]] if gpu else [])]
+    for queue in batch.describe_job_queues(jobQueues=queues)["jobQueues"]:
+        assert (queue["state"], queue["status"]) == ("ENABLED", "VALID")
+    (main_queue,) = batch.describe_job_queues(jobQueues=[outputs["JobQueue"]])["jobQueues"]
+    order = sorted(main_queue["computeEnvironmentOrder"], key=lambda o: o["order"])
+    environments = batch.describe_compute_environments(
+        computeEnvironments=[o["computeEnvironment"] for o in order])["computeEnvironments"]
+    kinds = {e["computeEnvironmentArn"]: e["computeResources"]["type"] for e in environments}
+    assert [kinds[o["computeEnvironment"]] for o in order] == ["SPOT", "EC2"]  # Spot first
+    assert all(e["computeResources"]["minvCpus"] == 0 for e in environments)
+
+    (jobdef,) = batch.describe_job_definitions(jobDefinitions=[outputs["JobDefinition"]])["jobDefinitions"]
+    assert jobdef["status"] == "ACTIVE"
+    assert jobdef["retryStrategy"]["attempts"] == 3
+    assert {"onExitCode": "75", "action": "retry"} in [dict(r, action=r["action"].lower())
+                                                      for r in jobdef["retryStrategy"]["evaluateOnExit"]]
+    # moto's CloudFormation reads the job definition's timeout from a lowercase "timeout" key and so drops
+    # CloudFormation's "Timeout"; the template's own value is checked in test_retry_strategy_matches_the_launchers.
+    assert jobdef["containerProperties"]["image"] == f"{outputs['RepositoryUri']}:latest"
+
+    bucket = outputs["Bucket"]
+    assert outputs["StagingUri"] == f"s3://{bucket}"
+    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    # moto's CloudFormation applies a bucket's encryption but not its PublicAccessBlockConfiguration (nor
+    # AWS::S3::BucketPolicy); those are checked in the template: test_bucket_blocks_public_access_and_plain_http.
