@@ -171,6 +171,14 @@ class BatchApi:
         for job_id in job_ids:
             self.batch.terminate_job(jobId=job_id, reason=reason)
 
+    def find_log_tail(self, groups: list[str], stream: str, lines: int = 50) -> tuple[str, list[str]]:
+        """The first of `groups` that has the stream, and its tail."""
+        for group in groups:
+            tail = self.log_tail(group, stream, lines)
+            if not tail or not tail[0].startswith("(no log stream"):
+                return group, tail
+        return groups[0], tail
+
     def log_tail(self, log_group: str, stream: str, lines: int = 50) -> list[str]:
         from botocore.exceptions import ClientError
 
@@ -180,6 +188,13 @@ class BatchApi:
         except ClientError as error:
             return [f"(no log stream {log_group}/{stream}: {error.response['Error']['Code']})"]
         return [e["message"].rstrip("\n") for e in events]
+
+
+def _log_groups(job: dict, configured: str) -> list[str]:
+    """Where a job's log stream may be: its own awslogs group, the configured one, Batch's default."""
+    options = job.get("container", {}).get("logConfiguration", {}).get("options", {})
+    groups = [options.get("awslogs-group"), configured, "/aws/batch/job"]
+    return list(dict.fromkeys(g for g in groups if g))
 
 
 # ------------------------------------------------------------------------------------------------ requests
@@ -370,8 +385,8 @@ class BatchExecutor:
                     f"exit code: {container.get('exitCode', self.states[num].exit_code)}; "
                     f"container reason: {container.get('reason') or '-'}"]
             if stream:
-                tail = self.api.log_tail(log_group, stream, lines)
-                text.append(f"Last {len(tail)} lines of {log_group}/{stream}:")
+                group, tail = self.api.find_log_tail(_log_groups(job, log_group), stream, lines)
+                text.append(f"Last {len(tail)} lines of {group}/{stream}:")
                 text += tail
             details[num] = "\n".join(text)
         return details

@@ -50,6 +50,8 @@ class BaseAwsBatchLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):  # "Found credentials in ..." at INFO
+            logging.getLogger(chatty).setLevel(logging.WARNING)
         self.check_settings()
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
     hydra-awsbatch logs SWEEP JOB_NUM    the tail of a job's CloudWatch log stream
     hydra-awsbatch cancel SWEEP          terminate every unfinished job
     hydra-awsbatch attach SWEEP          watch until done, then bring results and job dirs home
+    hydra-awsbatch local-cloud up|status|down   the AWS path on this machine (moto + Docker)
 
 SWEEP is the local sweep dir (it holds manifest.json) or the manifest's URI in staging.
 """
@@ -122,6 +123,18 @@ def attach(args) -> int:
     return 1 if failed else 0
 
 
+def local_cloud(args) -> int:
+    from hydra_plugins.hydra_awsbatch_launcher import _local_cloud
+
+    try:
+        if args.action == "up":
+            _local_cloud.up(args.stack)
+            return 0
+        return _local_cloud.status() if args.action == "status" else _local_cloud.down()
+    except (_local_cloud.LocalCloudError, OSError) as error:
+        raise SystemExit(f"hydra-awsbatch local-cloud {args.action}: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hydra-awsbatch", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "logs":
             command.add_argument("job_num", type=int, help="the job's number (#N in the sweep)")
             command.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    cloud = commands.add_parser("local-cloud", help="the AWS path on this machine: moto's server + Docker",
+                                description="up: start moto's server, deploy template.yaml, build the job image; "
+                                            "status: what runs; down: stop what up started")
+    cloud.add_argument("action", choices=["up", "status", "down"])
+    cloud.add_argument("--stack", default="hydra-batch", help="stack name (default hydra-batch)")
+    cloud.set_defaults(function=local_cloud)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return args.function(args)
