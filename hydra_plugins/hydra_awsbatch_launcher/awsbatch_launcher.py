@@ -208,7 +208,6 @@ class BaseAwsBatchLauncher(Launcher):
         from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
         from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
 
-        self.record_states(states)
         staging = _stage.Staging(self.manifest.staging_uri, self.manifest.sweep_id)
         sweep_dir = Path(self.manifest.sweep_dir)
         sync, exclude = self.manifest.settings.get("sync_outputs", True), self.manifest.settings.get("sync_exclude", [])
@@ -219,6 +218,10 @@ class BaseAwsBatchLauncher(Launcher):
                 results[num] = _stage.load_result(_storage.read_bytes(staging.result(num)))
             except FileNotFoundError:
                 results[num] = None
+        for num, result in results.items():  # the worker's own exit code, where Batch reported none
+            if result is not None and states[num].exit_code is None:
+                states[num].exit_code = result.get("exit_code")
+        self.record_states(states)
         missing = [num for num, result in results.items() if result is None]
         details = executor.failure_details(missing, self.manifest.settings.get("log_group", "")) if missing else {}
 

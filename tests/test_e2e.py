@@ -1,0 +1,239 @@
+"""The full cloud path on this machine: template.yaml deployed into moto's CloudFormation, moto's Batch
+running every job in a real container of our image (Docker engine with host networking, moto on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, LauncherTestSuite
+
+from hydra_plugins.hydra_awsbatch_launcher import _local_cloud
+from tests.conftest import DUMMY_AWS, ROOT
+
+pytestmark = pytest.mark.e2e
+STACK = "e2e-batch"
+BATCH = ["hydra/launcher=aws_batch", f"hydra.launcher.stack_name={STACK}", "hydra.launcher.poll_interval_s=0.5"]
+
+
+@pytest.fixture(scope="session")
+def local_cloud(tmp_path_factory):
+    """moto's server (a background process, its Batch in Docker mode), the stack, and the job image."""
+    problem = _local_cloud.docker_answers()
+    assert problem is None, problem
+    state = tmp_path_factory.mktemp("local-cloud")
+    pid, endpoint = _local_cloud.start_moto(state)
+    try:
+        outputs = _local_cloud.deploy_stack(endpoint, STACK)
+        _local_cloud.build_image(outputs["RepositoryUri"] + ":latest", _local_cloud.base_image())
+        yield {"endpoint": endpoint, "outputs": outputs, "bucket": outputs["Bucket"]}
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture
+def cloud_env(local_cloud, app_env, monkeypatch) -> dict:
+    env = dict(app_env, AWS_ENDPOINT_URL=local_cloud["endpoint"], **DUMMY_AWS)
+    for key, value in env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    return env
+
+
+def manifest(sweep_dir: Path) -> dict:
+    return json.loads((sweep_dir / "manifest.json").read_text())
+
+
+@pytest.fixture
+def script(tmp_path, cloud_env):
+    """Write an app into tmp_path/app; start it (Popen) or run it to the end (returns the process)."""
+
+    def make(body: str):
+        app = tmp_path / "app"
+        app.mkdir(exist_ok=True)
+        (app / "my_app.py").write_text(textwrap.dedent(body))
+        return app
+
+    def run(body: str, *args: str, timeout: float = 400):
+        app = make(body)
+        return subprocess.run([sys.executable, "my_app.py", "-m", *BATCH, "hydra.sweep.dir=sweep", *args],
+                              cwd=app, env=cloud_env, capture_output=True, text=True, timeout=timeout)
+
+    def start(body: str, *args: str):
+        app = make(body)
+        return subprocess.Popen([sys.executable, "my_app.py", "-m", *BATCH, "hydra.sweep.dir=sweep", *args],
+                                cwd=app, env=cloud_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    run.start, run.app = start, lambda: tmp_path / "app"
+    return run
+
+
+def batch_states(job_ids: list[str]) -> list[str]:
+    return [j["status"] for j in boto3.client("batch").describe_jobs(jobs=job_ids)["jobs"]]
+
+
+def wait_for(condition, timeout: float = 120, every: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {condition.__name__}")
+
+
+def children(sweep_dir: Path) -> list[str]:
+    return [j["job_id"] for j in manifest(sweep_dir)["jobs"] if j.get("job_id")]
+
+
+# ------------------------------------------------------------------------------------------ the example
+def test_example_sweep_matches_the_basic_launcher(local_cloud, run_app, cloud_env, tmp_path):
+    ckpt = f"checkpoint.uri=s3://{local_cloud['bucket']}/checkpoints/e2e/${{hydra:job.num}}"
+    basic = run_app("--multirun", "lr=1e-3,1e-4", "epochs=3", "hydra.sweep.dir=basic")
+    batch = run_app("--multirun", "lr=1e-3,1e-4", "epochs=3", *BATCH, ckpt, "hydra.sweep.dir=batch", env=cloud_env)
+    expected = [float(v) for v in re.findall(r"Finished: val_loss=(\S+)", basic.stdout)]
+    jobs = manifest(tmp_path / "batch")["jobs"]
+    assert [j["state"] for j in jobs] == ["SUCCEEDED", "SUCCEEDED"], batch.stdout + batch.stderr
+    for job, value in zip(jobs, expected):
+        assert float(job["result"]) == pytest.approx(value, abs=1e-4)
+        job_dir = tmp_path / "batch" / str(job["num"])
+        assert "epoch 3/3" in (job_dir / "train_model.log").read_text()
+        assert (job_dir / ".hydra/overrides.yaml").exists()
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(
+        Bucket=local_cloud["bucket"], Prefix="checkpoints/e2e/")["Contents"]]
+    assert {"checkpoints/e2e/0/ckpt-e00003-s0000000.pt", "checkpoints/e2e/1/ckpt-e00003-s0000000.pt"} <= set(keys)
+
+
+FAILURES = """
+    import os
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        if cfg.x == 1:
+            raise ValueError("no good value")
+        if cfg.x == 2:
+            print("about to vanish", flush=True)
+            os._exit(137)
+        return cfg.x
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_failures_come_back_with_their_reasons(script):
+    proc = script(FAILURES, "+x=0,1,2")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert "ValueError: no good value" in output and 'raise ValueError("no good value")' in output
+    assert "job #2 ended without a result" in output
+    assert "Batch status: FAILED" in output and "exit code: 137" in output
+    assert "about to vanish" in output.split("job #2 ended without a result", 1)[1]  # from CloudWatch
+    jobs = manifest(script.app() / "sweep")["jobs"]
+    assert [j["state"] for j in jobs] == ["SUCCEEDED", "FAILED", "FAILED"]
+
+
+SLEEPER = """
+    import time
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        time.sleep(cfg.seconds)
+        return cfg.x
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_ctrl_c_terminates_every_running_job(script):
+    parent = script.start(SLEEPER, "+x=1,2,3,4", "+seconds=600")
+    sweep = script.app() / "sweep"
+    wait_for(lambda: (sweep / "manifest.json").exists() and len(children(sweep)) == 4)
+    jobs = children(sweep)
+    wait_for(lambda: batch_states(jobs).count("RUNNING") == 4)
+    parent.send_signal(signal.SIGINT)
+    output, _ = parent.communicate(timeout=120)
+    assert parent.returncode != 0 and "Stopped 4 unfinished jobs" in output, output
+
+    def all_ended():
+        states = batch_states(jobs)
+        return states if all(s in ("FAILED", "SUCCEEDED") for s in states) else None
+
+    assert wait_for(all_ended, timeout=60) == ["FAILED"] * 4  # none left RUNNING or RUNNABLE
+    assert [j["state"] for j in manifest(sweep)["jobs"]] == ["FAILED"] * 4
+
+
+def test_attach_collects_after_the_parent_was_killed(script, cloud_env):
+    parent = script.start(SLEEPER, "+x=1,2,3", "+seconds=8")
+    sweep = script.app() / "sweep"
+    wait_for(lambda: (sweep / "manifest.json").exists() and len(children(sweep)) == 3)
+    jobs = children(sweep)
+    wait_for(lambda: "RUNNING" in batch_states(jobs))
+    parent.send_signal(signal.SIGKILL)
+    parent.communicate(timeout=30)
+    attach = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "attach", "sweep"],
+                            cwd=script.app(), env=cloud_env, capture_output=True, text=True, timeout=300)
+    assert attach.returncode == 0, attach.stdout + attach.stderr
+    assert "3 jobs completed, 0 failed" in attach.stdout
+    assert [j["result"] for j in manifest(sweep)["jobs"]] == ["1", "2", "3"]
+    for num in range(3):
+        assert (sweep / str(num) / ".hydra/config.yaml").exists()
+
+
+def test_sigterm_to_a_training_container_saves_and_the_rerun_resumes(local_cloud, run_app, cloud_env, tmp_path):
+    ckpt_prefix = "checkpoints/spot"
+    args = ("--multirun", "epochs=300", *BATCH, f"checkpoint.uri=s3://{local_cloud['bucket']}/{ckpt_prefix}")
+    first = subprocess.Popen([sys.executable, str(ROOT / "train_model.py"), *args, "hydra.sweep.dir=first"],
+                             cwd=tmp_path, env=cloud_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    s3 = boto3.client("s3")
+    wait_for(lambda: s3.list_objects_v2(Bucket=local_cloud["bucket"], Prefix=ckpt_prefix).get("KeyCount", 0) > 0,
+             timeout=180)
+    (job_id,) = children(tmp_path / "first")
+    containers = subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    (name,) = [n for n in containers.split() if job_id.replace(":", "-") in n]
+    subprocess.run(["docker", "kill", "--signal", "TERM", name], check=True, capture_output=True)
+    output, _ = first.communicate(timeout=180)
+    assert first.returncode == 1, output
+    job = manifest(tmp_path / "first")["jobs"][0]
+    assert (job["state"], job["exit_code"]) == ("FAILED", 75), job
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=local_cloud["bucket"], Prefix=ckpt_prefix)["Contents"]]
+    saved = max(int(re.search(r"ckpt-e(\d+)", k).group(1)) for k in keys)
+    assert 0 < saved < 300
+
+    run_app(*args, "hydra.sweep.dir=second", env=cloud_env)
+    log = (tmp_path / "second/0/train_model.log").read_text()
+    assert f"Resumed from s3://{local_cloud['bucket']}/{ckpt_prefix}/ckpt-e{saved:05d}" in log
+    assert "epoch 300/300" in log and "epoch 1/300 " not in log
+    assert len(re.findall(r"epoch \d+/300 ", log)) == 300 - saved
+
+
+# ---------------------------------------------------------------------------------------- Hydra's suites
+@pytest.fixture
+def in_the_cloud(cloud_env):
+    """Hydra's in-process suites talk to the local cloud (cloud_env sets the AWS variables)."""
+    return cloud_env
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("aws_batch", BATCH[1:])])
+@pytest.mark.usefixtures("in_the_cloud")
+class TestLauncherInContainers(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize("launcher_name, overrides",
+                         [("aws_batch", [*BATCH[1:], "hydra/sweeper=basic", "hydra.sweeper.max_batch_size=2"])])
+@pytest.mark.usefixtures("in_the_cloud")
+class TestBatchedSweeperInContainers(BatchedSweeperTestSuite):
+    pass
