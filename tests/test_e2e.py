@@ -15,7 +15,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, LauncherTestSuite
+from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, IntegrationTestSuite, LauncherTestSuite
 
 from hydra_plugins.hydra_awsbatch_launcher import _local_cloud
 from tests.conftest import DUMMY_AWS, ROOT
@@ -237,3 +237,41 @@ class TestLauncherInContainers(LauncherTestSuite):
 @pytest.mark.usefixtures("in_the_cloud")
 class TestBatchedSweeperInContainers(BatchedSweeperTestSuite):
     pass
+
+
+# IntegrationTestSuite's apps write what they see to a file at an absolute path of this machine, and expect
+# the job's working directory at the launching machine's path: jobs must see this machine's disk. So these
+# run with a job definition that mounts a shared folder at the same path (as an EFS volume would on AWS), and
+# with hydra.launcher.shared_sweep_dir=true.
+SHARED = Path("/tmp/hydra-awsbatch-e2e-shared")
+
+
+@pytest.fixture(scope="session")
+def shared_job_definition(local_cloud) -> str:
+    from tests.moto_batch import moto_client
+
+    SHARED.mkdir(exist_ok=True)
+    SHARED.chmod(0o777)  # the job image runs as a non-root user
+    batch = moto_client(local_cloud["endpoint"], "batch")
+    (base,) = batch.describe_job_definitions(jobDefinitions=[local_cloud["outputs"]["JobDefinition"]])["jobDefinitions"]
+    properties = {k: v for k, v in base["containerProperties"].items()
+                  if k in ("image", "command", "resourceRequirements", "jobRoleArn", "executionRoleArn")}
+    properties["volumes"] = [{"name": "shared", "host": {"sourcePath": str(SHARED)}}]
+    properties["mountPoints"] = [{"sourceVolume": "shared", "containerPath": str(SHARED), "readOnly": False}]
+    batch.register_job_definition(jobDefinitionName="e2e-shared", type="container", containerProperties=properties)
+    return "e2e-shared"
+
+
+@pytest.mark.parametrize("task_launcher_cfg, extra_flags", [({}, [
+    "-m", *BATCH, "hydra.launcher.job_definition=e2e-shared", "hydra.launcher.shared_sweep_dir=true"])])
+class TestIntegrationInContainers(IntegrationTestSuite):
+    @pytest.fixture(autouse=True)
+    def shared_disk(self, shared_job_definition, cloud_env):
+        previous = os.umask(0)  # folders the launching side makes must be writable by the job's user
+        yield
+        os.umask(previous)
+
+    def get_test_scratch_dir(self, tmpdir) -> Path:
+        scratch = SHARED / Path(str(tmpdir)).name
+        scratch.mkdir(exist_ok=True)
+        return scratch

@@ -152,7 +152,8 @@ class BaseAwsBatchLauncher(Launcher):
     def manifest_settings(self) -> dict:
         """What `hydra-awsbatch` needs to find this sweep's jobs and outputs again."""
         params = OmegaConf.to_container(self.params)
-        return {k: params[k] for k in ("sync_outputs", "sync_exclude", "region", "profile", "log_group") if k in params}
+        keep = ("sync_outputs", "sync_exclude", "region", "profile", "log_group", "shared_sweep_dir")
+        return {k: params[k] for k in keep if k in params}
 
     # ------------------------------------------------------------------------------------------- submit
     def submit(self, payload_uri: str, first_num: int, size: int):
@@ -320,6 +321,10 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
 
     where = "on AWS Batch"
 
+    @property
+    def writes_in_place(self) -> bool:
+        return bool(self.params.get("shared_sweep_dir", False))
+
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._api = None
@@ -384,7 +389,9 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         from hydra_plugins.hydra_awsbatch_launcher import _batch
 
         p = self.params
-        environment = dict(p.environment)
+        from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE
+
+        environment = dict(p.environment, **({ENV_IN_PLACE: "1"} if self.writes_in_place else {}))
         endpoint = _batch.loopback_endpoint()
         if endpoint:  # the local cloud: containers reach moto on this machine with dummy credentials
             environment.update(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=self.api.session.region_name,

@@ -87,6 +87,9 @@ class AwsBatchLauncherConf(BaseAwsBatchLauncherConf):
     dry_run: bool = False
     # CloudWatch log group of the jobs, read for the log tail of a failed job
     log_group: str = "/aws/batch/job"
+    # true: the jobs see the sweep dir at the same path (an EFS volume of the job definition, say), so they
+    # write their job dirs there directly and keep the launching working directory; nothing is downloaded
+    shared_sweep_dir: bool = False
 
 
 def _store(name: str, node: Any) -> None:

@@ -22,7 +22,8 @@ ENV_PAYLOAD_URI = "HYDRA_AWSBATCH_PAYLOAD_URI"
 ENV_SWEEP_ID = "HYDRA_AWSBATCH_SWEEP_ID"
 # Added to the array index: a batch larger than Batch's 10,000-job arrays is split into several arrays.
 ENV_INDEX_OFFSET = "HYDRA_AWSBATCH_INDEX_OFFSET"
-# Set by aws_batch_local: the job shares the parent's disk, so it runs in the parent's own paths.
+# Set by aws_batch_local (and aws_batch with shared_sweep_dir): the job sees the parent's disk, so it runs
+# in the parent's own paths.
 ENV_IN_PLACE = "HYDRA_AWSBATCH_IN_PLACE"
 EXIT_FAILED, EXIT_NO_PAYLOAD, EXIT_INTERRUPTED = 1, 2, 75
 
@@ -98,6 +99,8 @@ def run(payload_uri: str, index: int) -> int:
         setup_globals()
         if not os.environ.get(ENV_IN_PLACE):
             _place_remotely(config, header, scratch, code_dir)
+        elif Path(config.hydra.runtime.cwd).is_dir():  # a shared file system: where the sweep was launched
+            os.chdir(config.hydra.runtime.cwd)
         job_dir = Path(config.hydra.sweep.dir) / _stage.job_subdir(config)
         job_return = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                              job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
