@@ -1,0 +1,78 @@
+"""Wall time of an 8-job trivial sweep through the local cloud (moto's Batch running each job in a container
+of our image) against 8 bare `docker run`s of the same image doing the same work, started together.
+
+    python bench/e2e.py [--jobs 8]
+
+Needs a Docker engine (see the README's local cloud); builds the image if needed, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hydra_plugins.hydra_awsbatch_launcher import _local_cloud  # noqa: E402
+
+APP = textwrap.dedent("""
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        return cfg.x * 2
+
+    if __name__ == "__main__":
+        main()
+""")
+STACK = "bench-batch"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=8)
+    args = parser.parse_args()
+    problem = _local_cloud.docker_answers()
+    if problem:
+        raise SystemExit(problem)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    pid, endpoint = _local_cloud.start_moto(workdir)
+    try:
+        outputs = _local_cloud.deploy_stack(endpoint, STACK)
+        image = outputs["RepositoryUri"] + ":latest"
+        _local_cloud.build_image(image, _local_cloud.base_image())
+        (workdir / "app.py").write_text(APP)
+        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, **_local_cloud.DUMMY_ENV)
+
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "app.py", "-m", f"+x=range(0,{args.jobs})", "hydra/launcher=aws_batch",
+                        f"hydra.launcher.stack_name={STACK}", "hydra.launcher.poll_interval_s=0.5",
+                        "hydra.sweep.dir=sweep"], cwd=workdir, env=env, check=True, capture_output=True)
+        sweep_s = time.perf_counter() - start
+
+        # The same work without the launcher: each container runs the task's body through the same entry point.
+        start = time.perf_counter()
+        runs = [subprocess.Popen(["docker", "run", "--rm", "--network", "host", image, "python", "-c",
+                                  f"print({i} * 2)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for i in range(args.jobs)]
+        assert all(run.wait() == 0 for run in runs)
+        bare_s = time.perf_counter() - start
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    print(f"{args.jobs} trivial jobs, one run")
+    print(f"{'path':<42}{'wall s':>8}")
+    print(f"{'local cloud sweep (aws_batch, moto Batch)':<42}{sweep_s:>8.2f}")
+    print(f"{'bare docker run x' + str(args.jobs) + ' (concurrent)':<42}{bare_s:>8.2f}")
+    print(f"ratio sweep / bare: {sweep_s / bare_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
