@@ -92,7 +92,8 @@ def build_base_image(tag: str = BASE_TAG) -> str:
     say(f"base image {tag}: installing PyTorch ({torch.split()[0]})...")
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
            "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt", "PIP_NO_CACHE_DIR": "1"}
-    run(["chroot", str(rootfs), "python3", "-m", "pip", "install", "--quiet", *torch.split()], env=env)
+    run(["chroot", str(rootfs), "python3", "-m", "pip", "install", "--quiet", "--root-user-action=ignore",
+         *torch.split()], env=env)
     for wheel in (rootfs / "tmp").glob("*.whl"):
         wheel.unlink()
     say(f"base image {tag}: importing into Docker...")
