@@ -34,12 +34,17 @@ def _bucket_key(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-@functools.cache
 def _s3():
+    return _s3_for(os.environ.get("AWS_ENDPOINT_URL"))
+
+
+@functools.cache
+def _s3_for(endpoint: str | None):
+    """One client per endpoint: the same process may talk to AWS and to a local cloud."""
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(retries={"mode": "adaptive", "max_attempts": 10}))
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"mode": "adaptive", "max_attempts": 10}))
 
 
 @functools.cache
