@@ -14,25 +14,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import trivial_app  # noqa: E402
 from hydra_plugins.hydra_awsbatch_launcher import _local_cloud  # noqa: E402
 
-APP = textwrap.dedent("""
-    import hydra
-
-    @hydra.main(version_base=None, config_path=None)
-    def main(cfg):
-        return cfg.x * 2
-
-    if __name__ == "__main__":
-        main()
-""")
 STACK = "bench-batch"
 
 
@@ -49,7 +39,7 @@ def main() -> None:
         outputs = _local_cloud.deploy_stack(endpoint, STACK)
         image = outputs["RepositoryUri"] + ":latest"
         _local_cloud.build_image(image, _local_cloud.base_image())
-        (workdir / "app.py").write_text(APP)
+        (workdir / "app.py").write_text(trivial_app.SOURCE)
         env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, **_local_cloud.DUMMY_ENV)
 
         start = time.perf_counter()

@@ -13,20 +13,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
-APP = textwrap.dedent("""
-    import hydra
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-    @hydra.main(version_base=None, config_path=None)
-    def main(cfg):
-        return cfg.x * 2
-
-    if __name__ == "__main__":
-        main()
-""")
+from bench import trivial_app
 
 
 def sweep_seconds(app_dir: Path, jobs: int, launcher: list[str], run: int) -> float:
@@ -44,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         app_dir = Path(tmp)
-        (app_dir / "app.py").write_text(APP)
+        (app_dir / "app.py").write_text(trivial_app.SOURCE)
         variants = {"basic": [], "aws_batch_local": ["hydra/launcher=aws_batch_local"]}
         times = {name: [] for name in variants}
         for run in range(args.repeats):  # interleaved, so drift in the machine's load hits both alike

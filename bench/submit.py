@@ -27,18 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import trivial_app  # noqa: E402
 from tests.moto_batch import create_batch_resources, moto_api, start_moto_server  # noqa: E402
 
-APP = textwrap.dedent("""
-    import hydra
-
-    @hydra.main(version_base=None, config_path=None)
-    def main(cfg):
-        return cfg.x
-
-    if __name__ == "__main__":
-        main()
-""")
 LOOP = textwrap.dedent("""
     import sys, boto3
     batch = boto3.client("batch")
@@ -76,7 +67,7 @@ def main() -> None:
     env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_DEFAULT_REGION="us-east-1", PYTHONPATH=str(ROOT))
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-    (workdir / "app.py").write_text(APP)
+    (workdir / "app.py").write_text(trivial_app.SOURCE)
     (workdir / "loop.py").write_text(LOOP)
 
     rows = []
