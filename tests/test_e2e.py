@@ -275,3 +275,29 @@ class TestIntegrationInContainers(IntegrationTestSuite):
         scratch = SHARED / Path(str(tmpdir)).name
         scratch.mkdir(exist_ok=True)
         return scratch
+
+
+def test_local_cloud_command_up_status_down(local_cloud, tmp_path, app_env):
+    env = dict(app_env, HYDRA_AWSBATCH_LOCAL_CLOUD_DIR=str(tmp_path / "state"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "local-cloud",
+                               *args], env=env, capture_output=True, text=True, timeout=900)
+
+    up = cli("up", "--stack", "cli-batch")
+    assert up.returncode == 0, up.stdout + up.stderr
+    exports = dict(re.findall(r"^export (\w+)=(\S+)$", up.stdout, flags=re.M))
+    assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:") and exports["AWS_ACCESS_KEY_ID"] == "testing"
+    assert "hydra.launcher.stack_name=cli-batch" in up.stdout
+    state = json.loads((tmp_path / "state/state.json").read_text())
+    images = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                            text=True).stdout.split()
+    assert state["image"] in images
+
+    assert cli("status").returncode == 0
+    again = cli("up", "--stack", "cli-batch")  # idempotent: says so, and prints the exports again
+    assert "already up" in again.stdout and exports["AWS_ENDPOINT_URL"] in again.stdout
+    down = cli("down")
+    assert down.returncode == 0 and f"stopped moto's server (pid {state['pid']})" in down.stdout
+    assert not Path(f"/proc/{state['pid']}").exists() or "zombie" in Path(f"/proc/{state['pid']}/status").read_text()
+    assert cli("status").returncode == 1

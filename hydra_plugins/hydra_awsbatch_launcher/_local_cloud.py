@@ -201,8 +201,9 @@ def exports(state: dict) -> str:
 
 def up(stack: str = STACK) -> dict:
     state = read_state()
-    if state and alive(state["pid"]):
+    if state and alive(state["pid"]) and state.get("outputs"):
         say(f"already up: moto's server pid {state['pid']} at {state['endpoint']}")
+        print_usage(state)
         return state
     problem = docker_answers()
     if problem:
@@ -218,11 +219,18 @@ def up(stack: str = STACK) -> dict:
     build_image(image, base_image())
     state.update(outputs=outputs, image=image)
     state_file().write_text(json.dumps(state))
-    say("up. In your shell:")
-    print(exports(state))
-    print(f"python train_model.py --multirun lr=1e-3,1e-4 hydra/launcher=aws_batch hydra.launcher.stack_name={stack} "
-          f"checkpoint.uri={outputs['StagingUri']}/checkpoints/'${{hydra:job.override_dirname}}'")
+    say("up.")
+    print_usage(state)
     return state
+
+
+def print_usage(state: dict) -> None:
+    """The lines to export, and the command that runs the example sweep in the local cloud."""
+    say("In your shell:")
+    print(exports(state))
+    print(f"python train_model.py --multirun lr=1e-3,1e-4 hydra/launcher=aws_batch "
+          f"hydra.launcher.stack_name={state['stack']} "
+          f"checkpoint.uri={state['outputs']['StagingUri']}/checkpoints/'${{hydra:job.num}}'")
 
 
 def status() -> int:
