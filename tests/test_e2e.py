@@ -301,3 +301,15 @@ def test_local_cloud_command_up_status_down(local_cloud, tmp_path, app_env):
     assert down.returncode == 0 and f"stopped moto's server (pid {state['pid']})" in down.stdout
     assert not Path(f"/proc/{state['pid']}").exists() or "zombie" in Path(f"/proc/{state['pid']}/status").read_text()
     assert cli("status").returncode == 1
+
+
+def test_the_image_runs_as_non_root_and_refuses_to_start_without_a_payload(local_cloud):
+    image = local_cloud["outputs"]["RepositoryUri"] + ":latest"
+    who = subprocess.run(["docker", "run", "--rm", "--network", "host", "--entrypoint", "id", image],
+                         capture_output=True, text=True, timeout=120)
+    assert who.stdout.startswith("uid=10001(app)"), who.stdout + who.stderr
+    bare = subprocess.run(["docker", "run", "--rm", "--network", "host", image], capture_output=True, text=True,
+                          timeout=120)
+    assert bare.returncode == 2
+    assert "HYDRA_AWSBATCH_PAYLOAD_URI is not set" in bare.stderr
+    assert "hydra-awsbatch job (not on Batch)" in bare.stdout and "torch 2." in bare.stdout  # the header
