@@ -129,7 +129,8 @@ def test_missing_credentials_or_region(sweep, aws_env, tmp_path, remove, message
 def test_dry_run_prints_the_request_and_submits_nothing(sweep, batch_resources):
     jobs, objects = jobs_in_queues(batch_resources), staged_objects(batch_resources)
     proc = sweep("hydra.launcher.dry_run=true", "hydra.launcher.vcpus=2", "hydra.launcher.memory_mib=2048",
-                 "hydra.launcher.gpus=1", "hydra.launcher.attempts=4", "hydra.launcher.timeout_min=5")
+                 "hydra.launcher.gpus=1", "hydra.launcher.attempts=4", "hydra.launcher.timeout_min=5",
+                 "hydra.launcher.share_identifier=vision", "hydra.launcher.scheduling_priority=7")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.split("SubmitJob request (dry run, nothing submitted):\n", 1)[1]
     request = json.JSONDecoder().raw_decode(text)[0]
@@ -140,6 +141,7 @@ def test_dry_run_prints_the_request_and_submits_nothing(sweep, batch_resources):
         {"onStatusReason": "Host EC2*", "action": "RETRY"}, {"onExitCode": "75", "action": "RETRY"},
         {"onReason": "*", "action": "EXIT"}]}
     assert request["timeout"] == {"attemptDurationSeconds": 300}
+    assert (request["shareIdentifier"], request["schedulingPriorityOverride"]) == ("vision", 7)
     assert jobs_in_queues(batch_resources) == jobs and staged_objects(batch_resources) == objects
 
 
