@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from hydra_plugins.hydra_awsbatch_launcher import worker
 from hydra_plugins.hydra_awsbatch_launcher._local import FAILED, FINAL, SUCCEEDED, JobState
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
-WORKER_COMMAND = ["python", "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"]
-EXIT_INTERRUPTED = 75  # the worker's and the example app's "stopped by SIGTERM, run me again"
+WORKER_COMMAND = ["python", "-m", worker.MODULE]
 MAX_ARRAY = 10_000  # Batch's largest array job
 DESCRIBE_CHUNK = 100  # DescribeJobs takes at most 100 ids
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -56,7 +56,7 @@ def retry_strategy(attempts: int) -> dict:
     """Retry host loss (Spot reclaim) and the app's SIGTERM exit code; give up on anything else."""
     return {"attempts": attempts, "evaluateOnExit": [
         {"onStatusReason": "Host EC2*", "action": "RETRY"},
-        {"onExitCode": str(EXIT_INTERRUPTED), "action": "RETRY"},
+        {"onExitCode": str(worker.EXIT_INTERRUPTED), "action": "RETRY"},
         {"onReason": "*", "action": "EXIT"},
     ]}
 
@@ -204,13 +204,11 @@ def submit_requests(*, job_name: str, queue: str, job_definition: str, payload_u
                     scheduling_priority: int | None) -> list[tuple[int, int, dict]]:
     """(first job number, size, SubmitJob request) for each array of at most 10,000 jobs; a lone job is a
     plain job. The command is fixed; the payload URI and the index offset travel as environment variables."""
-    from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_INDEX_OFFSET, ENV_PAYLOAD_URI, ENV_SWEEP_ID
-
     requests = []
     for offset in range(0, size, MAX_ARRAY):
         n = min(MAX_ARRAY, size - offset)
-        env = dict(environment, **{ENV_PAYLOAD_URI: payload_uri, ENV_SWEEP_ID: sweep_id,
-                                   ENV_INDEX_OFFSET: str(offset)})
+        env = dict(environment, **{worker.ENV_PAYLOAD_URI: payload_uri, worker.ENV_SWEEP_ID: sweep_id,
+                                   worker.ENV_INDEX_OFFSET: str(offset)})
         overrides: dict[str, Any] = {"command": WORKER_COMMAND,
                                      "environment": [{"name": k, "value": str(v)} for k, v in sorted(env.items())]}
         requirements = [{"type": t, "value": _number(v)} for t, v in resources.items() if v is not None]

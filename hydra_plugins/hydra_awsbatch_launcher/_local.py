@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE, ENV_PAYLOAD_URI, MODULE
+
 RUNNABLE, RUNNING, SUCCEEDED, FAILED = "RUNNABLE", "RUNNING", "SUCCEEDED", "FAILED"
 FINAL = (SUCCEEDED, FAILED)
 
@@ -46,7 +48,6 @@ class LocalExecutor:
 
     def submit(self, payload_uri: str, first_num: int, size: int, environment: dict) -> str:
         """Queue one array of `size` jobs; return its id."""
-        from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE, ENV_PAYLOAD_URI
 
         array_id = f"local-{os.getpid()}-{first_num}"
         # Each job gets its share of the CPUs, as a Batch job gets its vCPUs: parallel jobs whose math
@@ -104,7 +105,7 @@ class LocalExecutor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         job.log = open(job.state.log_path, "wb")
         job.popen = subprocess.Popen(
-            [sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"],
+            [sys.executable, "-m", MODULE],
             cwd=self.cwd, env=job.env, stdin=subprocess.DEVNULL, stdout=job.log, stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal reaches the parent only, which stops the jobs
         )

@@ -331,12 +331,16 @@ class Manifest:
     settings: dict = field(default_factory=dict)  # launcher settings that `hydra-awsbatch` needs later
     batches: list = field(default_factory=list)  # {first, size, payload_uri, batch_job_ids, arrays}
     jobs: list = field(default_factory=list)  # {num, overrides, subdir, state, started, stopped, ...}
+    _by_num: dict = field(default_factory=dict, repr=False, compare=False)  # jobs by number, not saved
 
     def job(self, num: int) -> dict:
-        return next(j for j in self.jobs if j["num"] == num)
+        if len(self._by_num) != len(self.jobs):  # jobs are only ever appended
+            self._by_num = {j["num"]: j for j in self.jobs}
+        return self._by_num[num]
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+        return json.dumps({k: v for k, v in self.__dict__.items() if not k.startswith("_")}, indent=2,
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:

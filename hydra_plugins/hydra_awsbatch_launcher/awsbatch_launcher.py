@@ -387,10 +387,9 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         import json
 
         from hydra_plugins.hydra_awsbatch_launcher import _batch
-
-        p = self.params
         from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE
 
+        p = self.params
         environment = dict(p.environment, **({ENV_IN_PLACE: "1"} if self.writes_in_place else {}))
         endpoint = _batch.loopback_endpoint()
         if endpoint:  # the local cloud: containers reach moto on this machine with dummy credentials

@@ -9,7 +9,6 @@ Exit codes: 0 the task returned, 1 it failed (the result says why), 2 no payload
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
@@ -26,8 +25,7 @@ ENV_INDEX_OFFSET = "HYDRA_AWSBATCH_INDEX_OFFSET"
 # in the parent's own paths.
 ENV_IN_PLACE = "HYDRA_AWSBATCH_IN_PLACE"
 EXIT_FAILED, EXIT_NO_PAYLOAD, EXIT_INTERRUPTED = 1, 2, 75
-
-log = logging.getLogger("hydra_awsbatch_launcher.worker")
+MODULE = "hydra_plugins.hydra_awsbatch_launcher.worker"  # run as `python -m MODULE`
 
 
 class Interrupted(BaseException):
