@@ -40,7 +40,7 @@ def main() -> None:
         image = outputs["RepositoryUri"] + ":latest"
         _local_cloud.build_image(image, _local_cloud.base_image())
         (workdir / "app.py").write_text(trivial_app.SOURCE)
-        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, **_local_cloud.DUMMY_ENV)
+        env = dict(os.environ, **_local_cloud.environment(endpoint))
 
         start = time.perf_counter()
         subprocess.run([sys.executable, "app.py", "-m", f"+x=range(0,{args.jobs})", "hydra/launcher=aws_batch",

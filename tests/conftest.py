@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from hydra_plugins.hydra_awsbatch_launcher._batch import DUMMY_CREDENTIALS
 from tests.moto_batch import create_batch_resources, start_moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
-DUMMY_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+DUMMY_AWS = {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,9 @@ import urllib.request
 
 
 def moto_client(endpoint: str, service: str):
-    import boto3
+    from hydra_plugins.hydra_awsbatch_launcher._local_cloud import client
 
-    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return client(endpoint, service)
 
 
 def start_moto_server():

@@ -179,8 +179,9 @@ def test_reserved_environment_names_are_refused_before_staging(run_script, tmp_p
 
 def test_worker_refuses_a_payload_from_another_python(tmp_path, app_env):
     staging = _stage.Staging(str(tmp_path / "staging"), "s1")
-    payload = pickle.loads(_stage.dump_payload({"code_uri": "unused", "code_root": "/", "sync_outputs": True},
-                                               ("never", "unpickled")))
+    data, _ = _stage.dump_payload({"code_uri": "unused", "code_root": "/", "sync_outputs": True},
+                                  _stage.PayloadBody("never", "unpickled", {}, []))
+    payload = pickle.loads(data)
     payload["header"]["versions"]["python"] = "3.8.10"
     Path(staging.payload(4)).parent.mkdir(parents=True)
     Path(staging.payload(4)).write_bytes(pickle.dumps(payload))

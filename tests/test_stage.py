@@ -105,7 +105,7 @@ def test_sweep_ids_start_with_a_fixed_width_time_and_differ():
 
 
 def test_payload_header_loads_without_the_body():
-    data = _stage.dump_payload({"code_uri": "x"}, ("anything", [1, 2]))
+    data, _ = _stage.dump_payload({"code_uri": "x"}, _stage.PayloadBody("context", "task", {}, [1, 2]))
     header, body = _stage.load_payload(data)
     assert header["code_uri"] == "x" and header["versions"] == _stage.versions()
     assert isinstance(body, bytes)
@@ -126,9 +126,8 @@ def test_result_keeps_an_error_when_the_value_cannot_be_pickled():
     from hydra.core.utils import JobReturn, JobStatus
 
     ret = JobReturn(status=JobStatus.COMPLETED, _return_value=threading.Lock())
-    result = _stage.load_result(_stage.dump_result(_stage.SUCCEEDED, ret, num=3))
-    assert result["status"] == _stage.FAILED and result["job_return"] is None
-    assert "could not be pickled" in result["error"]["message"]
+    pickled, error = _stage.pickle_job_return(ret)
+    assert pickled is None and "could not be pickled" in error["message"] and "lock" in error["message"]
 
 
 def test_remote_job_error_survives_pickling():

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from hydra_plugins.hydra_awsbatch_launcher import worker
 from hydra_plugins.hydra_awsbatch_launcher._local import FAILED, FINAL, SUCCEEDED, JobState
+from hydra_plugins.hydra_awsbatch_launcher.config import DEFAULT_LOG_GROUP
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
@@ -28,6 +29,8 @@ JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 FARGATE_VCPUS = (0.25, 0.5, 1, 2, 4, 8, 16)
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                      "AWS_SESSION_TOKEN": "testing"}
+REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")  # us-east-1, ap-southeast-2, us-gov-west-1
+MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 128, 256  # Batch's limits per job
 STACK_OUTPUTS = {"job_queue": "JobQueue", "job_definition": "JobDefinition", "staging_uri": "StagingUri",
                  "log_group": "LogGroup"}
 
@@ -74,8 +77,13 @@ class Array:
 class BatchApi:
     def __init__(self, region: str | None = None, profile: str | None = None):
         import boto3
+        from botocore.exceptions import ProfileNotFound
 
-        self.session = boto3.session.Session(region_name=region, profile_name=profile)
+        try:
+            self.session = boto3.session.Session(region_name=region, profile_name=profile)
+        except ProfileNotFound:
+            raise BatchError(f"hydra.launcher.profile={profile}: no such profile in ~/.aws/config or "
+                             "~/.aws/credentials: fix the name, or run `aws configure --profile NAME`") from None
 
     def _client(self, service: str):
         from botocore.config import Config
@@ -93,8 +101,12 @@ class BatchApi:
         if self.session.get_credentials() is None:
             problems.append("no AWS credentials found: run `aws configure` or `aws sso login`, set "
                             "hydra.launcher.profile, or export AWS_PROFILE")
-        if not self.session.region_name:
+        region = self.session.region_name
+        if not region:
             problems.append("no AWS region: set hydra.launcher.region or export AWS_DEFAULT_REGION")
+        elif not REGION.match(region) and region not in self.session.get_available_regions("batch"):
+            problems.append(f"region '{region}' is not an AWS region name (like us-east-1): fix "
+                            "hydra.launcher.region, AWS_DEFAULT_REGION or the profile's region")
         return problems
 
     def stack_outputs(self, stack_name: str) -> dict[str, str]:
@@ -193,7 +205,7 @@ class BatchApi:
 def _log_groups(job: dict, configured: str) -> list[str]:
     """Where a job's log stream may be: its own awslogs group, the configured one, Batch's default."""
     options = job.get("container", {}).get("logConfiguration", {}).get("options", {})
-    groups = [options.get("awslogs-group"), configured, "/aws/batch/job"]
+    groups = [options.get("awslogs-group"), configured, DEFAULT_LOG_GROUP]
     return list(dict.fromkeys(g for g in groups if g))
 
 
@@ -241,6 +253,24 @@ def automatic_tags(sweep_id: str, app: str) -> dict:
     except Exception:  # no user name in some containers
         user = "unknown"
     return {"hydra-awsbatch:sweep-id": sweep_id, "hydra-awsbatch:app": app, "hydra-awsbatch:user": user}
+
+
+def check_tags(tags: dict) -> list[str]:
+    """Batch's limits on the user's tags (three of the 50 are the launcher's own)."""
+    problems = []
+    if len(tags) + 3 > MAX_TAGS:
+        problems.append(f"hydra.launcher.tags: {len(tags)} tags; Batch takes {MAX_TAGS} per job, of which the "
+                        f"launcher uses 3: keep at most {MAX_TAGS - 3}")
+    for key, value in tags.items():
+        key, value = str(key), "" if value is None else str(value)
+        if not 1 <= len(key) <= MAX_TAG_KEY:
+            problems.append(f"hydra.launcher.tags.{key[:40]}: a tag key has 1 to {MAX_TAG_KEY} characters")
+        if key.lower().startswith("aws:"):
+            problems.append(f"hydra.launcher.tags.{key}: keys starting with aws: are reserved by AWS")
+        if len(value) > MAX_TAG_VALUE:
+            problems.append(f"hydra.launcher.tags.{key}: its value has {len(value)} characters; Batch takes at "
+                            f"most {MAX_TAG_VALUE}")
+    return problems
 
 
 def check_resources(vcpus, memory_mib, gpus, timeout_min, attempts, compute_environments: list[dict]) -> list[str]:
@@ -352,21 +382,26 @@ class BatchExecutor:
                     reasons[job["statusReason"]] = reasons.get(job["statusReason"], 0) + 1
         return reasons
 
-    def terminate(self, reason: str) -> int:
+    def terminate(self, reason: str, force: bool = False) -> int:
         """Terminate every unfinished job: the array parents first (Batch ends their children), then any
-        child still unfinished."""
+        child still unfinished. `force` (a second Ctrl-C): stop waiting; what was asked stands."""
         unfinished = [s for s in self.states.values() if s.state not in FINAL]
         if not unfinished:
             return 0
-        self.api.terminate([a.job_id for a in self.arrays], reason)
-        self._poll()
-        left = [s.job_id for s in self.states.values() if s.state not in FINAL and ":" in s.job_id]
-        self.api.terminate(left, reason)
-        self._poll()
+        if not force:
+            self.api.terminate([a.job_id for a in self.arrays], reason)
+            self._poll()
+            left = [s.job_id for s in self.states.values() if s.state not in FINAL and ":" in s.job_id]
+            self.api.terminate(left, reason)
+            self._poll()
         for s in self.states.values():
             if s.state not in FINAL:  # Batch will end it; we stop waiting
                 s.state, s.reason = FAILED, reason
         return len(unfinished)
+
+    @staticmethod
+    def forced_stop_note(sweep: str) -> str:
+        return f"some jobs may still run on Batch; stop them with: hydra-awsbatch cancel {sweep}"
 
     def failure_details(self, nums: list[int], log_group: str, lines: int = 50) -> dict[int, str]:
         """For jobs that ended without a result: Batch's reason, the container's exit code and reason, and

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE, ENV_PAYLOAD_URI, MODULE
+from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE, ENV_PARENT_PID, ENV_PAYLOAD_URI, MODULE
 
 RUNNABLE, RUNNING, SUCCEEDED, FAILED = "RUNNABLE", "RUNNING", "SUCCEEDED", "FAILED"
 FINAL = (SUCCEEDED, FAILED)
@@ -55,10 +55,14 @@ class LocalExecutor:
         threads = str(max(1, (os.cpu_count() or 1) // min(self.max_parallel, size)))
         for index in range(size):
             job_id = f"{array_id}:{index}" if size > 1 else array_id
-            env = dict(os.environ, **environment)
+            # As in a container: no PYTHONPATH of the launching shell; the job imports what the code package
+            # and the installed packages hold, so a sweep that will fail on Batch fails here too.
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            env.update(environment)
             for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
                 env.setdefault(name, threads)
             env.pop(ENV_IN_PLACE, None)
+            env[ENV_PARENT_PID] = str(os.getpid())  # the job stops with this process, even after a SIGKILL
             if self.in_place:
                 env[ENV_IN_PLACE] = "1"
             env.update({ENV_PAYLOAD_URI: payload_uri, "AWS_BATCH_JOB_ID": job_id,
@@ -120,12 +124,12 @@ class LocalExecutor:
             job.state.reason = (f"Essential container in task exited (exit code {code})" if code > 0
                                 else f"killed by signal {signal.Signals(-code).name}")
 
-    def terminate(self, reason: str) -> int:
-        """SIGTERM every unfinished job (as Batch does), wait for them, and return how many there were."""
+    def terminate(self, reason: str, force: bool = False) -> int:
+        """SIGTERM every unfinished job's process group (the task's own children too), as Batch stops a
+        container, wait for them, and return how many there were. `force` (a second Ctrl-C): SIGKILL now."""
         unfinished = [job for job in self._jobs if job.state.state not in FINAL]
         for job in unfinished:
-            if job.popen is not None:
-                job.popen.send_signal(signal.SIGTERM)
+            self._signal(job, signal.SIGKILL if force else signal.SIGTERM)
         deadline = time.time() + 30
         for job in unfinished:
             if job.popen is None:
@@ -134,8 +138,22 @@ class LocalExecutor:
             try:
                 job.popen.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                job.popen.kill()
+                self._signal(job, signal.SIGKILL)
                 job.popen.wait()
+            self._signal(job, signal.SIGKILL)  # what the task started and left behind
             self._finish(job)
             job.state.reason = reason
         return len(unfinished)
+
+    @staticmethod
+    def _signal(job: _Process, sig: int) -> None:
+        if job.popen is None:
+            return
+        try:
+            os.killpg(job.popen.pid, sig)  # the worker leads its own process group (start_new_session)
+        except ProcessLookupError:
+            pass
+
+    @staticmethod
+    def forced_stop_note(sweep: str) -> str:
+        return "killed every job at once (SIGKILL): they saved no checkpoint and wrote no result"

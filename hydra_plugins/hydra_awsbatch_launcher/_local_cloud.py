@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (template.yaml, Doc
 STATE_DIR = Path(os.environ.get("HYDRA_AWSBATCH_LOCAL_CLOUD_DIR", Path.home() / ".cache/hydra-awsbatch/local-cloud"))
 STACK = "hydra-batch"
 BASE_TAG = "local/python:3.11"
-DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+REGION = "us-east-1"
 SAFE_DOCKERD = "dockerd --bridge=none --iptables=false --ip-masq=false --host-gateway-ip=127.0.0.1"
 
 
@@ -149,8 +149,10 @@ def start_moto(state_dir: Path) -> tuple[int, str]:
 def client(endpoint: str, service: str):
     import boto3
 
-    return boto3.client(service, endpoint_url=endpoint, region_name=DUMMY_ENV["AWS_DEFAULT_REGION"],
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    from hydra_plugins.hydra_awsbatch_launcher._batch import DUMMY_CREDENTIALS
+
+    return boto3.client(service, endpoint_url=endpoint, region_name=REGION,
+                        **{name.lower(): value for name, value in DUMMY_CREDENTIALS.items()})
 
 
 def batch_service_role(iam) -> str:
@@ -195,8 +197,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+def environment(endpoint: str) -> dict[str, str]:
+    """What a shell (or a test) needs to talk to the local cloud: dummy credentials, region and endpoint."""
+    from hydra_plugins.hydra_awsbatch_launcher._batch import DUMMY_CREDENTIALS
+
+    return {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": endpoint}
+
+
 def exports(state: dict) -> str:
-    return "\n".join(f"export {k}={v}" for k, v in {**DUMMY_ENV, "AWS_ENDPOINT_URL": state["endpoint"]}.items())
+    return "\n".join(f"export {k}={v}" for k, v in environment(state["endpoint"]).items())
 
 
 def up(stack: str = STACK) -> dict:

@@ -26,6 +26,7 @@ import tarfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from hydra_plugins.hydra_awsbatch_launcher import _storage
 
@@ -107,60 +108,56 @@ class CodePackage:
     raw_bytes: int
 
 
-def _gitignore_rules(directory: Path, base: str) -> list[tuple[str, str, bool, bool, bool]]:
-    """(base, pattern, negated, dir_only, anchored) for each rule of `directory`/.gitignore."""
+def _gitignore_spec(directory: Path):
+    """The rules of `directory`/.gitignore, read as git reads them (pathspec's GitIgnoreSpec), or None."""
     path = directory / ".gitignore"
     if not path.is_file():
-        return []
-    rules = []
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.rstrip()
-        if not line or line.startswith("#"):
-            continue
-        negated = line.startswith("!")
-        line = line[1:] if negated else line
-        dir_only = line.endswith("/")
-        line = line.rstrip("/")
-        anchored = "/" in line  # a slash anywhere but at the end ties the pattern to this folder
-        rules.append((base, line.lstrip("/"), negated, dir_only, anchored))
-    return rules
+        return None
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(path.read_text(errors="replace").splitlines())
 
 
-def _ignored(rel: str, is_dir: bool, rules) -> bool:
-    """Git's rule: the last matching pattern decides."""
-    import fnmatch
-
+def _ignored(rel: str, is_dir: bool, specs: list) -> bool:
+    """Git's rule: a deeper .gitignore overrides a shallower one, and within one file the last match decides."""
     ignored = False
-    for base, pattern, negated, dir_only, anchored in rules:
-        if dir_only and not is_dir:
-            continue
-        if base and not rel.startswith(base + "/"):
-            continue
+    for base, spec in specs:
         local = rel[len(base) + 1:] if base else rel
-        if fnmatch.fnmatch(local if anchored else local.rsplit("/", 1)[-1], pattern):
-            ignored = not negated
+        decided = spec.check_file(local + "/" if is_dir else local).include
+        if decided is not None:
+            ignored = decided
     return ignored
 
 
+def is_sweep_dir(path: Path) -> bool:
+    """The folder of an earlier sweep (Hydra's multirun.yaml, or our manifest) or a staging folder (code
+    packages and sweeps): never shipped, whatever it is called."""
+    return ((path / "multirun.yaml").is_file() or (path / MANIFEST).is_file()
+            or ((path / "sweeps").is_dir() and any((path / "code").glob("*.tar.gz"))))
+
+
 def collect_files(root: Path, include=(), exclude=(), use_gitignore: bool = True) -> list[tuple[str, Path]]:
-    """(relative path, path) of the files to ship, sorted. `exclude` and ALWAYS_EXCLUDE always apply;
-    `.gitignore` files apply when `use_gitignore`, except to what an `include` pattern names."""
+    """(relative path, path) of the files to ship, sorted. `exclude`, ALWAYS_EXCLUDE and the folders of earlier
+    sweeps always apply; `.gitignore` files apply when `use_gitignore`, except to what an `include` names."""
     root = Path(root)
     exclude = [*ALWAYS_EXCLUDE, *exclude]
-    rules: list = []
     found = []
+    specs_of: dict[str, list] = {}
     for directory, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(directory)
         base = here.relative_to(root).as_posix()
         base = "" if base == "." else base
-        if use_gitignore:
-            rules = rules + _gitignore_rules(here, base)  # a new list: siblings don't see each other's rules
+        specs = list(specs_of.get(base.rpartition("/")[0] if "/" in base else "", [])) if base else []
+        spec = _gitignore_spec(here) if use_gitignore else None
+        if spec is not None:
+            specs.append((base, spec))
+        specs_of[base] = specs
 
-        def keep(name: str, is_dir: bool, base: str = base, rules: list = rules) -> bool:
+        def keep(name: str, is_dir: bool, base: str = base, specs: list = specs, here: Path = here) -> bool:
             rel = f"{base}/{name}" if base else name
-            if _storage.matches(rel, exclude):
+            if _storage.matches(rel, exclude) or (is_dir and is_sweep_dir(here / name)):
                 return False
-            return not (use_gitignore and _ignored(rel, is_dir, rules) and not _storage.matches(rel, include))
+            return not (use_gitignore and _ignored(rel, is_dir, specs) and not _storage.matches(rel, include))
 
         dirnames[:] = sorted(d for d in dirnames if keep(d, True))
         for name in sorted(filenames):
@@ -227,6 +224,10 @@ def version_mismatch(made_with: dict) -> str | None:
             "launch.")
 
 
+SCRIPT_MODULE = "__hydra_awsbatch_main__"  # the app's script, imported by file in the job
+OWN_PACKAGE = "hydra_plugins.hydra_awsbatch_launcher"  # the only Hydra plugin the job image must have
+
+
 @dataclass(frozen=True)
 class ScriptFunction:
     """A task function of the app's script, by file and name, so the job imports it from the code package
@@ -240,39 +241,116 @@ class ScriptFunction:
         if getattr(function, "__module__", None) != "__main__" or "<locals>" in function.__qualname__:
             return None
         try:
-            path = Path(sys.modules["__main__"].__file__).resolve()
-            return cls(path.relative_to(code_root).as_posix(), function.__qualname__)
+            return cls(script_relpath(code_root), function.__qualname__)
         except (AttributeError, KeyError, TypeError, ValueError):  # no script file, or not in the package
             return None
 
     def load(self, code_dir: Path):
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("__hydra_awsbatch_main__", code_dir / self.relpath)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)  # as an import: the script's `if __name__ == "__main__"` stays idle
-        function = module
+        function = import_script(code_dir / self.relpath)
         for name in self.qualname.split("."):
             function = getattr(function, name)
         return getattr(function, "__wrapped__", function)  # @hydra.main's wrapper -> the task itself
 
 
-def dump_payload(header: dict, objects: tuple) -> bytes:
-    """A plain pickle of {header, body}: the header (versions, URIs) loads on any Python 3 even when the
-    cloudpickled body (hydra context, task function, Singleton state, job configs) cannot."""
+def script_relpath(code_root: Path) -> str:
+    """The running script's path relative to code_root; ValueError when it lies outside."""
+    return Path(sys.modules["__main__"].__file__).resolve().relative_to(code_root).as_posix()
+
+
+def import_script(path: Path):
+    """The app's script imported by file as SCRIPT_MODULE (its `if __name__ == "__main__"` stays idle)."""
+    import importlib.util
+
+    if SCRIPT_MODULE in sys.modules:
+        return sys.modules[SCRIPT_MODULE]
+    spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
+    return module
+
+
+def is_foreign_plugin(module: str) -> bool:
+    """A Hydra plugin module other than this launcher: installed where the sweep is launched, perhaps not in
+    the image, and never needed by a job (sweepers, other launchers, their configs)."""
+    return module.startswith("hydra_plugins.") and not module.startswith(OWN_PACKAGE)
+
+
+def pickled(obj) -> tuple[bytes, set[str]]:
+    """cloudpickle's bytes of `obj`, and the modules of every class and function they name."""
+    import types
+
     import cloudpickle
 
+    modules: set[str] = set()
+
+    class Recording(cloudpickle.CloudPickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+                modules.add(getattr(obj, "__module__", None) or "")
+            return super().reducer_override(obj)
+
+    buffer = io.BytesIO()
+    Recording(buffer, protocol=pickle.DEFAULT_PROTOCOL).dump(obj)
+    return buffer.getvalue(), modules
+
+
+def without_foreign_plugins(singleton_state: dict, configs: list) -> None:
+    """Drop from what goes to the job every trace of other Hydra plugins (in place): their ConfigStore
+    entries, and the object types of their nodes under `hydra` in each config (made plain containers)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    store = singleton_state["instances"].get(ConfigStore)
+    if store is not None:
+        def prune(tree: dict) -> None:
+            for name, entry in list(tree.items()):
+                if isinstance(entry, dict):
+                    prune(entry)
+                elif any(is_foreign_plugin(m) for m in pickled(entry)[1]):
+                    del tree[name]
+        prune(store.repo)
+    for config in configs:
+        hydra_node = config.hydra
+        for key in list(hydra_node.keys()):
+            node = hydra_node._get_node(key)
+            if OmegaConf.is_config(node) and any(is_foreign_plugin(m) for m in pickled(node)[1]):
+                plain = OmegaConf.to_container(node, resolve=False, enum_to_str=True)
+                with read_write(hydra_node), open_dict(hydra_node):
+                    hydra_node[key] = plain
+
+
+class PayloadBody(NamedTuple):
+    """What the job needs besides its code: Hydra's context, the task, Hydra's global state, the configs."""
+
+    hydra_context: Any
+    task_function: Any
+    singleton_state: dict
+    configs: list
+
+
+def dump_payload(header: dict, body: PayloadBody) -> tuple[bytes, set[str]]:
+    """A plain pickle of {header, body}: the header (versions, URIs) loads on any Python 3 even when the
+    cloudpickled body cannot. Also returns the modules that loading the body will import."""
     header = dict(header, versions=versions())
-    return pickle.dumps({"format": FORMAT, "header": header, "body": cloudpickle.dumps(objects)}, protocol=4)
+    data, modules = pickled(tuple(body))
+    return pickle.dumps({"format": FORMAT, "header": header, "body": data}, protocol=4), modules
 
 
 def load_payload(data: bytes) -> tuple[dict, bytes]:
     """The header and the still-pickled body."""
-    outer = pickle.loads(data)
-    if outer.get("format") != FORMAT:
-        raise StagingError(f"payload format {outer.get('format')} is not {FORMAT}: the launcher and the "
-                           "worker come from different hydra-awsbatch-launcher versions")
+    try:
+        outer = pickle.loads(data)
+    except Exception as exc:
+        raise StagingError(f"the sweep's payload is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
+        raise StagingError(f"payload format {outer.get('format') if isinstance(outer, dict) else '?'} is not "
+                           f"{FORMAT}: the launcher and the worker come from different hydra-awsbatch-launcher "
+                           "versions")
     return outer["header"], outer["body"]
 
 
@@ -285,32 +363,67 @@ def error_info(exc: BaseException) -> dict:
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 
-def dump_result(status: str, job_return=None, error: dict | None = None, **extra) -> bytes:
-    """A job's result object: a plain dict whose `job_return` (Hydra's JobReturn) is cloudpickled apart,
-    so that a value or exception the parent cannot unpickle still leaves the rest readable."""
+def pickle_job_return(job_return) -> tuple[bytes | None, dict | None]:
+    """Hydra's JobReturn, cloudpickled apart from the result object (so that a value the parent cannot
+    unpickle leaves the rest readable); or None and the error when the value or exception cannot pickle."""
     import cloudpickle
 
-    pickled = None
-    if job_return is not None:
-        try:
-            pickled = cloudpickle.dumps(job_return)
-        except Exception as exc:  # an unpicklable return value or exception
-            error = error or error_info(exc)
-            error["message"] = f"{error['message']} (the job's result could not be pickled: {exc})"
-            status = FAILED
-    return pickle.dumps({"format": FORMAT, "status": status, "job_return": pickled, "error": error,
+    if job_return is None:
+        return None, None
+    try:
+        return cloudpickle.dumps(job_return), None
+    except Exception as exc:
+        error = error_info(exc)
+        error["message"] = f"the task's result could not be pickled to bring it back: {exc}"
+        return None, error
+
+
+def dump_result(status: str, job_return: bytes | None, error: dict | None = None, **extra) -> bytes:
+    """A job's result object: a plain dict, readable on any Python 3."""
+    return pickle.dumps({"format": FORMAT, "status": status, "job_return": job_return, "error": error,
                          "host": platform.node(), **extra}, protocol=4)
 
 
-def load_result(data: bytes) -> dict:
-    result = pickle.loads(data)
-    if result.get("job_return") is not None:
-        import cloudpickle
+class _Unpickler(pickle.Unpickler):
+    """Classes of the app's script (SCRIPT_MODULE in the job) come back as the launching script's own
+    (`__main__` there), or from the script imported by file when this process is not the script."""
 
+    def __init__(self, data: bytes, script: Path | None):
+        super().__init__(io.BytesIO(data))
+        self.script = script
+
+    def find_class(self, module: str, name: str):
+        if module == SCRIPT_MODULE:
+            main = sys.modules.get("__main__")
+            if hasattr(main, name.split(".")[0]):
+                module = "__main__"
+            elif self.script is not None and self.script.is_file():
+                import_script(self.script)
+        return super().find_class(module, name)
+
+
+def loads(data: bytes, script: Path | None = None):
+    """Unpickle what a job wrote; `script`: the app's script file, imported when the pickle needs it."""
+    return _Unpickler(data, script).load()
+
+
+def load_result(data: bytes, script: Path | None = None) -> dict:
+    """A job's result object. Unreadable bytes or an unpicklable return value still give a result: FAILED,
+    with an error that says why."""
+    try:
+        result = pickle.loads(data)
+        if not isinstance(result, dict) or result.get("format") != FORMAT:
+            raise StagingError("not a result object of this launcher version")
+    except Exception as exc:
+        return {"format": FORMAT, "status": FAILED, "job_return": None, "exit_code": None,
+                "error": {"type": type(exc).__name__, "message": f"the job's result object is unreadable: {exc}",
+                          "traceback": ""}}
+    if result.get("job_return") is not None:
         try:
-            result["job_return"] = cloudpickle.loads(result["job_return"])
+            result["job_return"] = loads(result["job_return"], script)
         except Exception as exc:
             result["job_return"] = None
+            result["status"] = FAILED
             result["error"] = result.get("error") or {
                 "type": type(exc).__name__, "message": f"the job's result could not be unpickled here: {exc}",
                 "traceback": ""}

@@ -25,7 +25,8 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def _local(uri: str) -> Path:
+def local_path(uri: str) -> Path:
+    """The path of a local folder or file given as a plain path or a file:// URI."""
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
 
 
@@ -60,7 +61,7 @@ def _is_missing(error) -> bool:
 
 def exists(uri: str) -> bool:
     if not is_s3(uri):
-        return _local(uri).exists()
+        return local_path(uri).exists()
     from botocore.exceptions import ClientError
 
     bucket, key = _bucket_key(uri)
@@ -73,27 +74,44 @@ def exists(uri: str) -> bool:
         raise
 
 
-def check_writable(uri: str) -> str | None:
-    """Why nothing can be written under the s3:// prefix `uri`, or None when a probe object could be."""
-    from botocore.exceptions import ClientError
+def check_writable(uri: str, write: bool = True) -> str | None:
+    """Why nothing can be written under `uri` (an s3:// prefix or a local folder), or None when a probe object
+    could be written and deleted. `write=False` (a dry run) only checks that the bucket or folder is there."""
+    if not is_s3(uri):
+        path = local_path(uri)
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None or not existing.is_dir():
+            return f"{existing} is not a folder: choose a folder for staging"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{existing} is not writable: choose a writable folder, or fix its permissions"
+        return None
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     bucket, key = _bucket_key(uri)
-    probe = key.rstrip("/") + f"/.write-probe-{uuid.uuid4().hex}"
+    probe = (key.rstrip("/") + f"/.write-probe-{uuid.uuid4().hex}").lstrip("/")
     try:
-        _s3().put_object(Bucket=bucket, Key=probe.lstrip("/"), Body=b"")
-        _s3().delete_object(Bucket=bucket, Key=probe.lstrip("/"))
+        if write:
+            _s3().put_object(Bucket=bucket, Key=probe, Body=b"")
+            _s3().delete_object(Bucket=bucket, Key=probe)
+        else:
+            _s3().head_bucket(Bucket=bucket)
+    except NoCredentialsError:
+        return ("no AWS credentials found to reach S3: run `aws configure` or `aws sso login`, or export "
+                "AWS_PROFILE")
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
+        if code in ("NoSuchBucket", "404", "NotFound"):
             return f"bucket '{bucket}' does not exist: create it, deploy the stack, or fix the URI"
         return f"cannot write to bucket '{bucket}' ({code}): grant s3:PutObject there or fix the URI"
+    except BotoCoreError as error:
+        return f"S3 cannot be reached ({error}): check the network, the region and AWS_ENDPOINT_URL"
     return None
 
 
 def read_bytes(uri: str) -> bytes:
     """The object's bytes; FileNotFoundError naming the URI when there is none."""
     if not is_s3(uri):
-        return _local(uri).read_bytes()
+        return local_path(uri).read_bytes()
     from botocore.exceptions import ClientError
 
     bucket, key = _bucket_key(uri)
@@ -110,7 +128,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         bucket, key = _bucket_key(uri)
         _s3().put_object(Bucket=bucket, Key=key, Body=data)
         return
-    path = _local(uri)
+    path = local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     tmp.write_bytes(data)
@@ -122,7 +140,7 @@ def upload_file(path: Path, uri: str) -> None:
         bucket, key = _bucket_key(uri)
         _s3().upload_file(str(path), bucket, key, Config=_transfer_config())
         return
-    target = _local(uri)
+    target = local_path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.resolve() != Path(path).resolve():
         shutil.copyfile(path, target)
@@ -133,14 +151,14 @@ def download_file(uri: str, path: Path) -> None:
     if is_s3(uri):
         bucket, key = _bucket_key(uri)
         _s3().download_file(bucket, key, str(path), Config=_transfer_config())
-    elif _local(uri).resolve() != path.resolve():
-        shutil.copyfile(_local(uri), path)
+    elif local_path(uri).resolve() != path.resolve():
+        shutil.copyfile(local_path(uri), path)
 
 
 def list_files(uri: str) -> list[tuple[str, int]]:
     """(relative path, size in bytes) of every file under the folder or prefix `uri`, sorted."""
     if not is_s3(uri):
-        root = _local(uri)
+        root = local_path(uri)
         if not root.is_dir():
             return []
         return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())

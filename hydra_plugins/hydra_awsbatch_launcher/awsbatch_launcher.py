@@ -6,9 +6,12 @@ the methods, since Hydra imports this module at start-up.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import inspect
 import logging
 import os
+import shlex
 import signal
 import time
 from collections.abc import Sequence
@@ -52,9 +55,13 @@ class BaseAwsBatchLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):  # "Found credentials in ..." at INFO
             logging.getLogger(chatty).setLevel(logging.WARNING)
+        if not job_overrides:
+            log.info("Launching 0 jobs: nothing to do")
+            return []
         self.check_settings()
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.lock_sweep_dir(sweep_dir)
         log.info(f"Launching {len(job_overrides)} jobs {self.where}")
 
         configs = self.compose(job_overrides, initial_job_idx, sweep_dir)
@@ -66,12 +73,61 @@ class BaseAwsBatchLauncher(Launcher):
         return self.collect(configs, states, executor)
 
     # ------------------------------------------------------------------------------------------- check
+    conf_class: type = object  # the dataclass of the launcher's options (config.py)
+
     def check_settings(self) -> None:
-        problems = [f"hydra.launcher.environment.{name}: names starting with {prefix} are reserved for the "
-                    "launcher; rename it" for name in self.params.environment
-                    for prefix in RESERVED_ENV_PREFIXES if str(name).startswith(prefix)]
+        """What every executor refuses before anything is staged: one line per problem."""
+        from hydra_plugins.hydra_awsbatch_launcher import _storage
+
+        problems = self.check_options()
+        problems += [f"hydra.launcher.environment.{name}: names starting with {prefix} are reserved for the "
+                     "launcher; rename it" for name in self.params.environment
+                     for prefix in RESERVED_ENV_PREFIXES if str(name).startswith(prefix)]
+        root = self.code_root()
+        if not root.is_dir():
+            problems.append(f"hydra.launcher.code_root={self.params.code_root}: no such folder ({root}); point it "
+                            "at the folder of your code")
+        if not problems and self.checks_staging:
+            problem = _storage.check_writable(self.staging_root(), write=not self.dry_run)
+            if problem:
+                problems.append(f"hydra.launcher.staging_uri={self.params.staging_uri}: {problem}")
         if problems:
             raise LaunchError(problems)
+
+    checks_staging = True  # aws_batch checks it last, after Batch's settings
+
+    def check_options(self) -> list[str]:
+        """Misspelt options (`+hydra.launcher.max_paralel=2` is otherwise silently ignored)."""
+        known = [f.name for f in dataclasses.fields(self.conf_class)]
+        problems = []
+        for name in self.params:
+            if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1)
+                problems.append(f"hydra.launcher.{name}: not an option of this launcher"
+                                + (f"; did you mean hydra.launcher.{close[0]}?" if close else
+                                   f"; the options are: {', '.join(k for k in known if k != '_target_')}"))
+        return problems
+
+    def lock_sweep_dir(self, sweep_dir: Path) -> None:
+        """One sweep at a time in a sweep dir: a second one would overwrite the first's manifest."""
+        import fcntl
+
+        if getattr(self, "_lock", None) is not None:
+            return
+        lock = open(sweep_dir / ".hydra-awsbatch.lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise LaunchError([f"hydra.sweep.dir={sweep_dir}: another sweep ({holder}) is running into this folder; "
+                               "wait for it to end, or give this one another hydra.sweep.dir"]) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        self._lock = lock
 
     # ------------------------------------------------------------------------------------------ compose
     def compose(self, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[DictConfig]:
@@ -88,8 +144,15 @@ class BaseAwsBatchLauncher(Launcher):
         return configs
 
     # -------------------------------------------------------------------------------------------- stage
-    def staging_root(self, sweep_dir: Path) -> str:
-        return self.params.staging_uri or str(sweep_dir / ".staging")
+    def staging_root(self, sweep_dir: Path | None = None) -> str:
+        """`staging_uri` (a relative folder made absolute: jobs run elsewhere), else SWEEP_DIR/.staging."""
+        from hydra_plugins.hydra_awsbatch_launcher import _storage
+
+        uri = self.params.staging_uri
+        if not uri:
+            sweep_dir = sweep_dir or Path(str(self.config.hydra.sweep.dir)).absolute()
+            return str(sweep_dir / ".staging")
+        return uri if _storage.is_s3(uri) else str(_storage.local_path(uri).expanduser().absolute())
 
     def code_root(self) -> Path:
         if self.params.code_root:
@@ -123,6 +186,12 @@ class BaseAwsBatchLauncher(Launcher):
                                                 if p.is_relative_to(root) and p != root)]
         package = _stage.package_code(root, self.params.code_include, exclude, self.params.use_gitignore,
                                       self.params.code_max_mib)
+        task = _stage.ScriptFunction.of(self.task_function, root)
+        if task is not None and task.relpath not in package.files:
+            raise LaunchError([f"the code package of {root} leaves out your script {task.relpath} "
+                               f"({len(package.files)} files packed): a .gitignore there ignores it. Ship it "
+                               f"with hydra.launcher.code_include=[{task.relpath}], or set "
+                               "hydra.launcher.use_gitignore=false"])
         code_uri = staging.code(package.sha256)
         uploaded = not self.dry_run and not _storage.exists(code_uri)
         if uploaded:
@@ -132,10 +201,16 @@ class BaseAwsBatchLauncher(Launcher):
                  f" as {code_uri}")
 
         header = {"code_uri": code_uri, "code_root": str(root), "sync_outputs": self.params.sync_outputs}
-        task = _stage.ScriptFunction.of(self.task_function, root) or self.task_function
-        body = (self.hydra_context, task, Singleton.get_state(), configs)
+        state = Singleton.get_state()
+        _stage.without_foreign_plugins(state, configs)  # the user's other Hydra plugins stay home
+        body = _stage.PayloadBody(self.hydra_context, task or self.task_function, state, configs)
         payload_uri = staging.payload(first_num)
-        payload = _stage.dump_payload(header, body)  # pickled even in a dry run: what cannot pickle fails now
+        # pickled even in a dry run: what cannot pickle fails now
+        payload, modules = _stage.dump_payload(header, body)
+        needed = sorted(m for m in modules if _stage.is_foreign_plugin(m))
+        if needed:
+            log.warning(f"The jobs need {', '.join(needed)} (e.g. a callback of hydra.callbacks): the job image "
+                        "must have it installed")
         if self.dry_run:
             return payload_uri
         _storage.write_bytes(payload_uri, payload)
@@ -151,9 +226,17 @@ class BaseAwsBatchLauncher(Launcher):
 
     def manifest_settings(self) -> dict:
         """What `hydra-awsbatch` needs to find this sweep's jobs and outputs again."""
+        from hydra_plugins.hydra_awsbatch_launcher import _stage
+
         params = OmegaConf.to_container(self.params)
         keep = ("sync_outputs", "sync_exclude", "region", "profile", "log_group", "shared_sweep_dir")
-        return {k: params[k] for k in keep if k in params}
+        settings = {k: params[k] for k in keep if k in params}
+        root = self.code_root()
+        try:  # attach imports the script by file when a result holds one of its classes
+            settings.update(code_root=str(root), script=_stage.script_relpath(root))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            settings.update(code_root=str(root))
+        return settings
 
     # ------------------------------------------------------------------------------------------- submit
     def submit(self, payload_uri: str, first_num: int, size: int):
@@ -162,16 +245,18 @@ class BaseAwsBatchLauncher(Launcher):
 
     # -------------------------------------------------------------------------------------------- watch
     def watch(self, executor, size: int) -> dict:
-        """Poll until every job is final. Ctrl-C or SIGTERM stops them all (terminate_on_interrupt)."""
+        """Poll until every job is final. Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stop them all
+        (terminate_on_interrupt); a second Ctrl-C while they stop kills them at once."""
         from hydra_plugins.hydra_awsbatch_launcher._local import FINAL
         from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
 
         def to_interrupt(signum, frame):
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGTERM, to_interrupt)
+        previous = {sig: signal.signal(sig, to_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
         progress = Progress(self.manifest.sweep_id, size)
         rounds = 0
+        sweep = shlex.quote(self.manifest.sweep_dir)
         try:
             while True:
                 states = executor.poll()
@@ -184,18 +269,22 @@ class BaseAwsBatchLauncher(Launcher):
         except KeyboardInterrupt:
             progress.close()
             if not self.params.get("terminate_on_interrupt", True):
-                log.warning(f"Interrupted; the jobs go on. Follow them with: hydra-awsbatch attach "
-                            f"{self.manifest.sweep_dir}")
+                log.warning(f"Interrupted; the jobs go on. Follow them with: hydra-awsbatch attach {sweep}")
                 raise
             log.warning(f"Interrupted: stopping the unfinished jobs of sweep {self.manifest.sweep_id} "
-                        "(Ctrl-C again to leave at once)")
-            stopped = executor.terminate("interrupted by the user")
+                        "(Ctrl-C again to stop them at once)")
+            try:
+                stopped = executor.terminate("interrupted by the user")
+            except KeyboardInterrupt:
+                stopped = executor.terminate("interrupted by the user", force=True)
+                log.warning(f"Second Ctrl-C: {executor.forced_stop_note(sweep)}")
             self.record_states({s.num: s for s in executor.poll()})
             log.warning(f"Stopped {stopped} unfinished jobs; the manifest is in {self.manifest.sweep_dir}")
             raise
         finally:
             progress.close()
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def record_states(self, states: dict) -> None:
         for num, state in states.items():
@@ -205,18 +294,23 @@ class BaseAwsBatchLauncher(Launcher):
 
     # ------------------------------------------------------------------------------------------ collect
     def collect(self, configs, states: dict, executor) -> list[JobReturn]:
-        """Results and job dirs back from staging, as Hydra JobReturns in order."""
+        """Results and job dirs back from staging, as Hydra JobReturns in order. `configs`: the jobs' configs,
+        or their numbers alone (hydra-awsbatch attach). A job whose result or outputs cannot be read comes
+        back FAILED saying why; the others are collected all the same."""
         from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
         from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
 
         staging = _stage.Staging(self.manifest.staging_uri, self.manifest.sweep_id)
         sweep_dir = Path(self.manifest.sweep_dir)
-        sync, exclude = self.manifest.settings.get("sync_outputs", True), self.manifest.settings.get("sync_exclude", [])
+        settings = self.manifest.settings
+        sync, exclude = settings.get("sync_outputs", True), settings.get("sync_exclude", [])
+        script = Path(settings["code_root"]) / settings["script"] if settings.get("script") else None
+        nums = [c if isinstance(c, int) else c.hydra.job.num for c in configs]
+        config_of = {n: c for n, c in zip(nums, configs) if not isinstance(c, int)}
         results = {}
-        for config in configs:
-            num = config.hydra.job.num
+        for num in nums:
             try:
-                results[num] = _stage.load_result(_storage.read_bytes(staging.result(num)))
+                results[num] = _stage.load_result(_storage.read_bytes(staging.result(num)), script)
             except FileNotFoundError:
                 results[num] = None
         for num, result in results.items():  # the worker's own exit code, where Batch reported none
@@ -224,23 +318,30 @@ class BaseAwsBatchLauncher(Launcher):
                 states[num].exit_code = result.get("exit_code")
         self.record_states(states)
         missing = [num for num, result in results.items() if result is None]
-        details = executor.failure_details(missing, self.manifest.settings.get("log_group", "")) if missing else {}
+        details = executor.failure_details(missing, settings.get("log_group", "")) if missing else {}
 
         returns, rows = [], []
-        for config in configs:
-            num = config.hydra.job.num
+        for num in nums:
             job, state, result = self.manifest.job(num), states[num], results[num]
             job_dir = sweep_dir / job["subdir"]
             if result is not None and sync and not self.writes_in_place:
-                left = _storage.download_dir(staging.output(num), job_dir, exclude)
+                try:
+                    left = _storage.download_dir(staging.output(num), job_dir, exclude)
+                except OSError as exc:  # a full disk, say: this job's outputs stay in staging
+                    result = dict(result, status=_stage.FAILED, job_return=None, error={
+                        "type": type(exc).__name__, "traceback": "",
+                        "message": f"bringing its outputs from {staging.output(num)} to {job_dir} failed: {exc}"})
+                    left = []
                 if left:
                     log.info(f"\t#{num}: left in staging: "
                              + ", ".join(_storage.join(staging.output(num), rel) for rel in left))
-            ret = self.job_return(config, job_dir, result, details.get(num, ""))
+            ret = self.job_return(config_of.get(num), job, job_dir, result, details.get(num, ""))
             returns.append(ret)
             value = ret._return_value
             job["result"] = (repr(value) if ret.status == JobStatus.COMPLETED
                              else f"{type(value).__name__}: {str(value).splitlines()[0] if str(value) else ''}")
+            if ret.status != JobStatus.COMPLETED and job.get("state") == "SUCCEEDED":
+                job["state"] = state.state = "FAILED"  # it ran, but what it made did not come back
             rows.append({"num": num, "overrides": " ".join(filter_overrides(job["overrides"])),
                          "state": state.state, "result": job["result"][:60], "job_dir": str(job_dir),
                          "duration": (f"{state.stopped - state.started:.1f}s" if state.started and state.stopped
@@ -249,11 +350,12 @@ class BaseAwsBatchLauncher(Launcher):
         Progress.summary(rows)
         return returns
 
-    def job_return(self, config: DictConfig, job_dir: Path, result: dict | None, missing: str) -> JobReturn:
+    def job_return(self, config: DictConfig | None, job: dict, job_dir: Path, result: dict | None,
+                   missing: str) -> JobReturn:
         """Hydra's JobReturn: the worker's own when it came back, else one that says why not."""
         from hydra_plugins.hydra_awsbatch_launcher import _stage
 
-        num = config.hydra.job.num
+        num = job["num"]
         ret = result.get("job_return") if result else None
         if ret is not None:
             ret.working_dir = str(job_dir)
@@ -263,7 +365,9 @@ class BaseAwsBatchLauncher(Launcher):
             if ret.status == JobStatus.FAILED:
                 self.explain(num, ret._return_value, result["error"])
             return ret
-        ret = self.unfinished_return(config, job_dir)
+        ret = self.unfinished_return(config, job_dir, job)
+        if result is not None and result["status"] == _stage.SUCCEEDED:  # sys.exit(0): a normal end, no value
+            return ret
         ret.status = JobStatus.FAILED
         error = (result or {}).get("error")
         if error:
@@ -275,13 +379,18 @@ class BaseAwsBatchLauncher(Launcher):
         return ret
 
     @staticmethod
-    def unfinished_return(config: DictConfig, job_dir: Path | None = None) -> JobReturn:
-        """A JobReturn for a job whose result is not here (a dry run, wait=false, or none came back)."""
+    def unfinished_return(config: DictConfig | None, job_dir: Path | None = None, job: dict | None = None) -> JobReturn:
+        """A JobReturn for a job whose result is not here (a dry run, wait=false, or none came back); from
+        its manifest record alone when its config is not at hand (attach)."""
         ret = JobReturn()
-        ret.overrides = list(config.hydra.overrides.task)
-        ret.cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        ret.hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra)})
-        ret.working_dir, ret.task_name = str(job_dir or ""), config.hydra.job.name
+        if config is not None:
+            ret.overrides = list(config.hydra.overrides.task)
+            ret.cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+            ret.hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra)})
+            ret.task_name = config.hydra.job.name
+        else:
+            ret.overrides = list(job["overrides"])
+        ret.working_dir = str(job_dir or "")
         ret.status, ret.return_value = JobStatus.COMPLETED, None
         return ret
 
@@ -302,6 +411,18 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
     where = "as local processes (aws_batch_local)"
 
     @property
+    def conf_class(self) -> type:
+        from hydra_plugins.hydra_awsbatch_launcher.config import AwsBatchLocalLauncherConf
+
+        return AwsBatchLocalLauncherConf
+
+    def check_options(self) -> list[str]:
+        problems = super().check_options()
+        if self.params.get("max_parallel") is not None and int(self.params.max_parallel) < 1:
+            problems.append(f"hydra.launcher.max_parallel={self.params.max_parallel}: at least 1 (null: one per CPU)")
+        return problems
+
+    @property
     def writes_in_place(self) -> bool:
         return bool(self.params.in_place)
 
@@ -320,6 +441,13 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
     """Each launched batch of jobs becomes one AWS Batch array job."""
 
     where = "on AWS Batch"
+    checks_staging = False  # checked last in check_settings, once Batch's settings are known
+
+    @property
+    def conf_class(self) -> type:
+        from hydra_plugins.hydra_awsbatch_launcher.config import AwsBatchLauncherConf
+
+        return AwsBatchLauncherConf
 
     @property
     def writes_in_place(self) -> bool:
@@ -332,9 +460,12 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
     @property
     def api(self):
         if self._api is None:
-            from hydra_plugins.hydra_awsbatch_launcher._batch import BatchApi
+            from hydra_plugins.hydra_awsbatch_launcher._batch import BatchApi, BatchError
 
-            self._api = BatchApi(self.params.region, self.params.profile)
+            try:
+                self._api = BatchApi(self.params.region, self.params.profile)
+            except BatchError as error:
+                raise LaunchError([str(error)]) from None
         return self._api
 
     def check_settings(self) -> None:
@@ -350,6 +481,7 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         if not p.wait and "BasicSweeper" not in str(self.config.hydra.sweeper.get("_target_", "")):
             problems.append("hydra.launcher.wait=false hands no results to the sweeper; only the basic sweeper "
                             "can go on without them: use wait=true with this sweeper")
+        problems += _batch.check_tags(dict(p.tags))
         session_problems = self.api.check_session()
         if session_problems:
             raise LaunchError(problems + session_problems)
@@ -359,7 +491,7 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
             except _batch.BatchError as error:
                 raise LaunchError([*problems, str(error)]) from None
             for setting, value in outputs.items():  # explicit settings win
-                if p.get(setting) in (None, "", "/aws/batch/job" if setting == "log_group" else None):
+                if p.get(setting) in (None, "", _batch.DEFAULT_LOG_GROUP if setting == "log_group" else None):
                     p[setting] = value
         queue_problems, compute_environments = self.api.check_queue(p.job_queue)
         definition_problems, _ = self.api.check_job_definition(p.job_definition)
@@ -373,8 +505,8 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         if not p.staging_uri or not _storage.is_s3(p.staging_uri):
             problems.append(f"hydra.launcher.staging_uri={p.staging_uri}: Batch jobs need an s3://bucket/prefix "
                             "(or set hydra.launcher.stack_name)")
-        elif not problems and not self.dry_run:
-            problem = _storage.check_writable(p.staging_uri)  # last: it writes (and deletes) one object
+        elif not problems:  # last: it writes (and deletes) one object; a dry run only looks
+            problem = _storage.check_writable(p.staging_uri, write=not self.dry_run)
             if problem:
                 problems.append(f"hydra.launcher.staging_uri={p.staging_uri}: {problem}")
         if problems:
@@ -417,7 +549,8 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         executor = _batch.BatchExecutor(self.api, arrays, p.poll_interval_s)
         self.record_states({s.num: s for s in executor.states.values()})
         if not p.wait:
-            log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status "
-                     f"{self.manifest.sweep_dir}; collect it with: hydra-awsbatch attach {self.manifest.sweep_dir}")
+            sweep = shlex.quote(self.manifest.sweep_dir)
+            log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status {sweep}; "
+                     f"collect it with: hydra-awsbatch attach {sweep}")
             return None
         return executor

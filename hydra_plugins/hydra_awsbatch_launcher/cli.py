@@ -13,21 +13,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
+
+from hydra_plugins.hydra_awsbatch_launcher.config import DEFAULT_LOG_GROUP
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
 
 def load_manifest(sweep: str):
+    """The manifest of SWEEP: a local sweep dir, or a manifest's URI (with or without /manifest.json)."""
     from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
 
-    uri = sweep if sweep.endswith(".json") else str(Path(sweep) / _stage.MANIFEST)
+    if _storage.is_s3(sweep) or sweep.endswith(".json"):
+        uri = sweep if sweep.endswith(".json") else _storage.join(sweep, _stage.MANIFEST)
+    else:
+        uri = str(Path(sweep) / _stage.MANIFEST)
     try:
-        manifest = _stage.Manifest.from_json(_storage.read_bytes(uri).decode())
+        text = _storage.read_bytes(uri).decode()
     except FileNotFoundError:
         raise SystemExit(f"hydra-awsbatch: no sweep manifest at {uri}: give the sweep dir (multirun/DATE/TIME) "
                          "or the manifest's URI") from None
+    except Exception as error:  # unreachable S3, no credentials, a folder where a file should be
+        raise SystemExit(f"hydra-awsbatch: cannot read {uri}: {error}") from None
+    try:
+        manifest = _stage.Manifest.from_json(text)
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise SystemExit(f"hydra-awsbatch: {uri} is not a sweep manifest of hydra-awsbatch-launcher ({error}); "
+                         "give the sweep dir of a sweep launched with hydra/launcher=aws_batch") from None
     if not _storage.is_s3(uri):  # the sweep dir may have moved since
         manifest.sweep_dir = str(Path(uri).resolve().parent)
     return manifest
@@ -36,15 +50,23 @@ def load_manifest(sweep: str):
 class Sweep:
     """A sweep submitted to AWS Batch, brought back from its manifest."""
 
-    def __init__(self, sweep: str):
-        from hydra_plugins.hydra_awsbatch_launcher._batch import Array, BatchApi, BatchExecutor
+    def __init__(self, sweep: str, on_batch: bool = True):
+        from hydra_plugins.hydra_awsbatch_launcher._batch import Array, BatchApi, BatchError, BatchExecutor
 
         self.manifest = load_manifest(sweep)
-        if self.manifest.launcher != "AwsBatchLauncher":
+        self.local = self.manifest.launcher != "AwsBatchLauncher"
+        if self.local and on_batch:
             raise SystemExit(f"hydra-awsbatch: sweep {self.manifest.sweep_id} ran with {self.manifest.launcher}; "
-                             "its jobs were local processes that ended with the launching process")
+                             "its jobs were local processes, which stop with the launching process. Their logs "
+                             f"are in {shlex.quote(str(Path(self.manifest.sweep_dir) / '.logs'))}")
+        self.executors = []
+        if self.local:
+            return
         settings = self.manifest.settings
-        self.api = BatchApi(settings.get("region"), settings.get("profile"))
+        try:
+            self.api = BatchApi(settings.get("region"), settings.get("profile"))
+        except BatchError as error:
+            raise SystemExit(f"hydra-awsbatch: {error}") from None
         self.executors = [BatchExecutor(self.api, [Array(a["job_id"], a["first"], a["size"]) for a in b["arrays"]])
                           for b in self.manifest.batches if b.get("arrays")]
 
@@ -63,8 +85,9 @@ class Sweep:
 
 
 def status(args) -> int:
-    sweep = Sweep(args.sweep)
-    sweep.refresh()
+    sweep = Sweep(args.sweep, on_batch=False)
+    if not sweep.local:
+        sweep.refresh()
     m = sweep.manifest
     print(f"sweep {m.sweep_id} ({m.launcher}), created {m.created}, staging {m.staging_uri}")
     print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<40} result")
@@ -76,8 +99,12 @@ def status(args) -> int:
 
 
 def logs(args) -> int:
-    sweep = Sweep(args.sweep)
+    sweep = Sweep(args.sweep, on_batch=False)
     job = next((j for j in sweep.manifest.jobs if j["num"] == args.job_num), None)
+    if sweep.local:
+        path = Path(sweep.manifest.sweep_dir) / ".logs" / f"{args.job_num}.log"
+        raise SystemExit(f"hydra-awsbatch: sweep {sweep.manifest.sweep_id} ran its jobs locally; job #{args.job_num}'s "
+                         f"output is in {shlex.quote(str(path))}" + ("" if path.is_file() else " (not written)"))
     if job is None or not job.get("job_id"):
         raise SystemExit(f"hydra-awsbatch: sweep {sweep.manifest.sweep_id} has no submitted job #{args.job_num}")
     described = sweep.api.describe([job["job_id"]])
@@ -85,7 +112,7 @@ def logs(args) -> int:
     if not stream:
         raise SystemExit(f"hydra-awsbatch: job #{args.job_num} ({job['job_id']}) has no log stream yet; "
                          f"it is {described[0]['status'] if described else 'unknown to Batch'}")
-    print("\n".join(sweep.api.log_tail(sweep.manifest.settings.get("log_group", "/aws/batch/job"), stream,
+    print("\n".join(sweep.api.log_tail(sweep.manifest.settings.get("log_group", DEFAULT_LOG_GROUP), stream,
                                        args.lines)))
     return 0
 
@@ -103,23 +130,23 @@ def cancel(args) -> int:
 
 
 def attach(args) -> int:
-    import cloudpickle
+    """Watch, then collect from the manifest and the results alone: the payload is never unpickled, and the
+    app's own modules are found where the launcher found them (code_root)."""
     from hydra.core.utils import JobStatus
 
-    from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
-
     sweep = Sweep(args.sweep)
+    code_root = sweep.manifest.settings.get("code_root")
+    if code_root and Path(code_root).is_dir() and code_root not in sys.path:
+        sys.path.insert(0, code_root)
     launcher = sweep.launcher()
     failed = 0
-    batches = [b for b in sweep.manifest.batches if b.get("arrays")]
-    for batch, executor in zip(batches, sweep.executors):
-        _, body = _stage.load_payload(_storage.read_bytes(batch["payload_uri"]))
-        configs = cloudpickle.loads(body)[3]
-        states = launcher.watch(executor, len(configs))
-        returns = launcher.collect(configs, states, executor)
+    for executor in sweep.executors:
+        nums = sorted(executor.states)
+        states = launcher.watch(executor, len(nums))
+        returns = launcher.collect(nums, states, executor)
         failed += sum(r.status != JobStatus.COMPLETED for r in returns)
     print(f"sweep {sweep.manifest.sweep_id}: {len(sweep.manifest.jobs) - failed} jobs completed, {failed} failed; "
-          f"job dirs in {sweep.manifest.sweep_dir}")
+          f"job dirs in {shlex.quote(sweep.manifest.sweep_dir)}")
     return 1 if failed else 0
 
 
@@ -135,6 +162,16 @@ def local_cloud(args) -> int:
         raise SystemExit(f"hydra-awsbatch local-cloud {args.action}: {error}") from None
 
 
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of lines, 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hydra-awsbatch", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         command.set_defaults(function=function)
         if name == "logs":
             command.add_argument("job_num", type=int, help="the job's number (#N in the sweep)")
-            command.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+            command.add_argument("-n", "--lines", type=positive, default=50, help="lines to show (default 50)")
     cloud = commands.add_parser("local-cloud", help="the AWS path on this machine: moto's server + Docker",
                                 description="up: start moto's server, deploy template.yaml, build the job image; "
                                             "status: what runs; down: stop what up started")

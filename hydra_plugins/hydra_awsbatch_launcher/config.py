@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
+DEFAULT_LOG_GROUP = "/aws/batch/job"  # where Batch writes job logs unless the job definition says otherwise
+
 
 @dataclass
 class BaseAwsBatchLauncherConf:
@@ -86,7 +88,7 @@ class AwsBatchLauncherConf(BaseAwsBatchLauncherConf):
     # Print the exact SubmitJob request(s) and submit nothing
     dry_run: bool = False
     # CloudWatch log group of the jobs, read for the log tail of a failed job
-    log_group: str = "/aws/batch/job"
+    log_group: str = DEFAULT_LOG_GROUP
     # true: the jobs see the sweep dir at the same path (an EFS volume of the job definition, say), so they
     # write their job dirs there directly and keep the launching working directory; nothing is downloaded
     shared_sweep_dir: bool = False

@@ -14,8 +14,10 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 ENV_PAYLOAD_URI = "HYDRA_AWSBATCH_PAYLOAD_URI"
 ENV_SWEEP_ID = "HYDRA_AWSBATCH_SWEEP_ID"
@@ -24,6 +26,8 @@ ENV_INDEX_OFFSET = "HYDRA_AWSBATCH_INDEX_OFFSET"
 # Set by aws_batch_local (and aws_batch with shared_sweep_dir): the job sees the parent's disk, so it runs
 # in the parent's own paths.
 ENV_IN_PLACE = "HYDRA_AWSBATCH_IN_PLACE"
+# Set by aws_batch_local: the launching process, with which the job stops.
+ENV_PARENT_PID = "HYDRA_AWSBATCH_PARENT_PID"
 EXIT_FAILED, EXIT_NO_PAYLOAD, EXIT_INTERRUPTED = 1, 2, 75
 MODULE = "hydra_plugins.hydra_awsbatch_launcher.worker"  # run as `python -m MODULE`
 
@@ -34,6 +38,10 @@ class Interrupted(BaseException):
 
 class VersionMismatch(Exception):
     pass
+
+
+class MissingModule(ModuleNotFoundError):
+    """The payload or the task needs a module the job's environment lacks."""
 
 
 def array_index(env=os.environ) -> int:
@@ -65,76 +73,169 @@ def _place_remotely(config, header: dict, scratch: Path, code_dir: Path) -> None
     os.chdir(here)
 
 
-def run(payload_uri: str, index: int) -> int:
+def _missing_module(exc: ModuleNotFoundError) -> MissingModule:
+    return MissingModule(f"the job needs the module '{exc.name}', which is not installed where it runs: install "
+                         "it in the job image (the Dockerfile), or ship it in the code package "
+                         "(hydra.launcher.code_root / code_include)")
+
+
+class Job(NamedTuple):
+    """What prepare() makes of the payload: everything run_job needs."""
+
+    num: int
+    hydra_context: Any
+    task_function: Any
+    config: Any
+    job_dir: Path
+    in_place: bool
+
+
+class Outcome:
+    """What report() writes, whatever happened: a job that never started still gets one. (No dataclass:
+    Hydra's plugin scan imports this module in a way dataclasses cannot see.)"""
+
+    def __init__(self, num: int):
+        self.num, self.started = num, time.time()
+        self.status, self.exit_code = "failed", EXIT_FAILED
+        self.job_return: bytes | None = None
+        self.error: dict | None = None
+        self.sync = True
+
+    def failed(self, exc: BaseException, status: str = "failed", exit_code: int = EXIT_FAILED) -> None:
+        from hydra_plugins.hydra_awsbatch_launcher import _stage
+
+        self.status, self.error, self.exit_code = status, _stage.error_info(exc), exit_code
+
+
+def prepare(payload_uri: str, index: int, scratch: Path, outcome: Outcome) -> Job:
+    """Payload, versions, code package, task function and the job's config, placed where the job runs."""
     from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
 
-    staging, first = _stage.Staging.of_payload(payload_uri)
-    num = first + index
-    started = time.time()
-    scratch = Path(tempfile.mkdtemp(prefix=f"hydra-awsbatch-{num}-"))
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    status, job_return, error, exit_code, sync = _stage.FAILED, None, None, EXIT_FAILED, True
-    job_dir = None
+    header, body = _stage.load_payload(_storage.read_bytes(payload_uri))
+    outcome.sync = header["sync_outputs"]
+    problem = _stage.version_mismatch(header["versions"])
+    if problem:
+        raise VersionMismatch(problem)
+    code_dir = scratch / "code"
+    _stage.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
+    sys.path.insert(0, str(code_dir))
+
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import setup_globals
+
     try:
-        header, body = _stage.load_payload(_storage.read_bytes(payload_uri))
-        sync = header["sync_outputs"]
-        problem = _stage.version_mismatch(header["versions"])
-        if problem:
-            raise VersionMismatch(problem)
-        code_dir = scratch / "code"
-        _stage.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
-        sys.path.insert(0, str(code_dir))
-
-        import cloudpickle
-        from hydra.core.singleton import Singleton
-        from hydra.core.utils import JobStatus, run_job, setup_globals
-
-        hydra_context, task_function, singleton_state, configs = cloudpickle.loads(body)
+        payload = _stage.PayloadBody(*_stage.loads(body))
+        task_function = payload.task_function
         if isinstance(task_function, _stage.ScriptFunction):
             task_function = task_function.load(code_dir)
-        config = configs[index]
-        Singleton.set_state(singleton_state)
-        setup_globals()
-        if not os.environ.get(ENV_IN_PLACE):
-            _place_remotely(config, header, scratch, code_dir)
-        elif Path(config.hydra.runtime.cwd).is_dir():  # a shared file system: where the sweep was launched
-            os.chdir(config.hydra.runtime.cwd)
-        job_dir = Path(config.hydra.sweep.dir) / _stage.job_subdir(config)
-        job_return = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
-                             job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        if job_return.status == JobStatus.COMPLETED:
-            status, exit_code = _stage.SUCCEEDED, 0
-        else:
-            error = _stage.error_info(job_return._return_value)
-    except Interrupted as exc:
-        status, error, exit_code = _stage.INTERRUPTED, _stage.error_info(exc), EXIT_INTERRUPTED
-    except SystemExit as exc:  # the task called sys.exit; EXIT_INTERRUPTED is the app's "stopped by SIGTERM"
-        code = exc.code if isinstance(exc.code, int) else EXIT_FAILED
-        status = _stage.INTERRUPTED if code == EXIT_INTERRUPTED else _stage.FAILED
-        error, exit_code = _stage.error_info(exc), code or EXIT_FAILED
-        error["message"] = f"the task exited with code {code}"
-    except BaseException as exc:  # anything else, unpickling included, still becomes a result
-        error = _stage.error_info(exc)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if error:
-        sys.stderr.write(error["traceback"])
+    except ModuleNotFoundError as exc:
+        raise _missing_module(exc) from exc
+    config = payload.configs[index]
+    Singleton.set_state(payload.singleton_state)
+    setup_globals()
+    in_place = bool(os.environ.get(ENV_IN_PLACE))
+    if not in_place:
+        _place_remotely(config, header, scratch, code_dir)
+    elif Path(config.hydra.runtime.cwd).is_dir():  # a shared file system: where the sweep was launched
+        os.chdir(config.hydra.runtime.cwd)
+    job_dir = Path(config.hydra.sweep.dir) / _stage.job_subdir(config)
+    return Job(config.hydra.job.num, payload.hydra_context, task_function, config, job_dir, in_place)
 
-    if sync and job_dir is not None and job_dir.is_dir():
-        _storage.upload_dir(job_dir, staging.output(num))
+
+def execute(job: Job, outcome: Outcome) -> None:
+    """Hydra's own run_job, as Hydra's launchers call it."""
+    from hydra.core.utils import JobStatus, run_job
+
+    from hydra_plugins.hydra_awsbatch_launcher import _stage
+
+    job_return = run_job(hydra_context=job.hydra_context, task_function=job.task_function, config=job.config,
+                         job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    outcome.job_return, problem = _stage.pickle_job_return(job_return)
+    if problem:
+        outcome.error = problem
+    elif job_return.status == JobStatus.COMPLETED:
+        outcome.status, outcome.exit_code = _stage.SUCCEEDED, 0
+    else:
+        exc = job_return._return_value
+        outcome.error = _stage.error_info(_missing_module(exc) if isinstance(exc, ModuleNotFoundError) else exc)
+
+
+def report(job: Job | None, outcome: Outcome, staging) -> None:
+    """The job's outputs (unless they were written in place), then, last, its result object."""
+    from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
+
+    if outcome.error:
+        sys.stderr.write(outcome.error["traceback"] or outcome.error["message"] + "\n")
+    try:
+        if outcome.sync and job is not None and not job.in_place and job.job_dir.is_dir():
+            _storage.upload_dir(job.job_dir, staging.output(outcome.num))
+    except Exception as exc:  # the result must still be written, and say what was lost
+        sys.stderr.write(f"uploading the job's outputs failed: {exc}\n")
+        outcome.failed(exc)
+        outcome.error["message"] = f"uploading the job's outputs to {staging.output(outcome.num)} failed: {exc}"
     result = _stage.dump_result(
-        status, job_return, error, num=num, exit_code=exit_code, started=started, stopped=time.time(),
-        attempt=os.environ.get("AWS_BATCH_JOB_ATTEMPT"), batch_job_id=os.environ.get("AWS_BATCH_JOB_ID"))
-    _storage.write_bytes(staging.result(num), result)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return exit_code
+        outcome.status, outcome.job_return, outcome.error, num=outcome.num, exit_code=outcome.exit_code,
+        started=outcome.started, stopped=time.time(), attempt=os.environ.get("AWS_BATCH_JOB_ATTEMPT"),
+        batch_job_id=os.environ.get("AWS_BATCH_JOB_ID"))
+    _storage.write_bytes(staging.result(outcome.num), result)
+
+
+def run(payload_uri: str, index: int) -> int:
+    from hydra_plugins.hydra_awsbatch_launcher import _stage
+
+    staging, first = _stage.Staging.of_payload(payload_uri)
+    outcome = Outcome(first + index)
+    scratch = Path(tempfile.mkdtemp(prefix=f"hydra-awsbatch-{outcome.num}-"))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    job = None
+    try:
+        try:
+            job = prepare(payload_uri, index, scratch, outcome)
+            execute(job, outcome)
+        except Interrupted as exc:
+            outcome.failed(exc, _stage.INTERRUPTED, EXIT_INTERRUPTED)
+            if _parent_died:
+                outcome.error["message"] = "the launching process died; the job was stopped with it"
+        except SystemExit as exc:  # the task called sys.exit(): 0 or None is a normal end, as in Python
+            code = exc.code if isinstance(exc.code, int) or exc.code is None else EXIT_FAILED
+            if not code:
+                outcome.status, outcome.exit_code = _stage.SUCCEEDED, 0
+            else:
+                outcome.failed(exc, _stage.INTERRUPTED if code == EXIT_INTERRUPTED else _stage.FAILED, code)
+                outcome.error["message"] = (f"the task exited with code {code}" if isinstance(exc.code, int)
+                                            else f"the task exited: {exc.code}")
+        except BaseException as exc:  # anything else, unpickling included, still becomes a result
+            outcome.failed(exc)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        report(job, outcome, staging)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return outcome.exit_code
+
+
+_parent_died = False
+
+
+def _watch_parent(parent: int) -> None:
+    """aws_batch_local: when the launching process dies (even by SIGKILL), stop this job's whole process
+    group as Ctrl-C would, so no job runs on unseen."""
+    global _parent_died
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    _parent_died = True
+    os.killpg(os.getpgid(0), signal.SIGTERM)
 
 
 def main() -> int:
+    if sys.path and sys.path[0] in ("", os.getcwd()):  # `python -m` puts the working directory first: the
+        sys.path.pop(0)  # job must import only what the code package and the image hold, as on Batch
     payload_uri = os.environ.get(ENV_PAYLOAD_URI)
     if not payload_uri:
         sys.stderr.write(f"hydra-awsbatch worker: {ENV_PAYLOAD_URI} is not set. This image runs jobs that "
                          "the hydra/launcher=aws_batch launcher submits; it is not meant to be run alone.\n")
         return EXIT_NO_PAYLOAD
+    if os.environ.get(ENV_PARENT_PID, "").isdigit():
+        threading.Thread(target=_watch_parent, args=(int(os.environ[ENV_PARENT_PID]),), daemon=True).start()
     return run(payload_uri, int(os.environ.get(ENV_INDEX_OFFSET) or 0) + array_index())
 
 
