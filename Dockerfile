@@ -23,10 +23,9 @@ COPY hydra_plugins/hydra_awsbatch_launcher/__init__.py hydra_plugins/hydra_awsba
 # hadolint ignore=DL3013
 RUN python -m pip install --no-cache-dir ".[example]" && python -m pip uninstall --yes hydra-awsbatch-launcher
 
+# The app's own code is not in the image: each job brings it in its code package.
 COPY hydra_plugins/ hydra_plugins/
-COPY example_app/ example_app/
-COPY conf/ conf/
-COPY train_model.py container_shell_script.sh ./
+COPY container_shell_script.sh ./
 RUN python -m pip install --no-cache-dir --no-deps . && chmod 0755 container_shell_script.sh
 
 USER 10001

@@ -12,6 +12,7 @@ EXAMPLE = ["torch>=2.1", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2023.6", "
 TEST = EXAMPLE + [
     "pytest>=7.4",
     "pytest-timeout>=2.2",
+    "hydra-optuna-sweeper>=1.2",  # installed on the launching side only, as a user's other plugins are
     "moto[server]>=5.0",
     "ruff>=0.5",
 ]
@@ -25,12 +26,15 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_namespace_packages(include=["hydra_plugins.*"]),
-    package_data={"hydra_plugins.hydra_awsbatch_launcher": ["py.typed", "*.yaml"]},
+    # cloud/: template.yaml, Dockerfile and container_shell_script.sh (links to the repository's own), so that
+    # `hydra-awsbatch local-cloud up` works from an installed package too
+    package_data={"hydra_plugins.hydra_awsbatch_launcher": ["py.typed", "*.yaml", "cloud/*"]},
     install_requires=[
         "hydra-core>=1.3,<1.4",
         "boto3>=1.28",
         "cloudpickle>=2.2",
         "rich>=13",
+        "pathspec>=0.12",
     ],
     extras_require={"example": EXAMPLE, "test": TEST},
     entry_points={"console_scripts": ["hydra-awsbatch = hydra_plugins.hydra_awsbatch_launcher.cli:main"]},

@@ -81,3 +81,36 @@ def bucket(aws_env, request) -> str:
 def batch_resources(moto_server) -> dict:
     """Batch as a user's account would have it, on the moto server in its no-container mode."""
     return create_batch_resources(moto_server)
+
+
+def _docker_problem() -> str | None:
+    from hydra_plugins.hydra_awsbatch_launcher._local_cloud import docker_answers
+
+    return docker_answers()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without a Docker engine the e2e tier is skipped, saying why and how to run it; in CI it must run."""
+    e2e = [item for item in items if item.get_closest_marker("e2e")]
+    if not e2e:
+        return
+    problem = _docker_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        raise pytest.UsageError(f"CI runs the e2e tier, but {problem}")
+    from hydra_plugins.hydra_awsbatch_launcher._local_cloud import SAFE_DOCKERD
+
+    first = problem.split(". ")[0].split(":")[0]
+    config._e2e_skip_reason = (f"e2e tier skipped ({len(e2e)} tests): {first}. To run it, start Docker as the "
+                               f"README's local cloud section shows (sudo {SAFE_DOCKERD} &), then: "
+                               "python -m pytest -m e2e")
+    skip = pytest.mark.skip(reason="no Docker engine (see the line at the top of the run)")
+    for item in e2e:
+        item.add_marker(skip)
+
+
+def pytest_collection_finish(session):
+    reason = getattr(session.config, "_e2e_skip_reason", None)
+    if reason:
+        session.config.get_terminal_writer().line(reason, yellow=True, bold=True)

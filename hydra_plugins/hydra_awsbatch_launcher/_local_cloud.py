@@ -18,7 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository (template.yaml, Dockerfile)
+CLOUD = Path(__file__).parent / "cloud"  # template.yaml, Dockerfile, container_shell_script.sh (package data)
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository, when this runs from a checkout
 STATE_DIR = Path(os.environ.get("HYDRA_AWSBATCH_LOCAL_CLOUD_DIR", Path.home() / ".cache/hydra-awsbatch/local-cloud"))
 STACK = "hydra-batch"
 BASE_TAG = "local/python:3.11"
@@ -114,10 +115,58 @@ def base_image() -> str:
     return build_base_image()
 
 
+def build_context(target: Path) -> Path:
+    """The Dockerfile's build context: the checkout itself, or one made from the installed package (its
+    modules, the Dockerfile and entry script from its package data, and its metadata as a pyproject.toml)."""
+    if (CHECKOUT / "setup.py").is_file() and (CHECKOUT / "Dockerfile").is_file():
+        return CHECKOUT
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    dist = importlib.metadata.distribution("hydra-awsbatch-launcher")
+    shutil.rmtree(target, ignore_errors=True)
+    for name in ("Dockerfile", "container_shell_script.sh"):
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(CLOUD / name, target / name)
+    package = Path(__file__).parent
+    shutil.copytree(package, target / "hydra_plugins" / package.name, symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "cloud"))
+    plain, extras = [], {}
+    for text in dist.requires or []:
+        requirement = Requirement(text)
+        marker = str(requirement.marker or "")
+        requirement.marker = None
+        if marker.startswith("extra =="):
+            extras.setdefault(marker.split("==")[1].strip().strip("\"'"), []).append(str(requirement))
+        else:
+            plain.append(str(requirement))
+    optional = "\n".join(f"{name} = {json.dumps(reqs)}" for name, reqs in extras.items())
+    (target / "pyproject.toml").write_text(f"""[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{dist.metadata['Name']}"
+version = "{dist.version}"
+dependencies = {json.dumps(plain)}
+
+[project.optional-dependencies]
+{optional}
+
+[tool.setuptools.packages.find]
+include = ["hydra_plugins.*"]
+""")
+    (target / "setup.py").write_text("from setuptools import setup\n\nsetup()\n")
+    (target / "README.md").write_text(dist.metadata.get("Summary", "") + "\n")
+    return target
+
+
 def build_image(tag: str, base: str) -> None:
-    say(f"building {tag} from {base} (docker build --network host)...")
+    context = build_context(STATE_DIR / "build-context")
+    say(f"building {tag} from {base} (docker build --network host, context {context})...")
     run(["docker", "build", "--network", "host", "--quiet", "--build-arg", f"BASE_IMAGE={base}", "-t", tag,
-         str(ROOT)], stdout=subprocess.DEVNULL)
+         str(context)], stdout=subprocess.DEVNULL)
 
 
 # --------------------------------------------------------------------------------------------------- moto
@@ -168,7 +217,7 @@ def deploy_stack(endpoint: str, stack: str = STACK, **parameters: str) -> dict:
     cloudformation = client(endpoint, "cloudformation")
     params = {"EnvironmentName": stack, "ServiceRoleArn": batch_service_role(client(endpoint, "iam")),
               "JobTimeoutSeconds": "3600", **parameters}
-    cloudformation.create_stack(StackName=stack, TemplateBody=(ROOT / "template.yaml").read_text(),
+    cloudformation.create_stack(StackName=stack, TemplateBody=(CLOUD / "template.yaml").read_text(),
                                 Capabilities=["CAPABILITY_IAM"],
                                 Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
     found = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
@@ -189,12 +238,19 @@ def read_state() -> dict | None:
         return None
 
 
-def alive(pid: int) -> bool:
+def process_start(pid: int) -> str | None:
+    """When the process `pid` started (clock ticks since boot), or None when there is none: with the pid,
+    it names one process, even after the pid is reused."""
     try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def alive(state: dict) -> bool:
+    """Whether the moto server of `state` still runs: its pid, started when it was (not a reused pid)."""
+    started = process_start(state["pid"])
+    return started is not None and started == state.get("pid_start", started)
 
 
 def environment(endpoint: str) -> dict[str, str]:
@@ -210,7 +266,7 @@ def exports(state: dict) -> str:
 
 def up(stack: str = STACK) -> dict:
     state = read_state()
-    if state and alive(state["pid"]) and state.get("outputs"):
+    if state and alive(state) and state.get("outputs"):
         say(f"already up: moto's server pid {state['pid']} at {state['endpoint']}")
         print_usage(state)
         return state
@@ -220,7 +276,8 @@ def up(stack: str = STACK) -> dict:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     say("starting moto's server on 127.0.0.1...")
     pid, endpoint = start_moto(STATE_DIR)
-    state = {"pid": pid, "endpoint": endpoint, "stack": stack, "started": time.time()}
+    state = {"pid": pid, "pid_start": process_start(pid), "endpoint": endpoint, "stack": stack,
+             "started": time.time()}
     state_file().write_text(json.dumps(state))
     say(f"deploying template.yaml as stack {stack}...")
     outputs = deploy_stack(endpoint, stack)
@@ -247,7 +304,7 @@ def status() -> int:
     if not state:
         say("down (no state file)")
         return 1
-    running = alive(state["pid"])
+    running = alive(state)
     say(f"moto's server pid {state['pid']} at {state['endpoint']}: {'running' if running else 'gone'}")
     say(f"stack {state['stack']}: {json.dumps(state.get('outputs', {}))}")
     say(f"job image: {state.get('image', '-')}")
@@ -260,12 +317,14 @@ def down() -> int:
     if not state:
         say("nothing to stop")
         return 0
-    if alive(state["pid"]):
+    if alive(state):
         os.kill(state["pid"], signal.SIGTERM)
         for _ in range(50):
-            if not alive(state["pid"]):
+            if not alive(state):
                 break
             time.sleep(0.1)
         say(f"stopped moto's server (pid {state['pid']})")
+    elif process_start(state["pid"]) is not None:
+        say(f"pid {state['pid']} is another process now (moto's server ended earlier); left alone")
     state_file().unlink()
     return 0

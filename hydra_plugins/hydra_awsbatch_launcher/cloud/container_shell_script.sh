@@ -1,0 +1,1 @@
+../../../container_shell_script.sh
