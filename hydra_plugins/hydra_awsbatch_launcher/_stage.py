@@ -314,11 +314,19 @@ def without_foreign_plugins(singleton_state: dict, configs: list) -> None:
                 elif any(is_foreign_plugin(m) for m in pickled(entry)[1]):
                     del tree[name]
         prune(store.repo)
+    def foreign(node) -> bool:
+        parent = node._get_parent()
+        node._set_parent(None)  # the node alone, not the tree it hangs in
+        try:
+            return any(is_foreign_plugin(m) for m in pickled(node)[1])
+        finally:
+            node._set_parent(parent)
+
     for config in configs:
         hydra_node = config.hydra
         for key in list(hydra_node.keys()):
             node = hydra_node._get_node(key)
-            if OmegaConf.is_config(node) and any(is_foreign_plugin(m) for m in pickled(node)[1]):
+            if OmegaConf.is_config(node) and foreign(node):
                 plain = OmegaConf.to_container(node, resolve=False, enum_to_str=True)
                 with read_write(hydra_node), open_dict(hydra_node):
                     hydra_node[key] = plain
@@ -464,6 +472,21 @@ class Manifest:
         text = self.to_json()
         _storage.write_bytes(Staging(self.staging_uri, self.sweep_id).manifest, text.encode())
         _storage.write_bytes(str(Path(self.sweep_dir) / MANIFEST), text.encode())
+
+
+class MissingModule(ModuleNotFoundError):
+    """The payload or the task needs a module that the job's environment lacks; says where to put it."""
+
+    @classmethod
+    def of(cls, exc: ModuleNotFoundError) -> MissingModule:
+        missing = cls(f"the job needs the module '{exc.name}', which is not installed where it runs: install it in "
+                      "the job image (the Dockerfile), or ship it in the code package (hydra.launcher.code_root / "
+                      "code_include)", name=exc.name)
+        missing.__cause__ = exc
+        return missing
+
+    def __reduce__(self):
+        return type(self), (str(self),), {"name": self.name}
 
 
 class RemoteJobError(Exception):

@@ -203,7 +203,10 @@ class BaseAwsBatchLauncher(Launcher):
         header = {"code_uri": code_uri, "code_root": str(root), "sync_outputs": self.params.sync_outputs}
         state = Singleton.get_state()
         _stage.without_foreign_plugins(state, configs)  # the user's other Hydra plugins stay home
-        body = _stage.PayloadBody(self.hydra_context, task or self.task_function, state, configs)
+        # The job calls run_job, which needs the callbacks alone: the config loader (and the configs it cached,
+        # other plugins' among them) stays home.
+        context = HydraContext(config_loader=None, callbacks=self.hydra_context.callbacks)
+        body = _stage.PayloadBody(context, task or self.task_function, state, configs)
         payload_uri = staging.payload(first_num)
         # pickled even in a dry run: what cannot pickle fails now
         payload, modules = _stage.dump_payload(header, body)

@@ -40,10 +40,6 @@ class VersionMismatch(Exception):
     pass
 
 
-class MissingModule(ModuleNotFoundError):
-    """The payload or the task needs a module the job's environment lacks."""
-
-
 def array_index(env=os.environ) -> int:
     """AWS_BATCH_JOB_ARRAY_INDEX (real Batch), else the :N of AWS_BATCH_JOB_ID (moto), else 0 (one job)."""
     if env.get("AWS_BATCH_JOB_ARRAY_INDEX", "") != "":
@@ -71,12 +67,6 @@ def _place_remotely(config, header: dict, scratch: Path, code_dir: Path) -> None
         with read_write(node), open_dict(node):
             node[key] = str(value)
     os.chdir(here)
-
-
-def _missing_module(exc: ModuleNotFoundError) -> MissingModule:
-    return MissingModule(f"the job needs the module '{exc.name}', which is not installed where it runs: install "
-                         "it in the job image (the Dockerfile), or ship it in the code package "
-                         "(hydra.launcher.code_root / code_include)")
 
 
 class Job(NamedTuple):
@@ -129,7 +119,7 @@ def prepare(payload_uri: str, index: int, scratch: Path, outcome: Outcome) -> Jo
         if isinstance(task_function, _stage.ScriptFunction):
             task_function = task_function.load(code_dir)
     except ModuleNotFoundError as exc:
-        raise _missing_module(exc) from exc
+        raise _stage.MissingModule.of(exc) from exc
     config = payload.configs[index]
     Singleton.set_state(payload.singleton_state)
     setup_globals()
@@ -150,14 +140,16 @@ def execute(job: Job, outcome: Outcome) -> None:
 
     job_return = run_job(hydra_context=job.hydra_context, task_function=job.task_function, config=job.config,
                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    exc = job_return._return_value if job_return.status != JobStatus.COMPLETED else None
+    if isinstance(exc, ModuleNotFoundError) and not isinstance(exc, _stage.MissingModule):  # say what to do
+        job_return._return_value = _stage.MissingModule.of(exc)
     outcome.job_return, problem = _stage.pickle_job_return(job_return)
     if problem:
         outcome.error = problem
-    elif job_return.status == JobStatus.COMPLETED:
+    elif exc is None:
         outcome.status, outcome.exit_code = _stage.SUCCEEDED, 0
     else:
-        exc = job_return._return_value
-        outcome.error = _stage.error_info(_missing_module(exc) if isinstance(exc, ModuleNotFoundError) else exc)
+        outcome.error = _stage.error_info(job_return._return_value)
 
 
 def report(job: Job | None, outcome: Outcome, staging) -> None:
@@ -172,6 +164,7 @@ def report(job: Job | None, outcome: Outcome, staging) -> None:
     except Exception as exc:  # the result must still be written, and say what was lost
         sys.stderr.write(f"uploading the job's outputs failed: {exc}\n")
         outcome.failed(exc)
+        outcome.job_return = None  # its value stands, but not what it wrote: the job failed
         outcome.error["message"] = f"uploading the job's outputs to {staging.output(outcome.num)} failed: {exc}"
     result = _stage.dump_result(
         outcome.status, outcome.job_return, outcome.error, num=outcome.num, exit_code=outcome.exit_code,
