@@ -414,7 +414,7 @@ def test_outputs_that_cannot_be_written_home_fail_that_job_alone(app, launch):
     assert "#2 +x=3: SUCCEEDED" in proc.stdout + proc.stderr  # the summary, complete
 
 
-def test_a_failed_upload_still_leaves_a_result(app, launch):
+def test_a_failed_upload_still_leaves_a_result(app, launch, app_env, tmp_path):
     """The job's outputs cannot go to staging (something sits where they go): the worker still writes its
     result, which says what was lost."""
     app("""
@@ -435,10 +435,13 @@ def test_a_failed_upload_still_leaves_a_result(app, launch):
         if __name__ == "__main__":
             main()
     """)
-    launch("+x=1", LOCAL, "hydra.sweep.dir=sweep", "hydra.launcher.in_place=false")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    launch("+x=1", LOCAL, "hydra.sweep.dir=sweep", "hydra.launcher.in_place=false",
+           env=dict(app_env, TMPDIR=str(scratch)))
     job = manifest(app.folder / "sweep")["jobs"][0]
     assert job["state"] == "FAILED" and "uploading the job's outputs to" in job["result"]
-    assert not list(Path("/tmp").glob("hydra-awsbatch-0-*/code/my_app.py"))  # the scratch folder is gone
+    assert not list(scratch.iterdir())  # the job's scratch folder is gone
 
 
 # ------------------------------------------------------------------------------------ packages as git sees them
