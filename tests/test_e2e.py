@@ -113,6 +113,23 @@ def test_example_sweep_matches_the_basic_launcher(local_cloud, run_app, cloud_en
     assert {"checkpoints/e2e/0/ckpt-e00003-s0000000.pt", "checkpoints/e2e/1/ckpt-e00003-s0000000.pt"} <= set(keys)
 
 
+def test_optuna_drives_a_batch_sweep_while_only_the_launching_side_has_it(local_cloud, run_app, cloud_env,
+                                                                         tmp_path):
+    """The job image has neither Optuna nor its Hydra plugin (it installs .[example]); the user's machine has
+    both. The sweeper still gets every job's value."""
+    probe = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python",
+                            local_cloud["outputs"]["RepositoryUri"] + ":latest", "-c",
+                            "import importlib.util as u; print(u.find_spec('hydra_plugins.hydra_optuna_sweeper'))"],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip() == "None", probe.stdout + probe.stderr
+    proc = run_app("--multirun", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                   "lr=interval(1e-4,1e-2)", "epochs=2", *BATCH, "hydra.sweep.dir=optuna", env=cloud_env)
+    jobs = manifest(tmp_path / "optuna")["jobs"]
+    assert len(jobs) == 4 and {j["state"] for j in jobs} == {"SUCCEEDED"}, proc.stdout[-3000:]
+    best = min(float(j["result"]) for j in jobs)
+    assert f"Best value: {best}" in proc.stdout
+
+
 FAILURES = """
     import os
     import hydra

@@ -93,8 +93,8 @@ def check_writable(uri: str, write: bool = True) -> str | None:
         if write:
             _s3().put_object(Bucket=bucket, Key=probe, Body=b"")
             _s3().delete_object(Bucket=bucket, Key=probe)
-        else:
-            _s3().head_bucket(Bucket=bucket)
+        else:  # what the launching user's policy allows (s3:ListBucket on the prefix), writing nothing
+            _s3().list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
     except NoCredentialsError:
         return ("no AWS credentials found to reach S3: run `aws configure` or `aws sso login`, or export "
                 "AWS_PROFILE")
@@ -102,7 +102,8 @@ def check_writable(uri: str, write: bool = True) -> str | None:
         code = error.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchBucket", "404", "NotFound"):
             return f"bucket '{bucket}' does not exist: create it, deploy the stack, or fix the URI"
-        return f"cannot write to bucket '{bucket}' ({code}): grant s3:PutObject there or fix the URI"
+        action = "s3:PutObject" if write else "s3:ListBucket"
+        return f"cannot {'write to' if write else 'list'} bucket '{bucket}' ({code}): grant {action} there or fix the URI"
     except BotoCoreError as error:
         return f"S3 cannot be reached ({error}): check the network, the region and AWS_ENDPOINT_URL"
     return None
