@@ -10,6 +10,7 @@ import fnmatch
 import functools
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -82,8 +83,11 @@ def check_writable(uri: str, write: bool = True) -> str | None:
         existing = next((p for p in (path, *path.parents) if p.exists()), None)
         if existing is None or not existing.is_dir():
             return f"{existing} is not a folder: choose a folder for staging"
-        if not os.access(existing, os.W_OK | os.X_OK):
-            return f"{existing} is not writable: choose a writable folder, or fix its permissions"
+        try:  # a real probe: permissions, read-only mounts and special file systems all answer the same way
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as error:
+            return f"{existing} is not writable ({error.strerror}): choose a writable folder, or fix its permissions"
         return None
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -102,8 +106,8 @@ def check_writable(uri: str, write: bool = True) -> str | None:
         code = error.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchBucket", "404", "NotFound"):
             return f"bucket '{bucket}' does not exist: create it, deploy the stack, or fix the URI"
-        action = "s3:PutObject" if write else "s3:ListBucket"
-        return f"cannot {'write to' if write else 'list'} bucket '{bucket}' ({code}): grant {action} there or fix the URI"
+        verb, action = ("write to", "s3:PutObject") if write else ("list", "s3:ListBucket")
+        return f"cannot {verb} bucket '{bucket}' ({code}): grant {action} there or fix the URI"
     except BotoCoreError as error:
         return f"S3 cannot be reached ({error}): check the network, the region and AWS_ENDPOINT_URL"
     return None
