@@ -322,11 +322,17 @@ def without_foreign_plugins(singleton_state: dict, configs: list) -> None:
         finally:
             node._set_parent(parent)
 
+    decided: dict[tuple, bool] = {}  # configs with the same choices of Hydra's groups share their node types
     for config in configs:
         hydra_node = config.hydra
+        choices = repr(OmegaConf.to_container(hydra_node.runtime.choices)) if "runtime" in hydra_node else ""
         for key in list(hydra_node.keys()):
             node = hydra_node._get_node(key)
-            if OmegaConf.is_config(node) and foreign(node):
+            if not OmegaConf.is_config(node):
+                continue
+            if (key, choices) not in decided:
+                decided[key, choices] = foreign(node)
+            if decided[key, choices]:
                 plain = OmegaConf.to_container(node, resolve=False, enum_to_str=True)
                 with read_write(hydra_node), open_dict(hydra_node):
                     hydra_node[key] = plain
