@@ -120,7 +120,8 @@ def main() -> None:
         payload_uri="s3://b/p.pkl", sweep_id="s", first=0, size=1000, environment={}, resources={}, timeout_s=None,
         attempts=1, tags={}, share_identifier=None, scheduling_priority=None)
     (job_id,) = api.submit([request])
-    executor = _batch.BatchExecutor(api, [_batch.Array(job_id, first, size)], poll_interval_s=0.01)
+    executor = _batch.BatchExecutor(api, poll_interval_s=0.01)
+    executor.add([_batch.Array(job_id, first, size)])
     calls = []
     api.batch.meta.events.register("before-call.batch.*", lambda model, **kw: calls.append(model.name))
     per_round = []

@@ -12,12 +12,12 @@ import logging
 import os
 import random
 import re
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 from hydra_plugins.hydra_awsbatch_launcher import worker
-from hydra_plugins.hydra_awsbatch_launcher._local import FAILED, FINAL, SUCCEEDED, JobState
+from hydra_plugins.hydra_awsbatch_launcher._stage import Array
+from hydra_plugins.hydra_awsbatch_launcher._sweep import FAILED, FINAL, SUBMITTED, SUCCEEDED, JobState
 from hydra_plugins.hydra_awsbatch_launcher.config import DEFAULT_LOG_GROUP
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
@@ -62,16 +62,6 @@ def retry_strategy(attempts: int) -> dict:
         {"onExitCode": str(worker.EXIT_INTERRUPTED), "action": "RETRY"},
         {"onReason": "*", "action": "EXIT"},
     ]}
-
-
-@dataclass
-class Array:
-    """One SubmitJob: an array of `size` jobs (a plain job when size is 1) for job numbers first..."""
-
-    job_id: str
-    first: int
-    size: int
-    summary: dict = field(default_factory=dict)
 
 
 class BatchApi:
@@ -300,19 +290,39 @@ def check_resources(vcpus, memory_mib, gpus, timeout_min, attempts, compute_envi
 
 # ------------------------------------------------------------------------------------------------- watcher
 class BatchExecutor:
-    """One watcher for every array of a sweep's batch: DescribeJobs on the array parents (100 ids a call),
-    ListJobs(arrayJobId, jobStatus) only for states whose count grew, a poll interval that grows while
-    nothing changes, and backoff with jitter on throttling."""
+    """One watcher for every array of a sweep: DescribeJobs on the array parents with unfinished jobs (100 ids
+    a call), ListJobs(arrayJobId, jobStatus) only for states whose count grew, a poll interval that grows while
+    nothing changes, and backoff with jitter on throttling. `request_for(payload_uri, first, size)` gives the
+    SubmitJob requests of a batch (the launcher's settings); a sweep opened from its manifest has none."""
 
-    def __init__(self, api: BatchApi, arrays: list[Array], poll_interval_s: float = 5.0):
-        self.api, self.arrays = api, arrays
+    def __init__(self, api: BatchApi, poll_interval_s: float = 5.0, request_for=None):
+        self.api, self.request_for = api, request_for
+        self.arrays: list[Array] = []
+        self.summaries: dict[str, dict] = {}  # array job id -> the statusSummary last listed
         self.states: dict[int, JobState] = {}
-        for array in arrays:
-            for i in range(array.size):
-                job_id = f"{array.job_id}:{i}" if array.size > 1 else array.job_id
-                self.states[array.first + i] = JobState(array.first + i, state="SUBMITTED", job_id=job_id)
         self.base_interval = self.interval = poll_interval_s
         self.failures = 0
+
+    def add(self, arrays: list[Array]) -> None:
+        """Follow these (already submitted) arrays."""
+        for array in arrays:
+            self.arrays.append(array)
+            for i in range(array.size):
+                job_id = f"{array.job_id}:{i}" if array.size > 1 else array.job_id
+                self.states[array.first + i] = JobState(array.first + i, state=SUBMITTED, job_id=job_id)
+
+    def submit(self, payload_uri: str, first: int, size: int) -> list[Array]:
+        requests = self.request_for(payload_uri, first, size)
+        job_ids = self.api.submit([request for _, _, request in requests])
+        arrays = [Array(job_id, n_first, n) for job_id, (n_first, n, _) in zip(job_ids, requests)]
+        self.add(arrays)
+        self.interval = self.base_interval  # news soon
+        return arrays
+
+    def active(self) -> list[Array]:
+        """The arrays with a job not yet final: the only ones a poll round describes."""
+        return [a for a in self.arrays
+                if any(self.states[n].state not in FINAL for n in range(a.first, a.first + a.size))]
 
     @property
     def poll_interval_s(self) -> float:
@@ -337,8 +347,9 @@ class BatchExecutor:
         return list(self.states.values())
 
     def _poll(self) -> None:
-        parents = {job["jobId"]: job for job in self.api.describe([a.job_id for a in self.arrays])}
-        for array in self.arrays:
+        active = self.active()
+        parents = {job["jobId"]: job for job in self.api.describe([a.job_id for a in active])} if active else {}
+        for array in active:
             parent = parents.get(array.job_id)
             if parent is None:
                 continue
@@ -346,13 +357,14 @@ class BatchExecutor:
                 self._update(array.first, parent)
                 continue
             summary = parent.get("arrayProperties", {}).get("statusSummary", {})
-            grown = [s for s, n in summary.items() if n > array.summary.get(s, 0)
+            before = self.summaries.get(array.job_id, {})
+            grown = [s for s, n in summary.items() if n > before.get(s, 0)
                      and s in ("RUNNABLE", "STARTING", "RUNNING", SUCCEEDED, FAILED)]
             for status in grown:
                 for child in self.api.children(array.job_id, status):
                     index = int(child["jobId"].rsplit(":", 1)[1])
                     self._update(array.first + index, child)
-            array.summary = summary  # only once every grown state was listed: a throttled call retries it
+            self.summaries[array.job_id] = summary  # only once every grown state was listed: a throttle retries
 
     def _update(self, num: int, job: dict) -> None:
         state = self.states[num]
@@ -389,7 +401,7 @@ class BatchExecutor:
         if not unfinished:
             return 0
         if not force:
-            self.api.terminate([a.job_id for a in self.arrays], reason)
+            self.api.terminate([a.job_id for a in self.active()], reason)
             self._poll()
             left = [s.job_id for s in self.states.values() if s.state not in FINAL and ":" in s.job_id]
             self.api.terminate(left, reason)

@@ -11,24 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra_plugins.hydra_awsbatch_launcher._stage import Array
+from hydra_plugins.hydra_awsbatch_launcher._sweep import FAILED, FINAL, RUNNABLE, RUNNING, SUCCEEDED, JobState
 from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE, ENV_PARENT_PID, ENV_PAYLOAD_URI, MODULE
-
-RUNNABLE, RUNNING, SUCCEEDED, FAILED = "RUNNABLE", "RUNNING", "SUCCEEDED", "FAILED"
-FINAL = (SUCCEEDED, FAILED)
-
-
-@dataclass
-class JobState:
-    """What the watcher knows of one job, in Batch's words."""
-
-    num: int
-    state: str = RUNNABLE
-    job_id: str = ""
-    exit_code: int | None = None
-    reason: str = ""
-    started: float | None = None
-    stopped: float | None = None
-    log_path: str = ""
 
 
 @dataclass
@@ -40,25 +25,28 @@ class _Process:
 
 
 class LocalExecutor:
-    def __init__(self, max_parallel: int | None, log_dir: Path, cwd: str, in_place: bool = True):
+    """Runs jobs as local processes, at most `max_parallel` at once, in the order they were submitted."""
+
+    def __init__(self, max_parallel: int | None, log_dir: Path, cwd: str, in_place: bool = True,
+                 environment: dict | None = None):
         self.max_parallel = max(1, max_parallel or os.cpu_count() or 1)
         self.log_dir = Path(log_dir)
         self.cwd, self.in_place = cwd, in_place
+        self.environment = dict(environment or {})
         self._jobs: list[_Process] = []
 
-    def submit(self, payload_uri: str, first_num: int, size: int, environment: dict) -> str:
-        """Queue one array of `size` jobs; return its id."""
-
+    def submit(self, payload_uri: str, first_num: int, size: int) -> list[Array]:
+        """Queue one array of `size` jobs."""
         array_id = f"local-{os.getpid()}-{first_num}"
         # Each job gets its share of the CPUs, as a Batch job gets its vCPUs: parallel jobs whose math
         # libraries each start a thread per CPU spin against each other and run many times slower.
-        threads = str(max(1, (os.cpu_count() or 1) // min(self.max_parallel, size)))
+        threads = str(max(1, (os.cpu_count() or 1) // min(self.max_parallel, len(self._jobs) + size)))
         for index in range(size):
             job_id = f"{array_id}:{index}" if size > 1 else array_id
             # As in a container: no PYTHONPATH of the launching shell; the job imports what the code package
             # and the installed packages hold, so a sweep that will fail on Batch fails here too.
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            env.update(environment)
+            env.update(self.environment)
             for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
                 env.setdefault(name, threads)
             env.pop(ENV_IN_PLACE, None)
@@ -71,7 +59,7 @@ class LocalExecutor:
                 env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
             log_path = self.log_dir / f"{first_num + index}.log"
             self._jobs.append(_Process(JobState(first_num + index, job_id=job_id, log_path=str(log_path)), env))
-        return array_id
+        return [Array(array_id, first_num, size)]
 
     poll_interval_s = 0.2
 

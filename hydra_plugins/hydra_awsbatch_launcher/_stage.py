@@ -12,6 +12,7 @@ Staging layout, under `staging_uri` (an s3:// prefix or a local folder):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gzip
 import hashlib
@@ -446,6 +447,48 @@ def load_result(data: bytes, script: Path | None = None) -> dict:
 
 # --------------------------------------------------------------------------------------------- manifest
 @dataclass
+class JobRecord:
+    """One job of a sweep as the manifest keeps it."""
+
+    num: int
+    overrides: list
+    subdir: str
+    state: str = "STAGED"
+    job_id: str = ""  # Batch's job id (PARENT:INDEX for an array child), or the local process's
+    exit_code: int | None = None
+    reason: str = ""
+    submitted: float | None = None  # epoch seconds
+    started: float | None = None
+    stopped: float | None = None
+    result: str = ""  # the return value's repr, or "ErrorType: message"
+
+
+@dataclass
+class Array:
+    """One SubmitJob: `size` jobs (a plain job when size is 1) for job numbers first..first+size-1."""
+
+    job_id: str
+    first: int
+    size: int
+
+
+@dataclass
+class BatchRecord:
+    """One payload and the jobs it serves: what one launch (or launch_async) call staged."""
+
+    first: int
+    size: int
+    payload_uri: str
+    batch_job_ids: list = field(default_factory=list)
+    arrays: list = field(default_factory=list)  # Array, on Batch
+
+
+def _known(cls, data: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
 class Manifest:
     """The one record of a sweep, from which it can be inspected, attached to or cancelled."""
 
@@ -456,22 +499,29 @@ class Manifest:
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
     code_uri: str = ""
     settings: dict = field(default_factory=dict)  # launcher settings that `hydra-awsbatch` needs later
-    batches: list = field(default_factory=list)  # {first, size, payload_uri, batch_job_ids, arrays}
-    jobs: list = field(default_factory=list)  # {num, overrides, subdir, state, started, stopped, ...}
+    batches: list = field(default_factory=list)  # BatchRecord
+    jobs: list = field(default_factory=list)  # JobRecord
     _by_num: dict = field(default_factory=dict, repr=False, compare=False)  # jobs by number, not saved
 
-    def job(self, num: int) -> dict:
+    def job(self, num: int) -> JobRecord:
         if len(self._by_num) != len(self.jobs):  # jobs are only ever appended
-            self._by_num = {j["num"]: j for j in self.jobs}
+            self._by_num = {j.num: j for j in self.jobs}
         return self._by_num[num]
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in self.__dict__.items() if not k.startswith("_")}, indent=2,
-                          sort_keys=True)
+        data = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")}
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        data = _known(cls, data)
+        data["jobs"] = [JobRecord(**_known(JobRecord, j)) for j in data.get("jobs", [])]
+        data["batches"] = [BatchRecord(**dict(_known(BatchRecord, b), arrays=[Array(**a) for a in b.get("arrays", [])]))
+                           for b in data.get("batches", [])]
+        return cls(**data)
 
     def save(self) -> None:
         """Write it to staging and to the local sweep dir."""

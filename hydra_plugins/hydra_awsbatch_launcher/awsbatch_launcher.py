@@ -11,17 +11,16 @@ import difflib
 import inspect
 import logging
 import os
-import shlex
-import signal
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 RESERVED_ENV_PREFIXES = ("AWS_BATCH_", "HYDRA_AWSBATCH_")
@@ -98,6 +97,7 @@ class BaseAwsBatchLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self.composer: ComposeOnce | None = None
         self.manifest = None
+        self.sweep = None  # the sweep engine, from the first jobs submitted on
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -105,6 +105,17 @@ class BaseAwsBatchLauncher(Launcher):
 
     # ---------------------------------------------------------------------------------------- the story
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Hydra's blocking call: submit, then wait for all."""
+        futures = self.launch_async(job_overrides, initial_job_idx)
+        if self.sweep is None or not self.watching:  # a dry run or wait=false: nothing to wait for
+            return [future.result() for future in futures]
+        return self.sweep.wait(futures)
+
+    def launch_async(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Future]:
+        """Check, compose, stage and submit these jobs into this launcher's one sweep, while others may run;
+        a `Future[JobReturn]` per job, resolved when it ends and is collected (by the sweep's one watcher)."""
+        from hydra_plugins.hydra_awsbatch_launcher import _sweep
+
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):  # "Found credentials in ..." at INFO
@@ -112,19 +123,31 @@ class BaseAwsBatchLauncher(Launcher):
         if not job_overrides:
             log.info("Launching 0 jobs: nothing to do")
             return []
-        self.check_settings()
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.lock_sweep_dir(sweep_dir)
+        if self.manifest is None:  # the sweep's first jobs: check everything before anything is spent
+            self.check_settings()
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            self.lock_sweep_dir(sweep_dir)
         log.info(f"Launching {len(job_overrides)} jobs {self.where}")
 
         configs = self.compose(job_overrides, initial_job_idx, sweep_dir)
         payload_uri = self.stage(configs, initial_job_idx, sweep_dir)
-        executor = self.submit(payload_uri, initial_job_idx, len(configs))
-        if executor is None:  # a dry run, or wait=false
-            return [self.unfinished_return(config) for config in configs]
-        states = self.watch(executor, len(configs))
-        return self.collect(configs, states, executor)
+        if self.dry_run:
+            self.show_dry_run(payload_uri, initial_job_idx, len(configs))
+            return [_sweep.finished(_sweep.unfinished_return(config)) for config in configs]
+        if self.sweep is None:
+            self.sweep = _sweep.Sweep(self.manifest, self.executor(), writes_in_place=self.writes_in_place,
+                                      terminate_on_interrupt=bool(self.params.get("terminate_on_interrupt", True)))
+        return self.sweep.submit(configs, payload_uri, initial_job_idx, watch=self.watching)
+
+    watching = True  # False: submit and return (aws_batch's wait=false)
+
+    def executor(self):
+        """What runs this sweep's jobs (_sweep.Executor)."""
+        raise NotImplementedError
+
+    def show_dry_run(self, payload_uri: str, first: int, size: int) -> None:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------- check
     conf_class: type = object  # the dataclass of the launcher's options (config.py)
@@ -273,11 +296,10 @@ class BaseAwsBatchLauncher(Launcher):
         _storage.write_bytes(payload_uri, payload)
 
         self.manifest.code_uri = code_uri
-        self.manifest.batches.append({"first": first_num, "size": len(configs), "payload_uri": payload_uri,
-                                      "batch_job_ids": []})
+        self.manifest.batches.append(_stage.BatchRecord(first_num, len(configs), payload_uri))
         for config in configs:
-            self.manifest.jobs.append({"num": config.hydra.job.num, "overrides": list(config.hydra.overrides.task),
-                                       "subdir": _stage.job_subdir(config), "state": "STAGED"})
+            self.manifest.jobs.append(_stage.JobRecord(config.hydra.job.num, list(config.hydra.overrides.task),
+                                                       _stage.job_subdir(config)))
         self.manifest.save()
         return payload_uri
 
@@ -294,172 +316,6 @@ class BaseAwsBatchLauncher(Launcher):
         except (AttributeError, KeyError, TypeError, ValueError):
             settings.update(code_root=str(root))
         return settings
-
-    # ------------------------------------------------------------------------------------------- submit
-    def submit(self, payload_uri: str, first_num: int, size: int):
-        """Start the batch's jobs; return the executor that watches them, or None when not watching."""
-        raise NotImplementedError
-
-    # -------------------------------------------------------------------------------------------- watch
-    def watch(self, executor, size: int) -> dict:
-        """Poll until every job is final. Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stop them all
-        (terminate_on_interrupt); a second Ctrl-C while they stop kills them at once."""
-        from hydra_plugins.hydra_awsbatch_launcher._local import FINAL
-        from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
-
-        def to_interrupt(signum, frame):
-            raise KeyboardInterrupt
-
-        previous = {sig: signal.signal(sig, to_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        progress = Progress(self.manifest.sweep_id, size)
-        rounds = 0
-        sweep = shlex.quote(self.manifest.sweep_dir)
-        try:
-            while True:
-                states = executor.poll()
-                rounds += 1
-                waiting = any(s.state == "RUNNABLE" for s in states)
-                progress.update([s.state for s in states], executor.stuck() if waiting and rounds % 6 == 0 else None)
-                if all(s.state in FINAL for s in states):
-                    return {s.num: s for s in states}
-                time.sleep(executor.poll_interval_s)
-        except KeyboardInterrupt:
-            progress.close()
-            if not self.params.get("terminate_on_interrupt", True):
-                log.warning(f"Interrupted; the jobs go on. Follow them with: hydra-awsbatch attach {sweep}")
-                raise
-            log.warning(f"Interrupted: stopping the unfinished jobs of sweep {self.manifest.sweep_id} "
-                        "(Ctrl-C again to stop them at once)")
-            try:
-                stopped = executor.terminate("interrupted by the user")
-            except KeyboardInterrupt:
-                stopped = executor.terminate("interrupted by the user", force=True)
-                log.warning(f"Second Ctrl-C: {executor.forced_stop_note(sweep)}")
-            self.record_states({s.num: s for s in executor.poll()})
-            log.warning(f"Stopped {stopped} unfinished jobs; the manifest is in {self.manifest.sweep_dir}")
-            raise
-        finally:
-            progress.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def record_states(self, states: dict) -> None:
-        for num, state in states.items():
-            self.manifest.job(num).update(state=state.state, job_id=state.job_id, exit_code=state.exit_code,
-                                          reason=state.reason, started=state.started, stopped=state.stopped)
-        self.manifest.save()
-
-    # ------------------------------------------------------------------------------------------ collect
-    def collect(self, configs, states: dict, executor) -> list[JobReturn]:
-        """Results and job dirs back from staging, as Hydra JobReturns in order. `configs`: the jobs' configs,
-        or their numbers alone (hydra-awsbatch attach). A job whose result or outputs cannot be read comes
-        back FAILED saying why; the others are collected all the same."""
-        from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
-        from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
-
-        staging = _stage.Staging(self.manifest.staging_uri, self.manifest.sweep_id)
-        sweep_dir = Path(self.manifest.sweep_dir)
-        settings = self.manifest.settings
-        sync, exclude = settings.get("sync_outputs", True), settings.get("sync_exclude", [])
-        script = Path(settings["code_root"]) / settings["script"] if settings.get("script") else None
-        nums = [c if isinstance(c, int) else c.hydra.job.num for c in configs]
-        config_of = {n: c for n, c in zip(nums, configs) if not isinstance(c, int)}
-        results = {}
-        for num in nums:
-            try:
-                results[num] = _stage.load_result(_storage.read_bytes(staging.result(num)), script)
-            except FileNotFoundError:
-                results[num] = None
-        for num, result in results.items():  # the worker's own exit code, where Batch reported none
-            if result is not None and states[num].exit_code is None:
-                states[num].exit_code = result.get("exit_code")
-        self.record_states(states)
-        missing = [num for num, result in results.items() if result is None]
-        details = executor.failure_details(missing, settings.get("log_group", "")) if missing else {}
-
-        returns, rows = [], []
-        for num in nums:
-            job, state, result = self.manifest.job(num), states[num], results[num]
-            job_dir = sweep_dir / job["subdir"]
-            if result is not None and sync and not self.writes_in_place:
-                try:
-                    left = _storage.download_dir(staging.output(num), job_dir, exclude)
-                except OSError as exc:  # a full disk, say: this job's outputs stay in staging
-                    result = dict(result, status=_stage.FAILED, job_return=None, error={
-                        "type": type(exc).__name__, "traceback": "",
-                        "message": f"bringing its outputs from {staging.output(num)} to {job_dir} failed: {exc}"})
-                    left = []
-                if left:
-                    log.info(f"\t#{num}: left in staging: "
-                             + ", ".join(_storage.join(staging.output(num), rel) for rel in left))
-            ret = self.job_return(config_of.get(num), job, job_dir, result, details.get(num, ""))
-            returns.append(ret)
-            value = ret._return_value
-            job["result"] = (repr(value) if ret.status == JobStatus.COMPLETED
-                             else f"{type(value).__name__}: {str(value).splitlines()[0] if str(value) else ''}")
-            if ret.status != JobStatus.COMPLETED and job.get("state") == "SUCCEEDED":
-                job["state"] = state.state = "FAILED"  # it ran, but what it made did not come back
-            rows.append({"num": num, "overrides": " ".join(filter_overrides(job["overrides"])),
-                         "state": state.state, "result": job["result"][:60], "job_dir": str(job_dir),
-                         "duration": (f"{state.stopped - state.started:.1f}s" if state.started and state.stopped
-                                      else "-")})
-        self.manifest.save()
-        Progress.summary(rows)
-        return returns
-
-    def job_return(self, config: DictConfig | None, job: dict, job_dir: Path, result: dict | None,
-                   missing: str) -> JobReturn:
-        """Hydra's JobReturn: the worker's own when it came back, else one that says why not."""
-        from hydra_plugins.hydra_awsbatch_launcher import _stage
-
-        num = job["num"]
-        ret = result.get("job_return") if result else None
-        if ret is not None:
-            ret.working_dir = str(job_dir)
-            runtime = ret.hydra_cfg.hydra.runtime
-            with read_write(runtime), open_dict(runtime):
-                runtime.output_dir = str(job_dir)
-            if ret.status == JobStatus.FAILED:
-                self.explain(num, ret._return_value, result["error"])
-            return ret
-        ret = self.unfinished_return(config, job_dir, job)
-        if result is not None and result["status"] == _stage.SUCCEEDED:  # sys.exit(0): a normal end, no value
-            return ret
-        ret.status = JobStatus.FAILED
-        error = (result or {}).get("error")
-        if error:
-            message = f"job #{num} {result['status']}: {error['type']}: {error['message']}"
-            ret.return_value = _stage.RemoteJobError(message, error["type"], error["traceback"])
-        else:
-            ret.return_value = _stage.RemoteJobError(f"job #{num} ended without a result. {missing}")
-        self.explain(num, ret._return_value, error)
-        return ret
-
-    @staticmethod
-    def unfinished_return(config: DictConfig | None, job_dir: Path | None = None, job: dict | None = None) -> JobReturn:
-        """A JobReturn for a job whose result is not here (a dry run, wait=false, or none came back); from
-        its manifest record alone when its config is not at hand (attach)."""
-        ret = JobReturn()
-        if config is not None:
-            ret.overrides = list(config.hydra.overrides.task)
-            ret.cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-            ret.hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra)})
-            ret.task_name = config.hydra.job.name
-        else:
-            ret.overrides = list(job["overrides"])
-        ret.working_dir = str(job_dir or "")
-        ret.status, ret.return_value = JobStatus.COMPLETED, None
-        return ret
-
-    @staticmethod
-    def explain(num: int, exc: BaseException, error: dict | None) -> None:
-        """Show the remote traceback in the log and on the exception Hydra will raise."""
-        remote = (error or {}).get("traceback", "")
-        log.error(f"\t#{num} failed: {type(exc).__name__}: {exc}"
-                  + (f"\nRemote traceback:\n{remote}" if remote else ""))
-        if remote and hasattr(exc, "add_note") and not getattr(exc, "_remote_noted", False):
-            exc.add_note(f"Remote traceback of job #{num}:\n{remote}")
-            exc._remote_noted = True
 
 
 class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
@@ -483,15 +339,11 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
     def writes_in_place(self) -> bool:
         return bool(self.params.in_place)
 
-    def submit(self, payload_uri: str, first_num: int, size: int):
+    def executor(self):
         from hydra_plugins.hydra_awsbatch_launcher._local import LocalExecutor
 
-        executor = LocalExecutor(self.params.max_parallel, Path(self.manifest.sweep_dir) / ".logs",
-                                 cwd=os.getcwd(), in_place=self.params.in_place)
-        array_id = executor.submit(payload_uri, first_num, size, dict(self.params.environment))
-        self.manifest.batches[-1]["batch_job_ids"].append(array_id)
-        self.manifest.save()
-        return executor
+        return LocalExecutor(self.params.max_parallel, Path(self.manifest.sweep_dir) / ".logs", cwd=os.getcwd(),
+                             in_place=self.params.in_place, environment=dict(self.params.environment))
 
 
 class AwsBatchLauncher(BaseAwsBatchLauncher):
@@ -572,9 +424,12 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
     def manifest_settings(self) -> dict:
         return dict(super().manifest_settings(), region=self.api.session.region_name)
 
-    def submit(self, payload_uri: str, first_num: int, size: int):
-        import json
+    @property
+    def watching(self) -> bool:
+        return bool(self.params.wait)
 
+    def requests(self, payload_uri: str, first_num: int, size: int) -> list[tuple[int, int, dict]]:
+        """The SubmitJob request(s) of one staged payload."""
         from hydra_plugins.hydra_awsbatch_launcher import _batch
         from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE
 
@@ -584,30 +439,22 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         if endpoint:  # the local cloud: containers reach moto on this machine with dummy credentials
             environment.update(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=self.api.session.region_name,
                                **_batch.DUMMY_CREDENTIALS)
-        requests = _batch.submit_requests(
+        return _batch.submit_requests(
             job_name=_batch.sanitize_job_name(p.job_name), queue=p.job_queue, job_definition=p.job_definition,
             payload_uri=payload_uri, sweep_id=self.manifest.sweep_id, first=first_num, size=size,
             environment=environment, resources={"VCPU": p.vcpus, "MEMORY": p.memory_mib, "GPU": p.gpus},
             timeout_s=None if p.timeout_min is None else max(60, int(p.timeout_min * 60)), attempts=p.attempts,
             tags={**_batch.automatic_tags(self.manifest.sweep_id, p.job_name), **p.tags},
             share_identifier=p.share_identifier, scheduling_priority=p.scheduling_priority)
-        if self.dry_run:
-            for _, _, request in requests:
-                print(f"SubmitJob request (dry run, nothing submitted):\n{json.dumps(request, indent=2)}")
-            log.info("Dry run: nothing was uploaded or submitted")
-            return None
-        job_ids = self.api.submit([request for _, _, request in requests])
-        arrays = [_batch.Array(job_id, first, n) for job_id, (first, n, _) in zip(job_ids, requests)]
-        self.manifest.batches[-1]["batch_job_ids"] += job_ids
-        self.manifest.batches[-1]["arrays"] = [{"job_id": a.job_id, "first": a.first, "size": a.size}
-                                               for a in arrays]
-        self.manifest.save()
-        log.info(f"Submitted {size} jobs as {len(arrays)} Batch job(s): {', '.join(job_ids)}")
-        executor = _batch.BatchExecutor(self.api, arrays, p.poll_interval_s)
-        self.record_states({s.num: s for s in executor.states.values()})
-        if not p.wait:
-            sweep = shlex.quote(self.manifest.sweep_dir)
-            log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status {sweep}; "
-                     f"collect it with: hydra-awsbatch attach {sweep}")
-            return None
-        return executor
+
+    def show_dry_run(self, payload_uri: str, first: int, size: int) -> None:
+        import json
+
+        for _, _, request in self.requests(payload_uri, first, size):
+            print(f"SubmitJob request (dry run, nothing submitted):\n{json.dumps(request, indent=2)}")
+        log.info("Dry run: nothing was uploaded or submitted")
+
+    def executor(self):
+        from hydra_plugins.hydra_awsbatch_launcher import _batch
+
+        return _batch.BatchExecutor(self.api, self.params.poll_interval_s, request_for=self.requests)

@@ -47,85 +47,67 @@ def load_manifest(sweep: str):
     return manifest
 
 
-class Sweep:
-    """A sweep submitted to AWS Batch, brought back from its manifest."""
+def open_sweep(sweep: str, on_batch: bool = True):
+    """The sweep engine for SWEEP's manifest, following its Batch jobs; None for a sweep of local processes
+    when `on_batch` is False (status and logs read the manifest alone)."""
+    from hydra_plugins.hydra_awsbatch_launcher import _sweep
+    from hydra_plugins.hydra_awsbatch_launcher._batch import BatchApi, BatchError, BatchExecutor
 
-    def __init__(self, sweep: str, on_batch: bool = True):
-        from hydra_plugins.hydra_awsbatch_launcher._batch import Array, BatchApi, BatchError, BatchExecutor
-
-        self.manifest = load_manifest(sweep)
-        self.local = self.manifest.launcher != "AwsBatchLauncher"
-        if self.local and on_batch:
-            raise SystemExit(f"hydra-awsbatch: sweep {self.manifest.sweep_id} ran with {self.manifest.launcher}; "
-                             "its jobs were local processes, which stop with the launching process. Their logs "
-                             f"are in {shlex.quote(str(Path(self.manifest.sweep_dir) / '.logs'))}")
-        self.executors = []
-        if self.local:
-            return
-        settings = self.manifest.settings
-        try:
-            self.api = BatchApi(settings.get("region"), settings.get("profile"))
-        except BatchError as error:
-            raise SystemExit(f"hydra-awsbatch: {error}") from None
-        self.executors = [BatchExecutor(self.api, [Array(a["job_id"], a["first"], a["size"]) for a in b["arrays"]])
-                          for b in self.manifest.batches if b.get("arrays")]
-
-    def launcher(self):
-        from hydra_plugins.hydra_awsbatch_launcher.awsbatch_launcher import AwsBatchLauncher
-
-        launcher = AwsBatchLauncher(terminate_on_interrupt=False, **self.manifest.settings)
-        launcher.manifest = self.manifest
-        launcher._api = self.api
-        return launcher
-
-    def refresh(self) -> None:
-        launcher = self.launcher()
-        for executor in self.executors:
-            launcher.record_states({s.num: s for s in executor.poll()})
+    manifest = load_manifest(sweep)
+    if manifest.launcher != "AwsBatchLauncher":
+        if not on_batch:
+            return manifest, None
+        raise SystemExit(f"hydra-awsbatch: sweep {manifest.sweep_id} ran with {manifest.launcher}; its jobs were "
+                         "local processes, which stop with the launching process. Their logs are in "
+                         f"{shlex.quote(str(Path(manifest.sweep_dir) / '.logs'))}")
+    settings = manifest.settings
+    try:
+        api = BatchApi(settings.get("region"), settings.get("profile"))
+    except BatchError as error:
+        raise SystemExit(f"hydra-awsbatch: {error}") from None
+    executor = BatchExecutor(api)
+    executor.add([array for batch in manifest.batches for array in batch.arrays])
+    return manifest, _sweep.Sweep(manifest, executor, writes_in_place=bool(settings.get("shared_sweep_dir")),
+                                  terminate_on_interrupt=False)
 
 
 def status(args) -> int:
-    sweep = Sweep(args.sweep, on_batch=False)
-    if not sweep.local:
+    m, sweep = open_sweep(args.sweep, on_batch=False)
+    if sweep is not None:
         sweep.refresh()
-    m = sweep.manifest
     print(f"sweep {m.sweep_id} ({m.launcher}), created {m.created}, staging {m.staging_uri}")
     print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<40} result")
     for job in m.jobs:
-        duration = (f"{job['stopped'] - job['started']:.0f}s" if job.get("started") and job.get("stopped") else "-")
-        print(f"{job['num']:>4}  {job.get('state', '?'):<10} {duration:>9}  {' '.join(job['overrides'])[:40]:<40} "
-              f"{job.get('result', job.get('reason') or '')}")
+        duration = f"{job.stopped - job.started:.0f}s" if job.started and job.stopped else "-"
+        print(f"{job.num:>4}  {job.state:<10} {duration:>9}  {' '.join(job.overrides)[:40]:<40} "
+              f"{job.result or job.reason}")
     return 0
 
 
 def logs(args) -> int:
-    sweep = Sweep(args.sweep, on_batch=False)
-    job = next((j for j in sweep.manifest.jobs if j["num"] == args.job_num), None)
-    if sweep.local:
-        path = Path(sweep.manifest.sweep_dir) / ".logs" / f"{args.job_num}.log"
-        raise SystemExit(f"hydra-awsbatch: sweep {sweep.manifest.sweep_id} ran its jobs locally; job #{args.job_num}'s "
-                         f"output is in {shlex.quote(str(path))}" + ("" if path.is_file() else " (not written)"))
-    if job is None or not job.get("job_id"):
-        raise SystemExit(f"hydra-awsbatch: sweep {sweep.manifest.sweep_id} has no submitted job #{args.job_num}")
-    described = sweep.api.describe([job["job_id"]])
+    m, sweep = open_sweep(args.sweep, on_batch=False)
+    if sweep is None:
+        path = Path(m.sweep_dir) / ".logs" / f"{args.job_num}.log"
+        raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} ran its jobs locally; job #{args.job_num}'s output is "
+                         f"in {shlex.quote(str(path))}" + ("" if path.is_file() else " (not written)"))
+    job = next((j for j in m.jobs if j.num == args.job_num), None)
+    if job is None or not job.job_id:
+        raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} has no submitted job #{args.job_num}")
+    api = sweep.executor.api
+    described = api.describe([job.job_id])
     stream = (described[0].get("container", {}).get("logStreamName") if described else None)
     if not stream:
-        raise SystemExit(f"hydra-awsbatch: job #{args.job_num} ({job['job_id']}) has no log stream yet; "
+        raise SystemExit(f"hydra-awsbatch: job #{args.job_num} ({job.job_id}) has no log stream yet; "
                          f"it is {described[0]['status'] if described else 'unknown to Batch'}")
-    print("\n".join(sweep.api.log_tail(sweep.manifest.settings.get("log_group", DEFAULT_LOG_GROUP), stream,
-                                       args.lines)))
+    print("\n".join(api.log_tail(m.settings.get("log_group", DEFAULT_LOG_GROUP), stream, args.lines)))
     return 0
 
 
 def cancel(args) -> int:
-    sweep = Sweep(args.sweep)
-    launcher = sweep.launcher()
-    stopped = 0
-    for executor in sweep.executors:
-        executor.poll()
-        stopped += executor.terminate("cancelled with hydra-awsbatch cancel")
-        launcher.record_states(executor.states)
-    print(f"terminated {stopped} unfinished jobs of sweep {sweep.manifest.sweep_id}")
+    m, sweep = open_sweep(args.sweep)
+    sweep.refresh()
+    stopped = sweep.stop("cancelled with hydra-awsbatch cancel")
+    print(f"terminated {stopped} unfinished jobs of sweep {m.sweep_id}")
     return 0
 
 
@@ -134,19 +116,14 @@ def attach(args) -> int:
     app's own modules are found where the launcher found them (code_root)."""
     from hydra.core.utils import JobStatus
 
-    sweep = Sweep(args.sweep)
-    code_root = sweep.manifest.settings.get("code_root")
+    m, sweep = open_sweep(args.sweep)
+    code_root = m.settings.get("code_root")
     if code_root and Path(code_root).is_dir() and code_root not in sys.path:
         sys.path.insert(0, code_root)
-    launcher = sweep.launcher()
-    failed = 0
-    for executor in sweep.executors:
-        nums = sorted(executor.states)
-        states = launcher.watch(executor, len(nums))
-        returns = launcher.collect(nums, states, executor)
-        failed += sum(r.status != JobStatus.COMPLETED for r in returns)
-    print(f"sweep {sweep.manifest.sweep_id}: {len(sweep.manifest.jobs) - failed} jobs completed, {failed} failed; "
-          f"job dirs in {shlex.quote(sweep.manifest.sweep_dir)}")
+    returns = sweep.wait(sweep.follow([job.num for job in m.jobs if job.job_id]))
+    failed = sum(r.status != JobStatus.COMPLETED for r in returns)
+    print(f"sweep {m.sweep_id}: {len(m.jobs) - failed} jobs completed, {failed} failed; "
+          f"job dirs in {shlex.quote(m.sweep_dir)}")
     return 1 if failed else 0
 
 
