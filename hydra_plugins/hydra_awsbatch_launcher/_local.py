@@ -61,7 +61,7 @@ class LocalExecutor:
             self._jobs.append(_Process(JobState(first_num + index, job_id=job_id, log_path=str(log_path)), env))
         return [Array(array_id, first_num, size)]
 
-    poll_interval_s = 0.2
+    poll_interval_s = 0.05  # a look at a few local processes costs next to nothing
 
     def stuck(self) -> dict[str, int]:
         return {}

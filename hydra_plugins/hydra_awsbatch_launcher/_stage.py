@@ -300,6 +300,9 @@ def pickled(obj) -> tuple[bytes, set[str]]:
     return buffer.getvalue(), modules
 
 
+_FOREIGN_ENTRIES: dict[tuple, bool] = {}  # ConfigStore path -> whether its entry names another plugin
+
+
 def without_foreign_plugins(singleton_state: dict, configs: list) -> None:
     """Drop from what goes to the job every trace of other Hydra plugins (in place): their ConfigStore
     entries, and the object types of their nodes under `hydra` in each config (made plain containers)."""
@@ -308,13 +311,17 @@ def without_foreign_plugins(singleton_state: dict, configs: list) -> None:
 
     store = singleton_state["instances"].get(ConfigStore)
     if store is not None:
-        def prune(tree: dict) -> None:
+        def prune(tree: dict, path: tuple) -> None:
             for name, entry in list(tree.items()):
                 if isinstance(entry, dict):
-                    prune(entry)
-                elif any(is_foreign_plugin(m) for m in pickled(entry)[1]):
+                    prune(entry, (*path, name))
+                    continue
+                key = (*path, name, getattr(entry, "provider", None))
+                if key not in _FOREIGN_ENTRIES:  # the store's entries stay put: decided once per process
+                    _FOREIGN_ENTRIES[key] = any(is_foreign_plugin(m) for m in pickled(entry)[1])
+                if _FOREIGN_ENTRIES[key]:
                     del tree[name]
-        prune(store.repo)
+        prune(store.repo, ())
     def foreign(node) -> bool:
         parent = node._get_parent()
         node._set_parent(None)  # the node alone, not the tree it hangs in

@@ -257,25 +257,10 @@ class BaseAwsBatchLauncher(Launcher):
         staging = _stage.Staging(self.manifest.staging_uri, self.manifest.sweep_id)
 
         root = self.code_root()
-        # Outputs of this very sweep must not ship, nor change the package's hash from one run to the next.
-        own = [Path(p).resolve() for p in (sweep_dir, self.manifest.staging_uri) if not _storage.is_s3(str(p))]
-        exclude = [*self.params.code_exclude, *(p.relative_to(root).as_posix() for p in own
-                                                if p.is_relative_to(root) and p != root)]
-        package = _stage.package_code(root, self.params.code_include, exclude, self.params.use_gitignore,
-                                      self.params.code_max_mib)
         task = _stage.ScriptFunction.of(self.task_function, root)
-        if task is not None and task.relpath not in package.files:
-            raise LaunchError([f"the code package of {root} leaves out your script {task.relpath} "
-                               f"({len(package.files)} files packed): a .gitignore there ignores it. Ship it "
-                               f"with hydra.launcher.code_include=[{task.relpath}], or set "
-                               "hydra.launcher.use_gitignore=false"])
-        code_uri = staging.code(package.sha256)
-        uploaded = not self.dry_run and not _storage.exists(code_uri)
-        if uploaded:
-            _storage.write_bytes(code_uri, package.data)
-        log.info(f"Code package of {root}: {len(package.files)} files, {len(package.data) / 1024:.1f} KiB, "
-                 f"{'uploaded' if uploaded else 'not uploaded (dry run)' if self.dry_run else 'already staged'}"
-                 f" as {code_uri}")
+        if not self.manifest.code_uri:  # once per sweep: every job of it runs the same code
+            self.manifest.code_uri = self.stage_code(root, task, sweep_dir, staging)
+        code_uri = self.manifest.code_uri
 
         header = {"code_uri": code_uri, "code_root": str(root), "sync_outputs": self.params.sync_outputs}
         state = Singleton.get_state()
@@ -295,13 +280,36 @@ class BaseAwsBatchLauncher(Launcher):
             return payload_uri
         _storage.write_bytes(payload_uri, payload)
 
-        self.manifest.code_uri = code_uri
         self.manifest.batches.append(_stage.BatchRecord(first_num, len(configs), payload_uri))
         for config in configs:
             self.manifest.jobs.append(_stage.JobRecord(config.hydra.job.num, list(config.hydra.overrides.task),
                                                        _stage.job_subdir(config)))
         self.manifest.save()
         return payload_uri
+
+    def stage_code(self, root: Path, task, sweep_dir: Path, staging) -> str:
+        """The code package of `root`, uploaded unless staging has it already (a dry run uploads nothing)."""
+        from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
+
+        # Outputs of this very sweep must not ship, nor change the package's hash from one run to the next.
+        own = [Path(p).resolve() for p in (sweep_dir, self.manifest.staging_uri) if not _storage.is_s3(str(p))]
+        exclude = [*self.params.code_exclude, *(p.relative_to(root).as_posix() for p in own
+                                                if p.is_relative_to(root) and p != root)]
+        package = _stage.package_code(root, self.params.code_include, exclude, self.params.use_gitignore,
+                                      self.params.code_max_mib)
+        if task is not None and task.relpath not in package.files:
+            raise LaunchError([f"the code package of {root} leaves out your script {task.relpath} "
+                               f"({len(package.files)} files packed): a .gitignore there ignores it. Ship it "
+                               f"with hydra.launcher.code_include=[{task.relpath}], or set "
+                               "hydra.launcher.use_gitignore=false"])
+        code_uri = staging.code(package.sha256)
+        uploaded = not self.dry_run and not _storage.exists(code_uri)
+        if uploaded:
+            _storage.write_bytes(code_uri, package.data)
+        log.info(f"Code package of {root}: {len(package.files)} files, {len(package.data) / 1024:.1f} KiB, "
+                 f"{'uploaded' if uploaded else 'not uploaded (dry run)' if self.dry_run else 'already staged'}"
+                 f" as {code_uri}")
+        return code_uri
 
     def manifest_settings(self) -> dict:
         """What `hydra-awsbatch` needs to find this sweep's jobs and outputs again."""

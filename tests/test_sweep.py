@@ -1,0 +1,230 @@
+"""The sweep engine: watch, collect and JobReturns against executors whose every move the test scripts, then
+non-blocking launches on aws_batch_local (a new job starts as soon as one ends)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage, _sweep
+
+
+class ScriptedExecutor:
+    """An executor whose jobs move one state per poll along a script; a job that succeeds has its result
+    written first, as the worker writes it, unless the script says it leaves none."""
+
+    poll_interval_s = 0.01
+
+    def __init__(self, staging: _stage.Staging, scripts: dict[int, list[str]], no_result=(), corrupt=()):
+        self.staging, self.scripts = staging, scripts
+        self.no_result, self.corrupt = set(no_result), set(corrupt)
+        self.states: dict[int, _sweep.JobState] = {}
+        self.polls = 0
+        self.terminated: list[tuple[str, bool]] = []
+
+    def submit(self, payload_uri: str, first: int, size: int) -> list[_stage.Array]:
+        for num in range(first, first + size):
+            self.states[num] = _sweep.JobState(num, state=_sweep.SUBMITTED, job_id=f"fake-{num}")
+        return [_stage.Array(f"fake-{first}", first, size)]
+
+    def poll(self) -> list[_sweep.JobState]:
+        self.polls += 1
+        for num, state in self.states.items():
+            script = self.scripts[num]
+            if state.state in _sweep.FINAL or not script:
+                continue
+            state.state = script.pop(0)
+            if state.state == _sweep.RUNNING:
+                state.started = time.time()
+            if state.state in _sweep.FINAL:
+                state.stopped, state.exit_code = time.time(), 0 if state.state == _sweep.SUCCEEDED else 137
+                self.write_result(num, state.state)
+        return list(self.states.values())
+
+    def write_result(self, num: int, state: str) -> None:
+        if num in self.no_result:
+            return
+        if num in self.corrupt:
+            _storage.write_bytes(self.staging.result(num), b"\x80\x04not a pickle")
+            return
+        ret = JobReturn(status=JobStatus.COMPLETED, _return_value=num * 10, overrides=[f"x={num}"],
+                        hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": "remote"}}}))
+        pickled, _ = _stage.pickle_job_return(ret)
+        _storage.write_bytes(self.staging.result(num), _stage.dump_result(_stage.SUCCEEDED, pickled, num=num,
+                                                                           exit_code=0))
+
+    def terminate(self, reason: str, force: bool = False) -> int:
+        self.terminated.append((reason, force))
+        unfinished = [s for s in self.states.values() if s.state not in _sweep.FINAL]
+        for state in unfinished:
+            state.state, state.reason = _sweep.FAILED, reason
+        return len(unfinished)
+
+    def stuck(self) -> dict[str, int]:
+        return {}
+
+    def failure_details(self, nums: list[int], log_group: str) -> dict[int, str]:
+        return {num: f"exit code {self.states[num].exit_code}; the log's last line" for num in nums}
+
+    def forced_stop_note(self, sweep: str) -> str:
+        return "forced"
+
+
+def job_config(num: int):
+    """A job's config, as much of it as the engine reads."""
+    return OmegaConf.create({"x": num, "hydra": {"job": {"num": num, "name": "app"},
+                                                 "overrides": {"task": [f"x={num}"]}}})
+
+
+@pytest.fixture
+def make_sweep(tmp_path):
+    def make(scripts: dict[int, list[str]], **kwargs) -> tuple[_sweep.Sweep, ScriptedExecutor]:
+        manifest = _stage.Manifest("s1", str(tmp_path / "staging"), str(tmp_path / "sweep"), "Fake",
+                                   settings={"log_group": "g"})
+        manifest.batches.append(_stage.BatchRecord(0, len(scripts), "payload"))
+        for num in scripts:
+            manifest.jobs.append(_stage.JobRecord(num, [f"x={num}"], str(num)))
+        executor = ScriptedExecutor(_stage.Staging(manifest.staging_uri, "s1"), scripts, **kwargs)
+        return _sweep.Sweep(manifest, executor, live=False), executor
+
+    return make
+
+
+pytestmark = pytest.mark.unit
+RUN = [_sweep.RUNNABLE, _sweep.RUNNING]
+
+
+def test_each_future_resolves_when_its_job_ends(make_sweep):
+    sweep, executor = make_sweep({0: [*RUN, *[_sweep.RUNNING] * 30, _sweep.SUCCEEDED], 1: [*RUN, _sweep.SUCCEEDED]})
+    futures = sweep.submit([job_config(0), job_config(1)], "payload", 0)
+    done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+    assert done == {futures[1]} and not futures[0].done()  # the short job first, the long one still running
+    assert futures[1].result().return_value == 10
+    assert [r.return_value for r in sweep.wait(futures)] == [0, 10]
+    jobs = sweep.manifest.jobs
+    assert [(j.state, j.exit_code, j.result, j.job_id) for j in jobs] == [
+        ("SUCCEEDED", 0, "0", "fake-0"), ("SUCCEEDED", 0, "10", "fake-1")]
+    assert all(j.submitted <= j.started <= j.stopped for j in jobs)
+    assert sweep.manifest.batches[0].batch_job_ids == ["fake-0"]
+    saved = _stage.Manifest.from_json((Path(sweep.manifest.sweep_dir) / "manifest.json").read_text())
+    assert [j.state for j in saved.jobs] == ["SUCCEEDED", "SUCCEEDED"]
+
+
+def test_a_job_without_a_result_comes_back_failed_with_the_executors_details(make_sweep):
+    sweep, _ = make_sweep({0: [*RUN, _sweep.FAILED], 1: [*RUN, _sweep.SUCCEEDED]}, no_result=[0])
+    first, second = sweep.wait(sweep.submit([job_config(0), job_config(1)], "payload", 0))
+    assert first.status == JobStatus.FAILED and second.status == JobStatus.COMPLETED
+    assert isinstance(first._return_value, _stage.RemoteJobError)
+    assert "job #0 ended without a result. exit code 137; the log's last line" in str(first._return_value)
+    job = sweep.manifest.job(0)
+    assert (job.state, job.exit_code) == ("FAILED", 137)
+    assert job.result.startswith("RemoteJobError: job #0 ended without a result")
+
+
+def test_a_corrupt_result_fails_its_job_alone(make_sweep):
+    sweep, _ = make_sweep({0: [*RUN, _sweep.SUCCEEDED], 1: [*RUN, _sweep.SUCCEEDED]}, corrupt=[0])
+    first, second = sweep.wait(sweep.submit([job_config(0), job_config(1)], "payload", 0))
+    assert first.status == JobStatus.FAILED and "result object is unreadable" in str(first._return_value)
+    assert second.return_value == 10
+    assert [j.state for j in sweep.manifest.jobs] == ["FAILED", "SUCCEEDED"]  # it ran; what it made did not return
+
+
+def test_stop_terminates_and_fails_what_is_pending(make_sweep):
+    sweep, executor = make_sweep({0: [*RUN] + [_sweep.RUNNING] * 10_000, 1: [*RUN, _sweep.SUCCEEDED]})
+    futures = sweep.submit([job_config(0), job_config(1)], "payload", 0)
+    futures[1].result(timeout=10)
+    assert sweep.stop(_sweep.INTERRUPTED_REASON) == 1
+    assert executor.terminated == [(_sweep.INTERRUPTED_REASON, False)]
+    ret = futures[0].result(timeout=10)
+    assert ret.status == JobStatus.FAILED
+    assert (sweep.manifest.job(0).state, sweep.manifest.job(0).reason) == ("FAILED", _sweep.INTERRUPTED_REASON)
+
+
+def test_an_executor_error_reaches_every_waiting_caller(make_sweep):
+    sweep, executor = make_sweep({0: [*RUN, *[_sweep.RUNNING] * 5]})
+
+    def broken():
+        raise RuntimeError("Batch is unreachable")
+
+    futures = sweep.submit([job_config(0)], "payload", 0)
+    executor.poll = broken
+    with pytest.raises(RuntimeError, match="Batch is unreachable"):
+        futures[0].result(timeout=10)
+
+
+def test_jobs_added_while_others_run_join_the_same_watch(make_sweep):
+    scripts = {n: [*RUN, *[_sweep.RUNNING] * (3 * n), _sweep.SUCCEEDED] for n in range(6)}
+    sweep, executor = make_sweep(scripts)
+    for num in range(6):
+        sweep.manifest.batches.append(_stage.BatchRecord(num, 1, f"payload-{num}"))
+    futures = sweep.submit([job_config(0), job_config(1)], "payload", 0)
+    for num in range(2, 6):  # one at a time, as a worker frees up
+        concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+        futures += sweep.submit([job_config(num)], f"payload-{num}", num)
+    assert [r.return_value for r in sweep.wait(futures)] == [0, 10, 20, 30, 40, 50]
+    assert sweep.watcher is None or not sweep.watcher.is_alive() or not sweep.pending
+
+
+# ------------------------------------------------------------------------------ launch_async, for real
+def sleep_task(cfg):
+    time.sleep(cfg.seconds)
+    return cfg.seconds
+
+
+@pytest.fixture
+def local_launcher(tmp_path, monkeypatch):
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
+    from hydra.types import HydraContext, RunMode
+
+    monkeypatch.chdir(tmp_path)
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(None))
+    master = loader.load_configuration(None, overrides=["hydra/launcher=aws_batch_local", "hydra.sweep.dir=sweep",
+                                                        "hydra.launcher.max_parallel=4", "hydra.job.name=sleepy"],
+                                       run_mode=RunMode.MULTIRUN)
+    HydraConfig.instance().set_config(master)
+    return Plugins.instance().instantiate_launcher(hydra_context=HydraContext(loader, Callbacks(master)),
+                                                   task_function=sleep_task, config=master)
+
+
+def refill_gaps(jobs: list[dict], workers: int) -> list[float]:
+    """How long each freed worker stayed empty: the k-th job to end against the (k + workers)-th to start,
+    its replacement (the sweep starts `workers` jobs, then one per job that ends)."""
+    ends, starts = sorted(j["stopped"] for j in jobs), sorted(j["started"] for j in jobs)
+    return [start - end for end, start in zip(ends, starts[workers:])]
+
+
+@pytest.mark.integration
+def test_launch_async_keeps_every_worker_busy(local_launcher, tmp_path):
+    seconds = [round(0.1 + (n * 7 % 20) / 10, 1) for n in range(20)]  # 0.1 s to 2.0 s
+    futures = local_launcher.launch_async([[f"+seconds={s}"] for s in seconds[:4]], 0)
+    submitted = 4
+    while submitted < 20:
+        done, _ = concurrent.futures.wait([f for f in futures if not f.done()] or futures,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        for _ in done:
+            if submitted < 20:
+                futures += local_launcher.launch_async([[f"+seconds={seconds[submitted]}"]], submitted)
+                submitted += 1
+    returns = [f.result(timeout=120) for f in futures]
+    assert sorted(r.return_value for r in returns) == sorted(seconds)
+    record = _stage.Manifest.from_json((tmp_path / "sweep/manifest.json").read_text())
+    assert len({b.payload_uri for b in record.batches}) == 17  # one payload per launch_async call
+    assert len(list((tmp_path / "sweep/.staging/code").iterdir())) == 1  # one code package for them all
+    jobs = [vars(j) for j in record.jobs]
+    assert [j["num"] for j in jobs] == list(range(20)) and {j["state"] for j in jobs} == {"SUCCEEDED"}
+    running = [sum(j["started"] <= t < j["stopped"] for j in jobs) for t in
+               [min(j["started"] for j in jobs) + k * 0.05 for k in range(int(60 / 0.05))]]
+    assert max(running) <= 4  # max_parallel
+    gaps = sorted(refill_gaps(jobs, 4))
+    # A freed worker is refilled within a poll (0.05 s) and one launch_async (compose, stage: about 0.2 s on an
+    # idle 2-core machine); the rest is the CPU that four starting Python processes take from the launcher.
+    assert len(gaps) == 16 and gaps[8] < 1.0 and gaps[-1] < 2.0, gaps
