@@ -36,7 +36,12 @@ def load_dataset(uri: str) -> tuple[np.ndarray, np.ndarray]:
     if storage.is_local(uri) and not storage.exists(uri):
         log.info("Preparing the digits data set at %s", uri)
         write_dataset(uri)
-    with np.load(io.BytesIO(storage.read_bytes(uri))) as npz:
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data.uri={uri}: no data set there. Write it once with: "
+                                f"python -m example_app.data {uri}") from None
+    with np.load(io.BytesIO(data)) as npz:
         return npz["x"], npz["y"]
 
 

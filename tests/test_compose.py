@@ -84,3 +84,15 @@ def test_without_a_checking_sweeper_the_launcher_composes_itself(sweep, tmp_path
     configs = launcher.compose(batch, 4, tmp_path / "sweep")
     assert len(composed) == 8
     assert OmegaConf.to_yaml(configs[3]) == expected(loader, master, batch[3], 7, tmp_path / "sweep")
+
+
+def test_long_composing_shows_progress(sweep, tmp_path, caplog, monkeypatch):
+    from hydra_plugins.hydra_awsbatch_launcher.awsbatch_launcher import ComposeOnce
+
+    loader, master, batch, _ = sweep
+    monkeypatch.setattr(ComposeOnce, "EVERY_S", 0.05)  # a note every 0.05 s instead of every 5 s
+    launcher = launcher_for(loader, master)
+    with caplog.at_level("INFO"):
+        launcher.compose(batch, 0, tmp_path / "sweep")
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Composing configs:")]
+    assert notes and "so far" in notes[-1] and "/s)" in notes[-1]

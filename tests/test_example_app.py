@@ -148,4 +148,6 @@ def test_data_and_checkpoints_on_s3(run_app, aws_env, bucket):
 def test_missing_s3_data_names_the_setting(run_app, aws_env, bucket):
     proc = run_app(f"data.uri=s3://{bucket}/nope.npz", env=aws_env, check=False)
     assert proc.returncode != 0
-    assert "nope.npz" in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert f"data.uri=s3://{bucket}/nope.npz: no data set there" in output
+    assert f"python -m example_app.data s3://{bucket}/nope.npz" in output  # and how to put it there

@@ -104,7 +104,8 @@ def test_a_failing_job_fails_alone_with_its_exception(run_script, tmp_path):
     jobs = manifest(sweep)["jobs"]
     assert [j["state"] for j in jobs] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
     assert [j["result"] for j in jobs] == ["10", "ValueError: boom 2", "30"]
-    assert "job x=3" in (sweep / "2/my_app.log").read_text() or (sweep / "2/.hydra").is_dir()
+    assert "job x=3" in (sweep / ".logs/2.log").read_text()  # the job's own output, in its log file
+    assert (sweep / "2/.hydra/config.yaml").is_file()
 
 
 def test_failed_job_returns_the_original_exception(hydra_sweep_runner, tmpdir):

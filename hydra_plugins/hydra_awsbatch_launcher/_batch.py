@@ -17,7 +17,16 @@ from urllib.parse import urlparse
 
 from hydra_plugins.hydra_awsbatch_launcher import worker
 from hydra_plugins.hydra_awsbatch_launcher._stage import Array
-from hydra_plugins.hydra_awsbatch_launcher._sweep import FAILED, FINAL, SUBMITTED, SUCCEEDED, JobState
+from hydra_plugins.hydra_awsbatch_launcher._sweep import (
+    FAILED,
+    FINAL,
+    RUNNABLE,
+    RUNNING,
+    STARTING,
+    SUBMITTED,
+    SUCCEEDED,
+    JobState,
+)
 from hydra_plugins.hydra_awsbatch_launcher.config import DEFAULT_LOG_GROUP
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
@@ -359,7 +368,7 @@ class BatchExecutor:
             summary = parent.get("arrayProperties", {}).get("statusSummary", {})
             before = self.summaries.get(array.job_id, {})
             grown = [s for s, n in summary.items() if n > before.get(s, 0)
-                     and s in ("RUNNABLE", "STARTING", "RUNNING", SUCCEEDED, FAILED)]
+                     and s in (RUNNABLE, STARTING, RUNNING, SUCCEEDED, FAILED)]
             for status in grown:
                 for child in self.api.children(array.job_id, status):
                     index = int(child["jobId"].rsplit(":", 1)[1])
@@ -382,13 +391,13 @@ class BatchExecutor:
         reasons: dict[str, int] = {}
         for array in self.arrays:
             waiting = [s for n, s in self.states.items() if array.first <= n < array.first + array.size
-                       and s.state == "RUNNABLE"]
+                       and s.state == RUNNABLE]
             if not waiting:
                 continue
             if array.size == 1:
                 found = self.api.describe([array.job_id])
             else:
-                found = self.api.children(array.job_id, "RUNNABLE", max_results=100)
+                found = self.api.children(array.job_id, RUNNABLE, max_results=100)
             for job in found:
                 if job.get("statusReason"):
                     reasons[job["statusReason"]] = reasons.get(job["statusReason"], 0) + 1

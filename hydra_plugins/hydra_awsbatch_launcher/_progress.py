@@ -8,18 +8,18 @@ import sys
 from collections import Counter
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
-ORDER = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 
 
-def counts_line(states) -> str:
+def counts_line(states, order=()) -> str:
+    """"2 RUNNING, 3 SUCCEEDED": the count of each state, in `order` (the life of a job)."""
     counts = Counter(states)
-    known = [f"{counts[s]} {s}" for s in ORDER if counts[s]]
-    return ", ".join(known + [f"{n} {s}" for s, n in sorted(counts.items()) if s not in ORDER])
+    known = [f"{counts[s]} {s}" for s in order if counts[s]]
+    return ", ".join(known + [f"{n} {s}" for s, n in sorted(counts.items()) if s not in order])
 
 
 class Progress:
-    def __init__(self, sweep_id: str, total: int, live: bool | None = None):
-        self.sweep_id, self.total = sweep_id, total
+    def __init__(self, sweep_id: str, order=(), live: bool | None = None):
+        self.sweep_id, self.order = sweep_id, order
         self.live = sys.stdout.isatty() if live is None else live
         self._last = None
         self._display = None
@@ -31,7 +31,7 @@ class Progress:
 
     def update(self, states, stuck: dict | None = None) -> None:
         """`states`: the Batch state of every job; `stuck`: reason -> count for jobs held in RUNNABLE."""
-        line = f"sweep {self.sweep_id}: {counts_line(states)}"
+        line = f"sweep {self.sweep_id}: {counts_line(states, self.order)}"
         notes = [f"  {n} RUNNABLE: {reason}" for reason, n in (stuck or {}).items()]
         text = "\n".join([line, *notes])
         if text == self._last:

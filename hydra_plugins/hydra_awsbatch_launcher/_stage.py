@@ -460,7 +460,7 @@ class JobRecord:
     num: int
     overrides: list
     subdir: str
-    state: str = "STAGED"
+    state: str  # in Batch's words (_sweep's vocabulary)
     job_id: str = ""  # Batch's job id (PARENT:INDEX for an array child), or the local process's
     exit_code: int | None = None
     reason: str = ""

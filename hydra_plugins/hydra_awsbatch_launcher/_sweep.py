@@ -29,6 +29,7 @@ log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 STAGED, SUBMITTED, PENDING, RUNNABLE = "STAGED", "SUBMITTED", "PENDING", "RUNNABLE"
 STARTING, RUNNING, SUCCEEDED, FAILED = "STARTING", "RUNNING", "SUCCEEDED", "FAILED"
 FINAL = (SUCCEEDED, FAILED)
+STATES = (STAGED, SUBMITTED, PENDING, RUNNABLE, STARTING, RUNNING, SUCCEEDED, FAILED)  # a job's life, in order
 INTERRUPTED_REASON = "interrupted by the user"
 
 
@@ -164,7 +165,7 @@ class Sweep:
                     waiting = any(s.state == RUNNABLE for s in states)
                     stuck = self.executor.stuck() if waiting and self.rounds % 6 == 0 else None
                     if self.progress is None:
-                        self.progress = Progress(self.manifest.sweep_id, 0, self.live)
+                        self.progress = Progress(self.manifest.sweep_id, STATES, self.live)
                     self.progress.update([s.state for s in states], stuck)
                 for state in ended:
                     self._resolve(state)

@@ -247,7 +247,7 @@ class BaseAwsBatchLauncher(Launcher):
         """Code package, payload and manifest into staging (a dry run writes nothing); the payload's URI."""
         from hydra.core.singleton import Singleton
 
-        from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
+        from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage, _sweep
 
         if self.manifest is None:
             sweep_id = _stage.new_sweep_id()
@@ -283,7 +283,7 @@ class BaseAwsBatchLauncher(Launcher):
         self.manifest.batches.append(_stage.BatchRecord(first_num, len(configs), payload_uri))
         for config in configs:
             self.manifest.jobs.append(_stage.JobRecord(config.hydra.job.num, list(config.hydra.overrides.task),
-                                                       _stage.job_subdir(config)))
+                                                       _stage.job_subdir(config), _sweep.STAGED))
         self.manifest.save()
         return payload_uri
 
