@@ -77,6 +77,70 @@ def bucket(aws_env, request) -> str:
 
 
 
+@pytest.fixture
+def inprocess_launcher(tmp_path, monkeypatch):
+    """A launcher set up as Hydra sets it up for a --multirun from tmp_path (config and overrides as given),
+    with a task function from a module of its own in tmp_path/app (shipped in the code package)."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
+    from hydra.types import HydraContext, RunMode
+
+    def make(overrides: list[str], task_source: str):
+        import importlib
+
+        app = tmp_path / "app"
+        app.mkdir(exist_ok=True)
+        (app / "inprocess_task.py").write_text(task_source)
+        monkeypatch.syspath_prepend(str(app))
+        monkeypatch.chdir(tmp_path)
+        sys.modules.pop("inprocess_task", None)
+        task = importlib.import_module("inprocess_task").task
+        loader = ConfigLoaderImpl(config_search_path=create_config_search_path(None))
+        master = loader.load_configuration(None, overrides=overrides, run_mode=RunMode.MULTIRUN)
+        HydraConfig.instance().set_config(master)
+        return Plugins.instance().instantiate_launcher(hydra_context=HydraContext(loader, Callbacks(master)),
+                                                       task_function=task, config=master)
+
+    return make
+
+
+SLEEP_TASK = """
+import time
+
+
+def task(cfg):
+    time.sleep(cfg.seconds)
+    return cfg.seconds
+"""
+
+
+def keep_busy(launcher, seconds: list[float], workers: int) -> list:
+    """Drive `launcher.launch_async` as an asynchronous sweeper does: `workers` jobs at first, then a new one
+    each time one ends; the JobReturns in job order."""
+    import concurrent.futures
+
+    futures = launcher.launch_async([[f"+seconds={s}"] for s in seconds[:workers]], 0)
+    in_flight = set(futures)
+    while len(futures) < len(seconds):
+        done, in_flight = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+        for _ in done:
+            if len(futures) < len(seconds):
+                new = launcher.launch_async([[f"+seconds={seconds[len(futures)]}"]], len(futures))
+                futures += new
+                in_flight |= set(new)
+    return [f.result(timeout=600) for f in futures]
+
+
+def refill_gaps(jobs: list[dict], workers: int) -> list[float]:
+    """How long each freed worker stayed empty: the k-th job to end against the (k + workers)-th to start,
+    its replacement (the sweep starts `workers` jobs, then one per job that ends)."""
+    ends, starts = sorted(j["stopped"] for j in jobs), sorted(j["started"] for j in jobs)
+    return [start - end for end, start in zip(ends, starts[workers:])]
+
+
 @pytest.fixture(scope="session")
 def batch_resources(moto_server) -> dict:
     """Batch as a user's account would have it, on the moto server in its no-container mode."""

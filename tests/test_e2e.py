@@ -18,7 +18,7 @@ import pytest
 from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, IntegrationTestSuite, LauncherTestSuite
 
 from hydra_plugins.hydra_awsbatch_launcher import _local_cloud
-from tests.conftest import DUMMY_AWS, ROOT
+from tests.conftest import DUMMY_AWS, ROOT, SLEEP_TASK, keep_busy, refill_gaps
 
 pytestmark = pytest.mark.e2e
 STACK = "e2e-batch"
@@ -207,6 +207,42 @@ def test_attach_collects_after_the_parent_was_killed(script, cloud_env):
     assert [j["result"] for j in manifest(sweep)["jobs"]] == ["1", "2", "3"]
     for num in range(3):
         assert (sweep / str(num) / ".hydra/config.yaml").exists()
+
+
+def test_cancel_terminates_running_containers(script, cloud_env):
+    proc = script(SLEEPER, "+x=1,2,3", "+seconds=600", "hydra.launcher.wait=false")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep = script.app() / "sweep"
+    jobs = children(sweep)
+    wait_for(lambda: batch_states(jobs).count("RUNNING") == 3)
+    done = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "cancel", "sweep"],
+                          cwd=script.app(), env=cloud_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "terminated 3 unfinished jobs" in done.stdout, done.stdout + done.stderr
+
+    def all_ended():
+        states = batch_states(jobs)
+        return states if all(s in ("FAILED", "SUCCEEDED") for s in states) else None
+
+    assert wait_for(all_ended, timeout=60) == ["FAILED"] * 3
+    assert [(j["state"], j["reason"]) for j in manifest(sweep)["jobs"]] == [
+        ("FAILED", "cancelled with hydra-awsbatch cancel")] * 3
+
+
+def test_launch_async_keeps_every_batch_worker_busy(local_cloud, cloud_env, inprocess_launcher, tmp_path):
+    """Twenty jobs of 0.1 s to 2 s, four in flight, each a Batch job in a container of its own."""
+    launcher = inprocess_launcher(["hydra/launcher=aws_batch", f"hydra.launcher.stack_name={STACK}",
+                                   "hydra.launcher.poll_interval_s=0.5", "hydra.sweep.dir=sweep",
+                                   "hydra.job.name=sleepy"], SLEEP_TASK)
+    seconds = [round(0.1 + (n * 7 % 20) / 10, 1) for n in range(20)]
+    returns = keep_busy(launcher, seconds, workers=4)
+    assert [r.return_value for r in returns] == seconds
+    jobs = manifest(tmp_path / "sweep")["jobs"]
+    assert {j["state"] for j in jobs} == {"SUCCEEDED"}
+    assert len(manifest(tmp_path / "sweep")["batches"]) == 17
+    gaps = sorted(refill_gaps(jobs, 4))
+    # Batch's own times: a freed worker waits for the watcher's poll (0.5 s), one launch_async and moto's steps
+    # from SUBMITTED to RUNNING (about a second).
+    assert len(gaps) == 16 and gaps[8] < 4.0 and gaps[-1] < 8.0, gaps
 
 
 def test_sigterm_to_a_training_container_saves_and_the_rerun_resumes(local_cloud, run_app, cloud_env, tmp_path):

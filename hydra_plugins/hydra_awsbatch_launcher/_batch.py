@@ -352,7 +352,9 @@ class BatchExecutor:
             log.warning("Batch is throttling the watcher; next poll in %.1f s", self.interval)
             return list(self.states.values())
         changed = any(self.states[n].state != before[n] for n in self.states)
-        self.interval = self.base_interval if changed else min(self.interval * 1.5, 60.0)
+        # Quiet rounds stretch the interval, to at most 4 times the first: a job that ends is seen within that,
+        # and a sweeper refilling its workers (launch_async) waits no longer.
+        self.interval = self.base_interval if changed else min(self.interval * 1.5, 4 * self.base_interval)
         return list(self.states.values())
 
     def _poll(self) -> None:

@@ -79,7 +79,7 @@ class AwsBatchLauncherConf(BaseAwsBatchLauncherConf):
     scheduling_priority: Optional[int] = None
     # Batch job name, sanitised to letters, digits, - and _ (at most 128)
     job_name: str = "${hydra.job.name}"
-    # Seconds between status polls at first; the interval grows while nothing changes
+    # Seconds between status polls; the interval grows to 4 times this while nothing changes
     poll_interval_s: float = 5.0
     # false: submit, print how to follow the sweep (hydra-awsbatch status/attach), and return
     wait: bool = True
