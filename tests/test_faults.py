@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from hydra_plugins.hydra_awsbatch_launcher import _local_cloud, _stage
+from tests.conftest import SLEEP_TASK
 
 pytestmark = pytest.mark.integration
 LOCAL = "hydra/launcher=aws_batch_local"
@@ -168,23 +169,10 @@ def test_a_gitignore_that_hides_the_script_says_so(app, launch):
     assert manifest(app.folder / "sweep2")["jobs"][0]["state"] == "SUCCEEDED"
 
 
-def test_a_zero_job_batch_launches_nothing(tmp_path, monkeypatch):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import HydraContext
-
-    from hydra_plugins.hydra_awsbatch_launcher.awsbatch_launcher import AwsBatchLocalLauncher
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "config.yaml").write_text("x: 1\n")
-    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
-        config = compose("config", overrides=["hydra/launcher=aws_batch_local", "hydra.sweep.dir=sweep"],
-                         return_hydra_config=True)
-        HydraConfig.instance().set_config(config)
-        launcher = AwsBatchLocalLauncher(**{k: v for k, v in config.hydra.launcher.items() if k != "_target_"})
-        launcher.setup(hydra_context=HydraContext(config_loader=None, callbacks=None),
-                       task_function=lambda cfg: None, config=config)
-        assert launcher.launch([], initial_job_idx=0) == []
+def test_a_zero_job_batch_launches_nothing(inprocess_launcher, tmp_path):
+    launcher = inprocess_launcher(["hydra/launcher=aws_batch_local", "hydra.sweep.dir=sweep"], SLEEP_TASK)
+    assert launcher.launch([], initial_job_idx=0) == []
+    assert launcher.launch_async([], initial_job_idx=0) == []
     assert not (tmp_path / "sweep").exists()
 
 
