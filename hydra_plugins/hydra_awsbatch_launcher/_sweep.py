@@ -347,13 +347,11 @@ def unfinished_return(config, job_dir: Path | None = None, job: _stage.JobRecord
     """A JobReturn for a job whose result is not here (a dry run, wait=false, or none came back); from its
     manifest record alone when its config is not at hand (a sweep opened from its manifest)."""
     from hydra.core.utils import JobReturn, JobStatus
-    from omegaconf import OmegaConf
 
     ret = JobReturn()
-    if config is not None:
+    if config is not None:  # the composed config itself, not copies: a dry run of 1,000 jobs makes 1,000 of these
         ret.overrides = list(config.hydra.overrides.task)
-        ret.cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        ret.hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra)})
+        ret.cfg = ret.hydra_cfg = config  # hydra_cfg.hydra, as in Hydra's own JobReturn
         ret.task_name = config.hydra.job.name
     else:
         ret.overrides = list(job.overrides)
