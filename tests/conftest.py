@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,36 @@ from tests.moto_batch import create_batch_resources, start_moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DUMMY_AWS = {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def manifest(sweep_dir: Path) -> dict:
+    """The sweep's manifest.json, as a user would read it."""
+    return json.loads((sweep_dir / "manifest.json").read_text())
+
+
+def wait_for(condition, timeout: float = 120, every: float = 0.2):
+    """`condition()`'s first true value within `timeout` seconds, else None."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    return None
+
+
+def cli(*args: str, env: dict, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`hydra-awsbatch ARGS`, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_like_a_container(job: dict, env: dict) -> subprocess.CompletedProcess:
+    """What a Batch container does with a (described) job: the worker, with the job's environment and id."""
+    job_env = {e["name"]: e["value"] for e in job["container"]["environment"]}
+    job_env["AWS_BATCH_JOB_ID"] = job["jobId"]
+    return subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"],
+                          env={**env, **job_env}, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import boto3
 import pytest
 
 from hydra_plugins.hydra_awsbatch_launcher import _batch
+from tests.conftest import cli, manifest, run_like_a_container
 
 pytestmark = pytest.mark.integration
 STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
@@ -63,9 +64,6 @@ def jobs_in_queues(resources) -> int:
 def staged_objects(resources) -> list[str]:
     return [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=resources["bucket"]).get("Contents", [])]
 
-
-def manifest(app) -> dict:
-    return json.loads((app / "sweep/manifest.json").read_text())
 
 
 @pytest.fixture
@@ -150,7 +148,7 @@ def test_submission_shape_read_back_from_batch(sweep, app, batch_resources):
                  "+hydra.launcher.environment.DATA=s3://data")
     assert proc.returncode == 0, proc.stderr
     assert "hydra-awsbatch attach" in proc.stdout
-    record = manifest(app)
+    record = manifest(app / "sweep")
     (job_id,) = record["batches"][0]["batch_job_ids"]
     job = boto3.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]
     assert job["arrayProperties"]["size"] == 3
@@ -171,10 +169,10 @@ def test_submission_shape_read_back_from_batch(sweep, app, batch_resources):
 
 def test_one_config_is_a_plain_job(sweep, app):
     assert sweep("hydra.launcher.wait=false", values="7").returncode == 0
-    (job_id,) = manifest(app)["batches"][0]["batch_job_ids"]
+    (job_id,) = manifest(app / "sweep")["batches"][0]["batch_job_ids"]
     job = boto3.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]
     assert "arrayProperties" not in job or "size" not in job["arrayProperties"]
-    assert manifest(app)["jobs"][0]["job_id"] == job_id
+    assert manifest(app / "sweep")["jobs"][0]["job_id"] == job_id
 
 
 def test_more_than_10000_configs_make_two_arrays(batch_resources, aws_env):
@@ -204,7 +202,7 @@ def test_a_sweep_by_stack_name_alone(sweep, app, batch_resources, aws_env):
     boto3.client("cloudformation").create_stack(StackName="hydra-batch", TemplateBody=json.dumps(template))
     proc = sweep("hydra.launcher.stack_name=hydra-batch", "hydra.launcher.wait=false", settings=False)
     assert proc.returncode == 0, proc.stderr
-    record = manifest(app)
+    record = manifest(app / "sweep")
     assert record["staging_uri"] == "s3://stack-staging/staging"
     assert record["settings"]["log_group"] == "/aws/batch/stack-jobs"
     job = boto3.client("batch").describe_jobs(jobs=record["batches"][0]["batch_job_ids"])["jobs"][0]
@@ -214,22 +212,11 @@ def test_a_sweep_by_stack_name_alone(sweep, app, batch_resources, aws_env):
     assert missing.returncode == 1 and "stack 'no-such-stack' not found" in missing.stderr
 
 
-def run_like_a_container(job: dict, env: dict) -> subprocess.CompletedProcess:
-    """What a Batch container does with a child job: the worker, with the job's environment and id."""
-    job_env = {e["name"]: e["value"] for e in job["container"]["environment"]}
-    job_env["AWS_BATCH_JOB_ID"] = job["jobId"]
-    return subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"],
-                          env={**env, **job_env}, capture_output=True, text=True, timeout=120)
-
-
-def cli(*args: str, env: dict, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_status_and_attach_bring_back_what_the_jobs_made(sweep, app, aws_env):
     assert sweep("hydra.launcher.wait=false").returncode == 0
-    record = manifest(app)
+    record = manifest(app / "sweep")
     batch = boto3.client("batch")
     for job in record["jobs"]:  # the containers' part: moto's no-container Batch runs nothing
         described = batch.describe_jobs(jobs=[job["job_id"]])["jobs"][0]
@@ -241,7 +228,7 @@ def test_status_and_attach_bring_back_what_the_jobs_made(sweep, app, aws_env):
     attach = cli("attach", "sweep", env=aws_env, cwd=app)
     assert attach.returncode == 0, attach.stdout + attach.stderr
     assert "3 jobs completed, 0 failed" in attach.stdout
-    assert [j["result"] for j in manifest(app)["jobs"]] == ["10", "20", "30"]
+    assert [j["result"] for j in manifest(app / "sweep")["jobs"]] == ["10", "20", "30"]
     for num in range(3):
         job_dir = app / "sweep" / str(num)
         assert f"job x={num + 1}" in (job_dir / "my_app.log").read_text()
@@ -257,7 +244,7 @@ def test_a_job_without_a_result_says_why_and_shows_its_log_tail(sweep, app, aws_
     except logs.exceptions.ResourceAlreadyExistsException:
         pass
     now = int(time.time() * 1000)  # CloudWatch refuses events older than 14 days
-    for job in manifest(app)["jobs"]:
+    for job in manifest(app / "sweep")["jobs"]:
         batch.terminate_job(jobId=job["job_id"], reason="Host EC2 (instance i-0abc) terminated.")
         stream = batch.describe_jobs(jobs=[job["job_id"]])["jobs"][0]["container"]["logStreamName"]
         logs.create_log_stream(logGroupName="/aws/batch/job", logStreamName=stream)
@@ -271,7 +258,7 @@ def test_a_job_without_a_result_says_why_and_shows_its_log_tail(sweep, app, aws_
     assert "statusReason: Host EC2 (instance i-0abc) terminated." in output
     assert "Last 50 lines of /aws/batch/job/" in output and "log line 60" in output, output
     assert "log line 11" in output and "log line 10\n" not in output
-    assert [j["state"] for j in manifest(app)["jobs"]] == ["FAILED", "FAILED"]
+    assert [j["state"] for j in manifest(app / "sweep")["jobs"]] == ["FAILED", "FAILED"]
 
     tail = cli("logs", "sweep", "1", "-n", "5", env=aws_env, cwd=app)
     assert tail.returncode == 0 and tail.stdout.splitlines() == [f"log line {i}" for i in range(56, 61)]

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import boto3
@@ -18,7 +17,7 @@ import pytest
 from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, IntegrationTestSuite, LauncherTestSuite
 
 from hydra_plugins.hydra_awsbatch_launcher import _local_cloud
-from tests.conftest import DUMMY_AWS, ROOT, SLEEP_TASK, keep_busy, refill_gaps
+from tests.conftest import DUMMY_AWS, ROOT, SLEEP_TASK, cli, keep_busy, manifest, refill_gaps, wait_for
 
 pytestmark = pytest.mark.e2e
 STACK = "e2e-batch"
@@ -49,9 +48,6 @@ def cloud_env(local_cloud, app_env, monkeypatch) -> dict:
     return env
 
 
-def manifest(sweep_dir: Path) -> dict:
-    return json.loads((sweep_dir / "manifest.json").read_text())
-
 
 @pytest.fixture
 def script(tmp_path, cloud_env):
@@ -80,15 +76,6 @@ def script(tmp_path, cloud_env):
 def batch_states(job_ids: list[str]) -> list[str]:
     return [j["status"] for j in boto3.client("batch").describe_jobs(jobs=job_ids)["jobs"]]
 
-
-def wait_for(condition, timeout: float = 120, every: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {condition.__name__}")
 
 
 def children(sweep_dir: Path) -> list[str]:
@@ -177,9 +164,9 @@ SLEEPER = """
 def test_ctrl_c_terminates_every_running_job(script):
     parent = script.start(SLEEPER, "+x=1,2,3,4", "+seconds=600")
     sweep = script.app() / "sweep"
-    wait_for(lambda: (sweep / "manifest.json").exists() and len(children(sweep)) == 4)
+    assert wait_for(lambda: (sweep / "manifest.json").exists() and len(children(sweep)) == 4)
     jobs = children(sweep)
-    wait_for(lambda: batch_states(jobs).count("RUNNING") == 4)
+    assert wait_for(lambda: batch_states(jobs).count("RUNNING") == 4)
     parent.send_signal(signal.SIGINT)
     output, _ = parent.communicate(timeout=120)
     assert parent.returncode != 0 and "Stopped 4 unfinished jobs" in output, output
@@ -195,13 +182,12 @@ def test_ctrl_c_terminates_every_running_job(script):
 def test_attach_collects_after_the_parent_was_killed(script, cloud_env):
     parent = script.start(SLEEPER, "+x=1,2,3", "+seconds=8")
     sweep = script.app() / "sweep"
-    wait_for(lambda: (sweep / "manifest.json").exists() and len(children(sweep)) == 3)
+    assert wait_for(lambda: (sweep / "manifest.json").exists() and len(children(sweep)) == 3)
     jobs = children(sweep)
-    wait_for(lambda: "RUNNING" in batch_states(jobs))
+    assert wait_for(lambda: "RUNNING" in batch_states(jobs))
     parent.send_signal(signal.SIGKILL)
     parent.communicate(timeout=30)
-    attach = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "attach", "sweep"],
-                            cwd=script.app(), env=cloud_env, capture_output=True, text=True, timeout=300)
+    attach = cli("attach", "sweep", cwd=script.app(), env=cloud_env)
     assert attach.returncode == 0, attach.stdout + attach.stderr
     assert "3 jobs completed, 0 failed" in attach.stdout
     assert [j["result"] for j in manifest(sweep)["jobs"]] == ["1", "2", "3"]
@@ -214,9 +200,8 @@ def test_cancel_terminates_running_containers(script, cloud_env):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sweep = script.app() / "sweep"
     jobs = children(sweep)
-    wait_for(lambda: batch_states(jobs).count("RUNNING") == 3)
-    done = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "cancel", "sweep"],
-                          cwd=script.app(), env=cloud_env, capture_output=True, text=True, timeout=300)
+    assert wait_for(lambda: batch_states(jobs).count("RUNNING") == 3)
+    done = cli("cancel", "sweep", cwd=script.app(), env=cloud_env)
     assert done.returncode == 0 and "terminated 3 unfinished jobs" in done.stdout, done.stdout + done.stderr
 
     def all_ended():
@@ -333,11 +318,10 @@ class TestIntegrationInContainers(IntegrationTestSuite):
 def test_local_cloud_command_up_status_down(local_cloud, tmp_path, app_env):
     env = dict(app_env, HYDRA_AWSBATCH_LOCAL_CLOUD_DIR=str(tmp_path / "state"))
 
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "local-cloud",
-                               *args], env=env, capture_output=True, text=True, timeout=900)
+    def local_cloud_cli(*args):
+        return cli("local-cloud", *args, env=env, timeout=900)
 
-    up = cli("up", "--stack", "cli-batch")
+    up = local_cloud_cli("up", "--stack", "cli-batch")
     assert up.returncode == 0, up.stdout + up.stderr
     exports = dict(re.findall(r"^export (\w+)=(\S+)$", up.stdout, flags=re.M))
     assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:") and exports["AWS_ACCESS_KEY_ID"] == "testing"
@@ -347,13 +331,13 @@ def test_local_cloud_command_up_status_down(local_cloud, tmp_path, app_env):
                             text=True).stdout.split()
     assert state["image"] in images
 
-    assert cli("status").returncode == 0
-    again = cli("up", "--stack", "cli-batch")  # idempotent: says so, and prints the exports again
+    assert local_cloud_cli("status").returncode == 0
+    again = local_cloud_cli("up", "--stack", "cli-batch")  # idempotent: says so, and prints the exports again
     assert "already up" in again.stdout and exports["AWS_ENDPOINT_URL"] in again.stdout
-    down = cli("down")
+    down = local_cloud_cli("down")
     assert down.returncode == 0 and f"stopped moto's server (pid {state['pid']})" in down.stdout
     assert not Path(f"/proc/{state['pid']}").exists() or "zombie" in Path(f"/proc/{state['pid']}/status").read_text()
-    assert cli("status").returncode == 1
+    assert local_cloud_cli("status").returncode == 1
 
 
 def test_the_image_runs_as_non_root_and_refuses_to_start_without_a_payload(local_cloud):

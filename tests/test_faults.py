@@ -18,7 +18,7 @@ import boto3
 import pytest
 
 from hydra_plugins.hydra_awsbatch_launcher import _local_cloud, _stage
-from tests.conftest import SLEEP_TASK
+from tests.conftest import SLEEP_TASK, cli, manifest, run_like_a_container, wait_for
 
 pytestmark = pytest.mark.integration
 LOCAL = "hydra/launcher=aws_batch_local"
@@ -33,9 +33,6 @@ APP = """
         main()
 """
 
-
-def manifest(sweep_dir: Path) -> dict:
-    return json.loads((sweep_dir / "manifest.json").read_text())
 
 
 def workers_of(folder: Path) -> list[int]:
@@ -53,14 +50,6 @@ def workers_of(folder: Path) -> list[int]:
             continue
     return found
 
-
-def wait_for(predicate, timeout: float = 60) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.fixture
@@ -552,10 +541,6 @@ def test_a_second_sweep_into_the_same_folder_refuses(app, app_env, launch):
 
 
 # ------------------------------------------------------------------------------------------------- the CLI
-def cli(*args: str, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", *args], env=env,
-                          cwd=cwd, capture_output=True, text=True, timeout=120)
-
 
 @pytest.mark.parametrize("content, message", [
     ("{not json", "is not a sweep manifest of hydra-awsbatch-launcher"),
@@ -625,15 +610,10 @@ def test_batch_settings_are_refused_before_anything_is_spent(app, launch, aws_en
 
 
 def run_jobs_as_batch_would(sweep_dir: Path, env: dict) -> None:
-    """Be the containers: run the worker for each submitted job, with the environment Batch gives it."""
-    record = manifest(sweep_dir)
-    for batch in record["batches"]:
-        for array in batch["arrays"]:
-            for index in range(array["size"]):
-                job_env = dict(env, HYDRA_AWSBATCH_PAYLOAD_URI=batch["payload_uri"],
-                               AWS_BATCH_JOB_ID=f"{array['job_id']}:{index}" if array["size"] > 1 else array["job_id"])
-                subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"], env=job_env,
-                               cwd="/", capture_output=True, timeout=120)
+    """Be the containers: run the worker for each submitted job, with the environment Batch gave it."""
+    batch = boto3.client("batch")
+    for job in manifest(sweep_dir)["jobs"]:
+        run_like_a_container(batch.describe_jobs(jobs=[job["job_id"]])["jobs"][0], env)
 
 
 MYCONF_APP = """

@@ -3,7 +3,6 @@ code packages staged once, outputs brought back through staging, Ctrl-C."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -19,13 +18,11 @@ import pytest
 import yaml
 
 from hydra_plugins.hydra_awsbatch_launcher import _stage
+from tests.conftest import manifest
 
 pytestmark = pytest.mark.integration
 LOCAL = "hydra/launcher=aws_batch_local"
 
-
-def manifest(sweep_dir: Path) -> dict:
-    return json.loads((sweep_dir / "manifest.json").read_text())
 
 
 @pytest.fixture

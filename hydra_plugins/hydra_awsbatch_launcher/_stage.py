@@ -148,7 +148,7 @@ def collect_files(root: Path, include=(), exclude=(), use_gitignore: bool = True
         here = Path(directory)
         base = here.relative_to(root).as_posix()
         base = "" if base == "." else base
-        specs = list(specs_of.get(base.rpartition("/")[0] if "/" in base else "", [])) if base else []
+        specs = list(specs_of[base.rpartition("/")[0]]) if base else []  # os.walk: the parent came first
         spec = _gitignore_spec(here) if use_gitignore else None
         if spec is not None:
             specs.append((base, spec))
@@ -385,6 +385,11 @@ def error_info(exc: BaseException) -> dict:
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 
+def collect_error(exc: BaseException, message: str) -> dict:
+    """The error of a job whose result could not be brought home (here, not in the job: no remote traceback)."""
+    return {"type": type(exc).__name__, "message": message, "traceback": ""}
+
+
 def pickle_job_return(job_return) -> tuple[bytes | None, dict | None]:
     """Hydra's JobReturn, cloudpickled apart from the result object (so that a value the parent cannot
     unpickle leaves the rest readable); or None and the error when the value or exception cannot pickle."""
@@ -438,17 +443,15 @@ def load_result(data: bytes, script: Path | None = None) -> dict:
             raise StagingError("not a result object of this launcher version")
     except Exception as exc:
         return {"format": FORMAT, "status": FAILED, "job_return": None, "exit_code": None,
-                "error": {"type": type(exc).__name__, "message": f"the job's result object is unreadable: {exc}",
-                          "traceback": ""}}
+                "error": collect_error(exc, f"the job's result object is unreadable: {exc}")}
     if result.get("job_return") is not None:
         try:
             result["job_return"] = loads(result["job_return"], script)
         except Exception as exc:
             result["job_return"] = None
             result["status"] = FAILED
-            result["error"] = result.get("error") or {
-                "type": type(exc).__name__, "message": f"the job's result could not be unpickled here: {exc}",
-                "traceback": ""}
+            result["error"] = result.get("error") or collect_error(
+                exc, f"the job's result could not be unpickled here: {exc}")
     return result
 
 

@@ -59,7 +59,7 @@ class Executor(Protocol):
         """The state of every job submitted so far."""
 
     def terminate(self, reason: str, force: bool = False) -> int:
-        """Stop every unfinished job (at once with `force`); how many there were."""
+        """Stop every unfinished job (at once with `force`) and count it FAILED with `reason`; how many."""
 
     def stuck(self) -> dict[str, int]:
         """Why jobs wait in RUNNABLE: reason -> count."""
@@ -229,9 +229,8 @@ class Sweep:
             try:
                 left = _storage.download_dir(output, job_dir, settings.get("sync_exclude", []))
             except OSError as exc:  # a full disk, say: this job's outputs stay in staging
-                result = dict(result, status=_stage.FAILED, job_return=None, error={
-                    "type": type(exc).__name__, "traceback": "",
-                    "message": f"bringing its outputs from {output} to {job_dir} failed: {exc}"})
+                result = dict(result, status=_stage.FAILED, job_return=None, error=_stage.collect_error(
+                    exc, f"bringing its outputs from {output} to {job_dir} failed: {exc}"))
                 left = []
             if left:
                 log.info(f"\t#{num}: left in staging: " + ", ".join(_storage.join(output, rel) for rel in left))
@@ -287,10 +286,7 @@ class Sweep:
         """Terminate every unfinished job, record it, and fail the futures still pending."""
         with self.lock:
             stopped = self.executor.terminate(reason, force)
-            states = self.executor.poll()
-            for state in states:
-                if state.state not in FINAL:
-                    state.state, state.reason = FAILED, reason
+            states = self.executor.poll()  # every job final now: terminate() saw to it
             self._record(states)
             pending = [s for s in states if s.num in self.pending]
         for state in pending:

@@ -98,6 +98,7 @@ class BaseAwsBatchLauncher(Launcher):
         self.composer: ComposeOnce | None = None
         self.manifest = None
         self.sweep = None  # the sweep engine, from the first jobs submitted on
+        self._lock = None  # the sweep dir's lock file, held while this launcher lives
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -189,7 +190,7 @@ class BaseAwsBatchLauncher(Launcher):
         """One sweep at a time in a sweep dir: a second one would overwrite the first's manifest."""
         import fcntl
 
-        if getattr(self, "_lock", None) is not None:
+        if self._lock is not None:
             return
         lock = open(sweep_dir / ".hydra-awsbatch.lock", "a+")
         try:

@@ -85,16 +85,18 @@ class Outcome:
     Hydra's plugin scan imports this module in a way dataclasses cannot see.)"""
 
     def __init__(self, num: int):
+        from hydra_plugins.hydra_awsbatch_launcher import _stage
+
         self.num, self.started = num, time.time()
-        self.status, self.exit_code = "failed", EXIT_FAILED
+        self.status, self.exit_code = _stage.FAILED, EXIT_FAILED
         self.job_return: bytes | None = None
         self.error: dict | None = None
         self.sync = True
 
-    def failed(self, exc: BaseException, status: str = "failed", exit_code: int = EXIT_FAILED) -> None:
+    def failed(self, exc: BaseException, status: str | None = None, exit_code: int = EXIT_FAILED) -> None:
         from hydra_plugins.hydra_awsbatch_launcher import _stage
 
-        self.status, self.error, self.exit_code = status, _stage.error_info(exc), exit_code
+        self.status, self.error, self.exit_code = status or _stage.FAILED, _stage.error_info(exc), exit_code
 
 
 def prepare(payload_uri: str, index: int, scratch: Path, outcome: Outcome) -> Job:
