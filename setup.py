@@ -9,7 +9,9 @@ exec((HERE / "hydra_plugins/hydra_awsbatch_launcher/__init__.py").read_text(), V
 # What the example app (train_model.py) needs; the container image installs these too.
 # s3fs[boto3] brings a boto3 that fits the botocore which s3fs's aiobotocore pins.
 EXAMPLE = ["torch>=2.1", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2023.6", "s3fs[boto3]>=2023.6"]
-TEST = EXAMPLE + [
+# The thompson sweeper (hydra/sweeper=thompson): BoTorch's Gaussian processes, matplotlib for its plot.
+BO = ["botorch>=0.11", "matplotlib>=3.7"]
+TEST = EXAMPLE + BO + [
     "pytest>=7.4",
     "pytest-timeout>=2.2",
     "hydra-optuna-sweeper>=1.2",  # installed on the launching side only, as a user's other plugins are
@@ -20,7 +22,8 @@ TEST = EXAMPLE + [
 setup(
     name="hydra-awsbatch-launcher",
     version=VERSION["__version__"],
-    description="Hydra launcher that runs every config of a sweep as an AWS Batch job",
+    description="Hydra launcher that runs every config of a sweep as an AWS Batch job, and a sweeper that keeps "
+                "every worker busy with asynchronous Bayesian optimisation",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="MIT",
@@ -36,7 +39,7 @@ setup(
         "rich>=13",
         "pathspec>=0.12",
     ],
-    extras_require={"example": EXAMPLE, "test": TEST},
+    extras_require={"example": EXAMPLE, "bo": BO, "test": TEST},
     entry_points={"console_scripts": ["hydra-awsbatch = hydra_plugins.hydra_awsbatch_launcher.cli:main"]},
     classifiers=[
         "Framework :: Hydra",

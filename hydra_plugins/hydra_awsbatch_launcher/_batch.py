@@ -320,6 +320,10 @@ class BatchExecutor:
                 job_id = f"{array.job_id}:{i}" if array.size > 1 else array.job_id
                 self.states[array.first + i] = JobState(array.first + i, state=SUBMITTED, job_id=job_id)
 
+    def adopt(self, arrays: list[Array]) -> bool:
+        self.add(arrays)  # Batch jobs outlive the process that submitted them
+        return True
+
     def submit(self, payload_uri: str, first: int, size: int) -> list[Array]:
         requests = self.request_for(payload_uri, first, size)
         job_ids = self.api.submit([request for _, _, request in requests])

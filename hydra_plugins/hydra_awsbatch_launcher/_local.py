@@ -69,8 +69,10 @@ class LocalExecutor:
     def failure_details(self, nums: list[int], log_group: str = "", lines: int = 50) -> dict[int, str]:
         """Exit code and the tail of the job's log file, for jobs that ended without a result."""
         details = {}
-        for num in nums:
-            state = next(job.state for job in self._jobs if job.state.num == num)
+        for num in nums:  # a job of an earlier process of the sweep (a resume) has its log file alone
+            state = next((job.state for job in self._jobs if job.state.num == num), None)
+            state = state or JobState(num, FAILED, reason="it ran under an earlier process of this sweep",
+                                      log_path=str(self.log_dir / f"{num}.log"))
             try:
                 tail = Path(state.log_path).read_text(errors="replace").splitlines()[-lines:]
             except OSError:
@@ -141,6 +143,10 @@ class LocalExecutor:
             os.killpg(job.popen.pid, sig)  # the worker leads its own process group (start_new_session)
         except ProcessLookupError:
             pass
+
+    @staticmethod
+    def adopt(arrays) -> bool:
+        return False  # a job process stops when the process that started it dies (ENV_PARENT_PID)
 
     @staticmethod
     def forced_stop_note(sweep: str) -> str:

@@ -70,6 +70,9 @@ class Executor(Protocol):
     def forced_stop_note(self, sweep: str) -> str:
         """What a second Ctrl-C leaves behind."""
 
+    def adopt(self, arrays: list[_stage.Array]) -> bool:
+        """Follow the jobs an earlier process of this sweep submitted; False where they ended with it."""
+
 
 def finished(value) -> concurrent.futures.Future:
     future: concurrent.futures.Future = concurrent.futures.Future()
@@ -132,6 +135,23 @@ class Sweep:
                 self.num_of[id(future)] = num
         self._watch_in_background()
         return futures
+
+    def resume(self, nums: list[int]) -> dict[int, concurrent.futures.Future]:
+        """Futures for jobs that an earlier process of this sweep submitted (it died): followed where they
+        still run (Batch), collected where they ended. Jobs that died with that process (local ones), or
+        that it never submitted, are left out: the caller runs them again."""
+        with self.lock:
+            known = {job.num for job in self.manifest.jobs}
+            nums = [num for num in nums if num in known]
+            if self.executor.adopt([a for batch in self.manifest.batches for a in batch.arrays]):
+                return dict(zip(nums, self.follow(nums)))
+        ended = {}
+        for num in nums:
+            job = self.manifest.job(num)
+            if job.state in FINAL:  # it ended before the sweeper died: its result is in staging
+                state = JobState(num, job.state, job.job_id, job.exit_code, job.reason, job.started, job.stopped)
+                ended[num] = finished(self.collect(state))
+        return ended
 
     # -------------------------------------------------------------------------------------------- watch
     def _watch_in_background(self) -> None:

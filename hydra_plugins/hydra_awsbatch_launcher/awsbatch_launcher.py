@@ -141,6 +141,28 @@ class BaseAwsBatchLauncher(Launcher):
                                       terminate_on_interrupt=bool(self.params.get("terminate_on_interrupt", True)))
         return self.sweep.submit(configs, payload_uri, initial_job_idx, watch=self.watching)
 
+    def resume_async(self, nums: Sequence[int]) -> dict[int, Future]:
+        """Continue the sweep of this sweep dir after the process that launched it died: its manifest becomes
+        this launcher's, new jobs join it, and jobs `nums` come back as futures where they still run (Batch)
+        or ended with a result; those left out died with that process, or were never submitted."""
+        from hydra_plugins.hydra_awsbatch_launcher import _stage, _sweep
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        try:
+            manifest = _stage.Manifest.from_json((sweep_dir / _stage.MANIFEST).read_text())
+        except FileNotFoundError:
+            return {}  # the earlier process died before it submitted anything
+        self.check_settings()
+        self.lock_sweep_dir(sweep_dir)
+        manifest.sweep_dir = str(sweep_dir)
+        manifest.code_uri = ""  # new jobs ship the code as it is now (unchanged code is not uploaded again)
+        self.manifest = manifest
+        log.info(f"Resuming sweep {manifest.sweep_id} ({len(manifest.jobs)} jobs so far), staging at "
+                 f"{manifest.staging_uri}")
+        self.sweep = _sweep.Sweep(manifest, self.executor(), writes_in_place=self.writes_in_place,
+                                  terminate_on_interrupt=bool(self.params.get("terminate_on_interrupt", True)))
+        return self.sweep.resume(list(nums))
+
     watching = True  # False: submit and return (aws_batch's wait=false)
 
     def executor(self):

@@ -1,0 +1,295 @@
+"""The ask/tell core of the thompson sweeper, without Hydra: `propose(pending) -> params` and
+`observe(params, value)`. Thompson sampling with a BoTorch GP (Kandasamy et al., AISTATS 2018): each free
+worker gets the maximiser of one fresh posterior sample, so parallel proposals differ without any
+bookkeeping of the pending points.
+
+    space = Space([Dimension.interval("lr", 1e-4, 1e-1, log=True), Dimension.choice("model", ["mlp", "cnn"])])
+    opt = Optimizer(space, direction="minimize", seed=0)
+    params = opt.propose()            # {"lr": 0.0031, "model": "cnn"}
+    opt.observe(params, 0.27)
+
+Every dimension maps to [0, 1] (log-scaled where asked), a choice of k values to k one-hot columns, so the
+GP sees normalised inputs; its outputs are standardised. Candidates are drawn in a latent cube and decoded
+into the space before they are scored, so every proposal is a valid point: integers are integers on their
+step, choices are one of the values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ALGORITHMS = ("asy_ts", "syn_ts", "asy_random", "syn_random")  # asynchronous or in batches; GP or random
+FLOAT, INT, GRID, CHOICE = "float", "int", "grid", "choice"  # GRID: a float start and step
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched parameter: a float interval, an integer grid (`low`, `low + step`, ... <= `high`), or a
+    choice among `choices`."""
+
+    name: str
+    kind: str
+    low: float = 0.0
+    high: float = 1.0
+    step: float = 1.0
+    log: bool = False
+    choices: tuple = ()
+
+    @classmethod
+    def interval(cls, name: str, low: float, high: float, log: bool = False) -> Dimension:
+        return cls._checked(cls(name, FLOAT, float(low), float(high), log=log))
+
+    @classmethod
+    def integers(cls, name: str, low, high, step=1, log: bool = False) -> Dimension:
+        """low, low+step, ... up to high inclusive; a float step makes a grid of floats."""
+        kind = INT if all(float(v).is_integer() for v in (low, high, step)) else GRID
+        return cls._checked(cls(name, kind, low, high, step, log))
+
+    @classmethod
+    def choice(cls, name: str, choices) -> Dimension:
+        return cls._checked(cls(name, CHOICE, choices=tuple(choices)))
+
+    @classmethod
+    def _checked(cls, dim: Dimension) -> Dimension:
+        if dim.kind == CHOICE:
+            if not dim.choices:
+                raise ValueError(f"{dim.name}: a choice needs at least one value")
+            return dim
+        if not dim.low < dim.high:
+            raise ValueError(f"{dim.name}: the lower bound {dim.low} must be below the upper bound {dim.high}")
+        if dim.log and dim.low <= 0:
+            raise ValueError(f"{dim.name}: a log scale needs a lower bound above 0, not {dim.low}")
+        if dim.kind != FLOAT and dim.step <= 0:
+            raise ValueError(f"{dim.name}: the step must be above 0, not {dim.step}")
+        return dim
+
+    @property
+    def columns(self) -> int:
+        """Columns in the GP's input."""
+        return len(self.choices) if self.kind == CHOICE else 1
+
+    @property
+    def values(self) -> int:
+        """How many values a discrete dimension has."""
+        if self.kind == CHOICE:
+            return len(self.choices)
+        return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+
+    def _scale(self, x: float) -> float:
+        return math.log(x) if self.log else x
+
+    def decode(self, u: float) -> Any:
+        """The value at latent coordinate u in [0, 1]."""
+        u = min(max(u, 0.0), 1.0)
+        if self.kind == CHOICE:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        low, high = self._scale(self.low), self._scale(self.high)
+        x = low + u * (high - low)
+        x = math.exp(x) if self.log else x
+        if self.kind == FLOAT:
+            return min(max(x, self.low), self.high)
+        k = min(max(round((x - self.low) / self.step), 0), self.values - 1)
+        value = self.low + k * self.step
+        return int(round(value)) if self.kind == INT else round(value, 12)
+
+    def encode(self, value) -> list[float]:
+        """The GP's input columns of a value."""
+        if self.kind == CHOICE:
+            index = self.index(value)
+            return [1.0 if i == index else 0.0 for i in range(len(self.choices))]
+        low, high = self._scale(self.low), self._scale(self.high)
+        return [(self._scale(float(value)) - low) / (high - low)]
+
+    def index(self, value) -> int:
+        for i, choice in enumerate(self.choices):  # "32" from a command line matches 32 in the space
+            if choice == value or str(choice) == str(value):
+                return i
+        raise ValueError(f"{self.name}={value!r} is not one of {list(self.choices)}")
+
+    def describe(self) -> str:
+        if self.kind == CHOICE:
+            return f"{self.name}: choice({', '.join(map(str, self.choices))})"
+        scale = ", log scale" if self.log else ""
+        if self.kind == FLOAT:
+            return f"{self.name}: float in [{self.low:g}, {self.high:g}]{scale}"
+        return f"{self.name}: {self.values} values {self.low:g}..{self.high:g} step {self.step:g}{scale}"
+
+
+@dataclass
+class Space:
+    dimensions: list[Dimension]
+
+    def __post_init__(self) -> None:
+        if not self.dimensions:
+            raise ValueError("the search space is empty: give at least one parameter to search")
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.dimensions]
+
+    def decode(self, latent) -> dict:
+        return {d.name: d.decode(float(u)) for d, u in zip(self.dimensions, latent)}
+
+    def encode(self, params: dict) -> list[float]:
+        return [x for d in self.dimensions for x in d.encode(params[d.name])]
+
+    def key(self, params: dict) -> tuple:
+        return tuple(self.encode(params))
+
+
+@dataclass
+class Observation:
+    params: dict
+    value: float
+
+
+@dataclass
+class Optimizer:
+    """Thompson sampling (`asy_ts`, `syn_ts`) or uniform random search (`asy_random`, `syn_random`) over
+    `space`. Whether proposals are made one at a time or in batches is the caller's loop; the optimiser
+    proposes one point per call."""
+
+    space: Space
+    direction: str = "minimize"
+    algorithm: str = "asy_ts"
+    n_initial: int = 10  # Sobol points before the GP takes over
+    refit_every: int = 25  # observations between two fits of the GP's hyperparameters
+    seed: int = 0
+    n_candidates: int = 2048  # Sobol candidates a posterior sample is scored on, besides local ones
+    observations: list[Observation] = field(default_factory=list)
+    proposed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("minimize", "maximize"):
+            raise ValueError(f"direction={self.direction!r}: minimize or maximize")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r}: one of {', '.join(ALGORITHMS)}")
+        if self.n_initial < 1 or self.refit_every < 1:
+            raise ValueError("n_initial and refit_every must be at least 1")
+        self._hyper: dict | None = None  # the GP's fitted hyperparameters
+        self._fitted_at = 0  # observations when they were fitted
+
+    @property
+    def thompson(self) -> bool:
+        return self.algorithm.endswith("_ts")
+
+    @property
+    def batched(self) -> bool:
+        return self.algorithm.startswith("syn_")
+
+    # ------------------------------------------------------------------------------------------ tell
+    def observe(self, params: dict, value: float) -> None:
+        """The objective at params (as the caller measured it, in its own direction)."""
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"the objective at {params} is {value}: only finite values can be observed")
+        self.space.encode(params)  # refuse params outside the space now
+        self.observations.append(Observation(dict(params), value))
+
+    def best(self) -> Observation | None:
+        if not self.observations:
+            return None
+        pick = min if self.direction == "minimize" else max
+        return pick(self.observations, key=lambda o: o.value)
+
+    # ------------------------------------------------------------------------------------------- ask
+    def propose(self, pending: list[dict] = ()) -> dict:
+        """The next point to evaluate. `pending`: points being evaluated now; a proposal never repeats one
+        of them (Thompson sampling otherwise ignores them: each call draws a fresh posterior sample)."""
+        import torch
+
+        number = self.proposed
+        self.proposed += 1
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed * 1_000_003 + number)  # reproducible, and the same after a resume
+            if not self.thompson:
+                return self.space.decode(torch.rand(len(self.space.dimensions), dtype=torch.float64).tolist())
+            if number < self.n_initial or len(self.observations) < 2:
+                return self._sobol(number)
+            return self._thompson(pending)
+
+    def _sobol(self, number: int) -> dict:
+        import torch
+
+        engine = torch.quasirandom.SobolEngine(len(self.space.dimensions), scramble=True, seed=self.seed)
+        engine.fast_forward(number)
+        return self.space.decode(engine.draw(1, dtype=torch.float64)[0].tolist())
+
+    def _thompson(self, pending) -> dict:
+        """The maximiser of one posterior sample: scored on Sobol candidates and on points near the best
+        ones seen, then refined twice around the winner."""
+        import torch
+
+        path = self._sample_path()
+        taken = {self.space.key(p) for p in pending}
+        d = len(self.space.dimensions)
+        latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
+        latent = latent.draw(self.n_candidates, dtype=torch.float64)
+        latent = torch.cat([latent, self._near(self._top_latent(5), 0.1, self.n_candidates // 2)])
+        best = None
+        for scale in (None, 0.03, 0.01):
+            if scale is not None:
+                latent = torch.cat([best[None], self._near(best[None], scale, 256)])
+            points = [self.space.decode(u) for u in latent.tolist()]
+            keys = [self.space.key(p) for p in points]
+            with torch.no_grad():
+                scores = path(torch.tensor(keys, dtype=torch.float64)).reshape(-1)
+            scores[[i for i, k in enumerate(keys) if k in taken]] = -math.inf
+            best = latent[int(scores.argmax())]
+        return self.space.decode(best.tolist())
+
+    def _near(self, centres, scale: float, n: int):
+        import torch
+
+        picks = centres[torch.randint(len(centres), (n,))]
+        return (picks + scale * torch.randn(picks.shape, dtype=torch.float64)).clamp(0, 1)
+
+    def _top_latent(self, k: int):
+        """Latent coordinates of the k best observations (the middle of a discrete value's cell)."""
+        import torch
+
+        ranked = sorted(self.observations, key=lambda o: o.value, reverse=self.direction == "maximize")[:k]
+        rows = []
+        for obs in ranked:
+            row = []
+            for dim in self.space.dimensions:
+                if dim.kind == CHOICE:
+                    row.append((dim.index(obs.params[dim.name]) + 0.5) / len(dim.choices))
+                else:
+                    row.append(dim.encode(obs.params[dim.name])[0])
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.float64)
+
+    def _sample_path(self):
+        """One sample of the GP posterior, as a function (BoTorch's pathwise Matheron sample), to maximise."""
+        import torch
+        from botorch.models import SingleTaskGP
+        from botorch.models.transforms import Standardize
+        from botorch.sampling.pathwise import draw_matheron_paths
+
+        X = torch.tensor([self.space.encode(o.params) for o in self.observations], dtype=torch.float64)
+        sign = -1.0 if self.direction == "minimize" else 1.0  # the sample is maximised
+        Y = sign * torch.tensor([[o.value] for o in self.observations], dtype=torch.float64)
+        model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
+        n = len(self.observations)
+        if self._hyper is not None:  # the last fit's hyperparameters: a refit starts from them
+            model.load_state_dict(self._hyper, strict=False)
+        if self._hyper is None or n - self._fitted_at >= self.refit_every:
+            self._fit(model)
+            self._fitted_at = n
+            self._hyper = {k: v for k, v in model.state_dict().items() if not k.startswith("outcome_transform")}
+        model.eval()
+        return draw_matheron_paths(model, sample_shape=torch.Size([1]))
+
+    @staticmethod
+    def _fit(model) -> None:
+        import warnings
+
+        from botorch.fit import fit_gpytorch_mll
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        with warnings.catch_warnings():  # a fit that stops early keeps its best hyperparameters
+            warnings.simplefilter("ignore")
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))

@@ -1,0 +1,176 @@
+"""What a thompson sweep leaves in its sweep dir, rewritten after every event: its state
+(thompson_state.json, also copied to staging: what a resume starts from), trials.csv,
+optimization_results.yaml (as Hydra's Optuna sweeper writes it) and convergence.png."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("hydra_plugins.hydra_thompson_sweeper")
+
+STATE = "thompson_state.json"
+SUBMITTING, RUNNING, COMPLETED, FAILED = "submitting", "running", "completed", "failed"
+FORMAT = 1
+PLOT_EVERY_S = 10.0  # convergence.png is redrawn at most this often while the sweep runs (and at its end)
+
+
+@dataclass
+class Trial:
+    number: int
+    job: int  # the launcher's job number (hydra.job.num), whose job dir holds the trial's outputs
+    params: dict
+    status: str = SUBMITTING
+    value: float | None = None
+    submitted: float | None = None  # epoch seconds
+    started: float | None = None
+    ended: float | None = None
+    error: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status in (COMPLETED, FAILED)
+
+
+@dataclass
+class TrialLog:
+    """Every trial of one sweep, and the files that show them."""
+
+    sweep_dir: Path
+    signature: dict  # what a resumed sweep must share with this one: space, fixed overrides, objective...
+    trials: list[Trial] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    staging_copy: str = ""  # the state's URI in the launcher's staging, where it has one
+    _plotted: float = 0.0
+
+    # ------------------------------------------------------------------------------------------ state
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, "signature": self.signature, "created": self.created,
+                           "trials": [asdict(t) for t in self.trials]}, indent=1)
+
+    @classmethod
+    def load(cls, path: Path) -> TrialLog:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a state file of this version of the thompson sweeper")
+        return cls(path.parent, data["signature"], [Trial(**t) for t in data["trials"]], data["created"])
+
+    def save(self, final: bool = False) -> None:
+        """The state (to the sweep dir, and to staging), trials.csv, the best so far and, now and then, the
+        plot: after every event, so that nothing is lost when the sweeper's machine dies."""
+        text = self.to_json()
+        tmp = self.sweep_dir / (STATE + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.sweep_dir / STATE)
+        if self.staging_copy:
+            from hydra_plugins.hydra_awsbatch_launcher import _storage
+
+            _storage.write_bytes(self.staging_copy, text.encode())
+        self.write_csv()
+        self.write_results()
+        if final or time.time() - self._plotted >= PLOT_EVERY_S:
+            self.plot()
+
+    # ------------------------------------------------------------------------------------------- views
+    @property
+    def direction(self) -> str:
+        return self.signature["direction"]
+
+    def completed(self) -> list[Trial]:
+        """Completed trials in the order their results came in."""
+        return sorted((t for t in self.trials if t.status == COMPLETED), key=lambda t: (t.ended or 0, t.number))
+
+    def best(self) -> Trial | None:
+        done = self.completed()
+        if not done:
+            return None
+        return (min if self.direction == "minimize" else max)(done, key=lambda t: t.value)
+
+    def ended(self) -> int:
+        return sum(t.done for t in self.trials)
+
+    def failed_in_a_row(self) -> int:
+        count = 0
+        for trial in sorted((t for t in self.trials if t.done), key=lambda t: (t.ended or 0, t.number)):
+            count = count + 1 if trial.status == FAILED else 0
+        return count
+
+    def line(self, in_flight: int, objective: str) -> str:
+        failed = sum(t.status == FAILED for t in self.trials)
+        best = self.best()
+        text = f"thompson: {self.ended()} trials done" + (f" ({failed} failed)" if failed else "")
+        text += f", {in_flight} in flight"
+        if best is not None:
+            text += f", best {objective}={best.value:.6g} (trial {best.number})"
+        return text + f", {(time.time() - self.created) / 60:.1f} min"
+
+    # ------------------------------------------------------------------------------------------- files
+    def write_csv(self) -> None:
+        names = list(self.signature["space"])
+        tmp = self.sweep_dir / "trials.csv.tmp"
+        with open(tmp, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["number", "job", "status", "value", *names, "submitted", "started", "ended",
+                             "duration_s", "error"])
+            for t in sorted(self.trials, key=lambda t: t.number):
+                duration = f"{t.ended - t.started:.1f}" if t.started and t.ended else ""
+                writer.writerow([t.number, t.job, t.status, "" if t.value is None else repr(t.value),
+                                 *(t.params.get(n, "") for n in names), _iso(t.submitted), _iso(t.started),
+                                 _iso(t.ended), duration, t.error])
+        tmp.replace(self.sweep_dir / "trials.csv")
+
+    def write_results(self) -> None:
+        from omegaconf import OmegaConf
+
+        best = self.best()
+        if best is None:
+            return
+        results = {"name": "thompson", "best_params": best.params, "best_value": best.value}
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+
+    def plot(self) -> None:
+        """Best value so far against wall time and against completed trials (convergence.png)."""
+        done = self.completed()
+        if not done:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display: a file
+        import matplotlib.pyplot as plt
+
+        pick = min if self.direction == "minimize" else max
+        best, running = [], None
+        for t in done:
+            running = t.value if running is None else pick(running, t.value)
+            best.append(running)
+        minutes = [((t.ended or self.created) - self.created) / 60 for t in done]
+        fig, (by_time, by_trial) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for ax, x, label in ((by_time, minutes, "wall time (min)"), (by_trial, range(1, len(done) + 1),
+                                                                   "completed trials")):
+            ax.plot(list(x), [t.value for t in done], ".", color="0.6", label="trial")
+            ax.step(list(x), best, where="post", label="best so far")
+            ax.set_xlabel(label)
+            ax.set_ylabel(self.signature.get("objective") or "objective")
+            if all(v > 0 for v in best) and max(best) / min(best) > 20:
+                ax.set_yscale("log")
+        by_time.legend()
+        failed = sum(t.status == FAILED for t in self.trials)
+        fig.suptitle(f"{len(done)} completed trials" + (f", {failed} failed" if failed else ""))
+        fig.tight_layout()
+        tmp = self.sweep_dir / "convergence.tmp.png"
+        fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        tmp.replace(self.sweep_dir / "convergence.png")
+        self._plotted = time.time()
+
+
+def _iso(epoch: float | None) -> str:
+    if epoch is None or not math.isfinite(epoch):
+        return ""
+    return datetime.datetime.fromtimestamp(epoch).isoformat(timespec="seconds")

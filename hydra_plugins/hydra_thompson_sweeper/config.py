@@ -1,0 +1,44 @@
+"""The thompson sweeper's config, stored in Hydra's ConfigStore as hydra/sweeper=thompson.
+
+No torch here: Hydra imports this module at start-up for every app.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ThompsonSweeperConf:
+    _target_: str = "hydra_plugins.hydra_thompson_sweeper.thompson_sweeper.ThompsonSweeper"
+    # The search space, in Hydra's override grammar: name -> interval(a, b), tag(log, interval(a, b)),
+    # range(a, b[, step]), choice(x, y, ...) or x,y,z; a plain value stays fixed for every trial
+    params: Optional[Dict[str, Any]] = None
+    # minimize or maximize the objective
+    direction: str = "minimize"
+    # The task's return value is the objective; or, when it returns a mapping, this key of it
+    objective: Optional[str] = None
+    # Trials in all (failed ones count)
+    n_trials: int = 20
+    # Trials in flight at once: Batch jobs kept running
+    n_workers: int = 4
+    # asy_ts (asynchronous Thompson sampling), syn_ts (in batches of n_workers), asy_random, syn_random
+    algorithm: str = "asy_ts"
+    # Space-filling (Sobol) trials before the Gaussian process proposes
+    n_initial: int = 10
+    # Observations between two fits of the Gaussian process's hyperparameters
+    refit_every: int = 25
+    # Seed of the proposals: the same seed and results give the same trials
+    seed: int = 0
+    # Stop submitting new trials after this many minutes (those in flight end); null: no limit
+    max_minutes: Optional[float] = None
+    # Failed trials in a row that stop the sweep
+    max_failures: int = 5
+    # true: continue the sweep whose state is in hydra.sweep.dir (or the newest unfinished one beside it
+    # with the same search space): finished trials are kept, jobs in flight re-attached
+    resume: bool = False
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="thompson", node=ThompsonSweeperConf,
+                             provider="hydra-thompson-sweeper")

@@ -1,0 +1,382 @@
+"""hydra/sweeper=thompson: asynchronous parallel Bayesian optimisation (Kandasamy et al., AISTATS 2018).
+
+The search space comes from Hydra's override grammar, as Hydra's Optuna sweeper reads it. With a launcher
+that can submit while others run (`launch_async`: aws_batch, aws_batch_local), the sweeper keeps
+`n_workers` trials in flight: when one ends it observes the result, proposes the next point and submits it
+at once. Any other launcher runs synchronous batches of `n_workers`. Everything heavy (torch, BoTorch,
+matplotlib) is imported inside the methods: Hydra imports this module at start-up.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import time
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hydra_plugins.hydra_thompson_sweeper import _trials
+from hydra_plugins.hydra_thompson_sweeper._trials import COMPLETED, FAILED, RUNNING, STATE, Trial, TrialLog
+
+log = logging.getLogger("hydra_plugins.hydra_thompson_sweeper")
+
+
+class SweepError(Exception):
+    """Settings to fix before anything is submitted, or why the sweep stopped: one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("thompson sweeper:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+
+
+def search_space(params: dict | None, arguments: list[str]):
+    """The Space of `hydra.sweeper.params` and the command line's sweeps, and the overrides that stay fixed.
+    interval(a, b) is a float; tag(log, ...) searches it on a log scale; range(a, b[, step]) is a grid of
+    numbers from a up to b (excluded, as in Python and Hydra's basic sweeper); choice(...) or x,y,z one of
+    the values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Space
+
+    lines = [f"{name}={value}" for name, value in (params or {}).items()] + list(arguments)
+    dimensions, fixed, problems = [], [], []
+    for override in OverridesParser.create().parse_overrides(lines):
+        name = override.get_key_element()
+        if not override.is_sweep_override():
+            fixed.append(override.input_line)
+            continue
+        sweep = override.value()
+        log_scale = "log" in getattr(sweep, "tags", set())
+        try:
+            if isinstance(sweep, IntervalSweep):
+                dimensions.append(Dimension.interval(name, sweep.start, sweep.end, log=log_scale))
+            elif isinstance(sweep, RangeSweep):
+                values = sorted(override.sweep_iterator())
+                if not values:
+                    raise ValueError(f"{override.input_line} holds no value")
+                step = abs(sweep.step) if len(values) > 1 else 1
+                dimensions.append(Dimension.integers(name, values[0], values[-1], step, log=log_scale)
+                                  if len(values) > 1 else Dimension.choice(name, values))
+            elif isinstance(sweep, ChoiceSweep):
+                dimensions.append(Dimension.choice(name, list(override.sweep_iterator())))
+            else:
+                raise ValueError(f"{override.input_line}: only interval, range and choice sweeps are searched")
+        except ValueError as error:
+            problems.append(f"{name}: {error}")
+    if problems:
+        raise SweepError(problems)
+    if not dimensions:
+        raise SweepError(["nothing to search: give hydra.sweeper.params (e.g. 'hydra.sweeper.params.lr="
+                          "tag(log, interval(1e-4, 1e-1))') or a sweep on the command line (lr='interval(0, 1)')"])
+    return Space(dimensions), fixed
+
+
+def override(name: str, value) -> str:
+    """`name=value` as Hydra parses it back to `value`."""
+    from hydra.core.override_parser.types import escape_special_characters
+
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = escape_special_characters(value)
+    else:
+        text = str(value)
+    return f"{name}={text}"
+
+
+class ThompsonSweeper(Sweeper):
+    def __init__(self, **conf: Any) -> None:
+        self.params = conf.pop("params", None)
+        self.conf = OmegaConf.create(conf)
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    # ------------------------------------------------------------------------------------------ the story
+    def sweep(self, arguments: list[str]) -> None:
+        from hydra_plugins.hydra_thompson_sweeper._optimizer import Optimizer
+
+        params = OmegaConf.to_container(self.params, resolve=True) if isinstance(self.params, DictConfig) \
+            else self.params
+        space, fixed = search_space(params, arguments)
+        c = self.conf
+        try:
+            optimizer = Optimizer(space, c.direction, c.algorithm, c.n_initial, c.refit_every, c.seed)
+        except ValueError as error:
+            raise SweepError([f"hydra.sweeper.{error}"]) from None
+        self.check(space)
+        signature = {"space": {d.name: d.describe() for d in space.dimensions}, "fixed": fixed,
+                     "direction": c.direction, "objective": c.objective, "algorithm": c.algorithm, "seed": c.seed}
+        trials = self.open_log(signature)
+        sweep_dir = trials.sweep_dir
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        log.info(f"Thompson sweep in {sweep_dir}: {c.n_trials} trials, {c.n_workers} in flight, {c.algorithm}, "
+                 f"{c.direction} {c.objective or 'the return value'}; searching "
+                 + "; ".join(signature["space"].values()))
+        self.asynchronous = hasattr(self.launcher, "launch_async")
+        if not self.asynchronous:
+            log.info(f"{type(self.launcher).__name__} has no launch_async: running synchronous batches of "
+                     f"{c.n_workers} (hydra/launcher=aws_batch or aws_batch_local keep every worker busy)")
+        self.fixed = fixed
+        in_flight, requeue = self.resume(trials, optimizer)
+        try:
+            self.run(trials, optimizer, in_flight, requeue)
+        finally:
+            trials.save(final=True)
+        best = trials.best()
+        if best is None:
+            raise SweepError([f"no trial completed ({len(trials.trials)} failed): see trials.csv in {sweep_dir}"])
+        log.info(f"Best {c.objective or 'value'}: {best.value:.6g} (trial {best.number}) with "
+                 f"{' '.join(override(k, v) for k, v in best.params.items())}; results in "
+                 f"{sweep_dir / 'optimization_results.yaml'}, trials.csv, convergence.png")
+
+    def run(self, trials: TrialLog, optimizer, in_flight: dict, requeue: list[Trial]) -> None:
+        """Keep n_workers trials in flight until n_trials have ended (or time is up): observe each result
+        the moment it comes, propose, submit."""
+        c = self.conf
+        deadline = time.time() + c.max_minutes * 60 if c.max_minutes is not None else math.inf
+        batched = optimizer.batched or not self.asynchronous
+        limit = c.n_trials
+        live = LiveLine()
+        try:
+            while True:
+                free = c.n_workers - len(in_flight) if not (batched and in_flight) else 0
+                new: list[Trial] = []
+                while free > len(new) and (requeue or len(trials.trials) < limit):
+                    if time.time() > deadline:
+                        log.info(f"hydra.sweeper.max_minutes={c.max_minutes} is up: no new trials")
+                        limit, deadline = len(trials.trials), math.inf
+                        for trial in requeue:  # never ran: they end as failed, not silently dropped
+                            trial.status, trial.error = FAILED, "not run: hydra.sweeper.max_minutes was up"
+                        requeue.clear()
+                        break
+                    new.append(requeue.pop(0) if requeue else self.propose(trials, optimizer, in_flight, new))
+                if new:
+                    in_flight.update(self.submit(trials, new))
+                if not in_flight:
+                    return
+                live.show(trials.line(len(in_flight), c.objective or "value"))
+                done, _ = concurrent.futures.wait(list(in_flight), return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: in_flight[f].number):
+                    self.record(in_flight.pop(future), future, optimizer)
+                trials.save()
+                live.show(trials.line(len(in_flight), c.objective or "value"))
+                if trials.failed_in_a_row() >= c.max_failures:
+                    last = max((t for t in trials.trials if t.status == FAILED), key=lambda t: t.ended or 0)
+                    raise SweepError([f"{c.max_failures} trials failed in a row (hydra.sweeper.max_failures); the "
+                                      f"last, trial {last.number}: {last.error}. Every trial is in "
+                                      f"{trials.sweep_dir / 'trials.csv'}"])
+        finally:
+            live.close()
+
+    def propose(self, trials: TrialLog, optimizer, in_flight: dict, new: list[Trial]) -> Trial:
+        pending = [t.params for t in in_flight.values()] + [t.params for t in new]
+        params = optimizer.propose(pending)
+        trial = Trial(len(trials.trials), job=-1, params=params)  # its job number comes when it is submitted
+        trials.trials.append(trial)
+        return trial
+
+    def submit(self, trials: TrialLog, new: list[Trial]) -> dict[concurrent.futures.Future, Trial]:
+        """One launch for these trials, with job numbers in a row never used before: a future each."""
+        from hydra_plugins.hydra_awsbatch_launcher._sweep import finished
+
+        first = max(t.job for t in trials.trials) + 1  # a requeued trial's old number counts: it may be taken
+        for i, trial in enumerate(new):
+            trial.job, trial.status, trial.submitted = first + i, _trials.SUBMITTING, time.time()
+            trial.started = trial.ended = None
+        trials.save()  # before submitting: a resume knows these job numbers were (maybe) used
+        batch = [[*self.fixed, *(override(k, v) for k, v in t.params.items())] for t in new]
+        self.validate_batch_is_legal(batch)
+        first_job = new[0].job
+        if self.asynchronous:
+            futures = self.launcher.launch_async(batch, initial_job_idx=first_job)
+        else:
+            futures = [finished(ret) for ret in self.launcher.launch(batch, initial_job_idx=first_job)]
+        self.copy_state_to_staging(trials)
+        for trial in new:
+            trial.status = RUNNING
+        trials.save()
+        return dict(zip(futures, new))
+
+    def record(self, trial: Trial, future: concurrent.futures.Future, optimizer) -> None:
+        """The trial's result: observed when it is a number, recorded as failed (and not observed) when not."""
+        trial.ended = time.time()
+        job = self.launcher_job(trial.job)
+        if job is not None:
+            trial.started, trial.ended = job.started or trial.submitted, job.stopped or trial.ended
+        try:
+            value = self.objective(future.result().return_value)  # a failed job's return_value raises its error
+        except SweepError:
+            raise
+        except Exception as error:
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            trial.status, trial.error = FAILED, f"{type(error).__name__}: {first_line}"
+            log.warning(f"Trial {trial.number} (job #{trial.job}) failed: {trial.error}")
+            return
+        trial.status, trial.value = COMPLETED, value
+        optimizer.observe(trial.params, value)
+
+    def objective(self, returned) -> float:
+        """The number to optimise out of the task's return value."""
+        key = self.conf.objective
+        if key is not None:
+            if not hasattr(returned, "keys") or key not in returned:
+                keys = list(returned.keys()) if hasattr(returned, "keys") else None
+                raise SweepError([f"hydra.sweeper.objective={key}: the task returned "
+                                  + (f"a mapping with keys {keys}" if keys is not None else f"{returned!r}")
+                                  + ": set objective to one of its keys, or null for a plain number"])
+            returned = returned[key]
+        elif hasattr(returned, "keys"):
+            raise SweepError([f"the task returned a mapping with keys {list(returned.keys())}: set "
+                              "hydra.sweeper.objective to the one to optimise"])
+        if isinstance(returned, bool) or not isinstance(returned, Real):
+            try:
+                returned = float(returned)  # a 0-d tensor or numpy scalar
+            except (TypeError, ValueError):
+                raise SweepError([f"the task returned {returned!r}: the thompson sweeper needs a number (or a "
+                                  "mapping with hydra.sweeper.objective naming the number)"]) from None
+        value = float(returned)
+        if not math.isfinite(value):
+            raise ValueError(f"the objective is {value}")
+        return value
+
+    # -------------------------------------------------------------------------------- check and resume
+    def check(self, space) -> None:
+        c, problems = self.conf, []
+        for name in ("n_trials", "n_workers", "max_failures"):
+            if int(c[name]) < 1:
+                problems.append(f"hydra.sweeper.{name}={c[name]}: at least 1")
+        if c.max_minutes is not None and c.max_minutes <= 0:
+            problems.append(f"hydra.sweeper.max_minutes={c.max_minutes}: above 0, or null for no limit")
+        if problems:
+            raise SweepError(problems)
+
+    def open_log(self, signature: dict) -> TrialLog:
+        """A new trial log in hydra.sweep.dir, or with resume=true the earlier one of this sweep."""
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        if self.conf.resume:
+            found = find_state(sweep_dir, signature)
+            trials = TrialLog.load(found)
+            sweep_dir = trials.sweep_dir = found.parent
+            log.info(f"Resuming the thompson sweep in {sweep_dir}: {trials.ended()} of {len(trials.trials)} "
+                     "trials ended")
+        else:
+            if (sweep_dir / STATE).exists():
+                raise SweepError([f"hydra.sweep.dir={sweep_dir} holds a thompson sweep already: continue it with "
+                                  "hydra.sweeper.resume=true, or give this one another hydra.sweep.dir"])
+            trials = TrialLog(sweep_dir, signature)
+        with open_dict(self.config):  # resolved once (a ${now:} must not move), and the resumed one's
+            self.config.hydra.sweep.dir = str(sweep_dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        return trials
+
+    def resume(self, trials: TrialLog, optimizer) -> tuple[dict, list[Trial]]:
+        """The earlier run's results back into the optimiser; its trials in flight re-attached where the
+        launcher can (Batch jobs run on), or queued to run again (they died with the sweeper)."""
+        for trial in trials.completed():
+            optimizer.observe(trial.params, trial.value)
+        optimizer.proposed = len(trials.trials)
+        unfinished = [t for t in trials.trials if not t.done]
+        if not unfinished:
+            return {}, []
+        futures = {}
+        if hasattr(self.launcher, "resume_async"):
+            futures = self.launcher.resume_async([t.job for t in unfinished])
+        in_flight = {futures[t.job]: t for t in unfinished if t.job in futures}
+        requeue = [t for t in unfinished if t.job not in futures]
+        self.copy_state_to_staging(trials)
+        log.info(f"Re-attached {len(in_flight)} trials in flight"
+                 + (f"; {len(requeue)} died with the earlier sweeper and run again" if requeue else ""))
+        return in_flight, requeue
+
+    # ------------------------------------------------------------------------------ the launcher's side
+    def launcher_job(self, num: int):
+        """The launcher's record of a job (its start and end times), where it keeps one."""
+        manifest = getattr(self.launcher, "manifest", None)
+        try:
+            return manifest.job(num) if manifest is not None else None
+        except KeyError:
+            return None
+
+    def copy_state_to_staging(self, trials: TrialLog) -> None:
+        manifest = getattr(self.launcher, "manifest", None)
+        if manifest is not None and not trials.staging_copy:
+            from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
+
+            staging = _stage.Staging(manifest.staging_uri, manifest.sweep_id)
+            trials.staging_copy = _storage.join(staging.sweep, STATE)
+
+
+def find_state(sweep_dir: Path, signature: dict) -> Path:
+    """The state of the sweep to resume: in sweep_dir, or (a sweep dir made anew by ${now:}) the newest
+    unfinished one beside it (multirun/DATE/TIME) with the same search space and settings."""
+    here = sweep_dir / STATE
+    if here.exists():
+        earlier = TrialLog.load(here)
+        changed = [k for k in signature if earlier.signature.get(k) != signature[k]]
+        if changed:
+            raise SweepError([f"hydra.sweeper.resume=true: the sweep in {sweep_dir} had another "
+                              f"{', '.join(changed)}: {', '.join(f'{k}={earlier.signature.get(k)}' for k in changed)}"
+                              "; resume it with the same settings, or start a new sweep in another hydra.sweep.dir"])
+        return here
+    found = []
+    for pattern in ("*/" + STATE, "*/*/" + STATE):
+        base = sweep_dir.parent if pattern.count("/") == 1 else sweep_dir.parent.parent
+        for path in base.glob(pattern):
+            try:
+                earlier = TrialLog.load(path)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if earlier.signature == signature and not all(t.done for t in earlier.trials):
+                found.append(path)
+    if not found:
+        raise SweepError([f"hydra.sweeper.resume=true: no unfinished thompson sweep with this search space in "
+                          f"{sweep_dir} or beside it: set hydra.sweep.dir to the sweep dir to resume"])
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+class LiveLine:
+    """The sweep's line (trials done, in flight, best so far): redrawn in place on a terminal, logged when
+    it changes elsewhere."""
+
+    def __init__(self) -> None:
+        import sys
+
+        self.display, self.last = None, None
+        if sys.stdout.isatty():
+            from rich.live import Live
+
+            self.display = Live("", refresh_per_second=4, transient=True)
+            self.display.start()
+
+    def show(self, text: str) -> None:
+        core = text.rsplit(",", 1)[0]  # the minutes tick on: not a change worth a log line
+        if core == self.last:
+            return
+        self.last = core
+        if self.display is not None:
+            self.display.update(text)
+        else:
+            log.info(text)
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.stop()
+            self.display = None
