@@ -121,7 +121,7 @@ class ThompsonSweeper(Sweeper):
             optimizer = Optimizer(space, c.direction, c.algorithm, c.n_initial, c.refit_every, c.seed)
         except ValueError as error:
             raise SweepError([f"hydra.sweeper.{error}"]) from None
-        self.check(space)
+        self.check()
         signature = {"space": {d.name: d.describe() for d in space.dimensions}, "fixed": fixed,
                      "direction": c.direction, "objective": c.objective, "algorithm": c.algorithm, "seed": c.seed}
         trials = self.open_log(signature)
@@ -258,8 +258,14 @@ class ThompsonSweeper(Sweeper):
         return value
 
     # -------------------------------------------------------------------------------- check and resume
-    def check(self, space) -> None:
+    def check(self) -> None:
         c, problems = self.conf, []
+        try:  # imported now, before anything is submitted: seconds of import are no worker's idle time later
+            import botorch  # noqa: F401
+            import matplotlib  # noqa: F401
+        except ImportError as error:
+            problems.append(f"hydra/sweeper=thompson needs {error.name}: pip install "
+                            "'hydra-awsbatch-launcher[bo]'")
         for name in ("n_trials", "n_workers", "max_failures"):
             if int(c[name]) < 1:
                 problems.append(f"hydra.sweeper.{name}={c[name]}: at least 1")

@@ -1,0 +1,270 @@
+"""hydra/sweeper=thompson: its search space, its proposals, failed trials, resume, and the event loop that
+keeps every worker busy on aws_batch_local (the local cloud's runs are in test_e2e.py)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import math
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
+from hydra_plugins.hydra_thompson_sweeper._trials import FAILED, STATE, Trial
+from hydra_plugins.hydra_thompson_sweeper.config import ThompsonSweeperConf
+from hydra_plugins.hydra_thompson_sweeper.thompson_sweeper import SweepError, ThompsonSweeper, search_space
+from tests.conftest import manifest, refill_gaps
+
+THOMPSON = ["hydra/sweeper=thompson", "hydra.sweeper.n_initial=4"]
+
+# A task whose run time is random (from its parameters) and whose calls are counted in calls.txt
+TASK = """
+    import hashlib, time
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        with open("{calls}", "a") as calls:
+            calls.write(f"{{cfg.x}} {{cfg.n}} {{cfg.kind}}\\n")
+        seconds = cfg.get("seconds", 0)
+        if seconds:  # 0.2 to 1.4 s, say: a random run time that the parameters fix
+            digest = hashlib.sha256(f"{{cfg.x}}{{cfg.n}}".encode()).digest()
+            time.sleep(seconds * (0.2 + 1.2 * digest[0] / 255))
+        if cfg.get("fail_above") is not None and cfg.x > cfg.fail_above:
+            raise ValueError(f"x={{cfg.x}} is too large")
+        return {{"loss": (cfg.x - 0.3) ** 2 + (cfg.n - 7) ** 2 / 100 + (0 if cfg.kind == "b" else 0.2), "other": 1}}
+
+    if __name__ == "__main__":
+        main()
+"""
+SPACE = ["+x=interval(0, 1)", "+n=range(1, 12)", "+kind=a,b,c", "hydra.sweeper.objective=loss"]
+
+
+@pytest.fixture
+def sweep_app(tmp_path, app_env):
+    """Run the TASK app with these arguments as `python my_app.py --multirun ...`; the finished process."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "my_app.py").write_text(textwrap.dedent(TASK.format(calls=tmp_path / "calls.txt")))
+
+    def run(*args: str, check: bool = True, timeout: float = 300):
+        proc = subprocess.run([sys.executable, "my_app.py", "--multirun", *THOMPSON, *SPACE, *args], cwd=app,
+                              env=app_env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        return proc
+
+    run.calls = lambda: (tmp_path / "calls.txt").read_text().splitlines()
+    run.app = app
+    return run
+
+
+def trials_csv(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "trials.csv") as stream:
+        return list(csv.DictReader(stream))
+
+
+# ------------------------------------------------------------------------------------------ the space
+@pytest.mark.unit
+def test_search_space_reads_every_form_of_the_override_grammar():
+    params = {"lr": "tag(log, interval(1e-4, 1e-1))", "optimizer": "choice(adam, sgd)", "epochs": 3}
+    space, fixed = search_space(params, ["model.hidden=range(32, 512, 32)", "drop=interval(0, 0.5)",
+                                         "+batch_size=32,64,128", "frac=range(0.1, 0.5, 0.1)", "seed=1",
+                                         "+tag=x", "~other"])
+    dims = {d.name: d for d in space.dimensions}
+    assert fixed == ["epochs=3", "seed=1", "+tag=x", "~other"]
+    assert (dims["lr"].kind, dims["lr"].low, dims["lr"].high, dims["lr"].log) == ("float", 1e-4, 1e-1, True)
+    assert dims["optimizer"].choices == ("adam", "sgd")
+    assert (dims["model.hidden"].kind, dims["model.hidden"].low, dims["model.hidden"].high) == ("int", 32, 480)
+    assert dims["model.hidden"].values == 15  # range() stops before 512, as Hydra's basic sweeper does
+    assert (dims["drop"].kind, dims["drop"].low, dims["drop"].high, dims["drop"].log) == ("float", 0, 0.5, False)
+    assert dims["+batch_size"].choices == (32, 64, 128)
+    assert dims["frac"].kind == "grid" and dims["frac"].values == 4
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("params, arguments, expected", [
+    ({"lr": "tag(log, interval(0, 1))"}, [], "lr: a log scale needs a lower bound above 0"),
+    ({}, ["x=interval(2, 1)"], "x: the lower bound 2.0 must be below the upper bound 1.0"),
+    ({}, ["x=1", "y=2"], "nothing to search"),
+    ({"x": "glob(*)"}, [], "only interval, range and choice sweeps are searched"),
+])
+def test_a_bad_search_space_is_refused_naming_the_parameter(params, arguments, expected):
+    with pytest.raises(SweepError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        search_space(params, arguments)
+
+
+# ------------------------------------------------------------------------------------------ proposals
+MIXED = Space([Dimension.interval("lr", 1e-4, 1e-1, log=True), Dimension.integers("hidden", 32, 512, 32),
+               Dimension.integers("frac", 0.1, 0.4, 0.1), Dimension.choice("model", ["mlp", "cnn", "rnn"])])
+
+
+def loss(p: dict) -> float:
+    return (math.log10(p["lr"]) + 2.5) ** 2 + (p["hidden"] - 256) ** 2 / 1e4 + {"mlp": 0.5, "cnn": 0, "rnn": 1}[
+        p["model"]] + p["frac"]
+
+
+@pytest.mark.unit
+def test_proposals_respect_bounds_steps_and_choices_and_repeat_for_a_seed():
+    runs = []
+    for _ in range(2):
+        opt = Optimizer(MIXED, n_initial=4, refit_every=5, seed=3)
+        proposals = []
+        for _ in range(14):  # 10 from the GP's posterior samples, with two refits
+            p = opt.propose(pending=proposals[-2:])
+            proposals.append(p)
+            opt.observe(p, loss(p))
+        runs.append(proposals)
+    assert runs[0] == runs[1]  # the same seed and results: the same trials
+    for p in runs[0]:
+        assert isinstance(p["lr"], float) and 1e-4 <= p["lr"] <= 1e-1
+        assert isinstance(p["hidden"], int) and 32 <= p["hidden"] <= 512 and p["hidden"] % 32 == 0
+        assert p["frac"] in (0.1, 0.2, 0.3, 0.4)
+        assert p["model"] in ("mlp", "cnn", "rnn")
+    assert min(loss(p) for p in runs[0][4:]) < min(loss(p) for p in runs[0][:4])  # the GP found better ones
+
+
+@pytest.mark.unit
+def test_a_proposal_never_repeats_a_pending_point():
+    space = Space([Dimension.choice("a", [1, 2]), Dimension.integers("b", 0, 1)])  # four points in all
+    opt = Optimizer(space, n_initial=1, seed=0)
+    for p in ({"a": 1, "b": 0}, {"a": 2, "b": 1}):
+        opt.propose()
+        opt.observe(p, 1.0)
+    pending = []
+    for _ in range(4):
+        pending.append(opt.propose(pending))
+    assert sorted(tuple(p.values()) for p in pending) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+# -------------------------------------------------------------------------------------- failed trials
+def a_sweeper(**settings) -> ThompsonSweeper:
+    from dataclasses import asdict
+
+    conf = dict(asdict(ThompsonSweeperConf()), **settings)
+    conf.pop("_target_")
+    return ThompsonSweeper(**conf)
+
+
+def finished_job(status, value):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    ret = JobReturn()
+    ret.status, ret.return_value = getattr(JobStatus, status), value
+    future = concurrent.futures.Future()
+    future.set_result(ret)
+    return future
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("status, value, error", [
+    ("FAILED", ValueError("diverged"), "ValueError: diverged"),
+    ("COMPLETED", {"loss": math.nan}, "ValueError: the objective is nan"),
+])
+def test_a_failed_trial_is_recorded_and_not_observed(status, value, error):
+    sweeper = a_sweeper(objective="loss")
+    opt = Optimizer(MIXED)
+    trial = Trial(0, 0, {"lr": 0.01, "hidden": 64, "frac": 0.1, "model": "mlp"})
+    sweeper.record(trial, finished_job(status, value), opt)
+    assert (trial.status, trial.error, trial.value) == (FAILED, error, None)
+    assert opt.observations == []
+    sweeper.record(trial, finished_job("COMPLETED", {"loss": 0.5}), opt)
+    assert [o.value for o in opt.observations] == [0.5]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("objective, returned, expected", [
+    ("los", {"loss": 1.0}, "hydra.sweeper.objective=los: the task returned a mapping with keys ['loss']"),
+    (None, {"loss": 1.0}, "set hydra.sweeper.objective to the one to optimise"),
+    (None, "fine", "the thompson sweeper needs a number"),
+])
+def test_an_objective_that_does_not_fit_the_return_value_stops_the_sweep(objective, returned, expected):
+    with pytest.raises(SweepError, match=re.escape(expected)):
+        a_sweeper(objective=objective).record(Trial(0, 0, {"x": 1}), finished_job("COMPLETED", returned),
+                                              Optimizer(Space([Dimension.interval("x", 0, 2)])))
+
+
+# ---------------------------------------------------------------------- Hydra's basic launcher, resume
+@pytest.mark.integration
+def test_the_basic_launcher_runs_batches_and_resume_reuses_finished_trials(sweep_app):
+    sweep_app("hydra.sweeper.n_trials=4", "hydra.sweeper.n_workers=2", "hydra.sweep.dir=sweep")
+    sweep = sweep_app.app / "sweep"
+    first = trials_csv(sweep)
+    assert [t["status"] for t in first] == ["completed"] * 4 and len(sweep_app.calls()) == 4
+    assert first[0]["submitted"] == first[1]["submitted"] and first[2]["submitted"] == first[3]["submitted"]
+    assert {p.name for p in sweep.iterdir() if p.name.isdigit()} == {"0", "1", "2", "3"}
+
+    sweep_app("hydra.sweeper.n_trials=6", "hydra.sweeper.n_workers=2", "hydra.sweep.dir=sweep",
+              "hydra.sweeper.resume=true")
+    second = trials_csv(sweep)
+    assert len(second) == 6 and second[:4] == first and len(sweep_app.calls()) == 6  # none ran twice
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == min(float(t["value"]) for t in second)
+
+    changed = sweep_app("hydra.sweeper.n_trials=6", "hydra.sweep.dir=sweep", "hydra.sweeper.resume=true",
+                        "hydra.sweeper.direction=maximize", check=False)
+    assert changed.returncode == 1 and "had another direction: direction=minimize" in changed.stderr
+
+
+@pytest.mark.integration
+def test_failures_in_a_row_stop_the_sweep_with_the_last_error(sweep_app):
+    proc = sweep_app("hydra.sweeper.n_trials=10", "hydra.sweeper.n_workers=2", "hydra.sweeper.max_failures=2",
+                     "+fail_above=-1", "hydra.sweep.dir=sweep", check=False)
+    assert proc.returncode == 1
+    assert "2 trials failed in a row (hydra.sweeper.max_failures)" in proc.stderr
+    assert "is too large" in proc.stderr
+    assert [t["status"] for t in trials_csv(sweep_app.app / "sweep")] == ["failed", "failed"]
+
+
+# --------------------------------------------------------------------------------------- aws_batch_local
+@pytest.mark.integration
+def test_every_worker_stays_busy_on_aws_batch_local(sweep_app):
+    """15 trials of random length (0.1 s to 1.6 s of work, plus a process start each), 3 in flight."""
+    sweep_app("hydra/launcher=aws_batch_local", "hydra.launcher.max_parallel=3", "hydra.sweeper.n_trials=15",
+              "hydra.sweeper.n_workers=3", "+seconds=1.2", "hydra.sweep.dir=sweep")
+    sweep = sweep_app.app / "sweep"
+    trials = trials_csv(sweep)
+    assert [t["status"] for t in trials] == ["completed"] * 15 and len(sweep_app.calls()) == 15
+    jobs = manifest(sweep)["jobs"]
+    assert len(jobs) == 15 and {j["state"] for j in jobs} == {"SUCCEEDED"}
+    gaps = sorted(refill_gaps(jobs, 3))
+    # a freed worker waits for the watcher (0.05 s), one proposal and a Python process's start (~1 s here)
+    assert len(gaps) == 12 and gaps[6] < 2.5 and gaps[-1] < 5.0, gaps
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = min(trials, key=lambda t: float(t["value"]))
+    assert results["best_value"] == float(best["value"]) and results["name"] == "thompson"
+    assert set(results["best_params"]) == {"+x", "+n", "+kind"}
+    assert (sweep / "convergence.png").stat().st_size > 10_000
+    assert (sweep / STATE).exists()
+
+
+@pytest.mark.integration
+def test_resume_on_aws_batch_local_runs_the_trials_that_died_with_the_sweeper(sweep_app, tmp_path):
+    """Local jobs die with the sweeper; a resume runs those trials again, and none of the finished ones."""
+    import os
+    import signal
+    import time
+
+    args = [*THOMPSON, *SPACE, "hydra/launcher=aws_batch_local", "hydra.sweeper.n_trials=8",
+            "hydra.sweeper.n_workers=2", "+seconds=3", "hydra.sweep.dir=sweep"]
+    proc = subprocess.Popen([sys.executable, "my_app.py", "--multirun", *args], cwd=sweep_app.app,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state = sweep_app.app / "sweep" / STATE
+    deadline = time.time() + 120
+    while time.time() < deadline and not (state.exists() and '"completed"' in state.read_text()):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sweep_app("hydra/launcher=aws_batch_local", "hydra.sweeper.n_trials=8", "hydra.sweeper.n_workers=2",
+              "+seconds=3", "hydra.sweep.dir=sweep", "hydra.sweeper.resume=true")
+    trials = trials_csv(sweep_app.app / "sweep")
+    assert len(trials) == 8 and {t["status"] for t in trials} == {"completed"}
+    completed_calls = {(float(t["+x"]), int(t["+n"]), t["+kind"]) for t in trials}
+    assert len(completed_calls) == 8
+    assert len({t["job"] for t in trials}) == 8
