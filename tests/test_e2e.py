@@ -3,6 +3,7 @@ running every job in a real container of our image (Docker engine with host netw
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, IntegrationTestSuite, LauncherTestSuite
 
 from hydra_plugins.hydra_awsbatch_launcher import _local_cloud
@@ -350,3 +352,64 @@ def test_the_image_runs_as_non_root_and_refuses_to_start_without_a_payload(local
     assert bare.returncode == 2
     assert "HYDRA_AWSBATCH_PAYLOAD_URI is not set" in bare.stderr
     assert "hydra-awsbatch job (not on Batch)" in bare.stdout and "torch 2." in bare.stdout  # the header
+
+
+# --------------------------------------------------------------------------------- the thompson sweeper
+def test_thompson_sweeper_runs_the_example_on_batch(local_cloud, run_app, cloud_env, tmp_path):
+    run_app("--multirun", "hydra/sweeper=thompson", "hydra.sweeper.n_workers=3", "hydra.sweeper.n_trials=9",
+            "hydra.sweeper.n_initial=3", "lr=tag(log, interval(1e-4, 1e-1))", "epochs=2", *BATCH,
+            "hydra.sweep.dir=thompson", env=cloud_env)
+    sweep = tmp_path / "thompson"
+    with open(sweep / "trials.csv") as stream:
+        trials = list(csv.DictReader(stream))
+    assert [t["status"] for t in trials] == ["completed"] * 9
+    jobs = manifest(sweep)["jobs"]
+    assert len(jobs) == 9 and {j["state"] for j in jobs} == {"SUCCEEDED"}
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == min(float(t["value"]) for t in trials)
+    assert 1e-4 <= results["best_params"]["lr"] <= 1e-1
+    assert (sweep / "convergence.png").stat().st_size > 10_000
+
+
+SLOW_QUADRATIC = """
+    import time
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        time.sleep(3 + 3 * cfg.x)
+        return (cfg.x - 0.3) ** 2
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_thompson_sweeper_resumes_after_sigkill_and_reattaches_batch_jobs(script):
+    args = ("hydra/sweeper=thompson", "+x=interval(0, 1)", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_workers=3",
+            "hydra.sweeper.n_initial=3")
+    parent = script.start(SLOW_QUADRATIC, *args)
+    state = script.app() / "sweep" / "thompson_state.json"
+
+    def mid_sweep():
+        trials = json.loads(state.read_text())["trials"] if state.exists() else []
+        return [t for t in trials if t["status"] == "running"] if any(
+            t["status"] == "completed" for t in trials) else None
+
+    in_flight = wait_for(mid_sweep, timeout=240)
+    assert in_flight, parent.stdout.read() if parent.poll() is not None else "no trial ended"
+    parent.send_signal(signal.SIGKILL)
+    parent.communicate(timeout=30)
+    running_jobs = [j["job_id"] for j in manifest(script.app() / "sweep")["jobs"]
+                    if j["num"] in {t["job"] for t in in_flight}]
+
+    resumed = script(SLOW_QUADRATIC, *args, "hydra.sweeper.resume=true")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    with open(script.app() / "sweep" / "trials.csv") as stream:
+        trials = list(csv.DictReader(stream))
+    assert len(trials) == 6 and {t["status"] for t in trials} == {"completed"}
+    jobs = manifest(script.app() / "sweep")["jobs"]
+    assert len(jobs) == 6 and {j["state"] for j in jobs} == {"SUCCEEDED"}  # no trial submitted twice
+    assert sorted(int(t["job"]) for t in trials) == [j["num"] for j in jobs]
+    assert set(running_jobs) <= {j["job_id"] for j in jobs}  # re-attached, not submitted again
+    assert batch_states(running_jobs) == ["SUCCEEDED"] * len(running_jobs)
