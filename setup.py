@@ -36,7 +36,7 @@ setup(
         "hydra-core>=1.3,<1.4",
         "boto3>=1.28",
         "cloudpickle>=2.2",
-        "rich>=13",
+        "rich>=14.1",  # 14.1: live displays nest (the thompson sweeper's line over the launcher's)
         "pathspec>=0.12",
     ],
     extras_require={"example": EXAMPLE, "bo": BO, "test": TEST},

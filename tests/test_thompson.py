@@ -143,6 +143,25 @@ def test_a_proposal_never_repeats_a_pending_point():
     assert sorted(tuple(p.values()) for p in pending) == [(1, 0), (1, 1), (2, 0), (2, 1)]
 
 
+@pytest.mark.unit
+def test_the_ask_tell_core_runs_without_hydra(tmp_path):
+    """Other code drives the optimiser as the README shows, in a Python where Hydra cannot be imported."""
+    (tmp_path / "hydra").mkdir()
+    (tmp_path / "hydra" / "__init__.py").write_text("raise ImportError('no Hydra here')")
+    code = textwrap.dedent("""
+        from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
+        opt = Optimizer(Space([Dimension.interval("x", 0, 1)]), n_initial=2)
+        for _ in range(4):
+            p = opt.propose()
+            opt.observe(p, (p["x"] - 0.3) ** 2)
+        print(opt.best().value < 0.2)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parent.parent}",
+                               "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.strip() == "True", proc.stderr[-2000:]
+
+
 # -------------------------------------------------------------------------------------- failed trials
 def a_sweeper(**settings) -> ThompsonSweeper:
     from dataclasses import asdict

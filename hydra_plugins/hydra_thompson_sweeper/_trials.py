@@ -17,6 +17,7 @@ log = logging.getLogger("hydra_plugins.hydra_thompson_sweeper")
 
 STATE = "thompson_state.json"
 SUBMITTING, RUNNING, COMPLETED, FAILED = "submitting", "running", "completed", "failed"
+INTERRUPTED = "interrupted"  # in flight when the sweeper was stopped (Ctrl-C): a resume runs it again
 FORMAT = 1
 PLOT_EVERY_S = 10.0  # convergence.png is redrawn at most this often while the sweep runs (and at its end)
 

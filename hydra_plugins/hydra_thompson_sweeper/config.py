@@ -3,7 +3,7 @@
 No torch here: Hydra imports this module at start-up for every app.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -14,7 +14,7 @@ class ThompsonSweeperConf:
     _target_: str = "hydra_plugins.hydra_thompson_sweeper.thompson_sweeper.ThompsonSweeper"
     # The search space, in Hydra's override grammar: name -> interval(a, b), tag(log, interval(a, b)),
     # range(a, b[, step]), choice(x, y, ...) or x,y,z; a plain value stays fixed for every trial
-    params: Optional[Dict[str, Any]] = None
+    params: Dict[str, Any] = field(default_factory=dict)
     # minimize or maximize the objective
     direction: str = "minimize"
     # The task's return value is the objective; or, when it returns a mapping, this key of it

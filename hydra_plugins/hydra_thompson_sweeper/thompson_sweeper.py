@@ -23,7 +23,15 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.hydra_thompson_sweeper import _trials
-from hydra_plugins.hydra_thompson_sweeper._trials import COMPLETED, FAILED, RUNNING, STATE, Trial, TrialLog
+from hydra_plugins.hydra_thompson_sweeper._trials import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    RUNNING,
+    STATE,
+    Trial,
+    TrialLog,
+)
 
 log = logging.getLogger("hydra_plugins.hydra_thompson_sweeper")
 
@@ -46,7 +54,7 @@ def search_space(params: dict | None, arguments: list[str]):
 
     from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Space
 
-    lines = [f"{name}={value}" for name, value in (params or {}).items()] + list(arguments)
+    lines = [f"{name}={value}" for name, value in flat(params or {})] + list(arguments)
     dimensions, fixed, problems = [], [], []
     for override in OverridesParser.create().parse_overrides(lines):
         name = override.get_key_element()
@@ -77,6 +85,15 @@ def search_space(params: dict | None, arguments: list[str]):
         raise SweepError(["nothing to search: give hydra.sweeper.params (e.g. 'hydra.sweeper.params.lr="
                           "tag(log, interval(1e-4, 1e-1))') or a sweep on the command line (lr='interval(0, 1)')"])
     return Space(dimensions), fixed
+
+
+def flat(params: dict, prefix: str = ""):
+    """(dotted name, value): `hydra.sweeper.params.model.hidden=...` on a command line nests `model`."""
+    for name, value in params.items():
+        if isinstance(value, dict):
+            yield from flat(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
 
 
 def override(name: str, value) -> str:
@@ -173,9 +190,18 @@ class ThompsonSweeper(Sweeper):
                 if not in_flight:
                     return
                 live.show(trials.line(len(in_flight), c.objective or "value"))
-                done, _ = concurrent.futures.wait(list(in_flight), return_when=concurrent.futures.FIRST_COMPLETED)
+                try:
+                    done, _ = concurrent.futures.wait(list(in_flight), return_when=concurrent.futures.FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    for trial in in_flight.values():
+                        trial.status = INTERRUPTED
+                    log.warning(f"Interrupted with {len(in_flight)} trials in flight; continue the sweep with "
+                                "hydra.sweeper.resume=true (they run again)")
+                    raise
                 for future in sorted(done, key=lambda f: in_flight[f].number):
-                    self.record(in_flight.pop(future), future, optimizer)
+                    trial = in_flight.pop(future)
+                    if not self.record(trial, future, optimizer):
+                        requeue.append(trial)
                 trials.save()
                 live.show(trials.line(len(in_flight), c.objective or "value"))
                 if trials.failed_in_a_row() >= c.max_failures:
@@ -215,8 +241,10 @@ class ThompsonSweeper(Sweeper):
         trials.save()
         return dict(zip(futures, new))
 
-    def record(self, trial: Trial, future: concurrent.futures.Future, optimizer) -> None:
-        """The trial's result: observed when it is a number, recorded as failed (and not observed) when not."""
+    def record(self, trial: Trial, future: concurrent.futures.Future, optimizer) -> bool:
+        """The trial's result: observed when it is a number, recorded as failed (and not observed) when not.
+        False for a trial stopped by a Ctrl-C of the earlier sweeper, which is to run again."""
+        interrupted = trial.status == INTERRUPTED
         trial.ended = time.time()
         job = self.launcher_job(trial.job)
         if job is not None:
@@ -226,12 +254,16 @@ class ThompsonSweeper(Sweeper):
         except SweepError:
             raise
         except Exception as error:
+            if interrupted:
+                log.info(f"Trial {trial.number} (job #{trial.job}) was stopped by the Ctrl-C: it runs again")
+                return False
             first_line = str(error).splitlines()[0] if str(error) else ""
             trial.status, trial.error = FAILED, f"{type(error).__name__}: {first_line}"
             log.warning(f"Trial {trial.number} (job #{trial.job}) failed: {trial.error}")
-            return
+            return True
         trial.status, trial.value = COMPLETED, value
         optimizer.observe(trial.params, value)
+        return True
 
     def objective(self, returned) -> float:
         """The number to optimise out of the task's return value."""
