@@ -102,6 +102,23 @@ class Dimension:
         low, high = self._scale(self.low), self._scale(self.high)
         return [(self._scale(float(value)) - low) / (high - low)]
 
+    def features(self, u):
+        """encode(decode(u)) for a tensor of latent coordinates at once: the GP's input columns of the
+        candidates (n x columns)."""
+        import torch
+
+        u = u.clamp(0.0, 1.0)
+        if self.kind == CHOICE:
+            k = len(self.choices)
+            return torch.nn.functional.one_hot((u * k).long().clamp(max=k - 1), k).to(u.dtype)
+        if self.kind == FLOAT:
+            return u[:, None]
+        low, high = self._scale(self.low), self._scale(self.high)
+        x = low + u * (high - low)
+        x = x.exp() if self.log else x
+        value = self.low + torch.round((x - self.low) / self.step).clamp(0, self.values - 1) * self.step
+        return (((value.log() if self.log else value) - low) / (high - low))[:, None]
+
     def index(self, value) -> int:
         for i, choice in enumerate(self.choices):  # "32" from a command line matches 32 in the space
             if choice == value or str(choice) == str(value):
@@ -135,8 +152,11 @@ class Space:
     def encode(self, params: dict) -> list[float]:
         return [x for d in self.dimensions for x in d.encode(params[d.name])]
 
-    def key(self, params: dict) -> tuple:
-        return tuple(self.encode(params))
+    def features(self, latent):
+        """The GP's inputs of the points at these latent coordinates (a tensor, one row a point)."""
+        import torch
+
+        return torch.cat([d.features(latent[:, i]) for i, d in enumerate(self.dimensions)], dim=1)
 
 
 @dataclass
@@ -223,7 +243,7 @@ class Optimizer:
         import torch
 
         path = self._sample_path()
-        taken = {self.space.key(p) for p in pending}
+        taken = torch.tensor([self.space.encode(p) for p in pending], dtype=torch.float64)
         d = len(self.space.dimensions)
         latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
         latent = latent.draw(self.n_candidates, dtype=torch.float64)
@@ -232,11 +252,11 @@ class Optimizer:
         for scale in (None, 0.03, 0.01):
             if scale is not None:
                 latent = torch.cat([best[None], self._near(best[None], scale, 256)])
-            points = [self.space.decode(u) for u in latent.tolist()]
-            keys = [self.space.key(p) for p in points]
+            features = self.space.features(latent)
             with torch.no_grad():
-                scores = path(torch.tensor(keys, dtype=torch.float64)).reshape(-1)
-            scores[[i for i, k in enumerate(keys) if k in taken]] = -math.inf
+                scores = path(features).reshape(-1)
+            if len(taken):
+                scores[(torch.cdist(features, taken) < 1e-9).any(dim=1)] = -math.inf
             best = latent[int(scores.argmax())]
         return self.space.decode(best.tolist())
 
