@@ -229,6 +229,17 @@ def test_the_basic_launcher_runs_batches_and_resume_reuses_finished_trials(sweep
     changed = sweep_app("hydra.sweeper.n_trials=6", "hydra.sweep.dir=sweep", "hydra.sweeper.resume=true",
                         "hydra.sweeper.direction=maximize", check=False)
     assert changed.returncode == 1 and "had another direction: direction=minimize" in changed.stderr
+    again = sweep_app("hydra.sweep.dir=sweep", check=False)
+    assert again.returncode == 1 and "continue it with hydra.sweeper.resume=true" in again.stderr
+    assert trials_csv(sweep) == second and len(sweep_app.calls()) == 6  # refused before anything ran
+
+
+@pytest.mark.integration
+def test_max_minutes_stops_new_trials_and_lets_those_in_flight_end(sweep_app):
+    sweep_app("hydra.sweeper.n_trials=1000", "hydra.sweeper.n_workers=1", "hydra.sweeper.max_minutes=0.05",
+              "+seconds=0.5", "hydra.sweep.dir=sweep")
+    trials = trials_csv(sweep_app.app / "sweep")
+    assert 1 <= len(trials) < 100 and {t["status"] for t in trials} == {"completed"}
 
 
 @pytest.mark.integration
@@ -270,8 +281,8 @@ def test_resume_on_aws_batch_local_runs_the_trials_that_died_with_the_sweeper(sw
     import signal
     import time
 
-    args = [*THOMPSON, *SPACE, "hydra/launcher=aws_batch_local", "hydra.sweeper.n_trials=8",
-            "hydra.sweeper.n_workers=2", "+seconds=3", "hydra.sweep.dir=sweep"]
+    args = [*THOMPSON, *SPACE, "hydra/launcher=aws_batch_local", "hydra.sweeper.n_trials=6",
+            "hydra.sweeper.n_workers=2", "+seconds=2.5", "hydra.sweep.dir=sweep"]
     proc = subprocess.Popen([sys.executable, "my_app.py", "--multirun", *args], cwd=sweep_app.app,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = sweep_app.app / "sweep" / STATE
@@ -280,10 +291,35 @@ def test_resume_on_aws_batch_local_runs_the_trials_that_died_with_the_sweeper(sw
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    sweep_app("hydra/launcher=aws_batch_local", "hydra.sweeper.n_trials=8", "hydra.sweeper.n_workers=2",
-              "+seconds=3", "hydra.sweep.dir=sweep", "hydra.sweeper.resume=true")
+    before = {t["number"]: t for t in trials_csv(sweep_app.app / "sweep")}
+    sweep_app("hydra/launcher=aws_batch_local", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_workers=2",
+              "+seconds=2.5", "hydra.sweep.dir=sweep", "hydra.sweeper.resume=true")
     trials = trials_csv(sweep_app.app / "sweep")
-    assert len(trials) == 8 and {t["status"] for t in trials} == {"completed"}
-    completed_calls = {(float(t["+x"]), int(t["+n"]), t["+kind"]) for t in trials}
-    assert len(completed_calls) == 8
-    assert len({t["job"] for t in trials}) == 8
+    assert len(trials) == 6 and {t["status"] for t in trials} == {"completed"}
+    for number, earlier in before.items():  # finished ones kept; the others ran again under new job numbers
+        later = trials[int(number)]
+        if earlier["status"] == "completed":
+            assert later == earlier
+        else:
+            assert later["job"] != earlier["job"] and later["+x"] == earlier["+x"]
+    assert 0 < sum(t["status"] == "completed" for t in before.values()) < 6
+    assert len({t["job"] for t in trials}) == 6
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+@pytest.mark.integration
+def test_the_async_bo_benchmark_runs_at_a_reduced_size(tmp_path):
+    """bench/async_bo.py at CI's size (one seed, a fifth of the time budget), so that it cannot rot."""
+    import json
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "bench/async_bo.py", "--seeds", "1", "--panels", "hartmann3",
+                           "--budget-scale", "0.2", "--latency-decisions", "3", "--out", str(tmp_path / "abo")],
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "abo.json").read_text())
+    rows = {row["method"]: row for row in summary["rows"]}
+    assert set(rows) == {"asyTS", "synTS", "asyRAND", "synRAND", "asyTPE"}
+    assert rows["asyTS"]["evaluations"] > rows["synTS"]["evaluations"]  # no worker waits for a batch
+    assert summary["latency_300"]["median"] < 3.0
+    assert (tmp_path / "abo.png").stat().st_size > 10_000

@@ -340,8 +340,8 @@ class ThompsonSweeper(Sweeper):
         in_flight = {futures[t.job]: t for t in unfinished if t.job in futures}
         requeue = [t for t in unfinished if t.job not in futures]
         self.copy_state_to_staging(trials)
-        log.info(f"Re-attached {len(in_flight)} trials in flight"
-                 + (f"; {len(requeue)} died with the earlier sweeper and run again" if requeue else ""))
+        log.info(f"Resumed: {len(in_flight)} trials in flight re-attached"
+                 + (f", {len(requeue)} that died with the earlier sweeper run again" if requeue else ""))
         return in_flight, requeue
 
     # ------------------------------------------------------------------------------ the launcher's side
