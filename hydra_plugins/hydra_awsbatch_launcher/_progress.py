@@ -17,10 +17,13 @@ def counts_line(states, order=()) -> str:
     return ", ".join(known + [f"{n} {s}" for s, n in sorted(counts.items()) if s not in order])
 
 
-class Progress:
-    def __init__(self, sweep_id: str, order=(), live: bool | None = None):
-        self.sweep_id, self.order = sweep_id, order
+class LiveText:
+    """A few lines redrawn in place on a terminal (rich; live displays nest from rich 14.1 on), logged to
+    `logger` each time they change elsewhere."""
+
+    def __init__(self, live: bool | None = None, logger: logging.Logger = log):
         self.live = sys.stdout.isatty() if live is None else live
+        self.logger = logger
         self._last = None
         self._display = None
         if self.live:
@@ -29,23 +32,33 @@ class Progress:
             self._display = Live("", refresh_per_second=4, transient=True)
             self._display.start()
 
-    def update(self, states, stuck: dict | None = None) -> None:
-        """`states`: the Batch state of every job; `stuck`: reason -> count for jobs held in RUNNABLE."""
-        line = f"sweep {self.sweep_id}: {counts_line(states, self.order)}"
-        notes = [f"  {n} RUNNABLE: {reason}" for reason, n in (stuck or {}).items()]
-        text = "\n".join([line, *notes])
-        if text == self._last:
+    def show(self, text: str, same_as_before: str | None = None) -> None:
+        """`same_as_before`: the part of the text whose change is worth a log line (default: all of it)."""
+        key = text if same_as_before is None else same_as_before
+        if key == self._last:
             return
-        self._last = text
+        self._last = key
         if self._display is not None:
             self._display.update(text)
         else:
-            log.info(text)
+            self.logger.info(text)
 
     def close(self) -> None:
         if self._display is not None:
             self._display.stop()
             self._display = None
+
+
+class Progress(LiveText):
+    def __init__(self, sweep_id: str, order=(), live: bool | None = None):
+        super().__init__(live)
+        self.sweep_id, self.order = sweep_id, order
+
+    def update(self, states, stuck: dict | None = None) -> None:
+        """`states`: the Batch state of every job; `stuck`: reason -> count for jobs held in RUNNABLE."""
+        line = f"sweep {self.sweep_id}: {counts_line(states, self.order)}"
+        notes = [f"  {n} RUNNABLE: {reason}" for reason, n in (stuck or {}).items()]
+        self.show("\n".join([line, *notes]))
 
     @staticmethod
     def summary(rows: list[dict]) -> None:

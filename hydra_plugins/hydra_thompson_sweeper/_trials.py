@@ -102,14 +102,15 @@ class TrialLog:
             count = count + 1 if trial.status == FAILED else 0
         return count
 
-    def line(self, in_flight: int, objective: str) -> str:
+    def line(self, in_flight: int, objective: str) -> tuple[str, str]:
+        """The live line, and its part without the clock (what is worth a log line when it changes)."""
         failed = sum(t.status == FAILED for t in self.trials)
         best = self.best()
         text = f"thompson: {self.ended()} trials done" + (f" ({failed} failed)" if failed else "")
         text += f", {in_flight} in flight"
         if best is not None:
             text += f", best {objective}={best.value:.6g} (trial {best.number})"
-        return text + f", {(time.time() - self.created) / 60:.1f} min"
+        return text + f", {(time.time() - self.created) / 60:.1f} min", text
 
     # ------------------------------------------------------------------------------------------- files
     def write_csv(self) -> None:

@@ -22,6 +22,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.hydra_awsbatch_launcher._progress import LiveText
 from hydra_plugins.hydra_thompson_sweeper import _trials
 from hydra_plugins.hydra_thompson_sweeper._trials import (
     COMPLETED,
@@ -171,7 +172,7 @@ class ThompsonSweeper(Sweeper):
         deadline = time.time() + c.max_minutes * 60 if c.max_minutes is not None else math.inf
         batched = optimizer.batched or not self.asynchronous
         limit = c.n_trials
-        live = LiveLine()
+        live = LiveText(logger=log)
         try:
             while True:
                 free = c.n_workers - len(in_flight) if not (batched and in_flight) else 0
@@ -189,7 +190,7 @@ class ThompsonSweeper(Sweeper):
                     in_flight.update(self.submit(trials, new))
                 if not in_flight:
                     return
-                live.show(trials.line(len(in_flight), c.objective or "value"))
+                live.show(*trials.line(len(in_flight), c.objective or "value"))
                 try:
                     done, _ = concurrent.futures.wait(list(in_flight), return_when=concurrent.futures.FIRST_COMPLETED)
                 except KeyboardInterrupt:
@@ -203,7 +204,7 @@ class ThompsonSweeper(Sweeper):
                     if not self.record(trial, future, optimizer):
                         requeue.append(trial)
                 trials.save()
-                live.show(trials.line(len(in_flight), c.objective or "value"))
+                live.show(*trials.line(len(in_flight), c.objective or "value"))
                 if trials.failed_in_a_row() >= c.max_failures:
                     last = max((t for t in trials.trials if t.status == FAILED), key=lambda t: t.ended or 0)
                     raise SweepError([f"{c.max_failures} trials failed in a row (hydra.sweeper.max_failures); the "
@@ -388,33 +389,3 @@ def find_state(sweep_dir: Path, signature: dict) -> Path:
         raise SweepError([f"hydra.sweeper.resume=true: no unfinished thompson sweep with this search space in "
                           f"{sweep_dir} or beside it: set hydra.sweep.dir to the sweep dir to resume"])
     return max(found, key=lambda p: p.stat().st_mtime)
-
-
-class LiveLine:
-    """The sweep's line (trials done, in flight, best so far): redrawn in place on a terminal, logged when
-    it changes elsewhere."""
-
-    def __init__(self) -> None:
-        import sys
-
-        self.display, self.last = None, None
-        if sys.stdout.isatty():
-            from rich.live import Live
-
-            self.display = Live("", refresh_per_second=4, transient=True)
-            self.display.start()
-
-    def show(self, text: str) -> None:
-        core = text.rsplit(",", 1)[0]  # the minutes tick on: not a change worth a log line
-        if core == self.last:
-            return
-        self.last = core
-        if self.display is not None:
-            self.display.update(text)
-        else:
-            log.info(text)
-
-    def close(self) -> None:
-        if self.display is not None:
-            self.display.stop()
-            self.display = None
