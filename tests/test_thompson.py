@@ -243,6 +243,17 @@ def test_max_minutes_stops_new_trials_and_lets_those_in_flight_end(sweep_app):
 
 
 @pytest.mark.integration
+def test_bad_settings_are_refused_at_once_before_anything_runs(sweep_app):
+    proc = sweep_app("hydra.sweeper.n_workers=0", "hydra.sweeper.direction=up", "+y=tag(log, interval(0, 1))",
+                     "hydra.sweep.dir=sweep", check=False)
+    assert proc.returncode == 1
+    for problem in ("+y: a log scale needs a lower bound above 0", "hydra.sweeper.direction=up: minimize or "
+                    "maximize", "hydra.sweeper.n_workers=0: at least 1"):
+        assert problem in proc.stderr, proc.stderr
+    assert not (sweep_app.app / "sweep").exists()
+
+
+@pytest.mark.integration
 def test_failures_in_a_row_stop_the_sweep_with_the_last_error(sweep_app):
     proc = sweep_app("hydra.sweeper.n_trials=10", "hydra.sweeper.n_workers=2", "hydra.sweeper.max_failures=2",
                      "+fail_above=-1", "hydra.sweep.dir=sweep", check=False)

@@ -159,6 +159,18 @@ class Space:
         return torch.cat([d.features(latent[:, i]) for i, d in enumerate(self.dimensions)], dim=1)
 
 
+def settings_problems(direction: str, algorithm: str, n_initial: int, refit_every: int) -> list[str]:
+    """What is wrong with these settings of the optimiser, one line each, named as the settings are."""
+    problems = []
+    if direction not in ("minimize", "maximize"):
+        problems.append(f"direction={direction}: minimize or maximize")
+    if algorithm not in ALGORITHMS:
+        problems.append(f"algorithm={algorithm}: one of {', '.join(ALGORITHMS)}")
+    problems += [f"{name}={value}: at least 1" for name, value in (("n_initial", n_initial),
+                                                                    ("refit_every", refit_every)) if value < 1]
+    return problems
+
+
 @dataclass
 class Observation:
     params: dict
@@ -182,12 +194,9 @@ class Optimizer:
     proposed: int = 0
 
     def __post_init__(self) -> None:
-        if self.direction not in ("minimize", "maximize"):
-            raise ValueError(f"direction={self.direction!r}: minimize or maximize")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm={self.algorithm!r}: one of {', '.join(ALGORITHMS)}")
-        if self.n_initial < 1 or self.refit_every < 1:
-            raise ValueError("n_initial and refit_every must be at least 1")
+        problems = settings_problems(self.direction, self.algorithm, self.n_initial, self.refit_every)
+        if problems:
+            raise ValueError("; ".join(problems))
         self._hyper: dict | None = None  # the GP's fitted hyperparameters
         self._fitted_at = 0  # observations when they were fitted
 

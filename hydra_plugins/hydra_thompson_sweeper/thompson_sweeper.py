@@ -78,8 +78,8 @@ def search_space(params: dict | None, arguments: list[str]):
                 dimensions.append(Dimension.choice(name, list(override.sweep_iterator())))
             else:
                 raise ValueError(f"{override.input_line}: only interval, range and choice sweeps are searched")
-        except ValueError as error:
-            problems.append(f"{name}: {error}")
+        except ValueError as error:  # each message names the parameter
+            problems.append(str(error))
     if problems:
         raise SweepError(problems)
     if not dimensions:
@@ -121,6 +121,8 @@ class ThompsonSweeper(Sweeper):
         self.config: DictConfig | None = None
         self.launcher = None
         self.hydra_context: HydraContext | None = None
+        self.fixed: list[str] = []  # overrides every trial gets
+        self.asynchronous = False  # the launcher submits while others run (launch_async)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -133,13 +135,15 @@ class ThompsonSweeper(Sweeper):
 
         params = OmegaConf.to_container(self.params, resolve=True) if isinstance(self.params, DictConfig) \
             else self.params
-        space, fixed = search_space(params, arguments)
-        c = self.conf
+        problems = self.check()
         try:
-            optimizer = Optimizer(space, c.direction, c.algorithm, c.n_initial, c.refit_every, c.seed)
-        except ValueError as error:
-            raise SweepError([f"hydra.sweeper.{error}"]) from None
-        self.check()
+            space, fixed = search_space(params, arguments)
+        except SweepError as error:
+            problems = error.problems + problems
+        if problems:
+            raise SweepError(problems)
+        c = self.conf
+        optimizer = Optimizer(space, c.direction, c.algorithm, c.n_initial, c.refit_every, c.seed)
         signature = {"space": {d.name: d.describe() for d in space.dimensions}, "fixed": fixed,
                      "direction": c.direction, "objective": c.objective, "algorithm": c.algorithm, "seed": c.seed}
         trials = self.open_log(signature)
@@ -291,8 +295,13 @@ class ThompsonSweeper(Sweeper):
         return value
 
     # -------------------------------------------------------------------------------- check and resume
-    def check(self) -> None:
-        c, problems = self.conf, []
+    def check(self) -> list[str]:
+        """The settings' problems, before anything is submitted: one line each."""
+        from hydra_plugins.hydra_thompson_sweeper._optimizer import settings_problems
+
+        c = self.conf
+        problems = [f"hydra.sweeper.{p}" for p in settings_problems(c.direction, c.algorithm, c.n_initial,
+                                                                     c.refit_every)]
         try:  # imported now, before anything is submitted: seconds of import are no worker's idle time later
             import botorch  # noqa: F401
             import matplotlib  # noqa: F401
@@ -304,8 +313,10 @@ class ThompsonSweeper(Sweeper):
                 problems.append(f"hydra.sweeper.{name}={c[name]}: at least 1")
         if c.max_minutes is not None and c.max_minutes <= 0:
             problems.append(f"hydra.sweeper.max_minutes={c.max_minutes}: above 0, or null for no limit")
-        if problems:
-            raise SweepError(problems)
+        if getattr(self.launcher, "dry_run", False):
+            problems.append("hydra.launcher.dry_run=true returns no results, and the thompson sweeper proposes from "
+                            "results: make the dry run with Hydra's basic sweeper (leave out hydra/sweeper=thompson)")
+        return problems
 
     def open_log(self, signature: dict) -> TrialLog:
         """A new trial log in hydra.sweep.dir, or with resume=true the earlier one of this sweep."""
