@@ -142,10 +142,6 @@ class Space:
         if not self.dimensions:
             raise ValueError("the search space is empty: give at least one parameter to search")
 
-    @property
-    def names(self) -> list[str]:
-        return [d.name for d in self.dimensions]
-
     def decode(self, latent) -> dict:
         return {d.name: d.decode(float(u)) for d, u in zip(self.dimensions, latent)}
 
@@ -293,7 +289,10 @@ class Optimizer:
 
     def _sample_path(self):
         """One sample of the GP posterior, as a function (BoTorch's pathwise Matheron sample), to maximise."""
+        import warnings
+
         import torch
+        from botorch.exceptions import InputDataWarning
         from botorch.models import SingleTaskGP
         from botorch.models.transforms import Standardize
         from botorch.sampling.pathwise import draw_matheron_paths
@@ -301,7 +300,9 @@ class Optimizer:
         X = torch.tensor([self.space.encode(o.params) for o in self.observations], dtype=torch.float64)
         sign = -1.0 if self.direction == "minimize" else 1.0  # the sample is maximised
         Y = sign * torch.tensor([[o.value] for o in self.observations], dtype=torch.float64)
-        model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
+        with warnings.catch_warnings():  # "not standardized" while every value so far is the same: it is
+            warnings.simplefilter("ignore", InputDataWarning)
+            model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
         n = len(self.observations)
         if self._hyper is not None:  # the last fit's hyperparameters: a refit starts from them
             model.load_state_dict(self._hyper, strict=False)
