@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
+from hydra_plugins.hydra_thompson_sweeper._space import SweepError, search_space
 from hydra_plugins.hydra_thompson_sweeper._trials import FAILED, STATE, Trial
 from hydra_plugins.hydra_thompson_sweeper.config import ThompsonSweeperConf
-from hydra_plugins.hydra_thompson_sweeper.thompson_sweeper import SweepError, ThompsonSweeper, search_space
+from hydra_plugins.hydra_thompson_sweeper.thompson_sweeper import ThompsonSweeper
 from tests.conftest import manifest, refill_gaps
 
 THOMPSON = ["hydra/sweeper=thompson", "hydra.sweeper.n_initial=4"]
@@ -98,6 +99,19 @@ def test_search_space_reads_every_form_of_the_override_grammar():
 def test_a_bad_search_space_is_refused_naming_the_parameter(params, arguments, expected):
     with pytest.raises(SweepError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         search_space(params, arguments)
+
+
+@pytest.mark.unit
+def test_the_sweepers_error_is_still_the_one_callers_catch_after_hydras_plugin_scan():
+    """Hydra's plugin scan runs plugin modules again, their classes anew: an error class kept there would no
+    longer be the one that callers (and these tests) catch."""
+    from hydra.core.plugins import Plugins
+
+    import hydra_plugins
+
+    Plugins._scan_all_plugins([hydra_plugins])
+    with pytest.raises(SweepError, match="nothing to search"):
+        search_space({}, ["x=1"])
 
 
 # ------------------------------------------------------------------------------------------ proposals
