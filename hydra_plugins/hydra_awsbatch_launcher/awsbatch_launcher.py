@@ -137,15 +137,14 @@ class BaseAwsBatchLauncher(Launcher):
             self.show_dry_run(payload_uri, initial_job_idx, len(configs))
             return [_sweep.finished(_sweep.unfinished_return(config)) for config in configs]
         if self.sweep is None:
-            self.sweep = _sweep.Sweep(self.manifest, self.executor(), writes_in_place=self.writes_in_place,
-                                      terminate_on_interrupt=bool(self.params.get("terminate_on_interrupt", True)))
+            self.sweep = self.engine()
         return self.sweep.submit(configs, payload_uri, initial_job_idx, watch=self.watching)
 
     def resume_async(self, nums: Sequence[int]) -> dict[int, Future]:
         """Continue the sweep of this sweep dir after the process that launched it died: its manifest becomes
         this launcher's, new jobs join it, and jobs `nums` come back as futures where they still run (Batch)
         or ended with a result; those left out died with that process, or were never submitted."""
-        from hydra_plugins.hydra_awsbatch_launcher import _stage, _sweep
+        from hydra_plugins.hydra_awsbatch_launcher import _stage
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         try:
@@ -159,9 +158,15 @@ class BaseAwsBatchLauncher(Launcher):
         self.manifest = manifest
         log.info(f"Resuming sweep {manifest.sweep_id} ({len(manifest.jobs)} jobs so far), staging at "
                  f"{manifest.staging_uri}")
-        self.sweep = _sweep.Sweep(manifest, self.executor(), writes_in_place=self.writes_in_place,
-                                  terminate_on_interrupt=bool(self.params.get("terminate_on_interrupt", True)))
+        self.sweep = self.engine()
         return self.sweep.resume(list(nums))
+
+    def engine(self):
+        """The sweep engine of this launcher's manifest, with its executor."""
+        from hydra_plugins.hydra_awsbatch_launcher import _sweep
+
+        return _sweep.Sweep(self.manifest, self.executor(), writes_in_place=self.writes_in_place,
+                            terminate_on_interrupt=bool(self.params.get("terminate_on_interrupt", True)))
 
     watching = True  # False: submit and return (aws_batch's wait=false)
 
