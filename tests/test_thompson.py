@@ -301,25 +301,27 @@ def test_every_worker_stays_busy_on_aws_batch_local(sweep_app):
 
 @pytest.mark.integration
 def test_resume_on_aws_batch_local_runs_the_trials_that_died_with_the_sweeper(sweep_app, tmp_path):
-    """Local jobs die with the sweeper; a resume runs those trials again, and none of the finished ones."""
+    """Local jobs die with the sweeper; a resume runs those trials again, and none of the finished ones. The
+    resumed run is given a new sweep dir beside the first (as ${now:} makes one): it finds the first."""
     import os
     import signal
     import time
 
     args = [*THOMPSON, *SPACE, "hydra/launcher=aws_batch_local", "hydra.sweeper.n_trials=6",
-            "hydra.sweeper.n_workers=2", "+seconds=2.5", "hydra.sweep.dir=sweep"]
+            "hydra.sweeper.n_workers=2", "+seconds=2.5", "hydra.sweep.dir=runs/first"]
     proc = subprocess.Popen([sys.executable, "my_app.py", "--multirun", *args], cwd=sweep_app.app,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    state = sweep_app.app / "sweep" / STATE
+    state = sweep_app.app / "runs/first" / STATE
     deadline = time.time() + 120
     while time.time() < deadline and not (state.exists() and '"completed"' in state.read_text()):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {t["number"]: t for t in trials_csv(sweep_app.app / "sweep")}
+    before = {t["number"]: t for t in trials_csv(sweep_app.app / "runs/first")}
     sweep_app("hydra/launcher=aws_batch_local", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_workers=2",
-              "+seconds=2.5", "hydra.sweep.dir=sweep", "hydra.sweeper.resume=true")
-    trials = trials_csv(sweep_app.app / "sweep")
+              "+seconds=2.5", "hydra.sweep.dir=runs/second", "hydra.sweeper.resume=true")
+    assert not (sweep_app.app / "runs/second").exists()
+    trials = trials_csv(sweep_app.app / "runs/first")
     assert len(trials) == 6 and {t["status"] for t in trials} == {"completed"}
     for number, earlier in before.items():  # finished ones kept; the others ran again under new job numbers
         later = trials[int(number)]

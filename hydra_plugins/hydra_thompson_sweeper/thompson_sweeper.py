@@ -311,15 +311,13 @@ def find_state(sweep_dir: Path, signature: dict) -> Path:
                               "; resume it with the same settings, or start a new sweep in another hydra.sweep.dir"])
         return here
     found = []
-    for pattern in ("*/" + STATE, "*/*/" + STATE):
-        base = sweep_dir.parent if pattern.count("/") == 1 else sweep_dir.parent.parent
-        for path in base.glob(pattern):
-            try:
-                earlier = TrialLog.load(path)
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if earlier.signature == signature and not all(t.done for t in earlier.trials):
-                found.append(path)
+    for path in sweep_dir.parent.parent.glob("*/*/" + STATE):  # multirun/*/*: sweep_dir's siblings among them
+        try:
+            earlier = TrialLog.load(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if earlier.signature == signature and not all(t.done for t in earlier.trials):
+            found.append(path)
     if not found:
         raise SweepError([f"hydra.sweeper.resume=true: no unfinished thompson sweep with this search space in "
                           f"{sweep_dir} or beside it: set hydra.sweep.dir to the sweep dir to resume"])
