@@ -1,10 +1,12 @@
+import re
 from pathlib import Path
 
 from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = {}
-exec((HERE / "hydra_plugins/hydra_awsbatch_launcher/__init__.py").read_text(), VERSION)
+# Read, not imported: the package imports its own modules, which a build environment may not have.
+INIT = (HERE / "hydra_plugins/hydra_awsbatch_launcher/__init__.py").read_text()
+VERSION = re.search(r'__version__ = "([^"]+)"', INIT)[1]
 
 # What the example app (train_model.py) needs; the container image installs these too.
 # s3fs[boto3] brings a boto3 that fits the botocore which s3fs's aiobotocore pins.
@@ -21,7 +23,7 @@ TEST = EXAMPLE + BO + [
 
 setup(
     name="hydra-awsbatch-launcher",
-    version=VERSION["__version__"],
+    version=VERSION,
     description="Hydra launcher that runs every config of a sweep as an AWS Batch job, and a sweeper that keeps "
                 "every worker busy with asynchronous Bayesian optimisation",
     long_description=(HERE / "README.md").read_text(),

@@ -312,7 +312,7 @@ def test_watcher_calls_per_round_for_1000_children(batch_resources, aws_env):
         before = len(counter.calls)
         executor.poll()
         per_round.append(len(counter.calls) - before)
-    assert all(s.state == "SUCCEEDED" for s in executor.states.values())
+    assert all(s.state == "SUCCEEDED" for s in executor.jobs.values())
     assert max(per_round) <= 1000 // 100 + 2, per_round
     assert per_round[-1] == 0  # once every child has ended, a round asks nothing
     assert counter.calls.count("DescribeJobs") <= 2  # one per round while it runs: the array parent
@@ -326,7 +326,7 @@ def test_watcher_outlasts_throttling(batch_resources, aws_env):
         states = executor.poll()
         if all(s.state in ("SUCCEEDED", "FAILED") for s in states):
             break
-    assert all(s.state == "SUCCEEDED" for s in executor.states.values())
+    assert all(s.state == "SUCCEEDED" for s in executor.jobs.values())
     assert counter.throttled >= 1
 
 

@@ -13,6 +13,7 @@ from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf, open_dict
 
+from hydra_plugins.hydra_awsbatch_launcher._compose import compose_batch
 from hydra_plugins.hydra_awsbatch_launcher.awsbatch_launcher import AwsBatchLocalLauncher
 
 pytestmark = pytest.mark.integration
@@ -68,7 +69,7 @@ def test_the_launcher_takes_what_the_sweeper_composed(sweep, tmp_path):
     for overrides in batch:  # what Hydra's sweeper does to check the batch (Sweeper.validate_batch_is_legal)
         loader.load_sweep_config(master_config=master, sweep_overrides=list(overrides))
     assert len(composed) == 8
-    configs = launcher.compose(batch, 0, tmp_path / "sweep")
+    configs = compose_batch(launcher.composer, master, batch, 0, tmp_path / "sweep")
     assert len(composed) == 8  # not one more
     for num, (overrides, config) in enumerate(zip(batch, configs)):
         assert OmegaConf.to_yaml(config) == expected(loader, master, overrides, num, tmp_path / "sweep")
@@ -81,18 +82,18 @@ def test_the_launcher_takes_what_the_sweeper_composed(sweep, tmp_path):
 def test_without_a_checking_sweeper_the_launcher_composes_itself(sweep, tmp_path):
     loader, master, batch, composed = sweep
     launcher = launcher_for(loader, master)
-    configs = launcher.compose(batch, 4, tmp_path / "sweep")
+    configs = compose_batch(launcher.composer, master, batch, 4, tmp_path / "sweep")
     assert len(composed) == 8
     assert OmegaConf.to_yaml(configs[3]) == expected(loader, master, batch[3], 7, tmp_path / "sweep")
 
 
 def test_long_composing_shows_progress(sweep, tmp_path, caplog, monkeypatch):
-    from hydra_plugins.hydra_awsbatch_launcher.awsbatch_launcher import ComposeOnce
+    from hydra_plugins.hydra_awsbatch_launcher._compose import ComposeOnce
 
     loader, master, batch, _ = sweep
     monkeypatch.setattr(ComposeOnce, "EVERY_S", 0.05)  # a note every 0.05 s instead of every 5 s
     launcher = launcher_for(loader, master)
     with caplog.at_level("INFO"):
-        launcher.compose(batch, 0, tmp_path / "sweep")
+        compose_batch(launcher.composer, master, batch, 0, tmp_path / "sweep")
     notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Composing configs:")]
     assert notes and "so far" in notes[-1] and "/s)" in notes[-1]

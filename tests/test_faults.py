@@ -17,7 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from hydra_plugins.hydra_awsbatch_launcher import _local_cloud, _stage
+from hydra_plugins.hydra_awsbatch_launcher import _local_cloud, _manifest, _package, _stage, _wire
 from tests.conftest import SLEEP_TASK, cli, manifest, run_like_a_container, wait_for
 
 pytestmark = pytest.mark.integration
@@ -177,11 +177,11 @@ def test_other_hydra_plugins_stay_out_of_the_payload(tmp_path, monkeypatch):
         config = compose("config", overrides=["hydra/sweeper=optuna", "hydra/launcher=aws_batch_local"],
                          return_hydra_config=True)
         state = Singleton.get_state()
-        _, before = _stage.pickled((state, [config]))
+        _, before = _wire.pickled((state, [config]))
         assert "hydra_plugins.hydra_optuna_sweeper.config" in before  # the failure this guards against
         _stage.without_foreign_plugins(state, [config])
-        _, after = _stage.pickled((state, [config]))
-    assert not [m for m in after if _stage.is_foreign_plugin(m)]
+        _, after = _wire.pickled((state, [config]))
+    assert not [m for m in after if _wire.is_foreign_plugin(m)]
     assert config.hydra.sweeper.direction == "minimize"  # the sweeper's settings stay readable, as plain values
     assert "hydra_plugins.hydra_awsbatch_launcher.config" in after or "hydra/launcher" in str(state)
 
@@ -284,13 +284,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra_plugins.hydra_awsbatch_launcher import _stage
+from hydra_plugins.hydra_awsbatch_launcher import _wire
 
 @dataclass
 class Result:
     loss: float
 
-result = _stage.load_result(Path(sys.argv[1]).read_bytes())
+result = _wire.load_result(Path(sys.argv[1]).read_bytes())
 value = result["job_return"].return_value
 print(type(value) is Result, value == Result(0.1))
 """
@@ -398,11 +398,11 @@ def test_a_failed_upload_still_leaves_a_result(app, launch, app_env, tmp_path):
         from pathlib import Path
 
         import hydra
-        from hydra_plugins.hydra_awsbatch_launcher import _stage
+        from hydra_plugins.hydra_awsbatch_launcher import _manifest
 
         @hydra.main(version_base=None, config_path=None)
         def main(cfg):
-            staging, first = _stage.Staging.of_payload(os.environ["HYDRA_AWSBATCH_PAYLOAD_URI"])
+            staging, first = _manifest.Staging.of_payload(os.environ["HYDRA_AWSBATCH_PAYLOAD_URI"])
             blocker = Path(staging.output(first))
             blocker.parent.mkdir(parents=True, exist_ok=True)
             blocker.write_text("not a folder")
@@ -426,7 +426,7 @@ def test_secrets_that_git_ignores_are_not_shipped(tmp_path):
     (tmp_path / ".gitignore").write_text("**/.env\n**/secrets/\n")
     for rel in ("app.py", ".env", "a/.env", "a/b/.env", "a/b/secrets/key.pem", "a/b/code.py"):
         (tmp_path / rel).write_text("x")
-    assert _stage.package_code(tmp_path).files == [".gitignore", "a/b/code.py", "app.py"]
+    assert _package.package_code(tmp_path).files == [".gitignore", "a/b/code.py", "app.py"]
 
 
 def test_a_nested_gitignore_overrides_its_parent_as_in_git(tmp_path):
@@ -435,7 +435,7 @@ def test_a_nested_gitignore_overrides_its_parent_as_in_git(tmp_path):
     (tmp_path / "sub/.gitignore").write_text("!keep.log\n")
     for rel in ("x.log", "sub/keep.log", "sub/y.log", "build", "sub/build", "app.py"):
         (tmp_path / rel).write_text("x")
-    assert _stage.package_code(tmp_path).files == [".gitignore", "app.py", "sub/.gitignore", "sub/build",
+    assert _package.package_code(tmp_path).files == [".gitignore", "app.py", "sub/.gitignore", "sub/build",
                                                     "sub/keep.log"]
 
 
@@ -443,7 +443,7 @@ def test_earlier_sweeps_do_not_nest_into_the_next_package(app, launch):
     app()
     first = launch("+x=1", LOCAL, "hydra.sweep.dir=runs/a")
     assert first.returncode == 0, first.stderr[-2000:]
-    package = _stage.package_code(app.folder)
+    package = _package.package_code(app.folder)
     assert package.files == ["my_app.py"]
     second = launch("+x=1", LOCAL, "hydra.sweep.dir=runs/b")
     assert "Code package of" in second.stdout and ": 1 files" in second.stdout
@@ -521,9 +521,9 @@ def test_local_jobs_stop_when_the_launcher_is_killed(app, app_env):
     parent.kill()  # SIGKILL: no handler runs in the launcher
     parent.wait()
     assert wait_for(lambda: not workers_of(app.folder), timeout=20), workers_of(app.folder)
-    results = [_stage.load_result(p.read_bytes()) for p in (app.folder / "sweep/.staging").rglob("result.pkl")]
+    results = [_wire.load_result(p.read_bytes()) for p in (app.folder / "sweep/.staging").rglob("result.pkl")]
     assert len(results) == 2
-    assert all(r["status"] == _stage.INTERRUPTED and "launching process died" in r["error"]["message"]
+    assert all(r["status"] == _wire.Outcome.INTERRUPTED and "launching process died" in r["error"]["message"]
                for r in results)
 
 
@@ -674,7 +674,7 @@ def test_attach_collects_without_importing_the_apps_modules_first(submitted, aws
 def test_one_corrupt_result_and_a_corrupt_payload_do_not_stop_attach(submitted, aws_env, tmp_path):
     sweep, _ = submitted
     record = manifest(sweep)
-    staging = _stage.Staging(record["staging_uri"], record["sweep_id"])
+    staging = _manifest.Staging(record["staging_uri"], record["sweep_id"])
     s3 = boto3.client("s3")
     bucket, _, key = staging.result(1)[len("s3://"):].partition("/")
     s3.put_object(Bucket=bucket, Key=key, Body=b"\x80\x04garbage")
@@ -692,7 +692,7 @@ def test_one_corrupt_result_and_a_corrupt_payload_do_not_stop_attach(submitted, 
 def test_an_s3_sweep_uri_with_or_without_the_file_name(submitted, aws_env, suffix):
     sweep, _ = submitted
     record = manifest(sweep)
-    uri = _stage.Staging(record["staging_uri"], record["sweep_id"]).sweep + suffix
+    uri = _manifest.Staging(record["staging_uri"], record["sweep_id"]).sweep + suffix
     proc = cli("status", uri, env=aws_env)
     assert proc.returncode == 0, proc.stderr
     assert f"sweep {record['sweep_id']}" in proc.stdout
@@ -743,6 +743,6 @@ def test_local_cloud_assets_ship_in_the_package(tmp_path):
 
 
 def test_pickled_payloads_name_their_modules():
-    data, modules = _stage.pickled({"a": _stage.Staging("x", "y")})
-    assert "hydra_plugins.hydra_awsbatch_launcher._stage" in modules
-    assert pickle.loads(data)["a"] == _stage.Staging("x", "y")
+    data, modules = _wire.pickled({"a": _manifest.Staging("x", "y")})
+    assert "hydra_plugins.hydra_awsbatch_launcher._manifest" in modules
+    assert pickle.loads(data)["a"] == _manifest.Staging("x", "y")

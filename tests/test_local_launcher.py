@@ -17,7 +17,7 @@ import boto3
 import pytest
 import yaml
 
-from hydra_plugins.hydra_awsbatch_launcher import _stage
+from hydra_plugins.hydra_awsbatch_launcher import _manifest, _wire
 from tests.conftest import manifest
 
 pytestmark = pytest.mark.integration
@@ -176,9 +176,9 @@ def test_reserved_environment_names_are_refused_before_staging(run_script, tmp_p
 
 
 def test_worker_refuses_a_payload_from_another_python(tmp_path, app_env):
-    staging = _stage.Staging(str(tmp_path / "staging"), "s1")
-    data, _ = _stage.dump_payload({"code_uri": "unused", "code_root": "/", "sync_outputs": True},
-                                  _stage.PayloadBody("never", "unpickled", {}, []))
+    staging = _manifest.Staging(str(tmp_path / "staging"), "s1")
+    data, _ = _wire.dump_payload({"code_uri": "unused", "code_root": "/", "sync_outputs": True},
+                                  _wire.PayloadBody("never", "unpickled", {}, []))
     payload = pickle.loads(data)
     payload["header"]["versions"]["python"] = "3.8.10"
     Path(staging.payload(4)).parent.mkdir(parents=True)
@@ -188,10 +188,10 @@ def test_worker_refuses_a_payload_from_another_python(tmp_path, app_env):
     proc = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    result = _stage.load_result(Path(staging.result(5)).read_bytes())
-    assert result["status"] == _stage.FAILED and result["num"] == 5
+    result = _wire.load_result(Path(staging.result(5)).read_bytes())
+    assert result["status"] == _wire.Outcome.FAILED and result["num"] == 5
     assert "Python 3.8.10 made the sweep" in result["error"]["message"]
-    assert f"Python {_stage.versions()['python']}" in result["error"]["message"]
+    assert f"Python {_wire.versions()['python']}" in result["error"]["message"]
 
 
 def test_worker_without_a_payload_says_what_is_missing(app_env):
@@ -231,8 +231,8 @@ def test_ctrl_c_stops_every_job_and_records_it(tmp_path, app_env):
     assert [j["state"] for j in jobs] == ["FAILED"] * 3
     assert all(j["reason"] == "interrupted by the user" for j in jobs)
     for num in (0, 1):  # the two that ran were stopped with SIGTERM and said so
-        result = _stage.load_result(next((app / "sweep/.staging/sweeps").glob(f"*/{num}/result.pkl")).read_bytes())
-        assert result["status"] == _stage.INTERRUPTED
+        result = _wire.load_result(next((app / "sweep/.staging/sweeps").glob(f"*/{num}/result.pkl")).read_bytes())
+        assert result["status"] == _wire.Outcome.INTERRUPTED
     leftover = subprocess.run(["pgrep", "-f", "hydra_awsbatch_launcher.worker"], capture_output=True, text=True)
     assert not [pid for pid in leftover.stdout.split() if os.path.exists(f"/proc/{pid}")
                 and str(app) in os.readlink(f"/proc/{pid}/cwd")]

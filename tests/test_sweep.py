@@ -11,7 +11,10 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage, _sweep
+from hydra_plugins.hydra_awsbatch_launcher import _errors, _manifest, _storage, _sweep, _wire
+from hydra_plugins.hydra_awsbatch_launcher._executor import JobInfo
+from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, BatchState
+from hydra_plugins.hydra_awsbatch_launcher._stage import StagedBatch
 from tests.conftest import SLEEP_TASK, keep_busy, refill_gaps
 
 
@@ -21,33 +24,33 @@ class ScriptedExecutor:
 
     poll_interval_s = 0.01
 
-    def __init__(self, staging: _stage.Staging, scripts: dict[int, list[str]], no_result=(), corrupt=()):
+    def __init__(self, staging: _manifest.Staging, scripts: dict[int, list[str]], no_result=(), corrupt=()):
         self.staging, self.scripts = staging, scripts
         self.no_result, self.corrupt = set(no_result), set(corrupt)
-        self.states: dict[int, _sweep.JobState] = {}
+        self.jobs: dict[int, JobInfo] = {}
         self.polls = 0
         self.terminated: list[tuple[str, bool]] = []
 
-    def submit(self, payload_uri: str, first: int, size: int) -> list[_stage.Array]:
+    def submit(self, payload_uri: str, first: int, size: int) -> list[_manifest.Array]:
         for num in range(first, first + size):
-            self.states[num] = _sweep.JobState(num, state=_sweep.SUBMITTED, job_id=f"fake-{num}")
-        return [_stage.Array(f"fake-{first}", first, size)]
+            self.jobs[num] = JobInfo(num, state=BatchState.SUBMITTED, job_id=f"fake-{num}")
+        return [_manifest.Array(f"fake-{first}", first, size)]
 
-    def poll(self) -> list[_sweep.JobState]:
+    def poll(self) -> list[JobInfo]:
         self.polls += 1
-        for num, state in self.states.items():
+        for num, info in self.jobs.items():
             script = self.scripts[num]
-            if state.state in _sweep.FINAL or not script:
+            if info.state in FINAL or not script:
                 continue
-            state.state = script.pop(0)
-            if state.state == _sweep.RUNNING:
-                state.started = time.time()
-            if state.state in _sweep.FINAL:
-                state.stopped, state.exit_code = time.time(), 0 if state.state == _sweep.SUCCEEDED else 137
-                self.write_result(num, state.state)
-        return list(self.states.values())
+            info.state = script.pop(0)
+            if info.state == BatchState.RUNNING:
+                info.started = time.time()
+            if info.state in FINAL:
+                info.stopped, info.exit_code = time.time(), 0 if info.state == BatchState.SUCCEEDED else 137
+                self.write_result(num)
+        return list(self.jobs.values())
 
-    def write_result(self, num: int, state: str) -> None:
+    def write_result(self, num: int) -> None:
         if num in self.no_result:
             return
         if num in self.corrupt:
@@ -55,54 +58,57 @@ class ScriptedExecutor:
             return
         ret = JobReturn(status=JobStatus.COMPLETED, _return_value=num * 10, overrides=[f"x={num}"],
                         hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": "remote"}}}))
-        pickled, _ = _stage.pickle_job_return(ret)
-        _storage.write_bytes(self.staging.result(num), _stage.dump_result(_stage.SUCCEEDED, pickled, num=num,
-                                                                           exit_code=0))
+        pickled, _ = _wire.pickle_job_return(ret)
+        _storage.write_bytes(self.staging.result(num), _wire.dump_result(_wire.Outcome.SUCCEEDED, pickled, num=num,
+                                                                          exit_code=0))
 
     def terminate(self, reason: str, force: bool = False) -> int:
         self.terminated.append((reason, force))
-        unfinished = [s for s in self.states.values() if s.state not in _sweep.FINAL]
-        for state in unfinished:
-            state.state, state.reason = _sweep.FAILED, reason
+        unfinished = [s for s in self.jobs.values() if s.state not in FINAL]
+        for info in unfinished:
+            info.state, info.reason = BatchState.FAILED, reason
         return len(unfinished)
 
     def stuck(self) -> dict[str, int]:
         return {}
 
     def failure_details(self, nums: list[int], log_group: str) -> dict[int, str]:
-        return {num: f"exit code {self.states[num].exit_code}; the log's last line" for num in nums}
+        return {num: f"exit code {self.jobs[num].exit_code}; the log's last line" for num in nums}
 
     def forced_stop_note(self, sweep: str) -> str:
         return "forced"
 
+    def adopt(self, arrays) -> bool:
+        return False
 
-def job_config(num: int):
-    """A job's config, as much of it as the engine reads."""
-    return OmegaConf.create({"x": num, "hydra": {"job": {"num": num, "name": "app"},
-                                                 "overrides": {"task": [f"x={num}"]}}})
+
+def staged(first: int, size: int = 1) -> StagedBatch:
+    """A batch as the stage step returns it, with as much of each job's config as the engine reads."""
+    configs = [OmegaConf.create({"x": num, "hydra": {"job": {"num": num, "name": "app"},
+                                                     "overrides": {"task": [f"x={num}"]}}})
+               for num in range(first, first + size)]
+    return StagedBatch(first, f"payload-{first}", "code", configs, [str(c.x) for c in configs])
 
 
 @pytest.fixture
 def make_sweep(tmp_path):
     def make(scripts: dict[int, list[str]], **kwargs) -> tuple[_sweep.Sweep, ScriptedExecutor]:
-        manifest = _stage.Manifest("s1", str(tmp_path / "staging"), str(tmp_path / "sweep"), "Fake",
-                                   settings={"log_group": "g"})
-        manifest.batches.append(_stage.BatchRecord(0, len(scripts), "payload"))
-        for num in scripts:
-            manifest.jobs.append(_stage.JobRecord(num, [f"x={num}"], str(num), _sweep.STAGED))
-        executor = ScriptedExecutor(_stage.Staging(manifest.staging_uri, "s1"), scripts, **kwargs)
+        manifest = _manifest.Manifest("s1", str(tmp_path / "staging"), str(tmp_path / "sweep"), "Fake",
+                                      settings={"log_group": "g"})
+        executor = ScriptedExecutor(manifest.staging, scripts, **kwargs)
         return _sweep.Sweep(manifest, executor, live=False), executor
 
     return make
 
 
 pytestmark = pytest.mark.unit
-RUN = [_sweep.RUNNABLE, _sweep.RUNNING]
+RUN = [BatchState.RUNNABLE, BatchState.RUNNING]
 
 
 def test_each_future_resolves_when_its_job_ends(make_sweep):
-    sweep, executor = make_sweep({0: [*RUN, *[_sweep.RUNNING] * 30, _sweep.SUCCEEDED], 1: [*RUN, _sweep.SUCCEEDED]})
-    futures = sweep.submit([job_config(0), job_config(1)], "payload", 0)
+    sweep, executor = make_sweep({0: [*RUN, *[BatchState.RUNNING] * 30, BatchState.SUCCEEDED],
+                                  1: [*RUN, BatchState.SUCCEEDED]})
+    futures = sweep.submit(staged(0, 2))
     done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
     assert done == {futures[1]} and not futures[0].done()  # the short job first, the long one still running
     assert futures[1].result().return_value == 10
@@ -112,15 +118,15 @@ def test_each_future_resolves_when_its_job_ends(make_sweep):
         ("SUCCEEDED", 0, "0", "fake-0"), ("SUCCEEDED", 0, "10", "fake-1")]
     assert all(j.submitted <= j.started <= j.stopped for j in jobs)
     assert sweep.manifest.batches[0].batch_job_ids == ["fake-0"]
-    saved = _stage.Manifest.from_json((Path(sweep.manifest.sweep_dir) / "manifest.json").read_text())
+    saved = _manifest.Manifest.from_json((Path(sweep.manifest.sweep_dir) / "manifest.json").read_text())
     assert [j.state for j in saved.jobs] == ["SUCCEEDED", "SUCCEEDED"]
 
 
 def test_a_job_without_a_result_comes_back_failed_with_the_executors_details(make_sweep):
-    sweep, _ = make_sweep({0: [*RUN, _sweep.FAILED], 1: [*RUN, _sweep.SUCCEEDED]}, no_result=[0])
-    first, second = sweep.wait(sweep.submit([job_config(0), job_config(1)], "payload", 0))
+    sweep, _ = make_sweep({0: [*RUN, BatchState.FAILED], 1: [*RUN, BatchState.SUCCEEDED]}, no_result=[0])
+    first, second = sweep.wait(sweep.submit(staged(0, 2)))
     assert first.status == JobStatus.FAILED and second.status == JobStatus.COMPLETED
-    assert isinstance(first._return_value, _stage.RemoteJobError)
+    assert isinstance(first._return_value, _errors.RemoteJobError)
     assert "job #0 ended without a result. exit code 137; the log's last line" in str(first._return_value)
     job = sweep.manifest.job(0)
     assert (job.state, job.exit_code) == ("FAILED", 137)
@@ -128,16 +134,16 @@ def test_a_job_without_a_result_comes_back_failed_with_the_executors_details(mak
 
 
 def test_a_corrupt_result_fails_its_job_alone(make_sweep):
-    sweep, _ = make_sweep({0: [*RUN, _sweep.SUCCEEDED], 1: [*RUN, _sweep.SUCCEEDED]}, corrupt=[0])
-    first, second = sweep.wait(sweep.submit([job_config(0), job_config(1)], "payload", 0))
+    sweep, _ = make_sweep({0: [*RUN, BatchState.SUCCEEDED], 1: [*RUN, BatchState.SUCCEEDED]}, corrupt=[0])
+    first, second = sweep.wait(sweep.submit(staged(0, 2)))
     assert first.status == JobStatus.FAILED and "result object is unreadable" in str(first._return_value)
     assert second.return_value == 10
     assert [j.state for j in sweep.manifest.jobs] == ["FAILED", "SUCCEEDED"]  # it ran; what it made did not return
 
 
 def test_stop_terminates_and_fails_what_is_pending(make_sweep):
-    sweep, executor = make_sweep({0: [*RUN] + [_sweep.RUNNING] * 10_000, 1: [*RUN, _sweep.SUCCEEDED]})
-    futures = sweep.submit([job_config(0), job_config(1)], "payload", 0)
+    sweep, executor = make_sweep({0: [*RUN] + [BatchState.RUNNING] * 10_000, 1: [*RUN, BatchState.SUCCEEDED]})
+    futures = sweep.submit(staged(0, 2))
     futures[1].result(timeout=10)
     assert sweep.stop(_sweep.INTERRUPTED_REASON) == 1
     assert executor.terminated == [(_sweep.INTERRUPTED_REASON, False)]
@@ -147,28 +153,32 @@ def test_stop_terminates_and_fails_what_is_pending(make_sweep):
 
 
 def test_an_executor_error_reaches_every_waiting_caller(make_sweep):
-    sweep, executor = make_sweep({0: [*RUN, *[_sweep.RUNNING] * 5]})
+    sweep, executor = make_sweep({0: [*RUN, *[BatchState.RUNNING] * 5]})
 
     def broken():
         raise RuntimeError("Batch is unreachable")
 
-    futures = sweep.submit([job_config(0)], "payload", 0)
+    futures = sweep.submit(staged(0))
     executor.poll = broken
     with pytest.raises(RuntimeError, match="Batch is unreachable"):
         futures[0].result(timeout=10)
 
 
 def test_jobs_added_while_others_run_join_the_same_watch(make_sweep):
-    scripts = {n: [*RUN, *[_sweep.RUNNING] * (3 * n), _sweep.SUCCEEDED] for n in range(6)}
+    scripts = {n: [*RUN, *[BatchState.RUNNING] * (3 * n), BatchState.SUCCEEDED] for n in range(6)}
     sweep, executor = make_sweep(scripts)
-    for num in range(6):
-        sweep.manifest.batches.append(_stage.BatchRecord(num, 1, f"payload-{num}"))
-    futures = sweep.submit([job_config(0), job_config(1)], "payload", 0)
-    for num in range(2, 6):  # one at a time, as a worker frees up
+    futures = sweep.submit(staged(0, 2))
+    watchers = {sweep.watcher}
+    for num in range(2, 6):  # one at a time, as a worker frees up (the job before it is still running)
         concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
-        futures += sweep.submit([job_config(num)], f"payload-{num}", num)
+        futures += sweep.submit(staged(num))
+        watchers.add(sweep.watcher)
     assert [r.return_value for r in sweep.wait(futures)] == [0, 10, 20, 30, 40, 50]
-    assert sweep.watcher is None or not sweep.watcher.is_alive() or not sweep.pending
+    assert len(watchers) == 1  # one watcher thread served every job
+    sweep.watcher.join(timeout=5)
+    assert not sweep.watcher.is_alive() and not sweep.pending  # and it ended with the last one
+    assert [b.first for b in sweep.manifest.batches] == [0, 2, 3, 4, 5]
+    assert [j.num for j in sweep.manifest.jobs] == list(range(6))
 
 
 # ------------------------------------------------------------------------------ launch_async, for real
@@ -179,7 +189,7 @@ def test_launch_async_keeps_every_worker_busy(inprocess_launcher, tmp_path):
     seconds = [round(0.1 + (n * 7 % 20) / 10, 1) for n in range(20)]  # 0.1 s to 2.0 s
     returns = keep_busy(launcher, seconds, workers=4)
     assert [r.return_value for r in returns] == seconds
-    record = _stage.Manifest.from_json((tmp_path / "sweep/manifest.json").read_text())
+    record = _manifest.Manifest.from_json((tmp_path / "sweep/manifest.json").read_text())
     assert len({b.payload_uri for b in record.batches}) == 17  # one payload per launch_async call
     assert len(list((tmp_path / "sweep/.staging/code").iterdir())) == 1  # one code package for them all
     jobs = [vars(j) for j in record.jobs]
@@ -195,26 +205,29 @@ def test_launch_async_keeps_every_worker_busy(inprocess_launcher, tmp_path):
 
 # ------------------------------------------------------------------------------------------- the house
 PACKAGE = Path(_sweep.__file__).parent
+SWEEPER = PACKAGE.parent / "hydra_thompson_sweeper"
+LAUNCHER_PACKAGE = "hydra_plugins.hydra_awsbatch_launcher"
+
+
+def imports_of(path: Path, package: str = LAUNCHER_PACKAGE) -> set[str]:
+    """Which modules of `package` the file imports (at the top or inside a function)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == package:
+                names |= {alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists()}
+            elif node.module.startswith(package + "."):
+                names.add(node.module.rsplit(".", 1)[1])
+        elif isinstance(node, ast.Import):
+            names |= {a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith(package + ".")}
+    return names
 
 
 def plugin_imports() -> dict[str, set[str]]:
-    """Which of the plugin's modules each one imports (at the top or inside a function)."""
-    import ast
-
-    graph = {}
-    for path in PACKAGE.glob("*.py"):
-        names = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                if node.module == "hydra_plugins.hydra_awsbatch_launcher":
-                    names |= {alias.name for alias in node.names}
-                elif node.module.startswith("hydra_plugins.hydra_awsbatch_launcher."):
-                    names.add(node.module.rsplit(".", 1)[1])
-            elif isinstance(node, ast.Import):
-                names |= {a.name.rsplit(".", 1)[1] for a in node.names
-                          if a.name.startswith("hydra_plugins.hydra_awsbatch_launcher.")}
-        graph[path.stem] = names - {path.stem}
-    return graph
+    """Which of the plugin's modules each one imports."""
+    return {path.stem: imports_of(path) - {path.stem} for path in PACKAGE.glob("*.py")}
 
 
 def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
@@ -229,14 +242,46 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_the_import_graph_has_no_cycles_and_each_concern_one_owner():
     graph = plugin_imports()
-    assert {"_sweep", "_batch", "_local", "_stage", "cli", "awsbatch_launcher"} <= set(graph)
+    steps = {"_compose", "_package", "_wire", "_manifest", "_stage", "_executor", "_sweep", "_collect", "_batch",
+             "_local", "cli", "awsbatch_launcher", "async_api", "worker"}
+    assert steps <= set(graph)
     cycles = [name for name in graph if name in reachable(graph, name)]
     assert not cycles, {name: graph[name] for name in cycles}
     assert "awsbatch_launcher" not in reachable(graph, "cli")  # the CLI opens sweeps through the engine
-    assert "_local" not in reachable(graph, "_batch")
+    assert "_local" not in reachable(graph, "_batch") and "_batch" not in reachable(graph, "_local")
+    assert not {"_sweep", "_stage", "awsbatch_launcher"} & (reachable(graph, "_batch") | reachable(graph, "_local"))
+    assert not {"_sweep", "_stage", "_collect", "awsbatch_launcher", "_batch"} & reachable(graph, "worker")
     boto = [path.stem for path in PACKAGE.glob("*.py") if "batch.meta" not in path.read_text()
             and ("client(\"batch\"" in path.read_text() or "client('batch'" in path.read_text())]
     assert boto in ([], ["_batch"])  # Batch is called from _batch.py alone
+
+
+def test_the_thompson_sweeper_reaches_launchers_through_the_public_contract_only():
+    private = {path.name: sorted(m for m in imports_of(path) if m.startswith("_")) for path in SWEEPER.glob("*.py")}
+    assert not any(private.values()), private
+    assert {path.name: imports_of(path) for path in SWEEPER.glob("*.py")}["thompson_sweeper.py"] == {"async_api"}
+    assert not [path.name for path in SWEEPER.glob("*.py") if "manifest" in path.read_text()]
+
+
+def test_only_the_engine_writes_the_manifest():
+    """No module but the engine (and the manifest's own) assigns a field of a manifest or its records, makes
+    one, extends, saves or locks it."""
+    import ast
+
+    writers = set()
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            if any(isinstance(t, (ast.Attribute, ast.Subscript)) and "manifest" in ast.unparse(t.value).lower()
+                   for t in targets):
+                writers.add(path.stem)
+            if isinstance(node, ast.Call):
+                call = ast.unparse(node.func)
+                if call.endswith(("Manifest", "_manifest.lock", ".add_batch")) or (
+                        call.endswith(".save") and "manifest" in call):
+                    writers.add(path.stem)
+    assert writers - {"_manifest"} == {"_sweep"}, writers
 
 
 @pytest.mark.integration
@@ -260,7 +305,7 @@ def test_one_describe_call_per_100_jobs_in_flight(batch_resources, aws_env):
     api.batch.meta.events.register("before-call.batch.*", lambda model, **kw: calls.append(model.name))
     executor.poll()
     assert calls == ["DescribeJobs", "DescribeJobs"]  # ceil(150 / 100), and no ListJobs for plain jobs
-    assert {s.state for s in executor.states.values()} == {_sweep.SUCCEEDED}
+    assert {s.state for s in executor.jobs.values()} == {BatchState.SUCCEEDED}
     calls.clear()
     executor.poll()
     assert calls == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import json
 import math
 import re
 import subprocess
@@ -17,7 +18,7 @@ import yaml
 
 from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
 from hydra_plugins.hydra_thompson_sweeper._space import SweepError, search_space
-from hydra_plugins.hydra_thompson_sweeper._trials import FAILED, STATE, Trial
+from hydra_plugins.hydra_thompson_sweeper._trials import STATE, Trial, TrialStatus
 from hydra_plugins.hydra_thompson_sweeper.config import ThompsonSweeperConf
 from hydra_plugins.hydra_thompson_sweeper.thompson_sweeper import ThompsonSweeper
 from tests.conftest import manifest, refill_gaps
@@ -141,7 +142,27 @@ def test_proposals_respect_bounds_steps_and_choices_and_repeat_for_a_seed():
         assert isinstance(p["hidden"], int) and 32 <= p["hidden"] <= 512 and p["hidden"] % 32 == 0
         assert p["frac"] in (0.1, 0.2, 0.3, 0.4)
         assert p["model"] in ("mlp", "cnn", "rnn")
-    assert min(loss(p) for p in runs[0][4:]) < min(loss(p) for p in runs[0][:4])  # the GP found better ones
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_gp_finds_better_points_than_random_search_on_the_same_budget(seed):
+    """16 trials on a smooth 2-D bowl, 4 of them Sobol points: Thompson sampling's best is 10 times closer to
+    the minimum than random search's (measured: 30 to 5,000 times, over 5 seeds)."""
+    space = Space([Dimension.interval("x", 0, 1), Dimension.interval("y", 0, 1)])
+
+    def bowl(p):
+        return (p["x"] - 0.3) ** 2 + (p["y"] - 0.7) ** 2
+
+    best = {}
+    for algorithm in ("asy_ts", "asy_random"):
+        opt = Optimizer(space, algorithm=algorithm, n_initial=4, refit_every=5, seed=seed)
+        proposals = []
+        for _ in range(16):
+            proposals.append(opt.propose(pending=proposals[-2:]))
+            opt.observe(proposals[-1], bowl(proposals[-1]))
+        best[algorithm] = min(bowl(p) for p in proposals)
+    assert best["asy_ts"] < best["asy_random"] / 10, best
 
 
 @pytest.mark.unit
@@ -205,7 +226,7 @@ def test_a_failed_trial_is_recorded_and_not_observed(status, value, error):
     opt = Optimizer(MIXED)
     trial = Trial(0, 0, {"lr": 0.01, "hidden": 64, "frac": 0.1, "model": "mlp"})
     sweeper.record(trial, finished_job(status, value), opt)
-    assert (trial.status, trial.error, trial.value) == (FAILED, error, None)
+    assert (trial.status, trial.error, trial.value) == (TrialStatus.FAILED, error, None)
     assert opt.observations == []
     sweeper.record(trial, finished_job("COMPLETED", {"loss": 0.5}), opt)
     assert [o.value for o in opt.observations] == [0.5]
@@ -250,10 +271,16 @@ def test_the_basic_launcher_runs_batches_and_resume_reuses_finished_trials(sweep
 
 @pytest.mark.integration
 def test_max_minutes_stops_new_trials_and_lets_those_in_flight_end(sweep_app):
-    sweep_app("hydra.sweeper.n_trials=1000", "hydra.sweeper.n_workers=1", "hydra.sweeper.max_minutes=0.05",
-              "+seconds=0.5", "hydra.sweep.dir=sweep")
-    trials = trials_csv(sweep_app.app / "sweep")
-    assert 1 <= len(trials) < 100 and {t["status"] for t in trials} == {"completed"}
+    """Two workers of aws_batch_local, trials of 1 to 6 s (and a Python start), 1.2 s to propose in: the two
+    trials in flight when time is up run to their end, and no trial starts after it."""
+    sweep_app("hydra/launcher=aws_batch_local", "hydra.sweeper.n_trials=1000", "hydra.sweeper.n_workers=2",
+              "hydra.sweeper.max_minutes=0.02", "+seconds=5", "hydra.sweep.dir=sweep")
+    state = json.loads((sweep_app.app / "sweep" / STATE).read_text())
+    deadline = state["created"] + 0.02 * 60
+    trials = state["trials"]
+    assert len(trials) >= 2 and {t["status"] for t in trials} == {"completed"}
+    assert max(t["submitted"] for t in trials) < deadline + 0.5  # nothing new once time is up
+    assert sum(t["submitted"] < deadline < t["ended"] for t in trials) >= 2  # in flight then, and ended since
 
 
 @pytest.mark.integration
@@ -296,7 +323,8 @@ def test_every_worker_stays_busy_on_aws_batch_local(sweep_app):
     assert results["best_value"] == float(best["value"]) and results["name"] == "thompson"
     assert set(results["best_params"]) == {"+x", "+n", "+kind"}
     assert (sweep / "convergence.png").stat().st_size > 10_000
-    assert (sweep / STATE).exists()
+    staged = sweep / ".staging" / "sweeps" / manifest(sweep)["sweep_id"] / STATE  # the launcher keeps a copy
+    assert staged.read_text() == (sweep / STATE).read_text()
 
 
 @pytest.mark.integration

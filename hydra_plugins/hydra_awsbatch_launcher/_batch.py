@@ -16,17 +16,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hydra_plugins.hydra_awsbatch_launcher import worker
-from hydra_plugins.hydra_awsbatch_launcher._stage import Array
-from hydra_plugins.hydra_awsbatch_launcher._sweep import (
-    FAILED,
-    FINAL,
-    RUNNABLE,
-    RUNNING,
-    STARTING,
-    SUBMITTED,
-    SUCCEEDED,
-    JobState,
-)
+from hydra_plugins.hydra_awsbatch_launcher._executor import JobInfo
+from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, Array, BatchState
 from hydra_plugins.hydra_awsbatch_launcher.config import DEFAULT_LOG_GROUP
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
@@ -40,6 +31,8 @@ DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "t
                      "AWS_SESSION_TOKEN": "testing"}
 REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")  # us-east-1, ap-southeast-2, us-gov-west-1
 MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 128, 256  # Batch's limits per job
+# The states whose count in an array's statusSummary, when it grows, is worth listing the children for.
+GROWING = (BatchState.RUNNABLE, BatchState.STARTING, BatchState.RUNNING, BatchState.SUCCEEDED, BatchState.FAILED)
 STACK_OUTPUTS = {"job_queue": "JobQueue", "job_definition": "JobDefinition", "staging_uri": "StagingUri",
                  "log_group": "LogGroup"}
 
@@ -308,7 +301,7 @@ class BatchExecutor:
         self.api, self.request_for = api, request_for
         self.arrays: list[Array] = []
         self.summaries: dict[str, dict] = {}  # array job id -> the statusSummary last listed
-        self.states: dict[int, JobState] = {}
+        self.jobs: dict[int, JobInfo] = {}
         self.base_interval = self.interval = poll_interval_s
         self.failures = 0
 
@@ -318,7 +311,7 @@ class BatchExecutor:
             self.arrays.append(array)
             for i in range(array.size):
                 job_id = f"{array.job_id}:{i}" if array.size > 1 else array.job_id
-                self.states[array.first + i] = JobState(array.first + i, state=SUBMITTED, job_id=job_id)
+                self.jobs[array.first + i] = JobInfo(array.first + i, state=BatchState.SUBMITTED, job_id=job_id)
 
     def adopt(self, arrays: list[Array]) -> bool:
         self.add(arrays)  # Batch jobs outlive the process that submitted them
@@ -335,16 +328,16 @@ class BatchExecutor:
     def active(self) -> list[Array]:
         """The arrays with a job not yet final: the only ones a poll round describes."""
         return [a for a in self.arrays
-                if any(self.states[n].state not in FINAL for n in range(a.first, a.first + a.size))]
+                if any(self.jobs[n].state not in FINAL for n in range(a.first, a.first + a.size))]
 
     @property
     def poll_interval_s(self) -> float:
         return self.interval
 
-    def poll(self) -> list[JobState]:
+    def poll(self) -> list[JobInfo]:
         from botocore.exceptions import ClientError
 
-        before = {num: s.state for num, s in self.states.items()}
+        before = {num: s.state for num, s in self.jobs.items()}
         try:
             self._poll()
             self.failures = 0
@@ -354,12 +347,12 @@ class BatchExecutor:
             self.failures += 1  # botocore's own retries ran out: back off harder, with jitter
             self.interval = min(60.0, self.base_interval * 2 ** self.failures) * random.uniform(0.5, 1.0)
             log.warning("Batch is throttling the watcher; next poll in %.1f s", self.interval)
-            return list(self.states.values())
-        changed = any(self.states[n].state != before[n] for n in self.states)
+            return list(self.jobs.values())
+        changed = any(self.jobs[n].state != before[n] for n in self.jobs)
         # Quiet rounds stretch the interval, to at most 4 times the first: a job that ends is seen within that,
         # and a sweeper refilling its workers (launch_async) waits no longer.
         self.interval = self.base_interval if changed else min(self.interval * 1.5, 4 * self.base_interval)
-        return list(self.states.values())
+        return list(self.jobs.values())
 
     def _poll(self) -> None:
         active = self.active()
@@ -374,7 +367,7 @@ class BatchExecutor:
             summary = parent.get("arrayProperties", {}).get("statusSummary", {})
             before = self.summaries.get(array.job_id, {})
             grown = [s for s, n in summary.items() if n > before.get(s, 0)
-                     and s in (RUNNABLE, STARTING, RUNNING, SUCCEEDED, FAILED)]
+                     and s in GROWING]
             for status in grown:
                 for child in self.api.children(array.job_id, status):
                     index = int(child["jobId"].rsplit(":", 1)[1])
@@ -382,28 +375,28 @@ class BatchExecutor:
             self.summaries[array.job_id] = summary  # only once every grown state was listed: a throttle retries
 
     def _update(self, num: int, job: dict) -> None:
-        state = self.states[num]
-        if state.state in FINAL:
+        info = self.jobs[num]
+        if info.state in FINAL:
             return
         container = job.get("container", {})
-        state.state = job["status"]
-        state.reason = job.get("statusReason", "") or container.get("reason", "")
-        state.exit_code = container.get("exitCode")
-        state.started = job["startedAt"] / 1000 if job.get("startedAt") else state.started
-        state.stopped = job["stoppedAt"] / 1000 if job.get("stoppedAt") else state.stopped
+        info.state = BatchState(job["status"])
+        info.reason = job.get("statusReason", "") or container.get("reason", "")
+        info.exit_code = container.get("exitCode")
+        info.started = job["startedAt"] / 1000 if job.get("startedAt") else info.started
+        info.stopped = job["stoppedAt"] / 1000 if job.get("stoppedAt") else info.stopped
 
     def stuck(self) -> dict[str, int]:
         """statusReason -> count for jobs held in RUNNABLE (one ListJobs call per array that has any)."""
         reasons: dict[str, int] = {}
         for array in self.arrays:
-            waiting = [s for n, s in self.states.items() if array.first <= n < array.first + array.size
-                       and s.state == RUNNABLE]
+            waiting = [s for n, s in self.jobs.items() if array.first <= n < array.first + array.size
+                       and s.state == BatchState.RUNNABLE]
             if not waiting:
                 continue
             if array.size == 1:
                 found = self.api.describe([array.job_id])
             else:
-                found = self.api.children(array.job_id, RUNNABLE, max_results=100)
+                found = self.api.children(array.job_id, BatchState.RUNNABLE, max_results=100)
             for job in found:
                 if job.get("statusReason"):
                     reasons[job["statusReason"]] = reasons.get(job["statusReason"], 0) + 1
@@ -412,18 +405,18 @@ class BatchExecutor:
     def terminate(self, reason: str, force: bool = False) -> int:
         """Terminate every unfinished job: the array parents first (Batch ends their children), then any
         child still unfinished. `force` (a second Ctrl-C): stop waiting; what was asked stands."""
-        unfinished = [s for s in self.states.values() if s.state not in FINAL]
+        unfinished = [s for s in self.jobs.values() if s.state not in FINAL]
         if not unfinished:
             return 0
         if not force:
             self.api.terminate([a.job_id for a in self.active()], reason)
             self._poll()
-            left = [s.job_id for s in self.states.values() if s.state not in FINAL and ":" in s.job_id]
+            left = [s.job_id for s in self.jobs.values() if s.state not in FINAL and ":" in s.job_id]
             self.api.terminate(left, reason)
             self._poll()
-        for s in self.states.values():
+        for s in self.jobs.values():
             if s.state not in FINAL:  # Batch will end it; we stop waiting
-                s.state, s.reason = FAILED, reason
+                s.state, s.reason = BatchState.FAILED, reason
         return len(unfinished)
 
     @staticmethod
@@ -434,15 +427,15 @@ class BatchExecutor:
         """For jobs that ended without a result: Batch's reason, the container's exit code and reason, and
         the tail of the CloudWatch log stream (the only CloudWatch calls of a sweep)."""
         details = {}
-        jobs = {job["jobId"]: job for job in self.api.describe([self.states[n].job_id for n in nums])}
+        jobs = {job["jobId"]: job for job in self.api.describe([self.jobs[n].job_id for n in nums])}
         for num in nums:
-            job = jobs.get(self.states[num].job_id, {})
+            job = jobs.get(self.jobs[num].job_id, {})
             container = job.get("container", {})
             attempts = job.get("attempts") or [{}]
             stream = container.get("logStreamName") or attempts[-1].get("container", {}).get("logStreamName")
-            text = [f"Batch status: {job.get('status', self.states[num].state)}; "
-                    f"statusReason: {job.get('statusReason') or self.states[num].reason or '-'}; "
-                    f"exit code: {container.get('exitCode', self.states[num].exit_code)}; "
+            text = [f"Batch status: {job.get('status', self.jobs[num].state)}; "
+                    f"statusReason: {job.get('statusReason') or self.jobs[num].reason or '-'}; "
+                    f"exit code: {container.get('exitCode', self.jobs[num].exit_code)}; "
                     f"container reason: {container.get('reason') or '-'}"]
             if stream:
                 group, tail = self.api.find_log_tail(_log_groups(job, log_group), stream, lines)

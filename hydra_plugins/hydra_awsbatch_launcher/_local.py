@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra_plugins.hydra_awsbatch_launcher._stage import Array
-from hydra_plugins.hydra_awsbatch_launcher._sweep import FAILED, FINAL, RUNNABLE, RUNNING, SUCCEEDED, JobState
+from hydra_plugins.hydra_awsbatch_launcher._executor import JobInfo
+from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, Array, BatchState
 from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE, ENV_PARENT_PID, ENV_PAYLOAD_URI, MODULE
 
 
 @dataclass
 class _Process:
-    state: JobState
+    info: JobInfo
     env: dict
     popen: subprocess.Popen | None = None
     log: object = field(default=None, repr=False)
@@ -58,7 +58,7 @@ class LocalExecutor:
             if size > 1:
                 env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
             log_path = self.log_dir / f"{first_num + index}.log"
-            self._jobs.append(_Process(JobState(first_num + index, job_id=job_id, log_path=str(log_path)), env))
+            self._jobs.append(_Process(JobInfo(first_num + index, job_id=job_id, log_path=str(log_path)), env))
         return [Array(array_id, first_num, size)]
 
     poll_interval_s = 0.05  # a look at a few local processes costs next to nothing
@@ -70,60 +70,60 @@ class LocalExecutor:
         """Exit code and the tail of the job's log file, for jobs that ended without a result."""
         details = {}
         for num in nums:  # a job of an earlier process of the sweep (a resume) has its log file alone
-            state = next((job.state for job in self._jobs if job.state.num == num), None)
-            state = state or JobState(num, FAILED, reason="it ran under an earlier process of this sweep",
-                                      log_path=str(self.log_dir / f"{num}.log"))
+            info = next((job.info for job in self._jobs if job.info.num == num), None)
+            info = info or JobInfo(num, BatchState.FAILED, reason="it ran under an earlier process of this sweep",
+                                   log_path=str(self.log_dir / f"{num}.log"))
             try:
-                tail = Path(state.log_path).read_text(errors="replace").splitlines()[-lines:]
+                tail = Path(info.log_path).read_text(errors="replace").splitlines()[-lines:]
             except OSError:
                 tail = []
-            details[num] = "\n".join([f"{state.reason or state.state}; exit code: {state.exit_code}",
-                                      f"Last {len(tail)} lines of {state.log_path}:", *tail])
+            details[num] = "\n".join([f"{info.reason or info.state}; exit code: {info.exit_code}",
+                                      f"Last {len(tail)} lines of {info.log_path}:", *tail])
         return details
 
-    def poll(self) -> list[JobState]:
+    def poll(self) -> list[JobInfo]:
         """Reap finished processes, start queued ones in free slots, and report every job's state."""
         for job in self._jobs:
-            if job.popen is not None and job.state.state == RUNNING and job.popen.poll() is not None:
+            if job.popen is not None and job.info.state == BatchState.RUNNING and job.popen.poll() is not None:
                 self._finish(job)
-        running = sum(job.state.state == RUNNING for job in self._jobs)
+        running = sum(job.info.state == BatchState.RUNNING for job in self._jobs)
         for job in self._jobs:
             if running >= self.max_parallel:
                 break
-            if job.state.state == RUNNABLE:
+            if job.info.state == BatchState.RUNNABLE:
                 self._start(job)
                 running += 1
-        return [job.state for job in self._jobs]
+        return [job.info for job in self._jobs]
 
     def _start(self, job: _Process) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        job.log = open(job.state.log_path, "wb")
+        job.log = open(job.info.log_path, "wb")
         job.popen = subprocess.Popen(
             [sys.executable, "-m", MODULE],
             cwd=self.cwd, env=job.env, stdin=subprocess.DEVNULL, stdout=job.log, stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal reaches the parent only, which stops the jobs
         )
-        job.state.state, job.state.started = RUNNING, time.time()
+        job.info.state, job.info.started = BatchState.RUNNING, time.time()
 
     def _finish(self, job: _Process) -> None:
         code = job.popen.returncode
         job.log.close()
-        job.state.exit_code, job.state.stopped = code, time.time()
-        job.state.state = SUCCEEDED if code == 0 else FAILED
+        job.info.exit_code, job.info.stopped = code, time.time()
+        job.info.state = BatchState.SUCCEEDED if code == 0 else BatchState.FAILED
         if code != 0:
-            job.state.reason = (f"Essential container in task exited (exit code {code})" if code > 0
+            job.info.reason = (f"Essential container in task exited (exit code {code})" if code > 0
                                 else f"killed by signal {signal.Signals(-code).name}")
 
     def terminate(self, reason: str, force: bool = False) -> int:
         """SIGTERM every unfinished job's process group (the task's own children too), as Batch stops a
         container, wait for them, and return how many there were. `force` (a second Ctrl-C): SIGKILL now."""
-        unfinished = [job for job in self._jobs if job.state.state not in FINAL]
+        unfinished = [job for job in self._jobs if job.info.state not in FINAL]
         for job in unfinished:
             self._signal(job, signal.SIGKILL if force else signal.SIGTERM)
         deadline = time.time() + 30
         for job in unfinished:
             if job.popen is None:
-                job.state.state, job.state.reason = FAILED, reason
+                job.info.state, job.info.reason = BatchState.FAILED, reason
                 continue
             try:
                 job.popen.wait(timeout=max(0.1, deadline - time.time()))
@@ -132,7 +132,7 @@ class LocalExecutor:
                 job.popen.wait()
             self._signal(job, signal.SIGKILL)  # what the task started and left behind
             self._finish(job)
-            job.state.reason = reason
+            job.info.reason = reason
         return len(unfinished)
 
     @staticmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
+from pathlib import Path
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
@@ -19,18 +20,14 @@ def counts_line(states, order=()) -> str:
 
 class LiveText:
     """A few lines redrawn in place on a terminal (rich; live displays nest from rich 14.1 on), logged to
-    `logger` each time they change elsewhere."""
+    `logger` each time they change elsewhere. The display starts with the first line shown, and again after
+    close()."""
 
     def __init__(self, live: bool | None = None, logger: logging.Logger = log):
         self.live = sys.stdout.isatty() if live is None else live
         self.logger = logger
         self._last = None
         self._display = None
-        if self.live:
-            from rich.live import Live
-
-            self._display = Live("", refresh_per_second=4, transient=True)
-            self._display.start()
 
     def show(self, text: str, same_as_before: str | None = None) -> None:
         """`same_as_before`: the part of the text whose change is worth a log line (default: all of it)."""
@@ -38,15 +35,21 @@ class LiveText:
         if key == self._last:
             return
         self._last = key
-        if self._display is not None:
-            self._display.update(text)
-        else:
+        if not self.live:
             self.logger.info(text)
+            return
+        if self._display is None:
+            from rich.live import Live
+
+            self._display = Live("", refresh_per_second=4, transient=True)
+            self._display.start()
+        self._display.update(text)
 
     def close(self) -> None:
         if self._display is not None:
             self._display.stop()
             self._display = None
+        self._last = None
 
 
 class Progress(LiveText):
@@ -59,6 +62,15 @@ class Progress(LiveText):
         line = f"sweep {self.sweep_id}: {counts_line(states, self.order)}"
         notes = [f"  {n} RUNNABLE: {reason}" for reason, n in (stuck or {}).items()]
         self.show("\n".join([line, *notes]))
+
+    @staticmethod
+    def row(job, sweep_dir: str) -> dict:
+        """The summary table's row of a job's manifest record (_manifest.JobRecord)."""
+        from hydra.core.utils import filter_overrides
+
+        return {"num": job.num, "overrides": " ".join(filter_overrides(job.overrides)), "state": job.state,
+                "result": job.result[:60], "job_dir": str(Path(sweep_dir) / job.subdir),
+                "duration": f"{job.stopped - job.started:.1f}s" if job.started and job.stopped else "-"}
 
     @staticmethod
     def summary(rows: list[dict]) -> None:

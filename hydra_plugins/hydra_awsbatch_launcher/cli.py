@@ -24,27 +24,19 @@ log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
 def load_manifest(sweep: str):
     """The manifest of SWEEP: a local sweep dir, or a manifest's URI (with or without /manifest.json)."""
-    from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
+    from hydra_plugins.hydra_awsbatch_launcher import _manifest
 
-    if _storage.is_s3(sweep) or sweep.endswith(".json"):
-        uri = sweep if sweep.endswith(".json") else _storage.join(sweep, _stage.MANIFEST)
-    else:
-        uri = str(Path(sweep) / _stage.MANIFEST)
+    uri = _manifest.location(sweep)
     try:
-        text = _storage.read_bytes(uri).decode()
+        return _manifest.read(uri)
     except FileNotFoundError:
         raise SystemExit(f"hydra-awsbatch: no sweep manifest at {uri}: give the sweep dir (multirun/DATE/TIME) "
                          "or the manifest's URI") from None
-    except Exception as error:  # unreachable S3, no credentials, a folder where a file should be
-        raise SystemExit(f"hydra-awsbatch: cannot read {uri}: {error}") from None
-    try:
-        manifest = _stage.Manifest.from_json(text)
-    except (ValueError, TypeError, UnicodeDecodeError) as error:
+    except ValueError as error:
         raise SystemExit(f"hydra-awsbatch: {uri} is not a sweep manifest of hydra-awsbatch-launcher ({error}); "
                          "give the sweep dir of a sweep launched with hydra/launcher=aws_batch") from None
-    if not _storage.is_s3(uri):  # the sweep dir may have moved since
-        manifest.sweep_dir = str(Path(uri).resolve().parent)
-    return manifest
+    except Exception as error:  # unreachable S3, no credentials, a folder where a file should be
+        raise SystemExit(f"hydra-awsbatch: cannot read {uri}: {error}") from None
 
 
 def open_sweep(sweep: str, on_batch: bool = True):

@@ -80,48 +80,50 @@ class Job(NamedTuple):
     in_place: bool
 
 
-class Outcome:
-    """What report() writes, whatever happened: a job that never started still gets one. (No dataclass:
-    Hydra's plugin scan imports this module in a way dataclasses cannot see.)"""
+class Ending:
+    """What upload() writes as the job's result object, whatever happened: a job that never started still gets
+    one. (No dataclass: Hydra's plugin scan imports this module in a way dataclasses cannot see.)"""
 
     def __init__(self, num: int):
-        from hydra_plugins.hydra_awsbatch_launcher import _stage
+        from hydra_plugins.hydra_awsbatch_launcher._wire import Outcome
 
         self.num, self.started = num, time.time()
-        self.status, self.exit_code = _stage.FAILED, EXIT_FAILED
+        self.status, self.exit_code = Outcome.FAILED, EXIT_FAILED
         self.job_return: bytes | None = None
         self.error: dict | None = None
         self.sync = True
 
-    def failed(self, exc: BaseException, status: str | None = None, exit_code: int = EXIT_FAILED) -> None:
-        from hydra_plugins.hydra_awsbatch_launcher import _stage
+    def failed(self, exc: BaseException, status=None, exit_code: int = EXIT_FAILED) -> None:
+        from hydra_plugins.hydra_awsbatch_launcher import _wire
 
-        self.status, self.error, self.exit_code = status or _stage.FAILED, _stage.error_info(exc), exit_code
+        self.status, self.error, self.exit_code = status or _wire.Outcome.FAILED, _wire.error_info(exc), exit_code
 
 
-def prepare(payload_uri: str, index: int, scratch: Path, outcome: Outcome) -> Job:
+def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending) -> Job:
     """Payload, versions, code package, task function and the job's config, placed where the job runs."""
-    from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
+    from hydra_plugins.hydra_awsbatch_launcher import _package, _storage, _wire
+    from hydra_plugins.hydra_awsbatch_launcher._compose import job_subdir
+    from hydra_plugins.hydra_awsbatch_launcher._errors import MissingModule
 
-    header, body = _stage.load_payload(_storage.read_bytes(payload_uri))
-    outcome.sync = header["sync_outputs"]
-    problem = _stage.version_mismatch(header["versions"])
+    header, body = _wire.load_payload(_storage.read_bytes(payload_uri))
+    ending.sync = header["sync_outputs"]
+    problem = _wire.version_mismatch(header["versions"])
     if problem:
         raise VersionMismatch(problem)
     code_dir = scratch / "code"
-    _stage.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
+    _package.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
     sys.path.insert(0, str(code_dir))
 
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
 
     try:
-        payload = _stage.PayloadBody(*_stage.loads(body))
+        payload = _wire.PayloadBody(*_wire.loads(body))
         task_function = payload.task_function
-        if isinstance(task_function, _stage.ScriptFunction):
+        if isinstance(task_function, _wire.ScriptFunction):
             task_function = task_function.load(code_dir)
     except ModuleNotFoundError as exc:
-        raise _stage.MissingModule.of(exc) from exc
+        raise MissingModule.of(exc) from exc
     config = payload.configs[index]
     Singleton.set_state(payload.singleton_state)
     setup_globals()
@@ -130,82 +132,84 @@ def prepare(payload_uri: str, index: int, scratch: Path, outcome: Outcome) -> Jo
         _place_remotely(config, header, scratch, code_dir)
     elif Path(config.hydra.runtime.cwd).is_dir():  # a shared file system: where the sweep was launched
         os.chdir(config.hydra.runtime.cwd)
-    job_dir = Path(config.hydra.sweep.dir) / _stage.job_subdir(config)
+    job_dir = Path(config.hydra.sweep.dir) / job_subdir(config)
     return Job(config.hydra.job.num, payload.hydra_context, task_function, config, job_dir, in_place)
 
 
-def execute(job: Job, outcome: Outcome) -> None:
+def execute(job: Job, ending: Ending) -> None:
     """Hydra's own run_job, as Hydra's launchers call it."""
     from hydra.core.utils import JobStatus, run_job
 
-    from hydra_plugins.hydra_awsbatch_launcher import _stage
+    from hydra_plugins.hydra_awsbatch_launcher import _wire
+    from hydra_plugins.hydra_awsbatch_launcher._errors import MissingModule
 
     job_return = run_job(hydra_context=job.hydra_context, task_function=job.task_function, config=job.config,
                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     exc = job_return._return_value if job_return.status != JobStatus.COMPLETED else None
-    if isinstance(exc, ModuleNotFoundError) and not isinstance(exc, _stage.MissingModule):  # say what to do
-        job_return._return_value = _stage.MissingModule.of(exc)
-    outcome.job_return, problem = _stage.pickle_job_return(job_return)
+    if isinstance(exc, ModuleNotFoundError) and not isinstance(exc, MissingModule):  # say what to do
+        job_return._return_value = MissingModule.of(exc)
+    ending.job_return, problem = _wire.pickle_job_return(job_return)
     if problem:
-        outcome.error = problem
+        ending.error = problem
     elif exc is None:
-        outcome.status, outcome.exit_code = _stage.SUCCEEDED, 0
+        ending.status, ending.exit_code = _wire.Outcome.SUCCEEDED, 0
     else:
-        outcome.error = _stage.error_info(job_return._return_value)
+        ending.error = _wire.error_info(job_return._return_value)
 
 
-def report(job: Job | None, outcome: Outcome, staging) -> None:
+def upload(job: Job | None, ending: Ending, staging) -> None:
     """The job's outputs (unless they were written in place), then, last, its result object."""
-    from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
+    from hydra_plugins.hydra_awsbatch_launcher import _storage, _wire
 
-    if outcome.error:
-        sys.stderr.write(outcome.error["traceback"] or outcome.error["message"] + "\n")
+    if ending.error:
+        sys.stderr.write(ending.error["traceback"] or ending.error["message"] + "\n")
     try:
-        if outcome.sync and job is not None and not job.in_place and job.job_dir.is_dir():
-            _storage.upload_dir(job.job_dir, staging.output(outcome.num))
+        if ending.sync and job is not None and not job.in_place and job.job_dir.is_dir():
+            _storage.upload_dir(job.job_dir, staging.output(ending.num))
     except Exception as exc:  # the result must still be written, and say what was lost
         sys.stderr.write(f"uploading the job's outputs failed: {exc}\n")
-        outcome.failed(exc)
-        outcome.job_return = None  # its value stands, but not what it wrote: the job failed
-        outcome.error["message"] = f"uploading the job's outputs to {staging.output(outcome.num)} failed: {exc}"
-    result = _stage.dump_result(
-        outcome.status, outcome.job_return, outcome.error, num=outcome.num, exit_code=outcome.exit_code,
-        started=outcome.started, stopped=time.time(), attempt=os.environ.get("AWS_BATCH_JOB_ATTEMPT"),
+        ending.failed(exc)
+        ending.job_return = None  # its value stands, but not what it wrote: the job failed
+        ending.error["message"] = f"uploading the job's outputs to {staging.output(ending.num)} failed: {exc}"
+    result = _wire.dump_result(
+        ending.status, ending.job_return, ending.error, num=ending.num, exit_code=ending.exit_code,
+        started=ending.started, stopped=time.time(), attempt=os.environ.get("AWS_BATCH_JOB_ATTEMPT"),
         batch_job_id=os.environ.get("AWS_BATCH_JOB_ID"))
-    _storage.write_bytes(staging.result(outcome.num), result)
+    _storage.write_bytes(staging.result(ending.num), result)
 
 
 def run(payload_uri: str, index: int) -> int:
-    from hydra_plugins.hydra_awsbatch_launcher import _stage
+    from hydra_plugins.hydra_awsbatch_launcher._manifest import Staging
+    from hydra_plugins.hydra_awsbatch_launcher._wire import Outcome
 
-    staging, first = _stage.Staging.of_payload(payload_uri)
-    outcome = Outcome(first + index)
-    scratch = Path(tempfile.mkdtemp(prefix=f"hydra-awsbatch-{outcome.num}-"))
+    staging, first = Staging.of_payload(payload_uri)
+    ending = Ending(first + index)
+    scratch = Path(tempfile.mkdtemp(prefix=f"hydra-awsbatch-{ending.num}-"))
     signal.signal(signal.SIGTERM, _on_sigterm)
     job = None
     try:
         try:
-            job = prepare(payload_uri, index, scratch, outcome)
-            execute(job, outcome)
+            job = prepare(payload_uri, index, scratch, ending)
+            execute(job, ending)
         except Interrupted as exc:
-            outcome.failed(exc, _stage.INTERRUPTED, EXIT_INTERRUPTED)
+            ending.failed(exc, Outcome.INTERRUPTED, EXIT_INTERRUPTED)
             if _parent_died:
-                outcome.error["message"] = "the launching process died; the job was stopped with it"
+                ending.error["message"] = "the launching process died; the job was stopped with it"
         except SystemExit as exc:  # the task called sys.exit(): 0 or None is a normal end, as in Python
             code = exc.code if isinstance(exc.code, int) or exc.code is None else EXIT_FAILED
             if not code:
-                outcome.status, outcome.exit_code = _stage.SUCCEEDED, 0
+                ending.status, ending.exit_code = Outcome.SUCCEEDED, 0
             else:
-                outcome.failed(exc, _stage.INTERRUPTED if code == EXIT_INTERRUPTED else _stage.FAILED, code)
-                outcome.error["message"] = (f"the task exited with code {code}" if isinstance(exc.code, int)
+                ending.failed(exc, Outcome.INTERRUPTED if code == EXIT_INTERRUPTED else Outcome.FAILED, code)
+                ending.error["message"] = (f"the task exited with code {code}" if isinstance(exc.code, int)
                                             else f"the task exited: {exc.code}")
         except BaseException as exc:  # anything else, unpickling included, still becomes a result
-            outcome.failed(exc)
+            ending.failed(exc)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        report(job, outcome, staging)
+        upload(job, ending, staging)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return outcome.exit_code
+    return ending.exit_code
 
 
 _parent_died = False

@@ -6,18 +6,33 @@ from __future__ import annotations
 
 import csv
 import datetime
+import enum
 import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("hydra_plugins.hydra_thompson_sweeper")
 
 STATE = "thompson_state.json"
-SUBMITTING, RUNNING, COMPLETED, FAILED = "submitting", "running", "completed", "failed"
-INTERRUPTED = "interrupted"  # in flight when the sweeper was stopped (Ctrl-C): a resume runs it again
+
+
+class TrialStatus(str, enum.Enum):
+    """Where a trial stands (a string in the state file and trials.csv)."""
+
+    SUBMITTING = "submitting"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # in flight when the sweeper was stopped (Ctrl-C): a resume runs it again
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
 FORMAT = 1
 PLOT_EVERY_S = 10.0  # convergence.png is redrawn at most this often while the sweep runs (and at its end)
 
@@ -27,7 +42,7 @@ class Trial:
     number: int
     job: int  # the launcher's job number (hydra.job.num), whose job dir holds the trial's outputs
     params: dict
-    status: str = SUBMITTING
+    status: TrialStatus = TrialStatus.SUBMITTING
     value: float | None = None
     submitted: float | None = None  # epoch seconds
     started: float | None = None
@@ -36,7 +51,7 @@ class Trial:
 
     @property
     def done(self) -> bool:
-        return self.status in (COMPLETED, FAILED)
+        return self.status in (TrialStatus.COMPLETED, TrialStatus.FAILED)
 
 
 @dataclass
@@ -47,7 +62,7 @@ class TrialLog:
     signature: dict  # what a resumed sweep must share with this one: space, fixed overrides, objective...
     trials: list[Trial] = field(default_factory=list)
     created: float = field(default_factory=time.time)
-    staging_copy: str = ""  # the state's URI in the launcher's staging, where it has one
+    mirror: Callable[[str, bytes], None] | None = None  # the launcher's copy of the state (async_api), if any
     _plotted: float = 0.0
 
     # ------------------------------------------------------------------------------------------ state
@@ -60,7 +75,8 @@ class TrialLog:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a state file of this version of the thompson sweeper")
-        return cls(path.parent, data["signature"], [Trial(**t) for t in data["trials"]], data["created"])
+        trials = [Trial(**dict(t, status=TrialStatus(t["status"]))) for t in data["trials"]]
+        return cls(path.parent, data["signature"], trials, data["created"])
 
     def save(self, final: bool = False) -> None:
         """The state (to the sweep dir, and to staging), trials.csv, the best so far and, now and then, the
@@ -69,10 +85,8 @@ class TrialLog:
         tmp = self.sweep_dir / (STATE + ".tmp")
         tmp.write_text(text)
         tmp.replace(self.sweep_dir / STATE)
-        if self.staging_copy:
-            from hydra_plugins.hydra_awsbatch_launcher import _storage
-
-            _storage.write_bytes(self.staging_copy, text.encode())
+        if self.mirror is not None:
+            self.mirror(STATE, text.encode())
         self.write_csv()
         self.write_results()
         if final or time.time() - self._plotted >= PLOT_EVERY_S:
@@ -85,7 +99,8 @@ class TrialLog:
 
     def completed(self) -> list[Trial]:
         """Completed trials in the order their results came in."""
-        return sorted((t for t in self.trials if t.status == COMPLETED), key=lambda t: (t.ended or 0, t.number))
+        done = (t for t in self.trials if t.status == TrialStatus.COMPLETED)
+        return sorted(done, key=lambda t: (t.ended or 0, t.number))
 
     def best(self) -> Trial | None:
         done = self.completed()
@@ -99,12 +114,12 @@ class TrialLog:
     def failed_in_a_row(self) -> int:
         count = 0
         for trial in sorted((t for t in self.trials if t.done), key=lambda t: (t.ended or 0, t.number)):
-            count = count + 1 if trial.status == FAILED else 0
+            count = count + 1 if trial.status == TrialStatus.FAILED else 0
         return count
 
     def line(self, in_flight: int, objective: str) -> tuple[str, str]:
         """The live line, and its part without the clock (what is worth a log line when it changes)."""
-        failed = sum(t.status == FAILED for t in self.trials)
+        failed = sum(t.status == TrialStatus.FAILED for t in self.trials)
         best = self.best()
         text = f"thompson: {self.ended()} trials done" + (f" ({failed} failed)" if failed else "")
         text += f", {in_flight} in flight"
@@ -162,7 +177,7 @@ class TrialLog:
             if all(v > 0 for v in best) and max(best) / min(best) > 20:
                 ax.set_yscale("log")
         by_time.legend()
-        failed = sum(t.status == FAILED for t in self.trials)
+        failed = sum(t.status == TrialStatus.FAILED for t in self.trials)
         fig.suptitle(f"{len(done)} completed trials" + (f", {failed} failed" if failed else ""))
         fig.tight_layout()
         tmp = self.sweep_dir / "convergence.tmp.png"

@@ -22,18 +22,9 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hydra_plugins.hydra_awsbatch_launcher._progress import LiveText
-from hydra_plugins.hydra_thompson_sweeper import _trials
+from hydra_plugins.hydra_awsbatch_launcher.async_api import AsyncLauncher, LiveText, finished
 from hydra_plugins.hydra_thompson_sweeper._space import SweepError, override, search_space
-from hydra_plugins.hydra_thompson_sweeper._trials import (
-    COMPLETED,
-    FAILED,
-    INTERRUPTED,
-    RUNNING,
-    STATE,
-    Trial,
-    TrialLog,
-)
+from hydra_plugins.hydra_thompson_sweeper._trials import STATE, Trial, TrialLog, TrialStatus
 
 log = logging.getLogger("hydra_plugins.hydra_thompson_sweeper")
 
@@ -46,7 +37,7 @@ class ThompsonSweeper(Sweeper):
         self.launcher = None
         self.hydra_context: HydraContext | None = None
         self.fixed: list[str] = []  # overrides every trial gets
-        self.asynchronous = False  # the launcher submits while others run (launch_async)
+        self.asynchronous = False  # the launcher submits while others run (async_api.AsyncLauncher)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -76,11 +67,12 @@ class ThompsonSweeper(Sweeper):
         log.info(f"Thompson sweep in {sweep_dir}: {c.n_trials} trials, {c.n_workers} in flight, {c.algorithm}, "
                  f"{c.direction} {c.objective or 'the return value'}; searching "
                  + "; ".join(signature["space"].values()))
-        self.asynchronous = hasattr(self.launcher, "launch_async")
+        self.asynchronous = isinstance(self.launcher, AsyncLauncher)
         if not self.asynchronous:
             log.info(f"{type(self.launcher).__name__} has no launch_async: running synchronous batches of "
                      f"{c.n_workers} (hydra/launcher=aws_batch or aws_batch_local keep every worker busy)")
         self.fixed = fixed
+        trials.mirror = self.launcher.mirror if self.asynchronous else None
         in_flight, requeue = self.resume(trials, optimizer)
         try:
             self.run(trials, optimizer, in_flight, requeue)
@@ -110,7 +102,7 @@ class ThompsonSweeper(Sweeper):
                         log.info(f"hydra.sweeper.max_minutes={c.max_minutes} is up: no new trials")
                         limit, deadline = len(trials.trials), math.inf
                         for trial in requeue:  # never ran: they end as failed, not silently dropped
-                            trial.status, trial.error = FAILED, "not run: hydra.sweeper.max_minutes was up"
+                            trial.status, trial.error = TrialStatus.FAILED, "not run: hydra.sweeper.max_minutes was up"
                         requeue.clear()
                         break
                     new.append(requeue.pop(0) if requeue else self.propose(trials, optimizer, in_flight, new))
@@ -123,7 +115,7 @@ class ThompsonSweeper(Sweeper):
                     done, _ = concurrent.futures.wait(list(in_flight), return_when=concurrent.futures.FIRST_COMPLETED)
                 except KeyboardInterrupt:
                     for trial in in_flight.values():
-                        trial.status = INTERRUPTED
+                        trial.status = TrialStatus.INTERRUPTED
                     log.warning(f"Interrupted with {len(in_flight)} trials in flight; continue the sweep with "
                                 "hydra.sweeper.resume=true (they run again)")
                     raise
@@ -134,7 +126,7 @@ class ThompsonSweeper(Sweeper):
                 trials.save()
                 live.show(*trials.line(len(in_flight), c.objective or "value"))
                 if trials.failed_in_a_row() >= c.max_failures:
-                    last = max((t for t in trials.trials if t.status == FAILED), key=lambda t: t.ended or 0)
+                    last = max((t for t in trials.trials if t.status == TrialStatus.FAILED), key=lambda t: t.ended or 0)
                     raise SweepError([f"{c.max_failures} trials failed in a row (hydra.sweeper.max_failures); the "
                                       f"last, trial {last.number}: {last.error}. Every trial is in "
                                       f"{trials.sweep_dir / 'trials.csv'}"])
@@ -150,11 +142,9 @@ class ThompsonSweeper(Sweeper):
 
     def submit(self, trials: TrialLog, new: list[Trial]) -> dict[concurrent.futures.Future, Trial]:
         """One launch for these trials, with job numbers in a row never used before: a future each."""
-        from hydra_plugins.hydra_awsbatch_launcher._sweep import finished
-
         first = max(t.job for t in trials.trials) + 1  # a requeued trial's old number counts: it may be taken
         for i, trial in enumerate(new):
-            trial.job, trial.status, trial.submitted = first + i, _trials.SUBMITTING, time.time()
+            trial.job, trial.status, trial.submitted = first + i, TrialStatus.SUBMITTING, time.time()
             trial.started = trial.ended = None
         trials.save()  # before submitting: a resume knows these job numbers were (maybe) used
         batch = [[*self.fixed, *(override(k, v) for k, v in t.params.items())] for t in new]
@@ -164,20 +154,19 @@ class ThompsonSweeper(Sweeper):
             futures = self.launcher.launch_async(batch, initial_job_idx=first_job)
         else:
             futures = [finished(ret) for ret in self.launcher.launch(batch, initial_job_idx=first_job)]
-        self.copy_state_to_staging(trials)
         for trial in new:
-            trial.status = RUNNING
+            trial.status = TrialStatus.RUNNING
         trials.save()
         return dict(zip(futures, new))
 
     def record(self, trial: Trial, future: concurrent.futures.Future, optimizer) -> bool:
         """The trial's result: observed when it is a number, recorded as failed (and not observed) when not.
         False for a trial stopped by a Ctrl-C of the earlier sweeper, which is to run again."""
-        interrupted = trial.status == INTERRUPTED
+        interrupted = trial.status == TrialStatus.INTERRUPTED
         trial.ended = time.time()
-        job = self.launcher_job(trial.job)
-        if job is not None:
-            trial.started, trial.ended = job.started or trial.submitted, job.stopped or trial.ended
+        times = self.launcher.job_times(trial.job) if self.asynchronous else None
+        if times is not None:
+            trial.started, trial.ended = times[0] or trial.submitted, times[1] or trial.ended
         try:
             value = self.objective(future.result().return_value)  # a failed job's return_value raises its error
         except SweepError:
@@ -187,10 +176,10 @@ class ThompsonSweeper(Sweeper):
                 log.info(f"Trial {trial.number} (job #{trial.job}) was stopped by the Ctrl-C: it runs again")
                 return False
             first_line = str(error).splitlines()[0] if str(error) else ""
-            trial.status, trial.error = FAILED, f"{type(error).__name__}: {first_line}"
+            trial.status, trial.error = TrialStatus.FAILED, f"{type(error).__name__}: {first_line}"
             log.warning(f"Trial {trial.number} (job #{trial.job}) failed: {trial.error}")
             return True
-        trial.status, trial.value = COMPLETED, value
+        trial.status, trial.value = TrialStatus.COMPLETED, value
         optimizer.observe(trial.params, value)
         return True
 
@@ -270,32 +259,12 @@ class ThompsonSweeper(Sweeper):
         unfinished = [t for t in trials.trials if not t.done]
         if not unfinished:
             return {}, []
-        futures = {}
-        if hasattr(self.launcher, "resume_async"):
-            futures = self.launcher.resume_async([t.job for t in unfinished])
+        futures = self.launcher.resume_async([t.job for t in unfinished]) if self.asynchronous else {}
         in_flight = {futures[t.job]: t for t in unfinished if t.job in futures}
         requeue = [t for t in unfinished if t.job not in futures]
-        self.copy_state_to_staging(trials)
         log.info(f"Resumed: {len(in_flight)} trials in flight re-attached"
                  + (f", {len(requeue)} that died with the earlier sweeper run again" if requeue else ""))
         return in_flight, requeue
-
-    # ------------------------------------------------------------------------------ the launcher's side
-    def launcher_job(self, num: int):
-        """The launcher's record of a job (its start and end times), where it keeps one."""
-        manifest = getattr(self.launcher, "manifest", None)
-        try:
-            return manifest.job(num) if manifest is not None else None
-        except KeyError:
-            return None
-
-    def copy_state_to_staging(self, trials: TrialLog) -> None:
-        manifest = getattr(self.launcher, "manifest", None)
-        if manifest is not None and not trials.staging_copy:
-            from hydra_plugins.hydra_awsbatch_launcher import _stage, _storage
-
-            staging = _stage.Staging(manifest.staging_uri, manifest.sweep_id)
-            trials.staging_copy = _storage.join(staging.sweep, STATE)
 
 
 def find_state(sweep_dir: Path, signature: dict) -> Path:

@@ -1,0 +1,38 @@
+"""The check step: what every launcher refuses before anything is staged or submitted, one line per problem,
+each naming the setting to change. (Batch's own checks, which ask AWS, live in _batch.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+
+from hydra_plugins.hydra_awsbatch_launcher import _storage
+
+RESERVED_ENV_PREFIXES = ("AWS_BATCH_", "HYDRA_AWSBATCH_")
+
+
+def options(params, conf_class: type, code_root: Path) -> list[str]:
+    """Misspelt options (`+hydra.launcher.max_paralel=2` is otherwise silently ignored), reserved environment
+    names, and a code_root that is not a folder."""
+    known = [f.name for f in dataclasses.fields(conf_class)]
+    problems = []
+    for name in params:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            problems.append(f"hydra.launcher.{name}: not an option of this launcher"
+                            + (f"; did you mean hydra.launcher.{close[0]}?" if close else
+                               f"; the options are: {', '.join(k for k in known if k != '_target_')}"))
+    problems += [f"hydra.launcher.environment.{name}: names starting with {prefix} are reserved for the "
+                 "launcher; rename it" for name in params.get("environment", {})
+                 for prefix in RESERVED_ENV_PREFIXES if str(name).startswith(prefix)]
+    if not code_root.is_dir():
+        problems.append(f"hydra.launcher.code_root={params.get('code_root')}: no such folder ({code_root}); point "
+                        "it at the folder of your code")
+    return problems
+
+
+def staging(root: str, setting, dry_run: bool) -> list[str]:
+    """Whether staging at `root` (hydra.launcher.staging_uri=`setting`) can be written; a dry run only looks."""
+    problem = _storage.check_writable(root, write=not dry_run)
+    return [f"hydra.launcher.staging_uri={setting}: {problem}"] if problem else []

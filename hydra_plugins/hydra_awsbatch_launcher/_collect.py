@@ -1,0 +1,102 @@
+"""Collect: a job's result object and job dir back from staging, as Hydra's JobReturn. A job that came back
+without a usable result gets a JobReturn that says why (its remote traceback, or what the executor knows)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra_plugins.hydra_awsbatch_launcher import _storage, _wire
+from hydra_plugins.hydra_awsbatch_launcher._errors import RemoteJobError
+from hydra_plugins.hydra_awsbatch_launcher._manifest import JobRecord, Staging
+
+log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
+
+
+def collect(staging: Staging, job: JobRecord, job_dir: Path, config, *, sync_outputs: bool, sync_exclude=(),
+            script: Path | None = None, details: Callable[[], str] = str):
+    """The JobReturn of a job that ended, and the exit code its result object reports (None without one).
+    Outputs are brought home when `sync_outputs`; a result or outputs that cannot be read fail this job alone,
+    saying why. `details()`: what the executor knows of a job that left no result."""
+    try:
+        result = _wire.load_result(_storage.read_bytes(staging.result(job.num)), script)
+    except FileNotFoundError:
+        result = None
+    missing = details() if result is None else ""
+    if result is not None and sync_outputs:
+        output = staging.output(job.num)
+        try:
+            left = _storage.download_dir(output, job_dir, sync_exclude)
+        except OSError as exc:  # a full disk, say: this job's outputs stay in staging
+            result = dict(result, status=_wire.Outcome.FAILED, job_return=None, error=_wire.collect_error(
+                exc, f"bringing its outputs from {output} to {job_dir} failed: {exc}"))
+            left = []
+        if left:
+            log.info(f"\t#{job.num}: left in staging: " + ", ".join(_storage.join(output, rel) for rel in left))
+    return job_return(config, job, job_dir, result, missing), (result or {}).get("exit_code")
+
+
+def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missing: str):
+    """Hydra's JobReturn: the worker's own when it came back, else one that says why not."""
+    from hydra.core.utils import JobStatus
+    from omegaconf import open_dict, read_write
+
+    num = job.num
+    ret = result.get("job_return") if result else None
+    if ret is not None:
+        ret.working_dir = str(job_dir)
+        runtime = ret.hydra_cfg.hydra.runtime
+        with read_write(runtime), open_dict(runtime):
+            runtime.output_dir = str(job_dir)
+        if ret.status == JobStatus.FAILED:
+            explain(num, ret._return_value, result["error"])
+        return ret
+    ret = unfinished_return(config, job_dir, job)
+    if result is not None and result["status"] == _wire.Outcome.SUCCEEDED:  # sys.exit(0): a normal end, no value
+        return ret
+    ret.status = JobStatus.FAILED
+    error = (result or {}).get("error")
+    if error:
+        message = f"job #{num} {result['status']}: {error['type']}: {error['message']}"
+        ret.return_value = RemoteJobError(message, error["type"], error["traceback"])
+    else:
+        ret.return_value = RemoteJobError(f"job #{num} ended without a result. {missing}")
+    explain(num, ret._return_value, error)
+    return ret
+
+
+def unfinished_return(config, job_dir: Path | None = None, job: JobRecord | None = None):
+    """A JobReturn for a job whose result is not here (a dry run, wait=false, or none came back); from its
+    manifest record alone when its config is not at hand (a sweep opened from its manifest)."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    ret = JobReturn()
+    if config is not None:  # the composed config itself, not copies: a dry run of 1,000 jobs makes 1,000 of these
+        ret.overrides = list(config.hydra.overrides.task)
+        ret.cfg = ret.hydra_cfg = config  # hydra_cfg.hydra, as in Hydra's own JobReturn
+        ret.task_name = config.hydra.job.name
+    else:
+        ret.overrides = list(job.overrides)
+    ret.working_dir = str(job_dir or "")
+    ret.status, ret.return_value = JobStatus.COMPLETED, None
+    return ret
+
+
+def summary(ret) -> str:
+    """The manifest's one line of a JobReturn: the value's repr, or "ErrorType: first line"."""
+    from hydra.core.utils import JobStatus
+
+    value = ret._return_value
+    if ret.status == JobStatus.COMPLETED:
+        return repr(value)
+    return f"{type(value).__name__}: {str(value).splitlines()[0] if str(value) else ''}"
+
+
+def explain(num: int, exc: BaseException, error: dict | None) -> None:
+    """Show the remote traceback in the log and on the exception Hydra will raise."""
+    remote = (error or {}).get("traceback", "")
+    log.error(f"\t#{num} failed: {type(exc).__name__}: {exc}" + (f"\nRemote traceback:\n{remote}" if remote else ""))
+    if remote and hasattr(exc, "add_note") and not getattr(exc, "_remote_noted", False):
+        exc.add_note(f"Remote traceback of job #{num}:\n{remote}")
+        exc._remote_noted = True

@@ -1,0 +1,273 @@
+"""The sweep's record, and where its things live in staging. Written by the sweep engine alone (_sweep.py:
+it creates, reopens, extends, saves and locks it); the launcher, the CLI and the sweeper read it.
+
+Staging layout, under `staging_uri` (an s3:// prefix or a local folder):
+
+    code/<sha256>.tar.gz                      the code package, content-addressed
+    sweeps/<sweep_id>/manifest.json           the sweep's record (a copy sits in the local sweep dir)
+    sweeps/<sweep_id>/payload-<first>.pkl     one per launched batch of jobs, first = its first job number
+    sweeps/<sweep_id>/<num>/result.pkl        a job's result object, written last
+    sweeps/<sweep_id>/<num>/output/...        a job's output dir
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra_plugins.hydra_awsbatch_launcher import _storage
+from hydra_plugins.hydra_awsbatch_launcher._errors import LaunchError, StagingError
+
+MANIFEST = "manifest.json"
+LOCK = ".hydra-awsbatch.lock"
+
+
+class BatchState(str, enum.Enum):
+    """A job's state in AWS Batch's words (the local executor speaks them too), and STAGED before it is submitted.
+    Strings on disk and in S3: the manifest keeps the words."""
+
+    STAGED = "STAGED"
+    SUBMITTED = "SUBMITTED"
+    PENDING = "PENDING"
+    RUNNABLE = "RUNNABLE"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+FINAL = (BatchState.SUCCEEDED, BatchState.FAILED)
+
+
+# ---------------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Staging:
+    """Every URI of a sweep in one place."""
+
+    root: str
+    sweep_id: str
+
+    def code(self, sha256: str) -> str:
+        return _storage.join(self.root, "code", f"{sha256}.tar.gz")
+
+    @property
+    def sweep(self) -> str:
+        return _storage.join(self.root, "sweeps", self.sweep_id)
+
+    @property
+    def manifest(self) -> str:
+        return _storage.join(self.sweep, MANIFEST)
+
+    def payload(self, first_num: int) -> str:
+        return _storage.join(self.sweep, f"payload-{first_num}.pkl")
+
+    def result(self, num: int) -> str:
+        return _storage.join(self.sweep, str(num), "result.pkl")
+
+    def output(self, num: int) -> str:
+        return _storage.join(self.sweep, str(num), "output")
+
+    @classmethod
+    def of_payload(cls, payload_uri: str) -> tuple[Staging, int]:
+        """The staging and the first job number that a payload URI belongs to."""
+        root, sep, rest = payload_uri.rpartition("/sweeps/")
+        sweep_id, _, name = rest.partition("/")
+        if not sep or not name.startswith("payload-") or not name.endswith(".pkl"):
+            raise StagingError(f"not a payload URI: {payload_uri}")
+        return cls(root, sweep_id), int(name[len("payload-"):-len(".pkl")])
+
+
+def new_sweep_id() -> str:
+    """Unique and sortable by time: 20261128-153012-4f9a1c."""
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+# --------------------------------------------------------------------------------------------- records
+@dataclass
+class JobRecord:
+    """One job of a sweep as the manifest keeps it."""
+
+    num: int
+    overrides: list
+    subdir: str
+    state: BatchState
+    job_id: str = ""  # Batch's job id (PARENT:INDEX for an array child), or the local process's
+    exit_code: int | None = None
+    reason: str = ""
+    submitted: float | None = None  # epoch seconds
+    started: float | None = None
+    stopped: float | None = None
+    result: str = ""  # the return value's repr, or "ErrorType: message"
+
+    def update(self, seen) -> bool:
+        """Take what the executor saw of the job (an _executor.JobInfo) until it ended; whether anything changed."""
+        new = (seen.state, seen.job_id, seen.exit_code, seen.reason, seen.started, seen.stopped)
+        old = (self.state, self.job_id, self.exit_code, self.reason, self.started, self.stopped)
+        if self.state in FINAL or new == old:
+            return False
+        self.state, self.job_id, self.exit_code, self.reason, self.started, self.stopped = new
+        return True
+
+    def close(self, result: str, completed: bool, exit_code: int | None) -> None:
+        """The job was collected: `result` is its one line, `completed` whether its value came back."""
+        self.result, self.exit_code = result, exit_code
+        if not completed and self.state == BatchState.SUCCEEDED:
+            self.state = BatchState.FAILED  # it ran, but what it made did not come back
+
+
+@dataclass
+class Array:
+    """One SubmitJob: `size` jobs (a plain job when size is 1) for job numbers first..first+size-1."""
+
+    job_id: str
+    first: int
+    size: int
+
+
+@dataclass
+class BatchRecord:
+    """One payload and the jobs it serves: what one launch (or launch_async) call staged."""
+
+    first: int
+    size: int
+    payload_uri: str
+    batch_job_ids: list = field(default_factory=list)
+    arrays: list = field(default_factory=list)  # Array, on Batch
+
+
+def _known(cls, data: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
+class Manifest:
+    """The one record of a sweep, from which it can be inspected, attached to, resumed or cancelled."""
+
+    sweep_id: str
+    staging_uri: str
+    sweep_dir: str
+    launcher: str
+    created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
+    code_uri: str = ""  # the code package of the newest batch
+    settings: dict = field(default_factory=dict)  # launcher settings that `hydra-awsbatch` needs later
+    batches: list = field(default_factory=list)  # BatchRecord
+    jobs: list = field(default_factory=list)  # JobRecord
+    _by_num: dict = field(default_factory=dict, repr=False, compare=False)  # jobs by number, not saved
+
+    @property
+    def staging(self) -> Staging:
+        return Staging(self.staging_uri, self.sweep_id)
+
+    def job(self, num: int) -> JobRecord:
+        return self.jobs_by_num()[num]
+
+    def jobs_by_num(self) -> dict[int, JobRecord]:
+        if len(self._by_num) != len(self.jobs):  # jobs are only ever appended
+            self._by_num = {j.num: j for j in self.jobs}
+        return self._by_num
+
+    @property
+    def script(self) -> Path | None:
+        """The app's script, which a result holding one of its classes needs (attach imports it by file)."""
+        return Path(self.settings["code_root"]) / self.settings["script"] if self.settings.get("script") else None
+
+    def add_batch(self, staged) -> BatchRecord:
+        """A batch the stage step wrote (_stage.StagedBatch), and its jobs; its record, for its arrays."""
+        batch = BatchRecord(staged.first, len(staged.configs), staged.payload_uri)
+        self.batches.append(batch)
+        self.jobs += [JobRecord(config.hydra.job.num, list(config.hydra.overrides.task), subdir, BatchState.STAGED)
+                      for config, subdir in zip(staged.configs, staged.subdirs)]
+        self.code_uri = staged.code_uri
+        return batch
+
+    def submitted(self, batch: BatchRecord, arrays: list[Array], when: float) -> None:
+        """The batch's jobs went out as these arrays (one SubmitJob each) at `when`."""
+        batch.arrays += arrays
+        batch.batch_job_ids += [a.job_id for a in arrays]
+        for num in range(batch.first, batch.first + batch.size):
+            self.job(num).submitted = when
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")}
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        data = _known(cls, data)
+        data["jobs"] = [JobRecord(**dict(_known(JobRecord, j), state=BatchState(j["state"])))
+                        for j in data.get("jobs", [])]
+        data["batches"] = [BatchRecord(**dict(_known(BatchRecord, b), arrays=[Array(**a) for a in b.get("arrays", [])]))
+                           for b in data.get("batches", [])]
+        return cls(**data)
+
+    def save(self) -> None:
+        """Write it to staging and to the local sweep dir."""
+        text = self.to_json().encode()
+        _storage.write_bytes(self.staging.manifest, text)
+        _storage.write_bytes(str(Path(self.sweep_dir) / MANIFEST), text)
+
+
+def settings_of(params: dict, code_root: Path) -> dict:
+    """What `hydra-awsbatch` needs of a launcher's options (`params`) to find a sweep's jobs and outputs again."""
+    from hydra_plugins.hydra_awsbatch_launcher._wire import script_relpath
+
+    keep = ("sync_outputs", "sync_exclude", "region", "profile", "log_group", "shared_sweep_dir")
+    settings = {k: params[k] for k in keep if k in params}
+    try:  # attach imports the script by file when a result holds one of its classes
+        return dict(settings, code_root=str(code_root), script=script_relpath(code_root))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return dict(settings, code_root=str(code_root))
+
+
+def location(sweep: str) -> str:
+    """The manifest's URI of SWEEP: a local sweep dir, or a manifest's URI (with or without /manifest.json)."""
+    if _storage.is_s3(sweep) or sweep.endswith(".json"):
+        return sweep if sweep.endswith(".json") else _storage.join(sweep, MANIFEST)
+    return str(Path(sweep) / MANIFEST)
+
+
+def read(uri: str) -> Manifest:
+    """The manifest at `uri`; one read from the local disk takes the folder it lies in as the sweep dir (the
+    sweep dir may have moved since). FileNotFoundError, or ValueError for what is not a manifest."""
+    text = _storage.read_bytes(uri).decode()
+    try:
+        manifest = Manifest.from_json(text)
+    except (TypeError, KeyError) as error:
+        raise ValueError(f"{type(error).__name__}: {error}") from None
+    if not _storage.is_s3(uri):
+        manifest.sweep_dir = str(Path(uri).resolve().parent)
+    return manifest
+
+
+def lock(sweep_dir: Path):
+    """One sweep at a time in a sweep dir (a second one would overwrite the first's manifest): the lock file,
+    held open while the sweep lives."""
+    import fcntl
+
+    held = open(sweep_dir / LOCK, "a+")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.seek(0)
+        holder = held.read().strip() or "another process"
+        held.close()
+        raise LaunchError([f"hydra.sweep.dir={sweep_dir}: another sweep ({holder}) is running into this folder; "
+                           "wait for it to end, or give this one another hydra.sweep.dir"]) from None
+    held.seek(0)
+    held.truncate()
+    held.write(f"pid {os.getpid()}")
+    held.flush()
+    return held

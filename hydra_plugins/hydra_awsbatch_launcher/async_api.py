@@ -1,0 +1,42 @@
+"""The public contract of an asynchronous launcher: what a sweeper may rely on to keep every worker busy.
+
+Hydra's `Launcher.launch()` blocks until a whole batch has ended. A launcher that also offers the four calls of
+`AsyncLauncher` takes jobs one (or a few) at a time while others run, and hands each back as a
+`concurrent.futures.Future[JobReturn]`. Both launchers of this package implement it; so may any other, and
+`hydra/sweeper=thompson` then keeps its workers busy on it (it checks `isinstance(launcher, AsyncLauncher)`
+and imports nothing else of this package but `finished` and `LiveText`).
+
+Only protocols and re-exports here: Hydra's plugin scan runs this module a second time at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Protocol, runtime_checkable
+
+from hydra_plugins.hydra_awsbatch_launcher._progress import LiveText
+from hydra_plugins.hydra_awsbatch_launcher._sweep import finished
+
+__all__ = ["AsyncLauncher", "LiveText", "finished"]
+
+
+@runtime_checkable
+class AsyncLauncher(Protocol):
+    """A Hydra launcher that submits jobs while others run."""
+
+    def launch_async(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Future]:
+        """Compose and start these jobs (numbered from `initial_job_idx`, as `launch` numbers them) without
+        waiting: one `Future[JobReturn]` each, resolved when the job has ended and its result is home."""
+
+    def resume_async(self, nums: Sequence[int]) -> dict[int, Future]:
+        """Take up the sweep of `hydra.sweep.dir` after the process that launched it died: futures for the jobs
+        `nums` that still run or ended with a result. Those left out must run again; new jobs join the sweep."""
+
+    def job_times(self, num: int) -> tuple[float | None, float | None] | None:
+        """When job `num` started and stopped running (epoch seconds, None where not yet); None for a job the
+        launcher does not know. A trial's duration is its job's, not the time it waited for a worker."""
+
+    def mirror(self, name: str, data: bytes) -> None:
+        """Keep a copy of a sweeper's file (its state) with the sweep's own records, where a sweeper on another
+        machine finds it; a no-op where the launcher has no such place (yet)."""
