@@ -183,7 +183,7 @@ def test_other_hydra_plugins_stay_out_of_the_payload(tmp_path, monkeypatch):
         _, after = _wire.pickled((state, [config]))
     assert not [m for m in after if _wire.is_foreign_plugin(m)]
     assert config.hydra.sweeper.direction == "minimize"  # the sweeper's settings stay readable, as plain values
-    assert "hydra_plugins.hydra_awsbatch_launcher.config" in after or "hydra/launcher" in str(state)
+    assert "hydra_plugins.hydra_awsbatch_launcher.config" in after  # our own launcher's config stays
 
 
 BLOCK_OPTUNA = """
