@@ -82,12 +82,17 @@ class ScriptedExecutor:
         return False
 
 
+class Staged(StagedBatch):
+    def subdirs(self) -> list[str]:  # Hydra's own subdir needs a whole Hydra config; these are plain ones
+        return [str(config.x) for config in self.configs]
+
+
 def staged(first: int, size: int = 1) -> StagedBatch:
     """A batch as the stage step returns it, with as much of each job's config as the engine reads."""
     configs = [OmegaConf.create({"x": num, "hydra": {"job": {"num": num, "name": "app"},
                                                      "overrides": {"task": [f"x={num}"]}}})
                for num in range(first, first + size)]
-    return StagedBatch(first, f"payload-{first}", "code", configs, [str(c.x) for c in configs])
+    return Staged(first, f"payload-{first}", "code", configs)
 
 
 @pytest.fixture

@@ -186,7 +186,7 @@ class Manifest:
         batch = BatchRecord(staged.first, len(staged.configs), staged.payload_uri)
         self.batches.append(batch)
         self.jobs += [JobRecord(config.hydra.job.num, list(config.hydra.overrides.task), subdir, BatchState.STAGED)
-                      for config, subdir in zip(staged.configs, staged.subdirs)]
+                      for config, subdir in zip(staged.configs, staged.subdirs())]
         self.code_uri = staged.code_uri
         return batch
 

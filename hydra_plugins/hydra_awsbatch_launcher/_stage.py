@@ -23,7 +23,10 @@ class StagedBatch(NamedTuple):
     payload_uri: str
     code_uri: str
     configs: list  # the composed configs, in job order
-    subdirs: list  # each job's dir under the sweep dir
+
+    def subdirs(self) -> list[str]:
+        """Each job's dir under the sweep dir (asked for only when the batch is submitted)."""
+        return [job_subdir(config) for config in self.configs]
 
 
 class Stager:
@@ -59,7 +62,7 @@ class Stager:
         payload_uri = self.staging.payload(first)
         if not self.dry_run:
             _storage.write_bytes(payload_uri, payload)
-        return StagedBatch(first, payload_uri, header["code_uri"], configs, [job_subdir(c) for c in configs])
+        return StagedBatch(first, payload_uri, header["code_uri"], configs)
 
     def mirror(self, name: str, data: bytes) -> None:
         """A copy of a file of the sweep's (a sweeper's state) beside its manifest; nothing in a dry run."""
