@@ -19,15 +19,10 @@ from hydra_plugins.hydra_awsbatch_launcher import _collect, _manifest
 from hydra_plugins.hydra_awsbatch_launcher._executor import Executor, JobInfo
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, BatchState, Manifest
 from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
+from hydra_plugins.hydra_awsbatch_launcher.async_api import finished
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 INTERRUPTED_REASON = "interrupted by the user"
-
-
-def finished(value) -> concurrent.futures.Future:
-    future: concurrent.futures.Future = concurrent.futures.Future()
-    future.set_result(value)
-    return future
 
 
 class Sweep:

@@ -6,7 +6,8 @@ Hydra's `Launcher.launch()` blocks until a whole batch has ended. A launcher tha
 `hydra/sweeper=thompson` then keeps its workers busy on it (it checks `isinstance(launcher, AsyncLauncher)`
 and imports nothing else of this package but `finished` and `LiveText`).
 
-Only protocols and re-exports here: Hydra's plugin scan runs this module a second time at start-up.
+Only protocols, a helper and re-exports here, importing nothing heavy: Hydra's plugin scan runs this module
+(a second time) at every start.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from concurrent.futures import Future
 from typing import Protocol, runtime_checkable
 
 from hydra_plugins.hydra_awsbatch_launcher._progress import LiveText
-from hydra_plugins.hydra_awsbatch_launcher._sweep import finished
 
 __all__ = ["AsyncLauncher", "LiveText", "finished"]
 
@@ -40,3 +40,11 @@ class AsyncLauncher(Protocol):
     def mirror(self, name: str, data: bytes) -> None:
         """Keep a copy of a sweeper's file (its state) with the sweep's own records, where a sweeper on another
         machine finds it; a no-op where the launcher has no such place (yet)."""
+
+
+def finished(value) -> Future:
+    """A future that is done already, holding `value`: what a launcher hands back for a job it need not wait
+    on (a dry run), and what a sweeper makes of a blocking launcher's results."""
+    future: Future = Future()
+    future.set_result(value)
+    return future

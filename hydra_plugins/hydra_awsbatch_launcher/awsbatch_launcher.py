@@ -61,6 +61,7 @@ class BaseAwsBatchLauncher(Launcher):
         """Check, compose, stage and submit these jobs into this launcher's one sweep, while others may run;
         a `Future[JobReturn]` per job, resolved when it ends and is collected (by the sweep's one watcher)."""
         from hydra_plugins.hydra_awsbatch_launcher import _collect, _compose, _sweep
+        from hydra_plugins.hydra_awsbatch_launcher.async_api import finished
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -80,7 +81,7 @@ class BaseAwsBatchLauncher(Launcher):
         staged = self.stager.stage(configs)
         if self.dry_run:
             self.show_dry_run(staged)
-            return [_sweep.finished(_collect.unfinished_return(config)) for config in configs]
+            return [finished(_collect.unfinished_return(config)) for config in configs]
         return self.sweep.submit(staged, watch=self.watching)
 
     def resume_async(self, nums: Sequence[int]) -> dict[int, Future]:
