@@ -746,3 +746,35 @@ def test_pickled_payloads_name_their_modules():
     data, modules = _wire.pickled({"a": _manifest.Staging("x", "y")})
     assert "hydra_plugins.hydra_awsbatch_launcher._manifest" in modules
     assert pickle.loads(data)["a"] == _manifest.Staging("x", "y")
+
+
+LR_APP = """
+    import hydra
+
+    @hydra.main(version_base=None, config_path=".", config_name="config")
+    def main(cfg):
+        return (cfg.lr - 0.003) ** 2
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_the_nothing_to_search_hint_pastes_into_a_shell(app, launch, app_env):
+    """Each command that the thompson sweeper's "nothing to search" error suggests runs when pasted."""
+    import re
+
+    app(LR_APP)
+    app("lr: 0.01\n", "config.yaml")
+    proc = launch("hydra/sweeper=thompson", "hydra.sweep.dir=refused")
+    assert proc.returncode == 1 and "nothing to search" in proc.stderr, proc.stderr[-2000:]
+    message = next(line for line in proc.stderr.splitlines() if "nothing to search" in line)
+    suggestions = re.findall(r"`([^`]+)`", message)
+    assert len(suggestions) == 2, proc.stderr[-2000:]
+    for n, suggestion in enumerate(suggestions):
+        command = (f"{shlex.quote(sys.executable)} my_app.py -m hydra/sweeper=thompson hydra.sweeper.n_trials=2 "
+                   f"hydra.sweeper.n_workers=1 hydra.sweep.dir=pasted{n} {suggestion}")
+        pasted = subprocess.run(command, shell=True, cwd=app.folder, env=app_env, capture_output=True, text=True,
+                                timeout=240)
+        assert pasted.returncode == 0, (command, pasted.stderr[-2000:])
+        assert "Best value" in pasted.stdout + pasted.stderr

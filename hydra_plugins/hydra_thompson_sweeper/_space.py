@@ -51,8 +51,9 @@ def search_space(params: dict | None, arguments: list[str]):
     if problems:
         raise SweepError(problems)
     if not dimensions:
-        raise SweepError(["nothing to search: give hydra.sweeper.params (e.g. 'hydra.sweeper.params.lr="
-                          "tag(log, interval(1e-4, 1e-1))') or a sweep on the command line (lr='interval(0, 1)')"])
+        raise SweepError(["nothing to search: give hydra.sweeper.params (in a config file, or on the command line "
+                          "as a quoted string: `'+hydra.sweeper.params.lr=\"tag(log, interval(1e-4, 1e-1))\"'`) "
+                          "or a sweep override of your config (`lr='tag(log, interval(1e-4, 1e-1))'`)"])
     return Space(dimensions), fixed
 
 
