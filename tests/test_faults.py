@@ -588,6 +588,7 @@ def batch_jobs(resources) -> int:
 @pytest.mark.parametrize("args, named", [
     (["hydra.launcher.profile=no-such-profile"], "hydra.launcher.profile=no-such-profile: no such profile"),
     (["hydra.launcher.region=nowhere"], "region 'nowhere' is not an AWS region name"),
+    (["hydra.launcher.region=xx-nowhere-9"], "region 'xx-nowhere-9' is not one where AWS Batch runs"),
     (["+hydra.launcher.tags={aws\\:owner:me}"], "hydra.launcher.tags.aws:owner: keys starting with aws: are reserved"),
     (["+hydra.launcher.tags.note=" + "v" * 300], "hydra.launcher.tags.note: its value has 300 characters"),
     (["+hydra.launcher.tags={" + ",".join(f"t{i}:v" for i in range(48)) + "}"],
@@ -607,6 +608,14 @@ def test_batch_settings_are_refused_before_anything_is_spent(app, launch, aws_en
     assert named in proc.stderr, proc.stderr[-2000:]
     assert time.time() - start_time < 30  # no minute of retries first
     assert batch_jobs(batch_resources) == before and nothing_staged(app.folder / "sweep")
+
+
+def test_a_misspelt_aws_profile_names_the_variable_and_the_profile(app, launch, aws_env, batch_args):
+    app()
+    proc = launch("+x=1", "hydra.sweep.dir=sweep", *batch_args, env=dict(aws_env, AWS_PROFILE="dveloper"))
+    assert proc.returncode != 0
+    assert "AWS_PROFILE=dveloper (environment): no such profile 'dveloper'" in proc.stderr, proc.stderr[-2000:]
+    assert nothing_staged(app.folder / "sweep")
 
 
 def run_jobs_as_batch_would(sweep_dir: Path, env: dict) -> None:

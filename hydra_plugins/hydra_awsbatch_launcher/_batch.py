@@ -73,9 +73,12 @@ class BatchApi:
 
         try:
             self.session = boto3.session.Session(region_name=region, profile_name=profile)
-        except ProfileNotFound:
-            raise BatchError(f"hydra.launcher.profile={profile}: no such profile in ~/.aws/config or "
-                             "~/.aws/credentials: fix the name, or run `aws configure --profile NAME`") from None
+        except ProfileNotFound as error:
+            name = profile or error.kwargs.get("profile")
+            variable = next((v for v in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE") if os.environ.get(v)), "AWS_PROFILE")
+            setting = f"hydra.launcher.profile={profile}" if profile else f"{variable}={name} (environment)"
+            raise BatchError(f"{setting}: no such profile '{name}' in ~/.aws/config or ~/.aws/credentials: fix the "
+                             f"name, or run `aws configure --profile {name}`") from None
 
     def _client(self, service: str):
         from botocore.config import Config
@@ -96,10 +99,21 @@ class BatchApi:
         region = self.session.region_name
         if not region:
             problems.append("no AWS region: set hydra.launcher.region or export AWS_DEFAULT_REGION")
-        elif not REGION.match(region) and region not in self.session.get_available_regions("batch"):
+        elif not REGION.match(region) and region not in self.batch_regions():
             problems.append(f"region '{region}' is not an AWS region name (like us-east-1): fix "
                             "hydra.launcher.region, AWS_DEFAULT_REGION or the profile's region")
+        elif region not in self.batch_regions():
+            import botocore
+
+            problems.append(f"region '{region}' is not one where AWS Batch runs (botocore {botocore.__version__} "
+                            "knows of none by that name; upgrade boto3 if AWS opened it lately): fix "
+                            "hydra.launcher.region, AWS_DEFAULT_REGION or the profile's region")
         return problems
+
+    def batch_regions(self) -> set[str]:
+        """Every region of every partition (aws, aws-cn, aws-us-gov...) where botocore knows Batch runs."""
+        return {region for partition in self.session.get_available_partitions()
+                for region in self.session.get_available_regions("batch", partition_name=partition)}
 
     def stack_outputs(self, stack_name: str) -> dict[str, str]:
         """The launcher settings that the stack's outputs give (job_queue, job_definition, staging_uri...)."""
