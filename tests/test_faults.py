@@ -708,16 +708,20 @@ def test_an_s3_sweep_uri_with_or_without_the_file_name(submitted, aws_env, suffi
 
 
 # ---------------------------------------------------------------------------------------------- local cloud
-def test_local_cloud_down_leaves_a_reused_pid_alone(tmp_path, app_env):
+@pytest.mark.parametrize("recorded, said", [
+    ({"pid_start": "1"}, "is another process now"),  # the pid was reused
+    ({}, "has no start time to prove it is moto's server; left alone"),  # a state file of an older version
+])
+def test_local_cloud_down_leaves_a_process_it_cannot_prove_its_own_alone(tmp_path, app_env, recorded, said):
     bystander = subprocess.Popen(["sleep", "600"])
     try:
         state_dir = tmp_path / "state"
         state_dir.mkdir()
-        (state_dir / "state.json").write_text(json.dumps({"pid": bystander.pid, "pid_start": "1", "endpoint": "x",
-                                                          "stack": "s"}))
+        (state_dir / "state.json").write_text(json.dumps({"pid": bystander.pid, "endpoint": "x", "stack": "s",
+                                                          **recorded}))
         env = dict(app_env, HYDRA_AWSBATCH_LOCAL_CLOUD_DIR=str(state_dir))
         proc = cli("local-cloud", "down", env=env)
-        assert proc.returncode == 0 and "is another process now" in proc.stdout
+        assert proc.returncode == 0 and said in proc.stdout, proc.stdout
         assert bystander.poll() is None  # still running
     finally:
         bystander.kill()

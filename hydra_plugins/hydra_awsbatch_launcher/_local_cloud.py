@@ -250,7 +250,7 @@ def process_start(pid: int) -> str | None:
 def alive(state: dict) -> bool:
     """Whether the moto server of `state` still runs: its pid, started when it was (not a reused pid)."""
     started = process_start(state["pid"])
-    return started is not None and started == state.get("pid_start", started)
+    return started is not None and started == state.get("pid_start")  # no start time recorded: no proof
 
 
 def environment(endpoint: str) -> dict[str, str]:
@@ -324,6 +324,9 @@ def down() -> int:
                 break
             time.sleep(0.1)
         say(f"stopped moto's server (pid {state['pid']})")
+    elif process_start(state["pid"]) is not None and "pid_start" not in state:
+        say(f"pid {state['pid']} runs, but {state_file()} (from an older version) has no start time to prove it "
+            "is moto's server; left alone: stop it yourself if it is")
     elif process_start(state["pid"]) is not None:
         say(f"pid {state['pid']} is another process now (moto's server ended earlier); left alone")
     state_file().unlink()
