@@ -791,3 +791,28 @@ def test_the_nothing_to_search_hint_pastes_into_a_shell(app, launch, app_env):
                                 timeout=240)
         assert pasted.returncode == 0, (command, pasted.stderr[-2000:])
         assert "Best value" in pasted.stdout + pasted.stderr
+
+
+def test_a_worker_that_dies_hard_leaves_no_scratch_folder(app, launch, app_env, tmp_path):
+    """os._exit and SIGKILL skip the worker's own clean-up; the parent removes what it left."""
+    app("""
+        import os
+        import signal
+
+        import hydra
+
+        @hydra.main(version_base=None, config_path=None)
+        def main(cfg):
+            if cfg.x == 1:
+                os._exit(3)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        if __name__ == "__main__":
+            main()
+    """)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = launch("+x=1,2", LOCAL, "hydra.sweep.dir=sweep", "hydra.launcher.in_place=false",
+                  env=dict(app_env, TMPDIR=str(temp)))
+    assert proc.returncode != 0 and "ended without a result" in proc.stderr, proc.stderr[-2000:]
+    assert [p.name for p in temp.iterdir() if p.name.startswith("hydra-awsbatch-")] == []

@@ -4,16 +4,24 @@ as a local process with the environment Batch would give it, at most `max_parall
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra_plugins.hydra_awsbatch_launcher._executor import JobInfo
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, Array, BatchState
-from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE, ENV_PARENT_PID, ENV_PAYLOAD_URI, MODULE
+from hydra_plugins.hydra_awsbatch_launcher.worker import (
+    ENV_IN_PLACE,
+    ENV_PARENT_PID,
+    ENV_PAYLOAD_URI,
+    MODULE,
+    scratch_prefix,
+)
 
 
 @dataclass
@@ -108,6 +116,10 @@ class LocalExecutor:
     def _finish(self, job: _Process) -> None:
         code = job.popen.returncode
         job.log.close()
+        if code != 0:  # os._exit or SIGKILL: the worker left its scratch folder (the unpacked code) behind
+            temp = Path(job.env.get("TMPDIR") or tempfile.gettempdir())
+            for left in temp.glob(scratch_prefix(job.info.num, job.popen.pid) + "*"):
+                shutil.rmtree(left, ignore_errors=True)
         job.info.exit_code, job.info.stopped = code, time.time()
         job.info.state = BatchState.SUCCEEDED if code == 0 else BatchState.FAILED
         if code != 0:

@@ -55,6 +55,12 @@ def _on_sigterm(signum, frame) -> None:
     raise Interrupted("SIGTERM")
 
 
+def scratch_prefix(num: int, pid: int) -> str:
+    """The name of job `num`'s scratch folder (under the temporary dir) while process `pid` runs it: the folder
+    is removed at the end, or by aws_batch_local's parent where the worker died too hard to do it."""
+    return f"hydra-awsbatch-{num}-{pid}-"
+
+
 def _place_remotely(config, header: dict, scratch: Path, code_dir: Path) -> None:
     """Away from the parent's disk: job dirs under scratch, and the parent's working directory mapped into
     the unpacked code when it lay inside code_root (so relative paths resolve as they did there)."""
@@ -184,7 +190,7 @@ def run(payload_uri: str, index: int) -> int:
 
     staging, first = Staging.of_payload(payload_uri)
     ending = Ending(first + index)
-    scratch = Path(tempfile.mkdtemp(prefix=f"hydra-awsbatch-{ending.num}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(ending.num, os.getpid())))
     signal.signal(signal.SIGTERM, _on_sigterm)
     job = None
     try:
