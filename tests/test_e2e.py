@@ -137,7 +137,7 @@ FAILURES = """
 """
 
 
-def test_failures_come_back_with_their_reasons(script):
+def test_failures_come_back_with_their_reasons(script, cloud_env):
     proc = script(FAILURES, "+x=0,1,2")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output
@@ -147,6 +147,8 @@ def test_failures_come_back_with_their_reasons(script):
     assert "about to vanish" in output.split("job #2 ended without a result", 1)[1]  # from CloudWatch
     jobs = manifest(script.app() / "sweep")["jobs"]
     assert [j["state"] for j in jobs] == ["SUCCEEDED", "FAILED", "FAILED"]
+    logs = cli("logs", str(script.app() / "sweep"), "2", env=cloud_env)  # moto writes to /aws/batch/job
+    assert logs.returncode == 0 and "about to vanish" in logs.stdout, logs.stdout + logs.stderr
 
 
 SLEEPER = """

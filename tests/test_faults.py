@@ -610,6 +610,27 @@ def test_batch_settings_are_refused_before_anything_is_spent(app, launch, aws_en
     assert batch_jobs(batch_resources) == before and nothing_staged(app.folder / "sweep")
 
 
+def test_logs_finds_the_stream_where_batch_wrote_it(app, launch, aws_env, batch_args):
+    """The sweep names the stack's log group; moto (and a job definition without a group of its own) write to
+    Batch's default, /aws/batch/job: `hydra-awsbatch logs` looks in both, as the failure tail does."""
+    app()
+    proc = launch("+x=1", "hydra.sweep.dir=sweep", "hydra.launcher.wait=false", "hydra.launcher.log_group=/stack/jobs",
+                  *batch_args, env=aws_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    batch, logs = boto3.client("batch"), boto3.client("logs")
+    try:
+        logs.create_log_group(logGroupName="/aws/batch/job")
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    job_id = manifest(app.folder / "sweep")["jobs"][0]["job_id"]
+    stream = batch.describe_jobs(jobs=[job_id])["jobs"][0]["container"]["logStreamName"]
+    logs.create_log_stream(logGroupName="/aws/batch/job", logStreamName=stream)
+    logs.put_log_events(logGroupName="/aws/batch/job", logStreamName=stream,
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "written by the job"}])
+    tail = cli("logs", "sweep", "0", env=aws_env, cwd=app.folder)
+    assert tail.returncode == 0 and tail.stdout.splitlines() == ["written by the job"], tail.stdout + tail.stderr
+
+
 def test_a_misspelt_aws_profile_names_the_variable_and_the_profile(app, launch, aws_env, batch_args):
     app()
     proc = launch("+x=1", "hydra.sweep.dir=sweep", *batch_args, env=dict(aws_env, AWS_PROFILE="dveloper"))

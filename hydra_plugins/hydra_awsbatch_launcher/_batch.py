@@ -189,6 +189,18 @@ class BatchApi:
         for job_id in job_ids:
             self.batch.terminate_job(jobId=job_id, reason=reason)
 
+    def job_log_tail(self, job: dict, configured: str, lines: int = 50) -> tuple[str, list[str]] | None:
+        """The tail of a described job's log stream, wherever it was written (the job definition's awslogs
+        group, the configured one, Batch's default, where moto writes): "GROUP/STREAM" and its lines; None
+        while the job has no stream."""
+        attempts = job.get("attempts") or [{}]
+        stream = (job.get("container", {}).get("logStreamName")
+                  or attempts[-1].get("container", {}).get("logStreamName"))
+        if not stream:
+            return None
+        group, tail = self.find_log_tail(_log_groups(job, configured), stream, lines)
+        return f"{group}/{stream}", tail
+
     def find_log_tail(self, groups: list[str], stream: str, lines: int = 50) -> tuple[str, list[str]]:
         """The first of `groups` that has the stream, and its tail."""
         for group in groups:
@@ -445,16 +457,14 @@ class BatchExecutor:
         for num in nums:
             job = jobs.get(self.jobs[num].job_id, {})
             container = job.get("container", {})
-            attempts = job.get("attempts") or [{}]
-            stream = container.get("logStreamName") or attempts[-1].get("container", {}).get("logStreamName")
             text = [f"Batch status: {job.get('status', self.jobs[num].state)}; "
                     f"statusReason: {job.get('statusReason') or self.jobs[num].reason or '-'}; "
                     f"exit code: {container.get('exitCode', self.jobs[num].exit_code)}; "
                     f"container reason: {container.get('reason') or '-'}"]
-            if stream:
-                group, tail = self.api.find_log_tail(_log_groups(job, log_group), stream, lines)
-                text.append(f"Last {len(tail)} lines of {group}/{stream}:")
-                text += tail
+            found = self.api.job_log_tail(job, log_group, lines)
+            if found:
+                text.append(f"Last {len(found[1])} lines of {found[0]}:")
+                text += found[1]
             details[num] = "\n".join(text)
         return details
 

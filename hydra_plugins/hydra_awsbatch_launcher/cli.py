@@ -87,11 +87,12 @@ def logs(args) -> int:
         raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} has no submitted job #{args.job_num}")
     api = sweep.executor.api
     described = api.describe([job.job_id])
-    stream = (described[0].get("container", {}).get("logStreamName") if described else None)
-    if not stream:
+    found = api.job_log_tail(described[0], m.settings.get("log_group", DEFAULT_LOG_GROUP), args.lines) \
+        if described else None
+    if not found:
         raise SystemExit(f"hydra-awsbatch: job #{args.job_num} ({job.job_id}) has no log stream yet; "
                          f"it is {described[0]['status'] if described else 'unknown to Batch'}")
-    print("\n".join(api.log_tail(m.settings.get("log_group", DEFAULT_LOG_GROUP), stream, args.lines)))
+    print("\n".join(found[1]))
     return 0
 
 
