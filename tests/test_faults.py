@@ -631,6 +631,28 @@ def test_logs_finds_the_stream_where_batch_wrote_it(app, launch, aws_env, batch_
     assert tail.returncode == 0 and tail.stdout.splitlines() == ["written by the job"], tail.stdout + tail.stderr
 
 
+def test_a_result_from_a_job_that_batch_calls_failed_is_one_story(app, launch, aws_env, batch_args, monkeypatch):
+    """Batch fails the job (moto's server, in this process, fails every job at once), yet its worker wrote a
+    whole result: one line says so, and the job counts as succeeded everywhere, not FAILED beside its value."""
+    monkeypatch.setenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")
+    app()
+    proc = launch("+x=2", "hydra.sweep.dir=sweep", "hydra.launcher.wait=false", *batch_args, env=aws_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = app.folder / "sweep"
+    wait_for(lambda: boto3.client("batch").describe_jobs(jobs=[manifest(sweep)["jobs"][0]["job_id"]])["jobs"][0][
+        "status"] == "FAILED", timeout=60)
+    run_jobs_as_batch_would(sweep, aws_env)
+    attach = cli("attach", "sweep", env=aws_env, cwd=app.folder)
+    output = attach.stdout + attach.stderr
+    assert attach.returncode == 0 and "1 jobs completed, 0 failed" in output, output
+    assert output.count("Batch says FAILED") == 1 and "counted as succeeded" in output
+    job = manifest(sweep)["jobs"][0]
+    assert (job["state"], job["result"]) == ("SUCCEEDED", "20") and job["reason"].startswith("Batch said FAILED")
+    status = cli("status", "sweep", env=aws_env, cwd=app.folder)
+    row = next(line for line in status.stdout.splitlines() if line.split()[:1] == ["0"])
+    assert row.split()[1] == "SUCCEEDED" and row.endswith(" 20"), status.stdout
+
+
 def test_a_misspelt_aws_profile_names_the_variable_and_the_profile(app, launch, aws_env, batch_args):
     app()
     proc = launch("+x=1", "hydra.sweep.dir=sweep", *batch_args, env=dict(aws_env, AWS_PROFILE="dveloper"))

@@ -122,6 +122,8 @@ class JobRecord:
         self.result, self.exit_code = result, exit_code
         if not completed and self.state == BatchState.SUCCEEDED:
             self.state = BatchState.FAILED  # it ran, but what it made did not come back
+        elif completed and self.state == BatchState.FAILED:  # its whole result came back: that is what counts
+            self.state, self.reason = BatchState.SUCCEEDED, f"Batch said FAILED ({self.reason or 'no reason'})"
 
 
 @dataclass

@@ -165,6 +165,9 @@ class Sweep:
             sync_outputs=settings.get("sync_outputs", True) and not self.writes_in_place,
             sync_exclude=settings.get("sync_exclude", []), script=self.manifest.script,
             details=lambda: self._details(info.num))
+        if ret.status == JobStatus.COMPLETED and job.state == BatchState.FAILED:
+            log.warning(f"\t#{info.num}: Batch says FAILED ({job.reason or 'no reason'}), but the job's own result "
+                        "came back whole: counted as succeeded")
         with self.lock:
             job.close(_collect.summary(ret), ret.status == JobStatus.COMPLETED,
                       info.exit_code if info.exit_code is not None else exit_code)
