@@ -525,6 +525,14 @@ def test_local_jobs_stop_when_the_launcher_is_killed(app, app_env):
     assert len(results) == 2
     assert all(r["status"] == _wire.Outcome.INTERRUPTED and "launching process died" in r["error"]["message"]
                for r in results)
+    sweep = app.folder / "sweep"
+    status = cli("status", str(sweep), env=app_env)  # what happened, not the RUNNING of the manifest's last save
+    assert status.returncode == 0 and "RUNN" not in status.stdout, status.stdout
+    assert status.stdout.count("ended with its launching process: its result says interrupted") == 2, status.stdout
+    attach = cli("attach", str(sweep), env=app_env)  # collects what the jobs wrote on their way out
+    assert attach.returncode == 1 and "0 jobs completed, 2 failed" in attach.stdout, attach.stdout + attach.stderr
+    jobs = manifest(sweep)["jobs"]
+    assert {j["state"] for j in jobs} == {"FAILED"} and all("launching process died" in j["result"] for j in jobs)
 
 
 def test_a_second_sweep_into_the_same_folder_refuses(app, app_env, launch):

@@ -163,3 +163,49 @@ class LocalExecutor:
     @staticmethod
     def forced_stop_note(sweep: str) -> str:
         return "killed every job at once (SIGKILL): they saved no checkpoint and wrote no result"
+
+
+class Remains:
+    """The jobs of an aws_batch_local sweep whose launching process is gone: they stopped with it (each noticed
+    within half a second), so each counts as ended, as the result object it wrote says, or failed without one.
+    What `hydra-awsbatch status` shows of such a sweep, and what `attach` collects."""
+
+    poll_interval_s = 0.05
+
+    def __init__(self, manifest):
+        from hydra_plugins.hydra_awsbatch_launcher import _storage, _wire
+
+        self.jobs = {}
+        for job in manifest.jobs:
+            info = JobInfo(job.num, job.state, job.job_id, job.exit_code, job.reason, job.started, job.stopped)
+            if info.state not in FINAL:
+                try:
+                    outcome = _wire.outcome_of(_storage.read_bytes(manifest.staging.result(job.num)))
+                except FileNotFoundError:
+                    outcome = None
+                info.state = BatchState.SUCCEEDED if outcome == _wire.Outcome.SUCCEEDED else BatchState.FAILED
+                info.reason = "ended with its launching process: " + (
+                    f"its result says {outcome}" if outcome else "it wrote no result")
+            self.jobs[job.num] = info
+
+    def poll(self) -> list[JobInfo]:
+        return list(self.jobs.values())
+
+    def failure_details(self, nums: list[int], log_group: str = "") -> dict[int, str]:
+        return {num: self.jobs[num].reason for num in nums}
+
+    @staticmethod
+    def terminate(reason: str, force: bool = False) -> int:
+        return 0  # nothing runs any more
+
+    @staticmethod
+    def stuck() -> dict[str, int]:
+        return {}
+
+    @staticmethod
+    def adopt(arrays) -> bool:
+        return False
+
+    @staticmethod
+    def forced_stop_note(sweep: str) -> str:
+        return ""

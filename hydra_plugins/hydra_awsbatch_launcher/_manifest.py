@@ -226,7 +226,7 @@ def settings_of(params: dict, code_root: Path) -> dict:
     """What `hydra-awsbatch` needs of a launcher's options (`params`) to find a sweep's jobs and outputs again."""
     from hydra_plugins.hydra_awsbatch_launcher._wire import script_relpath
 
-    keep = ("sync_outputs", "sync_exclude", "region", "profile", "log_group", "shared_sweep_dir")
+    keep = ("sync_outputs", "sync_exclude", "region", "profile", "log_group", "shared_sweep_dir", "in_place")
     settings = {k: params[k] for k in keep if k in params}
     try:  # attach imports the script by file when a result holds one of its classes
         return dict(settings, code_root=str(code_root), script=script_relpath(code_root))
@@ -252,6 +252,22 @@ def read(uri: str) -> Manifest:
     if not _storage.is_s3(uri):
         manifest.sweep_dir = str(Path(uri).resolve().parent)
     return manifest
+
+
+def held_by(sweep_dir: Path) -> str | None:
+    """Who holds the sweep dir's lock ("pid N"), or None where no living process does."""
+    import fcntl
+
+    try:
+        held = open(Path(sweep_dir) / LOCK)
+    except OSError:
+        return None
+    with held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return held.read().strip() or "another process"
+        return None
 
 
 def lock(sweep_dir: Path):

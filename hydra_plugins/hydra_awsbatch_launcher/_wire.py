@@ -214,6 +214,14 @@ def loads(data: bytes, script: Path | None = None):
     return _Unpickler(data, script).load()
 
 
+def outcome_of(data: bytes) -> Outcome:
+    """How the job of a result object ended, without unpickling its return value (FAILED when unreadable)."""
+    try:
+        return Outcome(pickle.loads(data)["status"])
+    except Exception:
+        return Outcome.FAILED
+
+
 def load_result(data: bytes, script: Path | None = None) -> dict:
     """A job's result object. Unreadable bytes or an unpicklable return value still give a result: FAILED,
     with an error that says why."""

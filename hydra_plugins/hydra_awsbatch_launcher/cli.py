@@ -40,27 +40,34 @@ def load_manifest(sweep: str):
 
 
 def open_sweep(sweep: str, on_batch: bool = True):
-    """The sweep engine for SWEEP's manifest, following its Batch jobs; None for a sweep of local processes
-    when `on_batch` is False (status and logs read the manifest alone)."""
-    from hydra_plugins.hydra_awsbatch_launcher import _sweep
+    """The manifest of SWEEP and its sweep engine: following its Batch jobs, or, for a sweep of local processes
+    whose launching process is gone, what those jobs left. While that process lives, its jobs are its own: the
+    engine is None for status and logs (`on_batch` False), and other commands refuse."""
+    from hydra_plugins.hydra_awsbatch_launcher import _manifest, _sweep
     from hydra_plugins.hydra_awsbatch_launcher._batch import BatchApi, BatchError, BatchExecutor
 
     manifest = load_manifest(sweep)
+    settings = manifest.settings
+    options = {"writes_in_place": bool(settings.get("shared_sweep_dir") or settings.get("in_place")),
+               "terminate_on_interrupt": False}
     if manifest.launcher != "AwsBatchLauncher":
+        holder = _manifest.held_by(Path(manifest.sweep_dir))
+        if holder is None:  # the jobs stopped with their launching process: what they left is all there is
+            from hydra_plugins.hydra_awsbatch_launcher._local import Remains
+
+            return manifest, _sweep.Sweep(manifest, Remains(manifest), **options)
         if not on_batch:
             return manifest, None
-        raise SystemExit(f"hydra-awsbatch: sweep {manifest.sweep_id} ran with {manifest.launcher}; its jobs were "
-                         "local processes, which stop with the launching process. Their logs are in "
+        raise SystemExit(f"hydra-awsbatch: sweep {manifest.sweep_id} runs as local processes of its launching "
+                         f"process ({holder}), which collects them; their logs are in "
                          f"{shlex.quote(str(Path(manifest.sweep_dir) / '.logs'))}")
-    settings = manifest.settings
     try:
         api = BatchApi(settings.get("region"), settings.get("profile"))
     except BatchError as error:
         raise SystemExit(f"hydra-awsbatch: {error}") from None
     executor = BatchExecutor(api)
     executor.add([array for batch in manifest.batches for array in batch.arrays])
-    return manifest, _sweep.Sweep(manifest, executor, writes_in_place=bool(settings.get("shared_sweep_dir")),
-                                  terminate_on_interrupt=False)
+    return manifest, _sweep.Sweep(manifest, executor, **options)
 
 
 def status(args) -> int:
@@ -78,7 +85,7 @@ def status(args) -> int:
 
 def logs(args) -> int:
     m, sweep = open_sweep(args.sweep, on_batch=False)
-    if sweep is None:
+    if m.launcher != "AwsBatchLauncher":
         path = Path(m.sweep_dir) / ".logs" / f"{args.job_num}.log"
         raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} ran its jobs locally; job #{args.job_num}'s output is "
                          f"in {shlex.quote(str(path))}" + ("" if path.is_file() else " (not written)"))
@@ -98,6 +105,9 @@ def logs(args) -> int:
 
 def cancel(args) -> int:
     m, sweep = open_sweep(args.sweep)
+    if m.launcher != "AwsBatchLauncher":
+        raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} ran with {m.launcher}; its jobs were local processes, "
+                         "which stop with the launching process (Ctrl-C there stops them)")
     sweep.refresh()
     stopped = sweep.stop("cancelled with hydra-awsbatch cancel")
     print(f"terminated {stopped} unfinished jobs of sweep {m.sweep_id}")
