@@ -867,3 +867,41 @@ def test_a_worker_that_dies_hard_leaves_no_scratch_folder(app, launch, app_env, 
                   env=dict(app_env, TMPDIR=str(temp)))
     assert proc.returncode != 0 and "ended without a result" in proc.stderr, proc.stderr[-2000:]
     assert [p.name for p in temp.iterdir() if p.name.startswith("hydra-awsbatch-")] == []
+
+
+THOMPSON_APP = """
+    import time
+
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        if cfg.x < 0.5:
+            time.sleep(600)  # in flight when the sweep stops
+        if {fails}:
+            raise ValueError("diverged")
+        return "not a number" if cfg.x >= 0.5 else 1.0
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+@pytest.mark.parametrize("fails, said", [
+    ("False", "the task returned 'not a number': the thompson sweeper needs a number"),
+    ("True", "1 trials failed in a row (hydra.sweeper.max_failures)"),
+])
+def test_a_thompson_sweep_that_stops_on_an_error_stops_its_trials_first_and_says_it_last(app, launch, app_env,
+                                                                                         fails, said):
+    """Two trials in flight on aws_batch_local, x=0.25 (runs for long) and x=0.75 (ends at once, with a value
+    that stops the sweep): the one still running is stopped and recorded so, and the error is the last word."""
+    app(THOMPSON_APP.format(fails=fails))
+    proc = launch("hydra/sweeper=thompson", "+x=choice(0.25, 0.75)", "hydra.sweeper.n_workers=2",
+                  "hydra.sweeper.n_initial=2", "hydra.sweeper.max_failures=1", "hydra.sweeper.seed=0", LOCAL,
+                  "hydra.sweep.dir=sweep")
+    assert proc.returncode == 1 and said in proc.stderr, proc.stderr[-3000:]
+    after = proc.stderr.rsplit(said, 1)[1]
+    assert "SIGTERM" not in proc.stderr and "Remote traceback" not in after, after
+    trials = {t["number"]: t for t in json.loads((app.folder / "sweep/thompson_state.json").read_text())["trials"]}
+    assert sorted(t["status"] for t in trials.values()) == ["failed", "stopped"]
+    assert not workers_of(app.folder)

@@ -62,9 +62,9 @@ class ScriptedExecutor:
         _storage.write_bytes(self.staging.result(num), _wire.dump_result(_wire.Outcome.SUCCEEDED, pickled, num=num,
                                                                           exit_code=0))
 
-    def terminate(self, reason: str, force: bool = False) -> int:
+    def terminate(self, reason: str, force: bool = False, nums=None) -> int:
         self.terminated.append((reason, force))
-        unfinished = [s for s in self.jobs.values() if s.state not in FINAL]
+        unfinished = [s for s in self.jobs.values() if s.state not in FINAL and (nums is None or s.num in nums)]
         for info in unfinished:
             info.state, info.reason = BatchState.FAILED, reason
         return len(unfinished)

@@ -428,19 +428,21 @@ class BatchExecutor:
                     reasons[job["statusReason"]] = reasons.get(job["statusReason"], 0) + 1
         return reasons
 
-    def terminate(self, reason: str, force: bool = False) -> int:
+    def terminate(self, reason: str, force: bool = False, nums=None) -> int:
         """Terminate every unfinished job: the array parents first (Batch ends their children), then any
-        child still unfinished. `force` (a second Ctrl-C): stop waiting; what was asked stands."""
-        unfinished = [s for s in self.jobs.values() if s.state not in FINAL]
+        child still unfinished; `nums`: these jobs only, by their own ids. `force` (a second Ctrl-C): stop
+        waiting; what was asked stands."""
+        unfinished = [s for s in self.jobs.values() if s.state not in FINAL and (nums is None or s.num in nums)]
         if not unfinished:
             return 0
         if not force:
-            self.api.terminate([a.job_id for a in self.active()], reason)
+            if nums is None:
+                self.api.terminate([a.job_id for a in self.active()], reason)
+                self._poll()
+            self.api.terminate([s.job_id for s in unfinished if s.state not in FINAL
+                                and (":" in s.job_id or nums is not None)], reason)
             self._poll()
-            left = [s.job_id for s in self.jobs.values() if s.state not in FINAL and ":" in s.job_id]
-            self.api.terminate(left, reason)
-            self._poll()
-        for s in self.jobs.values():
+        for s in unfinished:
             if s.state not in FINAL:  # Batch will end it; we stop waiting
                 s.state, s.reason = BatchState.FAILED, reason
         return len(unfinished)

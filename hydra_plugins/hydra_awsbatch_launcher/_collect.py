@@ -15,10 +15,11 @@ log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
 
 def collect(staging: Staging, job: JobRecord, job_dir: Path, config, *, sync_outputs: bool, sync_exclude=(),
-            script: Path | None = None, details: Callable[[], str] = str):
+            script: Path | None = None, details: Callable[[], str] = str, quiet: bool = False):
     """The JobReturn of a job that ended, and the exit code its result object reports (None without one).
     Outputs are brought home when `sync_outputs`; a result or outputs that cannot be read fail this job alone,
-    saying why. `details()`: what the executor knows of a job that left no result."""
+    saying why. `details()`: what the executor knows of a job that left no result. `quiet`: a job stopped on
+    purpose, whose failure is not logged (its exception still carries the remote traceback)."""
     try:
         result = _wire.load_result(_storage.read_bytes(staging.result(job.num)), script)
     except FileNotFoundError:
@@ -34,10 +35,10 @@ def collect(staging: Staging, job: JobRecord, job_dir: Path, config, *, sync_out
             left = []
         if left:
             log.info(f"\t#{job.num}: left in staging: " + ", ".join(_storage.join(output, rel) for rel in left))
-    return job_return(config, job, job_dir, result, missing), (result or {}).get("exit_code")
+    return job_return(config, job, job_dir, result, missing, quiet), (result or {}).get("exit_code")
 
 
-def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missing: str):
+def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missing: str, quiet: bool = False):
     """Hydra's JobReturn: the worker's own when it came back, else one that says why not."""
     from hydra.core.utils import JobStatus
     from omegaconf import open_dict, read_write
@@ -50,7 +51,7 @@ def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missi
         with read_write(runtime), open_dict(runtime):
             runtime.output_dir = str(job_dir)
         if ret.status == JobStatus.FAILED:
-            explain(num, ret._return_value, result["error"])
+            explain(num, ret._return_value, result["error"], quiet)
         return ret
     ret = unfinished_return(config, job_dir, job)
     if result is not None and result["status"] == _wire.Outcome.SUCCEEDED:  # sys.exit(0): a normal end, no value
@@ -62,7 +63,7 @@ def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missi
         ret.return_value = RemoteJobError(message, error["type"], error["traceback"])
     else:
         ret.return_value = RemoteJobError(f"job #{num} ended without a result. {missing}")
-    explain(num, ret._return_value, error)
+    explain(num, ret._return_value, error, quiet)
     return ret
 
 
@@ -93,10 +94,12 @@ def summary(ret) -> str:
     return f"{type(value).__name__}: {str(value).splitlines()[0] if str(value) else ''}"
 
 
-def explain(num: int, exc: BaseException, error: dict | None) -> None:
-    """Show the remote traceback in the log and on the exception Hydra will raise."""
+def explain(num: int, exc: BaseException, error: dict | None, quiet: bool = False) -> None:
+    """Show the remote traceback in the log (unless `quiet`) and on the exception Hydra will raise."""
     remote = (error or {}).get("traceback", "")
-    log.error(f"\t#{num} failed: {type(exc).__name__}: {exc}" + (f"\nRemote traceback:\n{remote}" if remote else ""))
+    if not quiet:
+        log.error(f"\t#{num} failed: {type(exc).__name__}: {exc}"
+                  + (f"\nRemote traceback:\n{remote}" if remote else ""))
     if remote and hasattr(exc, "add_note") and not getattr(exc, "_remote_noted", False):
         exc.add_note(f"Remote traceback of job #{num}:\n{remote}")
         exc._remote_noted = True

@@ -34,8 +34,9 @@ class Executor(Protocol):
     def poll(self) -> list[JobInfo]:
         """What is known of every job submitted so far."""
 
-    def terminate(self, reason: str, force: bool = False) -> int:
-        """Stop every unfinished job (at once with `force`) and count it FAILED with `reason`; how many."""
+    def terminate(self, reason: str, force: bool = False, nums=None) -> int:
+        """Stop every unfinished job (`nums`: those of them) at once with `force`, and count it FAILED with
+        `reason`; how many."""
 
     def stuck(self) -> dict[str, int]:
         """Why jobs wait in RUNNABLE: reason -> count."""

@@ -126,10 +126,12 @@ class LocalExecutor:
             job.info.reason = (f"Essential container in task exited (exit code {code})" if code > 0
                                 else f"killed by signal {signal.Signals(-code).name}")
 
-    def terminate(self, reason: str, force: bool = False) -> int:
+    def terminate(self, reason: str, force: bool = False, nums=None) -> int:
         """SIGTERM every unfinished job's process group (the task's own children too), as Batch stops a
-        container, wait for them, and return how many there were. `force` (a second Ctrl-C): SIGKILL now."""
-        unfinished = [job for job in self._jobs if job.info.state not in FINAL]
+        container, wait for them, and return how many there were. `force` (a second Ctrl-C): SIGKILL now.
+        `nums`: these jobs only."""
+        unfinished = [job for job in self._jobs if job.info.state not in FINAL
+                      and (nums is None or job.info.num in nums)]
         for job in unfinished:
             self._signal(job, signal.SIGKILL if force else signal.SIGTERM)
         deadline = time.time() + 30
@@ -195,7 +197,7 @@ class Remains:
         return {num: self.jobs[num].reason for num in nums}
 
     @staticmethod
-    def terminate(reason: str, force: bool = False) -> int:
+    def terminate(reason: str, force: bool = False, nums=None) -> int:
         return 0  # nothing runs any more
 
     @staticmethod

@@ -39,6 +39,7 @@ class Sweep:
         self.watcher: threading.Thread | None = None
         self.progress = Progress(manifest.sweep_id, list(BatchState), live)
         self.rounds = 0
+        self.stopped: set[int] = set()  # jobs stopped on purpose (Ctrl-C, a sweeper's stop)
         self._held, self._exit_hook = held, False  # the sweep dir's lock file; atexit registered
 
     @classmethod
@@ -164,7 +165,7 @@ class Sweep:
             self.manifest.staging, job, Path(self.manifest.sweep_dir) / job.subdir, self.configs.get(info.num),
             sync_outputs=settings.get("sync_outputs", True) and not self.writes_in_place,
             sync_exclude=settings.get("sync_exclude", []), script=self.manifest.script,
-            details=lambda: self._details(info.num))
+            details=lambda: self._details(info.num), quiet=info.num in self.stopped)
         if ret.status == JobStatus.COMPLETED and job.state == BatchState.FAILED:
             log.warning(f"\t#{info.num}: Batch says FAILED ({job.reason or 'no reason'}), but the job's own result "
                         "came back whole: counted as succeeded")
@@ -203,13 +204,15 @@ class Sweep:
                           for f in futures])
         return returns
 
-    def stop(self, reason: str, force: bool = False) -> int:
-        """Terminate every unfinished job, record it, and fail the futures still pending."""
+    def stop(self, reason: str, force: bool = False, nums=None) -> int:
+        """Terminate every unfinished job (`nums`: those of them), record it, and fail their futures; what they
+        left is collected without a traceback each: they were stopped, not broken."""
         with self.lock:
-            stopped = self.executor.terminate(reason, force)
-            seen = self.refresh()  # every job final now: terminate() saw to it
-            pending = [s for s in seen if s.num in self.pending]
-        for info in pending:
+            self.stopped.update(self.pending if nums is None else nums)
+            stopped = self.executor.terminate(reason, force, nums)
+            seen = self.refresh()  # every job asked for is final now: terminate() saw to it
+            ended = [s for s in seen if s.num in self.pending and (nums is None or s.num in nums)]
+        for info in ended:
             self._resolve(info)
         return stopped
 

@@ -1,6 +1,6 @@
 """The public contract of an asynchronous launcher: what a sweeper may rely on to keep every worker busy.
 
-Hydra's `Launcher.launch()` blocks until a whole batch has ended. A launcher that also offers the four calls of
+Hydra's `Launcher.launch()` blocks until a whole batch has ended. A launcher that also offers the five calls of
 `AsyncLauncher` takes jobs one (or a few) at a time while others run, and hands each back as a
 `concurrent.futures.Future[JobReturn]`. Both launchers of this package implement it; so may any other, and
 `hydra/sweeper=thompson` then keeps its workers busy on it (it checks `isinstance(launcher, AsyncLauncher)`
@@ -36,6 +36,10 @@ class AsyncLauncher(Protocol):
     def job_times(self, num: int) -> tuple[float | None, float | None] | None:
         """When job `num` started and stopped running (epoch seconds, None where not yet); None for a job the
         launcher does not know. A trial's duration is its job's, not the time it waited for a worker."""
+
+    def stop(self, nums: Sequence[int], reason: str) -> None:
+        """Stop jobs `nums` that still run (as Batch's TerminateJob does: SIGTERM, then SIGKILL); their futures
+        resolve, FAILED with `reason`, before this returns. Jobs stopped on purpose are not logged one by one."""
 
     def mirror(self, name: str, data: bytes) -> None:
         """Keep a copy of a sweeper's file (its state) with the sweep's own records, where a sweeper on another

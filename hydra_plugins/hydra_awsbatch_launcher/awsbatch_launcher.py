@@ -118,6 +118,10 @@ class BaseAwsBatchLauncher(Launcher):
         if self.stager is not None:
             self.stager.mirror(name, data)
 
+    def stop(self, nums: Sequence[int], reason: str) -> None:
+        if self.sweep is not None:
+            self.sweep.stop(reason, nums=set(nums))
+
     # ------------------------------------------------------------------------------------------- check
     def check_settings(self) -> None:
         """What every executor refuses before anything is staged: one line per problem."""

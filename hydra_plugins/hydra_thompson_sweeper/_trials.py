@@ -28,6 +28,7 @@ class TrialStatus(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # in flight when the sweeper was stopped (Ctrl-C): a resume runs it again
+    STOPPED = "stopped"  # in flight when the sweep stopped on an error: a resume runs it again
 
     __str__ = str.__str__
     __format__ = str.__format__

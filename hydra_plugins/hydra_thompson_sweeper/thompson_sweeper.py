@@ -130,8 +130,30 @@ class ThompsonSweeper(Sweeper):
                     raise SweepError([f"{c.max_failures} trials failed in a row (hydra.sweeper.max_failures); the "
                                       f"last, trial {last.number}: {last.error}. Every trial is in "
                                       f"{trials.sweep_dir / 'trials.csv'}"])
+        except SweepError:  # its message is the last thing said: the trials in flight are stopped first
+            live.close()
+            self.stop_in_flight(in_flight, optimizer)
+            raise
         finally:
             live.close()
+
+    def stop_in_flight(self, in_flight: dict, optimizer) -> None:
+        """The sweep stops on an error: the trials still running are stopped, their jobs too, and recorded as
+        stopped (a resume runs them again); those that ended meanwhile are recorded as they ended."""
+        running = {trial.job for future, trial in in_flight.items() if not future.done()}
+        if running and self.asynchronous:
+            log.info(f"Stopping the {len(running)} trials in flight")
+            self.launcher.stop(sorted(running), "stopped by the thompson sweeper, which stopped on an error")
+        for future, trial in sorted(in_flight.items(), key=lambda item: item[1].number):
+            if trial.job in running:
+                trial.status, trial.error = TrialStatus.STOPPED, "stopped: the sweep stopped on an error"
+                self.take_times(trial)
+                continue
+            try:
+                self.record(trial, future, optimizer)
+            except SweepError:
+                pass  # recorded as failed, with the error that stops the sweep
+        in_flight.clear()
 
     def propose(self, trials: TrialLog, optimizer, in_flight: dict, new: list[Trial]) -> Trial:
         pending = [t.params for t in in_flight.values()] + [t.params for t in new]
@@ -161,19 +183,17 @@ class ThompsonSweeper(Sweeper):
 
     def record(self, trial: Trial, future: concurrent.futures.Future, optimizer) -> bool:
         """The trial's result: observed when it is a number, recorded as failed (and not observed) when not.
-        False for a trial stopped by a Ctrl-C of the earlier sweeper, which is to run again."""
-        interrupted = trial.status == TrialStatus.INTERRUPTED
-        trial.ended = time.time()
-        times = self.launcher.job_times(trial.job) if self.asynchronous else None
-        if times is not None:
-            trial.started, trial.ended = times[0] or trial.submitted, times[1] or trial.ended
+        False for a trial that the earlier sweeper stopped (a Ctrl-C, or its error), which is to run again."""
+        interrupted = trial.status in (TrialStatus.INTERRUPTED, TrialStatus.STOPPED)
+        self.take_times(trial)
         try:
             value = self.objective(future.result().return_value)  # a failed job's return_value raises its error
-        except SweepError:
+        except SweepError as error:
+            trial.status, trial.error = TrialStatus.FAILED, error.problems[0]
             raise
         except Exception as error:
             if interrupted:
-                log.info(f"Trial {trial.number} (job #{trial.job}) was stopped by the Ctrl-C: it runs again")
+                log.info(f"Trial {trial.number} (job #{trial.job}) was stopped with the earlier sweep: it runs again")
                 return False
             first_line = str(error).splitlines()[0] if str(error) else ""
             trial.status, trial.error = TrialStatus.FAILED, f"{type(error).__name__}: {first_line}"
@@ -182,6 +202,13 @@ class ThompsonSweeper(Sweeper):
         trial.status, trial.value = TrialStatus.COMPLETED, value
         optimizer.observe(trial.params, value)
         return True
+
+    def take_times(self, trial: Trial) -> None:
+        """When the trial's job started and ended, where the launcher says (else: submitted, now)."""
+        trial.ended = time.time()
+        times = self.launcher.job_times(trial.job) if self.asynchronous else None
+        if times is not None:
+            trial.started, trial.ended = times[0] or trial.submitted, times[1] or trial.ended
 
     def objective(self, returned) -> float:
         """The number to optimise out of the task's return value."""
