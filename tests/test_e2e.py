@@ -319,6 +319,11 @@ class TestIntegrationInContainers(IntegrationTestSuite):
         return scratch
 
 
+def running_containers(image: str) -> list[str]:
+    return subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={image}", "--filter", "status=running"],
+                          capture_output=True, text=True).stdout.split()
+
+
 def test_local_cloud_command_up_status_down(local_cloud, tmp_path, app_env):
     env = dict(app_env, HYDRA_AWSBATCH_LOCAL_CLOUD_DIR=str(tmp_path / "state"))
 
@@ -338,8 +343,25 @@ def test_local_cloud_command_up_status_down(local_cloud, tmp_path, app_env):
     assert local_cloud_cli("status").returncode == 0
     again = local_cloud_cli("up", "--stack", "cli-batch")  # idempotent: says so, and prints the exports again
     assert "already up" in again.stdout and exports["AWS_ENDPOINT_URL"] in again.stdout
-    down = local_cloud_cli("down")
-    assert down.returncode == 0 and f"stopped moto's server (pid {state['pid']})" in down.stdout
+
+    app = tmp_path / "app"  # a job that runs for long, in this cloud's container, when `down` comes
+    app.mkdir()
+    (app / "my_app.py").write_text(textwrap.dedent(SLEEPER))
+    sweep = subprocess.Popen([sys.executable, "my_app.py", "-m", "hydra/launcher=aws_batch", "+x=1", "+seconds=600",
+                              "hydra.launcher.stack_name=cli-batch", "hydra.launcher.poll_interval_s=1",
+                              "hydra.sweep.dir=sweep"], cwd=app, env=dict(env, **exports),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: running_containers(state["image"]), timeout=240)
+        down = local_cloud_cli("down")
+    finally:
+        sweep.kill()
+        sweep.wait()
+    assert down.returncode == 0 and "stopped and removed 1 job containers" in down.stdout, down.stdout
+    assert f"stopped moto's server (pid {state['pid']})" in down.stdout
+    assert not subprocess.run(["docker", "ps", "-aq", "--filter", f"ancestor={state['image']}", "--filter",
+                               f"name={down.stdout.split('job containers: ')[1].split()[0]}"],
+                              capture_output=True, text=True).stdout.strip()
     assert not Path(f"/proc/{state['pid']}").exists() or "zombie" in Path(f"/proc/{state['pid']}/status").read_text()
     assert local_cloud_cli("status").returncode == 1
 

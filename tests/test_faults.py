@@ -539,11 +539,11 @@ def test_a_second_sweep_into_the_same_folder_refuses(app, app_env, launch):
     app(SLEEPY_APP)
     first = start(app.folder, app_env, "+x=1", LOCAL, "hydra.sweep.dir=sweep")
     assert wait_for(lambda: started(app.folder / "sweep", 1)), first.kill()
-    before = (app.folder / "sweep/manifest.json").read_text()
+    before = {name: (app.folder / "sweep" / name).read_text() for name in ("manifest.json", "multirun.yaml")}
     second = launch("+x=5", LOCAL, "hydra.sweep.dir=sweep")
     assert second.returncode != 0
     assert f"hydra.sweep.dir={app.folder / 'sweep'}: another sweep (pid {first.pid}) is running" in second.stderr
-    assert (app.folder / "sweep/manifest.json").read_text() == before
+    assert {name: (app.folder / "sweep" / name).read_text() for name in before} == before  # refused before a write
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=60)
 
@@ -659,6 +659,14 @@ def test_a_result_from_a_job_that_batch_calls_failed_is_one_story(app, launch, a
     status = cli("status", "sweep", env=aws_env, cwd=app.folder)
     row = next(line for line in status.stdout.splitlines() if line.split()[:1] == ["0"])
     assert row.split()[1] == "SUCCEEDED" and row.endswith(" 20"), status.stdout
+
+
+@pytest.mark.parametrize("args, warned", [(["hydra.launcher.memory_mib=512"], True), ([], False)])
+def test_limits_the_local_cloud_does_not_enforce_are_said(app, launch, aws_env, batch_args, args, warned):
+    app()
+    proc = launch("+x=1", "hydra.sweep.dir=sweep", "hydra.launcher.wait=false", *batch_args, *args, env=aws_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("hydra.launcher.memory_mib=512 and vcpus=None are not enforced here" in proc.stdout + proc.stderr) == warned
 
 
 def test_a_misspelt_aws_profile_names_the_variable_and_the_profile(app, launch, aws_env, batch_args):

@@ -311,12 +311,32 @@ def status() -> int:
     return 0 if running else 1
 
 
+def job_containers(state: dict) -> list[str]:
+    """The containers that moto's server of `state` started for Batch jobs, running or ended: those of its image
+    whose environment names its port (another local cloud's, of the same image, are not ours)."""
+    from urllib.parse import urlparse
+
+    if not state.get("image") or docker_answers() is not None:
+        return []
+    ids = run(["docker", "ps", "-aq", "--filter", f"ancestor={state['image']}"], capture_output=True).stdout.split()
+    if not ids:
+        return []
+    port = f"MOTO_PORT={urlparse(state['endpoint']).port}"
+    found = json.loads(run(["docker", "inspect", *ids], capture_output=True).stdout)
+    return [c["Name"].lstrip("/") for c in found if port in (c.get("Config") or {}).get("Env") or []]
+
+
 def down() -> int:
-    """Stop what `up` started (moto's server, by its pid) and nothing else."""
+    """Stop what `up` started (the job containers moto's server started, and the server, by its pid) and nothing
+    else."""
     state = read_state()
     if not state:
         say("nothing to stop")
         return 0
+    containers = job_containers(state)
+    if containers:  # moto's job threads would have removed them; they die with the server
+        run(["docker", "rm", "--force", *containers], capture_output=True)
+        say(f"stopped and removed {len(containers)} job containers: {', '.join(containers)}")
     if alive(state):
         os.kill(state["pid"], signal.SIGTERM)
         for _ in range(50):

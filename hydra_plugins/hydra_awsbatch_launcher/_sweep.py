@@ -42,25 +42,31 @@ class Sweep:
         self.stopped: set[int] = set()  # jobs stopped on purpose (Ctrl-C, a sweeper's stop)
         self._held, self._exit_hook = held, False  # the sweep dir's lock file; atexit registered
 
+    @staticmethod
+    def claim(sweep_dir: Path):
+        """Lock `sweep_dir` for this process's sweep, where it exists already (a second sweep into a busy dir is
+        refused before its sweeper writes anything there); the lock, for create() or reopen(), or None."""
+        return _manifest.lock(sweep_dir) if sweep_dir.is_dir() else None
+
     @classmethod
     def create(cls, staging_root: str, sweep_dir: Path, executor_for, *, launcher: str, settings: dict,
-               **options) -> Sweep:
-        """A new sweep into `sweep_dir`, locked while this process lives. `executor_for(staging)` makes its
-        executor; the manifest is first saved with the first jobs."""
-        held = _manifest.lock(sweep_dir)
+               held=None, **options) -> Sweep:
+        """A new sweep into `sweep_dir`, locked while this process lives (`held`: the lock claim() took).
+        `executor_for(staging)` makes its executor; the manifest is first saved with the first jobs."""
+        held = held or _manifest.lock(sweep_dir)
         manifest = Manifest(_manifest.new_sweep_id(), staging_root, str(sweep_dir), launcher, settings=settings)
         log.info(f"Sweep {manifest.sweep_id}, staging at {manifest.staging_uri}")
         return cls(manifest, executor_for(manifest.staging), held=held, **options)
 
     @classmethod
-    def reopen(cls, sweep_dir: Path, executor_for, **options) -> Sweep | None:
+    def reopen(cls, sweep_dir: Path, executor_for, held=None, **options) -> Sweep | None:
         """The sweep of `sweep_dir`, to go on after the process that launched it died (new jobs join it); None
         where that process submitted nothing."""
         try:
             manifest = _manifest.read(str(sweep_dir / _manifest.MANIFEST))
         except FileNotFoundError:
             return None
-        held = _manifest.lock(sweep_dir)
+        held = held or _manifest.lock(sweep_dir)
         manifest.sweep_dir = str(sweep_dir)
         log.info(f"Resuming sweep {manifest.sweep_id} ({len(manifest.jobs)} jobs so far), staging at "
                  f"{manifest.staging_uri}")

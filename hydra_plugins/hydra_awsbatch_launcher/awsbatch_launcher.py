@@ -17,7 +17,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
+from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.hydra_awsbatch_launcher._errors import LaunchError
@@ -42,12 +42,16 @@ class BaseAwsBatchLauncher(Launcher):
         self.composer = None  # _compose.ComposeOnce, on the sweep's config loader
         self.sweep = None  # the sweep engine (_sweep.Sweep), from the first jobs on
         self.stager = None  # the stage step (_stage.Stager) of that sweep
+        self.claimed = None  # the sweep dir's lock, taken at setup where the dir exists
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.hydra_awsbatch_launcher._compose import ComposeOnce
+        from hydra_plugins.hydra_awsbatch_launcher._sweep import Sweep
 
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.composer = ComposeOnce.install(hydra_context.config_loader) if hydra_context.config_loader else None
+        if config.hydra.mode == RunMode.MULTIRUN:  # before the sweeper writes multirun.yaml into a busy dir
+            self.claimed = Sweep.claim(self.sweep_dir)
 
     # ---------------------------------------------------------------------------------------- the story
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -106,7 +110,7 @@ class BaseAwsBatchLauncher(Launcher):
                              self.hydra_context.callbacks, self.params, dry_run=self.dry_run)
 
     def engine_options(self) -> dict:
-        return {"writes_in_place": self.writes_in_place,
+        return {"writes_in_place": self.writes_in_place, "held": self.claimed,
                 "terminate_on_interrupt": bool(self.params.get("terminate_on_interrupt", True))}
 
     # ----------------------------------------------------------------------------------- async_api.py
@@ -278,6 +282,10 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
             problems = _check.staging(p.staging_uri, p.staging_uri, self.dry_run)
         if problems:
             raise LaunchError(problems)
+        if _batch.loopback_endpoint() and (p.memory_mib is not None or p.vcpus is not None):
+            log.warning(f"The local cloud runs its containers without limits: hydra.launcher.memory_mib="
+                        f"{p.memory_mib} and vcpus={p.vcpus} are not enforced here, where AWS Batch would kill a job "
+                        "that outgrows its memory")
 
     def manifest_settings(self) -> dict:
         return dict(super().manifest_settings(), region=self.api.session.region_name)
