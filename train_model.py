@@ -5,7 +5,8 @@
     python train_model.py experiment=cnn_digits             # another model and optimizer
 
 An ordinary Hydra app: it knows nothing of where it runs. It resumes from the newest checkpoint under
-checkpoint.uri, and on SIGTERM (Spot reclaim, timeout) it saves one and exits with EXIT_PREEMPTED.
+checkpoint.uri, and on SIGTERM (Spot reclaim, timeout) it saves one and exits with EXIT_PREEMPTED. Each epoch's
+losses and accuracy go to `report()`: into the run's metrics.jsonl, and to the sweep while the job runs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.nn import functional as F
 
 from example_app.checkpoints import CheckpointStore
 from example_app.data import load_dataset, split
+from hydra_plugins.hydra_awsbatch_launcher import report
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ def main(cfg: DictConfig) -> float:
                             "val_loss": val_loss, "val_accuracy": accuracy})
             log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_accuracy=%.4f",
                      epoch + 1, cfg.epochs, loss_sum / len(batches), val_loss, accuracy)
+            report(epoch + 1, **{k: v for k, v in history[-1].items() if k != "epoch"})  # the sweep sees it live
             start_step, loss_sum = 0, 0.0
             saved = checkpoint(epoch + 1, 0, shuffle.get_state())
             if stop.requested and epoch + 1 < cfg.epochs:

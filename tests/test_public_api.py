@@ -71,7 +71,7 @@ CONTRACT_LAUNCHER = """
 
 
     class ContractLauncher(BasicLauncher):
-        \"\"\"Someone else's launcher: Hydra's basic one, plus the five calls of async_api.AsyncLauncher.\"\"\"
+        \"\"\"Someone else's launcher: Hydra's basic one, plus the six calls of async_api.AsyncLauncher.\"\"\"
 
         def launch_async(self, job_overrides, initial_job_idx):
             note("launch_async", len(job_overrides))
@@ -92,6 +92,9 @@ CONTRACT_LAUNCHER = """
 
         def stop(self, nums, reason):
             note("stop", *nums)
+
+        def metrics(self, num):
+            return []
 """
 QUADRATIC = """
     import hydra

@@ -26,6 +26,8 @@ def options(params, conf_class: type, code_root: Path) -> list[str]:
     problems += [f"hydra.launcher.environment.{name}: names starting with {prefix} are reserved for the "
                  "launcher; rename it" for name in params.get("environment", {})
                  for prefix in RESERVED_ENV_PREFIXES if str(name).startswith(prefix)]
+    if float(params.get("metrics_interval_s", 1)) <= 0:
+        problems.append(f"hydra.launcher.metrics_interval_s={params.get('metrics_interval_s')}: seconds, above 0")
     if not code_root.is_dir():
         problems.append(f"hydra.launcher.code_root={params.get('code_root')}: no such folder ({code_root}); point "
                         "it at the folder of your code")

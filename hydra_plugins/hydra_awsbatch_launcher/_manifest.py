@@ -8,6 +8,7 @@ Staging layout, under `staging_uri` (an s3:// prefix or a local folder):
     sweeps/<sweep_id>/payload-<first>.pkl     one per launched batch of jobs, first = its first job number
     sweeps/<sweep_id>/<num>/result.pkl        a job's result object, written last
     sweeps/<sweep_id>/<num>/output/...        a job's output dir
+    sweeps/<sweep_id>/<num>/metrics/part-*    what the job reported while it ran (_metrics.py)
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class Staging:
     def output(self, num: int) -> str:
         return _storage.join(self.sweep, str(num), "output")
 
+    def metrics(self, num: int) -> str:
+        return _storage.join(self.sweep, str(num), "metrics")
+
     @classmethod
     def of_payload(cls, payload_uri: str) -> tuple[Staging, int]:
         """The staging and the first job number that a payload URI belongs to."""
@@ -84,6 +88,14 @@ class Staging:
         if not sep or not name.startswith("payload-") or not name.endswith(".pkl"):
             raise StagingError(f"not a payload URI: {payload_uri}")
         return cls(root, sweep_id), int(name[len("payload-"):-len(".pkl")])
+
+
+def staging_root(staging_uri: str | None, sweep_dir: Path) -> str:
+    """Where a sweep stages: `staging_uri` (a relative folder made absolute: jobs run elsewhere), else
+    SWEEP_DIR/.staging."""
+    if not staging_uri:
+        return str(sweep_dir / ".staging")
+    return staging_uri if _storage.is_s3(staging_uri) else str(_storage.local_path(staging_uri).expanduser().absolute())
 
 
 def new_sweep_id() -> str:
@@ -107,6 +119,7 @@ class JobRecord:
     started: float | None = None
     stopped: float | None = None
     result: str = ""  # the return value's repr, or "ErrorType: message"
+    last_report: dict = field(default_factory=dict)  # the newest record the job reported (_metrics.py)
 
     def update(self, seen) -> bool:
         """Take what the executor saw of the job (an _executor.JobInfo) until it ended; whether anything changed."""
@@ -198,6 +211,12 @@ class Manifest:
         batch.batch_job_ids += [a.job_id for a in arrays]
         for num in range(batch.first, batch.first + batch.size):
             self.job(num).submitted = when
+
+    def reported(self, newest: dict[int, dict]) -> bool:
+        """Jobs' newest reports (job number -> record) into their records; whether there were any."""
+        for num, record in newest.items():
+            self.job(num).last_report = record
+        return bool(newest)
 
     def to_json(self) -> str:
         data = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")}

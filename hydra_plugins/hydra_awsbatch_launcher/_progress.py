@@ -57,10 +57,19 @@ class Progress(LiveText):
         super().__init__(live)
         self.sweep_id, self.order = sweep_id, order
 
-    def update(self, states, stuck: dict | None = None) -> None:
-        """`states`: the Batch state of every job; `stuck`: reason -> count for jobs held in RUNNABLE."""
+    SHOWN = 5  # running jobs whose last report the live line shows
+
+    def update(self, states, stuck: dict | None = None, reports: dict | None = None) -> None:
+        """`states`: the Batch state of every job; `stuck`: reason -> count for jobs held in RUNNABLE; `reports`:
+        job number -> its last report, for the jobs that run."""
+        from hydra_plugins.hydra_awsbatch_launcher._metrics import summary
+
         line = f"sweep {self.sweep_id}: {counts_line(states, self.order)}"
         notes = [f"  {n} RUNNABLE: {reason}" for reason, n in (stuck or {}).items()]
+        shown = [(num, report) for num, report in sorted((reports or {}).items()) if report]
+        notes += [f"  #{num} {summary(report)}" for num, report in shown[:self.SHOWN]]
+        if len(shown) > self.SHOWN:
+            notes.append(f"  ... and {len(shown) - self.SHOWN} more running jobs that report")
         self.show("\n".join([line, *notes]))
 
     @staticmethod

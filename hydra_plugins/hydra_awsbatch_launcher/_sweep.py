@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from hydra_plugins.hydra_awsbatch_launcher import _collect, _manifest
+from hydra_plugins.hydra_awsbatch_launcher import _collect, _manifest, _metrics
 from hydra_plugins.hydra_awsbatch_launcher._executor import Executor, JobInfo
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, BatchState, Manifest
 from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
@@ -29,7 +29,8 @@ class Sweep:
     """One sweep's jobs after staging: its manifest, its executor, a future per job, one watcher thread."""
 
     def __init__(self, manifest: Manifest, executor: Executor, *, writes_in_place: bool = False,
-                 terminate_on_interrupt: bool = True, live: bool | None = None, held=None):
+                 terminate_on_interrupt: bool = True, live: bool | None = None, held=None,
+                 metrics_interval_s: float = _metrics.DEFAULT_INTERVAL_S):
         self.manifest, self.executor = manifest, executor
         self.writes_in_place, self.terminate_on_interrupt = writes_in_place, terminate_on_interrupt
         self.configs: dict[int, object] = {}  # job number -> its config (none when opened from a manifest)
@@ -40,37 +41,8 @@ class Sweep:
         self.progress = Progress(manifest.sweep_id, list(BatchState), live)
         self.rounds = 0
         self.stopped: set[int] = set()  # jobs stopped on purpose (Ctrl-C, a sweeper's stop)
+        self.reader = _metrics.Reader(manifest.staging, metrics_interval_s)  # what running jobs report
         self._held, self._exit_hook = held, False  # the sweep dir's lock file; atexit registered
-
-    @staticmethod
-    def claim(sweep_dir: Path):
-        """Lock `sweep_dir` for this process's sweep, where it exists already (a second sweep into a busy dir is
-        refused before its sweeper writes anything there); the lock, for create() or reopen(), or None."""
-        return _manifest.lock(sweep_dir) if sweep_dir.is_dir() else None
-
-    @classmethod
-    def create(cls, staging_root: str, sweep_dir: Path, executor_for, *, launcher: str, settings: dict,
-               held=None, **options) -> Sweep:
-        """A new sweep into `sweep_dir`, locked while this process lives (`held`: the lock claim() took).
-        `executor_for(staging)` makes its executor; the manifest is first saved with the first jobs."""
-        held = held or _manifest.lock(sweep_dir)
-        manifest = Manifest(_manifest.new_sweep_id(), staging_root, str(sweep_dir), launcher, settings=settings)
-        log.info(f"Sweep {manifest.sweep_id}, staging at {manifest.staging_uri}")
-        return cls(manifest, executor_for(manifest.staging), held=held, **options)
-
-    @classmethod
-    def reopen(cls, sweep_dir: Path, executor_for, held=None, **options) -> Sweep | None:
-        """The sweep of `sweep_dir`, to go on after the process that launched it died (new jobs join it); None
-        where that process submitted nothing."""
-        try:
-            manifest = _manifest.read(str(sweep_dir / _manifest.MANIFEST))
-        except FileNotFoundError:
-            return None
-        held = held or _manifest.lock(sweep_dir)
-        manifest.sweep_dir = str(sweep_dir)
-        log.info(f"Resuming sweep {manifest.sweep_id} ({len(manifest.jobs)} jobs so far), staging at "
-                 f"{manifest.staging_uri}")
-        return cls(manifest, executor_for(manifest.staging), held=held, **options)
 
     @property
     def quoted_dir(self) -> str:
@@ -138,7 +110,10 @@ class Sweep:
                     self.rounds += 1
                     waiting = any(s.state == BatchState.RUNNABLE for s in seen)
                     stuck = self.executor.stuck() if waiting and self.rounds % 6 == 0 else None
-                    self.progress.update([s.state for s in seen], stuck)
+                running = [s.num for s in seen if s.state == BatchState.RUNNING]
+                self.take_reports(self.reader.poll(running))
+                self.progress.update([s.state for s in seen], stuck,
+                                     {num: self.manifest.job(num).last_report for num in running})
                 for info in ended:
                     self._resolve(info)
                 time.sleep(self.executor.poll_interval_s)
@@ -149,6 +124,17 @@ class Sweep:
                         future.set_exception(error)
                 self.pending.clear()
                 self.progress.close()
+
+    def metrics(self, num: int) -> list[dict]:
+        """What job `num` reported so far (all of it once it ended and its job dir is home)."""
+        job = self.manifest.jobs_by_num().get(num)
+        return self.reader.records(num, Path(self.manifest.sweep_dir) / job.subdir if job else None)
+
+    def take_reports(self, newest: dict[int, dict]) -> None:
+        """Jobs' newest reports into their records (hydra-awsbatch status shows them)."""
+        with self.lock:
+            if self.manifest.reported(newest):
+                self.manifest.save()
 
     def _resolve(self, info: JobInfo) -> None:
         with self.lock:  # claimed by one thread only: the watcher, or stop()
@@ -175,9 +161,11 @@ class Sweep:
         if ret.status == JobStatus.COMPLETED and job.state == BatchState.FAILED:
             log.warning(f"\t#{info.num}: Batch says FAILED ({job.reason or 'no reason'}), but the job's own result "
                         "came back whole: counted as succeeded")
+        reported = self.reader.records(info.num, Path(self.manifest.sweep_dir) / job.subdir)
         with self.lock:
             job.close(_collect.summary(ret), ret.status == JobStatus.COMPLETED,
                       info.exit_code if info.exit_code is not None else exit_code)
+            job.last_report = reported[-1] if reported else job.last_report
             self.manifest.save()
         return ret
 
@@ -235,6 +223,37 @@ class Sweep:
         if self.pending and self.terminate_on_interrupt:
             log.warning(f"Exiting with {len(self.pending)} jobs in flight: stopping them")
             self.stop(INTERRUPTED_REASON)
+
+
+# ------------------------------------------------------------------------------------- a sweep's life begins
+def claim(sweep_dir: Path):
+    """Lock `sweep_dir` for this process's sweep, where it exists already (a second sweep into a busy dir is
+    refused before its sweeper writes anything there); the lock, for create() or reopen(), or None."""
+    return _manifest.lock(sweep_dir) if sweep_dir.is_dir() else None
+
+
+def create(staging_root: str, sweep_dir: Path, executor_for, *, launcher: str, settings: dict, held=None,
+           **options) -> Sweep:
+    """A new sweep into `sweep_dir`, locked while this process lives (`held`: the lock claim() took).
+    `executor_for(staging)` makes its executor; the manifest is first saved with the first jobs."""
+    held = held or _manifest.lock(sweep_dir)
+    manifest = Manifest(_manifest.new_sweep_id(), staging_root, str(sweep_dir), launcher, settings=settings)
+    log.info(f"Sweep {manifest.sweep_id}, staging at {manifest.staging_uri}")
+    return Sweep(manifest, executor_for(manifest.staging), held=held, **options)
+
+
+def reopen(sweep_dir: Path, executor_for, held=None, **options) -> Sweep | None:
+    """The sweep of `sweep_dir`, to go on after the process that launched it died (new jobs join it); None
+    where that process submitted nothing."""
+    try:
+        manifest = _manifest.read(str(sweep_dir / _manifest.MANIFEST))
+    except FileNotFoundError:
+        return None
+    held = held or _manifest.lock(sweep_dir)
+    manifest.sweep_dir = str(sweep_dir)
+    log.info(f"Resuming sweep {manifest.sweep_id} ({len(manifest.jobs)} jobs so far), staging at "
+             f"{manifest.staging_uri}")
+    return Sweep(manifest, executor_for(manifest.staging), held=held, **options)
 
 
 def _interrupt_on(*signals: int) -> None:

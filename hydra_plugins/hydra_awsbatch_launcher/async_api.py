@@ -1,6 +1,6 @@
 """The public contract of an asynchronous launcher: what a sweeper may rely on to keep every worker busy.
 
-Hydra's `Launcher.launch()` blocks until a whole batch has ended. A launcher that also offers the five calls of
+Hydra's `Launcher.launch()` blocks until a whole batch has ended. A launcher that also offers the six calls of
 `AsyncLauncher` takes jobs one (or a few) at a time while others run, and hands each back as a
 `concurrent.futures.Future[JobReturn]`. Both launchers of this package implement it; so may any other, and
 `hydra/sweeper=thompson` then keeps its workers busy on it (it checks `isinstance(launcher, AsyncLauncher)`
@@ -40,6 +40,10 @@ class AsyncLauncher(Protocol):
     def stop(self, nums: Sequence[int], reason: str) -> None:
         """Stop jobs `nums` that still run (as Batch's TerminateJob does: SIGTERM, then SIGKILL); their futures
         resolve, FAILED with `reason`, before this returns. Jobs stopped on purpose are not logged one by one."""
+
+    def metrics(self, num: int) -> list[dict]:
+        """What job `num` reported with `report(step, **metrics)` so far, oldest first: {"step", "time", metric:
+        value...} a record. Read while the job runs, every `metrics_interval_s` or so; complete once it ended."""
 
     def mirror(self, name: str, data: bytes) -> None:
         """Keep a copy of a sweeper's file (its state) with the sweep's own records, where a sweeper on another

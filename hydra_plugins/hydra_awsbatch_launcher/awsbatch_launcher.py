@@ -46,12 +46,12 @@ class BaseAwsBatchLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.hydra_awsbatch_launcher._compose import ComposeOnce
-        from hydra_plugins.hydra_awsbatch_launcher._sweep import Sweep
+        from hydra_plugins.hydra_awsbatch_launcher._sweep import claim
 
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.composer = ComposeOnce.install(hydra_context.config_loader) if hydra_context.config_loader else None
         if config.hydra.mode == RunMode.MULTIRUN:  # before the sweeper writes multirun.yaml into a busy dir
-            self.claimed = Sweep.claim(self.sweep_dir)
+            self.claimed = claim(self.sweep_dir)
 
     # ---------------------------------------------------------------------------------------- the story
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -77,7 +77,7 @@ class BaseAwsBatchLauncher(Launcher):
         if self.sweep is None:  # the sweep's first jobs: check everything before anything is spent
             self.check_settings()
             self.sweep_dir.mkdir(parents=True, exist_ok=True)
-            self.open(_sweep.Sweep.create(self.staging_root(), self.sweep_dir, self.executor,
+            self.open(_sweep.create(self.staging_root(), self.sweep_dir, self.executor,
                                           launcher=type(self).__name__, settings=self.manifest_settings(),
                                           **self.engine_options()))
         log.info(f"Launching {len(job_overrides)} jobs {self.where}")
@@ -94,7 +94,7 @@ class BaseAwsBatchLauncher(Launcher):
         died with that process, or were never submitted."""
         from hydra_plugins.hydra_awsbatch_launcher import _sweep
 
-        sweep = _sweep.Sweep.reopen(self.sweep_dir, self.executor, **self.engine_options())
+        sweep = _sweep.reopen(self.sweep_dir, self.executor, **self.engine_options())
         if sweep is None:
             return {}  # the earlier process died before it submitted anything
         self.check_settings()
@@ -111,7 +111,13 @@ class BaseAwsBatchLauncher(Launcher):
 
     def engine_options(self) -> dict:
         return {"writes_in_place": self.writes_in_place, "held": self.claimed,
+                "metrics_interval_s": float(self.params.metrics_interval_s),
                 "terminate_on_interrupt": bool(self.params.get("terminate_on_interrupt", True))}
+
+    def job_environment(self) -> dict[str, str]:
+        from hydra_plugins.hydra_awsbatch_launcher._metrics import ENV_INTERVAL
+
+        return dict(self.params.environment, **{ENV_INTERVAL: str(self.params.metrics_interval_s)})
 
     # ----------------------------------------------------------------------------------- async_api.py
     def job_times(self, num: int) -> tuple[float | None, float | None] | None:
@@ -125,6 +131,9 @@ class BaseAwsBatchLauncher(Launcher):
     def stop(self, nums: Sequence[int], reason: str) -> None:
         if self.sweep is not None:
             self.sweep.stop(reason, nums=set(nums))
+
+    def metrics(self, num: int) -> list[dict]:
+        return self.sweep.metrics(num) if self.sweep is not None else []
 
     # ------------------------------------------------------------------------------------------- check
     def check_settings(self) -> None:
@@ -152,13 +161,9 @@ class BaseAwsBatchLauncher(Launcher):
         return bool(self.params.get("dry_run", False))
 
     def staging_root(self) -> str:
-        """`staging_uri` (a relative folder made absolute: jobs run elsewhere), else SWEEP_DIR/.staging."""
-        from hydra_plugins.hydra_awsbatch_launcher import _storage
+        from hydra_plugins.hydra_awsbatch_launcher._manifest import staging_root
 
-        uri = self.params.staging_uri
-        if not uri:
-            return str(self.sweep_dir / ".staging")
-        return uri if _storage.is_s3(uri) else str(_storage.local_path(uri).expanduser().absolute())
+        return staging_root(self.params.staging_uri, self.sweep_dir)
 
     def code_root(self) -> Path:
         if self.params.code_root:
@@ -207,7 +212,7 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
         from hydra_plugins.hydra_awsbatch_launcher._local import LocalExecutor
 
         return LocalExecutor(self.params.max_parallel, self.sweep_dir / ".logs", cwd=os.getcwd(),
-                             in_place=self.params.in_place, environment=dict(self.params.environment))
+                             in_place=self.params.in_place, environment=self.job_environment())
 
 
 class AwsBatchLauncher(BaseAwsBatchLauncher):
@@ -300,7 +305,7 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE
 
         p = self.params
-        environment = dict(p.environment, **({ENV_IN_PLACE: "1"} if self.writes_in_place else {}))
+        environment = dict(self.job_environment(), **({ENV_IN_PLACE: "1"} if self.writes_in_place else {}))
         endpoint = _batch.loopback_endpoint()
         if endpoint:  # the local cloud: containers reach moto on this machine with dummy credentials
             environment.update(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=self.api.session.region_name,

@@ -71,15 +71,18 @@ def open_sweep(sweep: str, on_batch: bool = True):
 
 
 def status(args) -> int:
+    from hydra_plugins.hydra_awsbatch_launcher._metrics import summary
+
     m, sweep = open_sweep(args.sweep, on_batch=False)
     if sweep is not None:
-        sweep.refresh()
+        running = [info.num for info in sweep.refresh() if info.state == "RUNNING"]
+        sweep.take_reports(sweep.reader.poll(running, limit=len(running)))  # what the running jobs reported
     print(f"sweep {m.sweep_id} ({m.launcher}), created {m.created}, staging {m.staging_uri}")
-    print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<40} result")
+    print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<40} result / last report")
     for job in m.jobs:
         duration = f"{job.stopped - job.started:.0f}s" if job.started and job.stopped else "-"
         print(f"{job.num:>4}  {job.state:<10} {duration:>9}  {' '.join(job.overrides)[:40]:<40} "
-              f"{job.result or job.reason}")
+              + "  ".join(text for text in (job.result or job.reason, summary(job.last_report)) if text))
     return 0
 
 

@@ -33,6 +33,8 @@ class BaseAwsBatchLauncherConf:
     sync_exclude: List[str] = field(default_factory=lambda: ["*.pt", "*.pth", "*.ckpt", "*.safetensors"])
     # Extra environment variables for every job (names starting with AWS_BATCH_ are reserved)
     environment: Dict[str, str] = field(default_factory=dict)
+    # Seconds between two writes of what a job's report() calls recorded (and between two reads of them here)
+    metrics_interval_s: float = 10.0
 
 
 @dataclass

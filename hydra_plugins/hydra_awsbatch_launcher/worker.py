@@ -164,8 +164,11 @@ def execute(job: Job, ending: Ending) -> None:
 
 
 def upload(job: Job | None, ending: Ending, staging) -> None:
-    """The job's outputs (unless they were written in place), then, last, its result object."""
-    from hydra_plugins.hydra_awsbatch_launcher import _storage, _wire
+    """What the task reported and had not written yet, the job's outputs (unless they were written in place),
+    then, last, its result object."""
+    from hydra_plugins.hydra_awsbatch_launcher import _metrics, _storage, _wire
+
+    _metrics.finish()
 
     if ending.error:
         sys.stderr.write(ending.error["traceback"] or ending.error["message"] + "\n")
@@ -186,10 +189,12 @@ def upload(job: Job | None, ending: Ending, staging) -> None:
 
 def run(payload_uri: str, index: int) -> int:
     from hydra_plugins.hydra_awsbatch_launcher._manifest import Staging
+    from hydra_plugins.hydra_awsbatch_launcher._metrics import ENV_METRICS_URI
     from hydra_plugins.hydra_awsbatch_launcher._wire import Outcome
 
     staging, first = Staging.of_payload(payload_uri)
     ending = Ending(first + index)
+    os.environ[ENV_METRICS_URI] = staging.metrics(ending.num)  # where report() writes, for the parent to read
     scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(ending.num, os.getpid())))
     signal.signal(signal.SIGTERM, _on_sigterm)
     job = None

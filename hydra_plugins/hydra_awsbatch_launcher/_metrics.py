@@ -1,0 +1,196 @@
+"""Metrics while a job runs: the task calls `report(step, **metrics)` (re-exported by the package), and the sweep
+reads them while the job runs. No new service: the channel is the storage the sweep already has.
+
+The job's side buffers and writes at most once per `HYDRA_AWSBATCH_METRICS_INTERVAL_S` (default 10 s), and once
+at the end: to `metrics.jsonl` in the job's output dir (any Hydra run: a plain one, Hydra's basic launcher, ours),
+and, in a job that our worker runs, a part of new lines each time to the job's staging folder, where the parent
+reads them (`sweeps/<sweep_id>/<num>/metrics/part-<seq>.jsonl`). A storage error never reaches the training
+loop: it is logged once. The parent side (`Reader`) reads only new parts, of a bounded number of running jobs
+per round.
+
+One line a record: {"step": 3, "time": 1764651000.5, "val_loss": 0.31, ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from numbers import Real
+from pathlib import Path
+
+log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
+
+ENV_METRICS_URI = "HYDRA_AWSBATCH_METRICS_URI"  # set by the worker: the job's metrics folder in staging
+ENV_INTERVAL = "HYDRA_AWSBATCH_METRICS_INTERVAL_S"
+DEFAULT_INTERVAL_S = 10.0
+FILE = "metrics.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------- the job
+def number(name: str, value) -> float:
+    """A metric's value as a float (a 0-d tensor or numpy scalar too); TypeError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"report(): {name}={value!r} is not a number") from None
+    return float(value)
+
+
+class Reporter:
+    """One job's reports: validated, buffered, written now and then (`remote`: its metrics folder in staging)."""
+
+    def __init__(self, local_file: Path | None, remote: str | None, interval_s: float):
+        self.local_file, self.remote, self.interval_s = local_file, remote, interval_s
+        self.buffer: list[dict] = []
+        self.last_step: float | None = None
+        self.written = time.monotonic()
+        self.parts = 0
+        self.writes = 0
+        self.warned = False
+
+    def report(self, step, metrics: dict) -> None:
+        step = number("step", step)
+        if self.last_step is not None and step < self.last_step:
+            raise ValueError(f"report(): step {step:g} comes after step {self.last_step:g}; steps never go back")
+        record = {"step": int(step) if step.is_integer() else step, "time": time.time()}
+        record.update((name, number(name, value)) for name, value in metrics.items())
+        self.last_step = step
+        self.buffer.append(record)
+        if time.monotonic() - self.written >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered: appended to the local file, a new part in staging."""
+        self.written = time.monotonic()
+        if not self.buffer:
+            return
+        text = "".join(json.dumps(record, allow_nan=True) + "\n" for record in self.buffer)
+        try:
+            if self.local_file is not None:
+                self.local_file.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.local_file, "a") as stream:
+                    stream.write(text)
+            if self.remote:
+                from hydra_plugins.hydra_awsbatch_launcher import _storage
+
+                _storage.write_bytes(_storage.join(self.remote, f"part-{self.parts:06d}.jsonl"), text.encode())
+                self.parts += 1
+            self.buffer.clear()
+            self.writes += 1
+        except Exception as error:  # the training goes on; what was not written is tried again next time
+            if not self.warned:
+                self.warned = True
+                log.warning(f"report(): writing metrics failed ({type(error).__name__}: {error}); the training goes "
+                            "on, and the next write tries again")
+
+
+_current: tuple | None = None  # (the Hydra config of the job this process runs now, its Reporter)
+_exit_hook = False
+
+
+def _at_exit() -> None:
+    """What is buffered is written when the process ends (a plain run, Hydra's basic launcher)."""
+    global _exit_hook
+    import atexit
+
+    atexit.register(finish)
+    _exit_hook = True
+
+
+def report(step, **metrics) -> None:
+    """Record the task's metrics at `step` (an epoch, a batch: any number that never goes back), e.g.
+    `report(epoch, val_loss=0.31, val_acc=0.9)`. Cheap: buffered, written at most every few seconds. Outside a
+    Hydra run (the task function called directly) it does nothing."""
+    global _current
+    from hydra.core.hydra_config import HydraConfig
+
+    config = HydraConfig.instance().cfg  # the running job's (run_job sets it anew for each job); None outside one
+    if config is None:
+        return  # the task was called without Hydra (a test, a notebook): no job to report for
+    if _current is None or _current[0] is not config:
+        finish()
+        if not _exit_hook:
+            _at_exit()
+        local_file = Path(config.hydra.runtime.output_dir) / FILE
+        interval = float(os.environ.get(ENV_INTERVAL) or DEFAULT_INTERVAL_S)
+        _current = (config, Reporter(local_file, os.environ.get(ENV_METRICS_URI) or None, interval))
+    _current[1].report(step, metrics)
+
+
+def finish() -> None:
+    """Write what the running job reported and has not written yet (the worker calls this at the job's end;
+    Hydra's basic launcher's jobs, when the next job reports or the process exits)."""
+    global _current
+    if _current is not None:
+        _current[1].flush()
+        _current = None
+
+
+# ------------------------------------------------------------------------------------------- the parent
+class Reader:
+    """What the jobs of a sweep report, read from staging while they run (`staging`: _manifest.Staging): only
+    parts not read yet, per round at most `per_round` running jobs, each at most once per `interval_s`."""
+
+    def __init__(self, staging, interval_s: float = DEFAULT_INTERVAL_S, per_round: int = 8):
+        self.staging, self.interval_s, self.per_round = staging, interval_s, per_round
+        self.seen: dict[int, list[dict]] = {}
+        self.parts: dict[int, int] = {}
+        self.read_at: dict[int, float] = {}
+        self.warned = False
+
+    def poll(self, running: list[int], limit: int | None = None) -> dict[int, dict]:
+        """The newest record of each running job due this round (at most `limit`, default per_round) that
+        reported anything new. A storage error is logged once and never stops the sweep."""
+        now = time.monotonic()
+        due = sorted((n for n in running if now - self.read_at.get(n, -math.inf) >= self.interval_s),
+                     key=lambda n: self.read_at.get(n, -math.inf))[:limit or self.per_round]
+        newest = {}
+        for num in due:
+            self.read_at[num] = now
+            try:
+                new = self._read(num)
+            except Exception as error:
+                if not self.warned:
+                    self.warned = True
+                    log.warning(f"Reading job #{num}'s metrics failed ({type(error).__name__}: {error}); trying "
+                                "again later")
+                continue
+            if new:
+                newest[num] = new[-1]
+        return newest
+
+    def _read(self, num: int) -> list[dict]:
+        """Job `num`'s new records: one listing of its metrics folder, and one read a new part."""
+        from hydra_plugins.hydra_awsbatch_launcher import _storage
+
+        folder = self.staging.metrics(num)
+        parts = [rel for rel, _ in _storage.list_files(folder) if rel.startswith("part-")]
+        new = []
+        for rel in parts[self.parts.get(num, 0):]:
+            new += parse(_storage.read_bytes(_storage.join(folder, rel)).decode())
+        self.parts[num] = len(parts)
+        self.seen.setdefault(num, []).extend(new)
+        return new
+
+    def records(self, num: int, job_dir: Path | None = None) -> list[dict]:
+        """Everything job `num` reported: its job dir's metrics.jsonl once that is home, else what was read."""
+        path = job_dir / FILE if job_dir is not None else None
+        if path is not None and path.is_file():
+            return parse(path.read_text())
+        return list(self.seen.get(num, []))
+
+
+def parse(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def summary(record: dict | None) -> str:
+    """"step 5: val_loss=0.31 val_acc=0.9", the one line of a record."""
+    if not record:
+        return ""
+    values = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("step", "time"))
+    return f"step {record['step']:g}: {values}"

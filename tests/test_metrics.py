@@ -1,0 +1,150 @@
+"""Trials that talk back: `report(step, **metrics)` from the task, everywhere a Hydra job runs, and the sweep
+reading it while the job runs (the launcher's metrics(), the live line, hydra-awsbatch status)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hydra_plugins.hydra_awsbatch_launcher import _metrics
+from tests.conftest import cli, manifest, wait_for
+
+REPORTING_APP = """
+    import time
+
+    import hydra
+    from hydra_plugins.hydra_awsbatch_launcher import report
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        for step in range(1, cfg.steps + 1):
+            time.sleep(cfg.get("pause", 0))
+            report(step, loss=1.0 / step, lr=cfg.lr)
+        return 1.0 / cfg.steps
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------- the job
+@pytest.mark.unit
+def test_report_checks_what_it_is_given():
+    reporter = _metrics.Reporter(None, None, interval_s=10)
+    reporter.report(2, {"loss": 0.5})
+    with pytest.raises(TypeError, match=r"report\(\): accuracy='high' is not a number"):
+        reporter.report(3, {"accuracy": "high"})
+    with pytest.raises(ValueError, match=r"report\(\): step 1 comes after step 2; steps never go back"):
+        reporter.report(1, {"loss": 0.4})
+    reporter.report(2.5, {"loss": float("nan")})  # a NaN is a value (a pruner stops such a trial)
+    assert [r["step"] for r in reporter.buffer] == [2, 2.5]
+
+
+@pytest.mark.unit
+def test_report_writes_at_most_once_an_interval_and_never_raises_a_storage_error(tmp_path, caplog):
+    reporter = _metrics.Reporter(tmp_path / "metrics.jsonl", str(tmp_path / "staging/metrics"), interval_s=3600)
+    for step in range(1000):
+        reporter.report(step, {"loss": 1.0})
+    assert reporter.writes == 0 and not (tmp_path / "metrics.jsonl").exists()  # buffered
+    reporter.flush()
+    assert reporter.writes == 1 and len(records(tmp_path / "metrics.jsonl")) == 1000
+    assert [p.name for p in (tmp_path / "staging/metrics").iterdir()] == ["part-000000.jsonl"]
+
+    blocked = _metrics.Reporter(tmp_path / "a-file/metrics.jsonl", None, interval_s=0)
+    (tmp_path / "a-file").write_text("a file where a folder should be")
+    with caplog.at_level("WARNING"):
+        for step in range(3):
+            blocked.report(step, {"loss": 1.0})  # each call tries to write; none raises
+    assert [r.getMessage() for r in caplog.records].count(next(
+        r.getMessage() for r in caplog.records if "writing metrics failed" in r.getMessage())) == 1  # said once
+    assert len(blocked.buffer) == 3  # nothing lost: the next write tries again
+
+
+@pytest.mark.integration
+def test_a_plain_run_and_hydras_basic_launcher_write_metrics_jsonl(tmp_path, app_env):
+    (tmp_path / "app.py").write_text(textwrap.dedent(REPORTING_APP))
+    run = subprocess.run([sys.executable, "app.py", "+steps=3", "+lr=0.1", "hydra.run.dir=run"], cwd=tmp_path,
+                         env=app_env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [(r["step"], r["loss"]) for r in records(tmp_path / "run/metrics.jsonl")] == [(1, 1.0), (2, 0.5),
+                                                                                       (3, 1 / 3)]
+    sweep = subprocess.run([sys.executable, "app.py", "-m", "+steps=2,4", "+lr=0.1", "hydra.sweep.dir=sweep"],
+                           cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=120)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert [len(records(tmp_path / f"sweep/{n}/metrics.jsonl")) for n in (0, 1)] == [2, 4]  # one file a job
+
+
+@pytest.mark.integration
+def test_a_metric_that_is_not_a_number_fails_the_job_and_names_it(tmp_path, app_env):
+    (tmp_path / "app.py").write_text(textwrap.dedent(REPORTING_APP))
+    proc = subprocess.run([sys.executable, "app.py", "-m", "+steps=2", "+lr=fast", "hydra.sweep.dir=sweep",
+                           "hydra/launcher=aws_batch_local"], cwd=tmp_path, env=app_env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "report(): lr='fast' is not a number" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- the sweep
+@pytest.mark.integration
+def test_the_sweep_reads_the_metrics_of_jobs_while_they_run(tmp_path, app_env):
+    """Jobs of aws_batch_local, their outputs brought back through staging as from Batch, report a step every
+    0.2 s for 4 s; with metrics_interval_s=0.5, hydra-awsbatch status shows a job's last report while it runs,
+    the live line logs them, and each job dir ends with all of them."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(REPORTING_APP))
+    parent = subprocess.Popen(
+        [sys.executable, "app.py", "-m", "+steps=20", "+pause=0.2", "+lr=0.1,0.2", "hydra.sweep.dir=sweep",
+         "hydra/launcher=aws_batch_local", "hydra.launcher.in_place=false", "hydra.launcher.metrics_interval_s=0.5"],
+        cwd=tmp_path, env=app_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = tmp_path / "sweep"
+
+    def reported_while_running():
+        jobs = manifest(sweep)["jobs"] if (sweep / "manifest.json").exists() else []
+        return [j for j in jobs if j["state"] == "RUNNING" and j.get("last_report", {}).get("step", 0) >= 3]
+
+    assert wait_for(reported_while_running, timeout=60), parent.kill()
+    status = cli("status", str(sweep), env=app_env)
+    assert "RUNNING" in status.stdout and "step " in status.stdout and "loss=" in status.stdout, status.stdout
+    output, _ = parent.communicate(timeout=120)
+    assert parent.returncode == 0, output[-3000:]
+    assert "  #0 step " in output and "loss=" in output  # the live line, logged as it changes
+    jobs = manifest(sweep)["jobs"]
+    assert [j["last_report"]["step"] for j in jobs] == [20, 20]
+    for num in (0, 1):
+        assert [r["step"] for r in records(sweep / f"{num}/metrics.jsonl")] == list(range(1, 21))
+    staged = next((sweep / ".staging/sweeps").iterdir()) / "0/metrics"
+    parts = sorted(p.name for p in staged.iterdir())
+    assert 2 <= len(parts) <= 12, parts  # written every 0.5 s or so, not at each of the 20 calls
+
+
+@pytest.mark.integration
+def test_launch_async_offers_what_a_running_job_reported(inprocess_launcher, tmp_path):
+    task = textwrap.dedent("""
+        import time
+
+        from hydra_plugins.hydra_awsbatch_launcher import report
+
+
+        def task(cfg):
+            for step in range(1, 31):
+                report(step, loss=1.0 / step)
+                time.sleep(0.1)
+            return step
+    """)
+    launcher = inprocess_launcher(["hydra/launcher=aws_batch_local", "hydra.sweep.dir=sweep",
+                                   "hydra.launcher.metrics_interval_s=0.3"], task)
+    (future,) = launcher.launch_async([[]], initial_job_idx=0)
+    assert wait_for(lambda: len(launcher.metrics(0)) >= 5, timeout=60)
+    seen = launcher.metrics(0)
+    assert not future.done() and [r["step"] for r in seen] == list(range(1, len(seen) + 1))
+    assert future.result(timeout=60).return_value == 30
+    assert [r["step"] for r in launcher.metrics(0)] == list(range(1, 31))  # all of it, once it ended
+    assert time.time() - seen[-1]["time"] < 60
