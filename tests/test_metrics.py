@@ -148,3 +148,48 @@ def test_launch_async_offers_what_a_running_job_reported(inprocess_launcher, tmp
     assert future.result(timeout=60).return_value == 30
     assert [r["step"] for r in launcher.metrics(0)] == list(range(1, 31))  # all of it, once it ended
     assert time.time() - seen[-1]["time"] < 60
+
+
+@pytest.mark.unit
+def test_report_says_when_the_sweep_asks_the_job_to_stop(tmp_path):
+    stop = tmp_path / "stop"
+    reporter = _metrics.Reporter(None, str(tmp_path / "metrics"), interval_s=0, stop_uri=str(stop))
+    assert reporter.report(1, {"loss": 1.0}) is False
+    stop.write_text("pruned")
+    assert reporter.report(2, {"loss": 0.9}) is True and reporter.report(3, {"loss": 0.8}) is True
+
+
+STOPPABLE = """
+import time
+
+from hydra_plugins.hydra_awsbatch_launcher import report
+
+
+def task(cfg):
+    for step in range(1, 601):
+        if report(step, loss=1.0 / step) and cfg.listens:
+            return f"stopped at step {step}"
+        time.sleep(0.05)
+    return "ran to the end"
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("listens", [True, False])
+def test_a_job_asked_to_stop_returns_or_is_terminated_after_the_grace_period(inprocess_launcher, listens):
+    launcher = inprocess_launcher(["hydra/launcher=aws_batch_local", "hydra.sweep.dir=sweep",
+                                   "hydra.launcher.metrics_interval_s=0.2"], STOPPABLE)
+    (future,) = launcher.launch_async([[f"+listens={listens}"]], initial_job_idx=0)
+    assert wait_for(lambda: len(launcher.metrics(0)) >= 3, timeout=60)
+    asked = time.time()
+    launcher.stop([0], "pruned by a test", grace_s=3)
+    assert not future.done()  # asked, not terminated: the call returns at once
+    ret = future.result(timeout=60)
+    job = manifest(Path("sweep"))["jobs"][0]
+    assert job["stop_request"] == "pruned by a test"
+    if listens:  # it saw the request at its next write and returned what it had
+        assert ret.return_value.startswith("stopped at step") and job["state"] == "SUCCEEDED"
+        assert time.time() - asked < 3
+    else:  # it went on: terminated once the grace period was over
+        assert ret.status.name == "FAILED" and job["state"] == "FAILED" and time.time() - asked >= 3
+        assert "went on past the grace period" in job["reason"]

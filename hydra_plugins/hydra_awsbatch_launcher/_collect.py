@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hydra_plugins.hydra_awsbatch_launcher import _storage, _wire
 from hydra_plugins.hydra_awsbatch_launcher._errors import RemoteJobError
-from hydra_plugins.hydra_awsbatch_launcher._manifest import JobRecord, Staging
+from hydra_plugins.hydra_awsbatch_launcher._manifest import BatchState, JobRecord, Staging
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
@@ -35,7 +35,13 @@ def collect(staging: Staging, job: JobRecord, job_dir: Path, config, *, sync_out
             left = []
         if left:
             log.info(f"\t#{job.num}: left in staging: " + ", ".join(_storage.join(output, rel) for rel in left))
-    return job_return(config, job, job_dir, result, missing, quiet), (result or {}).get("exit_code")
+    from hydra.core.utils import JobStatus
+
+    ret = job_return(config, job, job_dir, result, missing, quiet)
+    if ret.status == JobStatus.COMPLETED and job.state == BatchState.FAILED:
+        log.warning(f"\t#{job.num}: Batch says FAILED ({job.reason or 'no reason'}), but the job's own result came "
+                    "back whole: counted as succeeded")
+    return ret, (result or {}).get("exit_code")
 
 
 def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missing: str, quiet: bool = False):

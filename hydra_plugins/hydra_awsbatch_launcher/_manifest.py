@@ -9,6 +9,7 @@ Staging layout, under `staging_uri` (an s3:// prefix or a local folder):
     sweeps/<sweep_id>/<num>/result.pkl        a job's result object, written last
     sweeps/<sweep_id>/<num>/output/...        a job's output dir
     sweeps/<sweep_id>/<num>/metrics/part-*    what the job reported while it ran (_metrics.py)
+    sweeps/<sweep_id>/<num>/stop              the sweep asks the job to stop (report() returns True)
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class Staging:
     def metrics(self, num: int) -> str:
         return _storage.join(self.sweep, str(num), "metrics")
 
+    def stop(self, num: int) -> str:
+        return _storage.join(self.sweep, str(num), "stop")
+
     @classmethod
     def of_payload(cls, payload_uri: str) -> tuple[Staging, int]:
         """The staging and the first job number that a payload URI belongs to."""
@@ -120,6 +124,7 @@ class JobRecord:
     stopped: float | None = None
     result: str = ""  # the return value's repr, or "ErrorType: message"
     last_report: dict = field(default_factory=dict)  # the newest record the job reported (_metrics.py)
+    stop_request: str = ""  # why the sweep asked the job to stop early, where it did
 
     def update(self, seen) -> bool:
         """Take what the executor saw of the job (an _executor.JobInfo) until it ended; whether anything changed."""

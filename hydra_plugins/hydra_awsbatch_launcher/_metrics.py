@@ -5,8 +5,8 @@ The job's side buffers and writes at most once per `HYDRA_AWSBATCH_METRICS_INTER
 at the end: to `metrics.jsonl` in the job's output dir (any Hydra run: a plain one, Hydra's basic launcher, ours),
 and, in a job that our worker runs, a part of new lines each time to the job's staging folder, where the parent
 reads them (`sweeps/<sweep_id>/<num>/metrics/part-<seq>.jsonl`). A storage error never reaches the training
-loop: it is logged once. The parent side (`Reader`) reads only new parts, of a bounded number of running jobs
-per round.
+loop: it is logged once. The parent side (`Channel`) reads only new parts, of a bounded number of running jobs
+per round, and writes the requests to stop that the job's report() looks for.
 
 One line a record: {"step": 3, "time": 1764651000.5, "val_loss": 0.31, ...}.
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
 ENV_METRICS_URI = "HYDRA_AWSBATCH_METRICS_URI"  # set by the worker: the job's metrics folder in staging
+ENV_STOP_URI = "HYDRA_AWSBATCH_STOP_URI"  # set by the worker: where the sweep asks the job to stop
 ENV_INTERVAL = "HYDRA_AWSBATCH_METRICS_INTERVAL_S"
 DEFAULT_INTERVAL_S = 10.0
 FILE = "metrics.jsonl"
@@ -43,8 +44,9 @@ def number(name: str, value) -> float:
 class Reporter:
     """One job's reports: validated, buffered, written now and then (`remote`: its metrics folder in staging)."""
 
-    def __init__(self, local_file: Path | None, remote: str | None, interval_s: float):
-        self.local_file, self.remote, self.interval_s = local_file, remote, interval_s
+    def __init__(self, local_file: Path | None, remote: str | None, interval_s: float, stop_uri: str | None = None):
+        self.local_file, self.remote, self.interval_s, self.stop_uri = local_file, remote, interval_s, stop_uri
+        self.stop_requested = False  # the sweep asked this job to stop (it looks at each write)
         self.buffer: list[dict] = []
         self.last_step: float | None = None
         self.written = time.monotonic()
@@ -52,7 +54,7 @@ class Reporter:
         self.writes = 0
         self.warned = False
 
-    def report(self, step, metrics: dict) -> None:
+    def report(self, step, metrics: dict) -> bool:
         step = number("step", step)
         if self.last_step is not None and step < self.last_step:
             raise ValueError(f"report(): step {step:g} comes after step {self.last_step:g}; steps never go back")
@@ -62,10 +64,21 @@ class Reporter:
         self.buffer.append(record)
         if time.monotonic() - self.written >= self.interval_s:
             self.flush()
+        return self.stop_requested
 
     def flush(self) -> None:
-        """Write what is buffered: appended to the local file, a new part in staging."""
+        """Write what is buffered (appended to the local file, a new part in staging), and look whether the sweep
+        asked the job to stop."""
         self.written = time.monotonic()
+        if self.stop_uri and not self.stop_requested:
+            from hydra_plugins.hydra_awsbatch_launcher import _storage
+
+            try:
+                self.stop_requested = _storage.exists(self.stop_uri)
+            except Exception:  # asked again at the next write
+                pass
+            if self.stop_requested:
+                log.warning("report(): the sweep asks this job to stop; report() returns True from now on")
         if not self.buffer:
             return
         text = "".join(json.dumps(record, allow_nan=True) + "\n" for record in self.buffer)
@@ -101,24 +114,27 @@ def _at_exit() -> None:
     _exit_hook = True
 
 
-def report(step, **metrics) -> None:
+def report(step, **metrics) -> bool:
     """Record the task's metrics at `step` (an epoch, a batch: any number that never goes back), e.g.
-    `report(epoch, val_loss=0.31, val_acc=0.9)`. Cheap: buffered, written at most every few seconds. Outside a
-    Hydra run (the task function called directly) it does nothing."""
+    `if report(epoch, val_loss=0.31, val_acc=0.9): ...`. True once the sweep asks the job to stop (a pruner
+    found it hopeless): save what you need and return; a job that goes on is terminated after a grace period.
+    Cheap: buffered, written at most every few seconds. Outside a Hydra run (the task function called
+    directly) it does nothing and returns False."""
     global _current
     from hydra.core.hydra_config import HydraConfig
 
     config = HydraConfig.instance().cfg  # the running job's (run_job sets it anew for each job); None outside one
     if config is None:
-        return  # the task was called without Hydra (a test, a notebook): no job to report for
+        return False  # the task was called without Hydra (a test, a notebook): no job to report for
     if _current is None or _current[0] is not config:
         finish()
         if not _exit_hook:
             _at_exit()
         local_file = Path(config.hydra.runtime.output_dir) / FILE
         interval = float(os.environ.get(ENV_INTERVAL) or DEFAULT_INTERVAL_S)
-        _current = (config, Reporter(local_file, os.environ.get(ENV_METRICS_URI) or None, interval))
-    _current[1].report(step, metrics)
+        _current = (config, Reporter(local_file, os.environ.get(ENV_METRICS_URI) or None, interval,
+                                     os.environ.get(ENV_STOP_URI) or None))
+    return _current[1].report(step, metrics)
 
 
 def finish() -> None:
@@ -131,16 +147,29 @@ def finish() -> None:
 
 
 # ------------------------------------------------------------------------------------------- the parent
-class Reader:
-    """What the jobs of a sweep report, read from staging while they run (`staging`: _manifest.Staging): only
-    parts not read yet, per round at most `per_round` running jobs, each at most once per `interval_s`."""
+class Channel:
+    """The parent's end (`staging`: the sweep's _manifest.Staging). What the jobs report, read while they run:
+    only parts not read yet, per round at most `per_round` running jobs, each at most once per `interval_s`.
+    And the other way, a request to stop, which the job's report() sees at its next write."""
 
     def __init__(self, staging, interval_s: float = DEFAULT_INTERVAL_S, per_round: int = 8):
         self.staging, self.interval_s, self.per_round = staging, interval_s, per_round
         self.seen: dict[int, list[dict]] = {}
         self.parts: dict[int, int] = {}
         self.read_at: dict[int, float] = {}
+        self.deadlines: dict[int, tuple[float, str]] = {}  # jobs asked to stop: by when, and why
         self.warned = False
+
+    def ask_to_stop(self, num: int, reason: str, grace_s: float) -> None:
+        from hydra_plugins.hydra_awsbatch_launcher import _storage
+
+        _storage.write_bytes(self.staging.stop(num), reason.encode())
+        self.deadlines[num] = (time.monotonic() + grace_s, reason)
+
+    def overdue(self, running: list[int]) -> dict[int, str]:
+        """Running jobs asked to stop whose grace period is over, and why they were asked."""
+        now = time.monotonic()
+        return {n: self.deadlines[n][1] for n in running if n in self.deadlines and now > self.deadlines[n][0]}
 
     def poll(self, running: list[int], limit: int | None = None) -> dict[int, dict]:
         """The newest record of each running job due this round (at most `limit`, default per_round) that

@@ -41,12 +41,8 @@ class Sweep:
         self.progress = Progress(manifest.sweep_id, list(BatchState), live)
         self.rounds = 0
         self.stopped: set[int] = set()  # jobs stopped on purpose (Ctrl-C, a sweeper's stop)
-        self.reader = _metrics.Reader(manifest.staging, metrics_interval_s)  # what running jobs report
+        self.channel = _metrics.Channel(manifest.staging, metrics_interval_s)  # reports in, stop requests out
         self._held, self._exit_hook = held, False  # the sweep dir's lock file; atexit registered
-
-    @property
-    def quoted_dir(self) -> str:
-        return shlex.quote(self.manifest.sweep_dir)
 
     # ------------------------------------------------------------------------------------------- submit
     def submit(self, staged, watch: bool = True) -> list[concurrent.futures.Future]:
@@ -64,18 +60,15 @@ class Sweep:
             self.manifest.save()
         log.info(f"Submitted {len(nums)} jobs as {len(arrays)} job(s): {', '.join(a.job_id for a in arrays)}")
         if not watch:
-            log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status {self.quoted_dir}; "
-                     f"collect it with: hydra-awsbatch attach {self.quoted_dir}")
+            where = shlex.quote(self.manifest.sweep_dir)
+            log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status {where}; collect it "
+                     f"with: hydra-awsbatch attach {where}")
             return [finished(_collect.unfinished_return(config)) for config in staged.configs]
         return self.follow(nums)
 
     def follow(self, nums: list[int]) -> list[concurrent.futures.Future]:
         """Futures for jobs submitted earlier (a sweep opened from its manifest), collected as they end."""
-        if threading.current_thread() is threading.main_thread():
-            _interrupt_on(signal.SIGTERM, signal.SIGHUP)  # a kill or a closed terminal stops the sweep like Ctrl-C
-            if not self._exit_hook:  # the caller dies of Ctrl-C while waiting on futures of its own
-                atexit.register(self._at_exit)
-                self._exit_hook = True
+        _stop_on_interrupts(self)
         with self.lock:
             futures = [self.pending.setdefault(num, concurrent.futures.Future()) for num in nums]
             self.num_of.update((id(future), num) for num, future in zip(nums, futures))
@@ -111,7 +104,9 @@ class Sweep:
                     waiting = any(s.state == BatchState.RUNNABLE for s in seen)
                     stuck = self.executor.stuck() if waiting and self.rounds % 6 == 0 else None
                 running = [s.num for s in seen if s.state == BatchState.RUNNING]
-                self.take_reports(self.reader.poll(running))
+                for num, reason in self.channel.overdue(running).items():  # asked to stop, and did not
+                    self.stop(f"{reason} (it went on past the grace period)", nums={num})
+                self.take_reports(self.channel.poll(running))
                 self.progress.update([s.state for s in seen], stuck,
                                      {num: self.manifest.job(num).last_report for num in running})
                 for info in ended:
@@ -128,7 +123,7 @@ class Sweep:
     def metrics(self, num: int) -> list[dict]:
         """What job `num` reported so far (all of it once it ended and its job dir is home)."""
         job = self.manifest.jobs_by_num().get(num)
-        return self.reader.records(num, Path(self.manifest.sweep_dir) / job.subdir if job else None)
+        return self.channel.records(num, Path(self.manifest.sweep_dir) / job.subdir if job else None)
 
     def take_reports(self, newest: dict[int, dict]) -> None:
         """Jobs' newest reports into their records (hydra-awsbatch status shows them)."""
@@ -158,10 +153,7 @@ class Sweep:
             sync_outputs=settings.get("sync_outputs", True) and not self.writes_in_place,
             sync_exclude=settings.get("sync_exclude", []), script=self.manifest.script,
             details=lambda: self._details(info.num), quiet=info.num in self.stopped)
-        if ret.status == JobStatus.COMPLETED and job.state == BatchState.FAILED:
-            log.warning(f"\t#{info.num}: Batch says FAILED ({job.reason or 'no reason'}), but the job's own result "
-                        "came back whole: counted as succeeded")
-        reported = self.reader.records(info.num, Path(self.manifest.sweep_dir) / job.subdir)
+        reported = self.channel.records(info.num, Path(self.manifest.sweep_dir) / job.subdir)
         with self.lock:
             job.close(_collect.summary(ret), ret.status == JobStatus.COMPLETED,
                       info.exit_code if info.exit_code is not None else exit_code)
@@ -182,7 +174,8 @@ class Sweep:
         except KeyboardInterrupt:
             self.progress.close()
             if not self.terminate_on_interrupt:
-                log.warning(f"Interrupted; the jobs go on. Follow them with: hydra-awsbatch attach {self.quoted_dir}")
+                log.warning("Interrupted; the jobs go on. Follow them with: hydra-awsbatch attach "
+                            + shlex.quote(self.manifest.sweep_dir))
                 raise
             log.warning(f"Interrupted: stopping the unfinished jobs of sweep {self.manifest.sweep_id} "
                         "(Ctrl-C again to stop them at once)")
@@ -190,7 +183,7 @@ class Sweep:
                 stopped = self.stop(INTERRUPTED_REASON)
             except KeyboardInterrupt:
                 stopped = self.stop(INTERRUPTED_REASON, force=True)
-                log.warning(f"Second Ctrl-C: {self.executor.forced_stop_note(self.quoted_dir)}")
+                log.warning(f"Second Ctrl-C: {self.executor.forced_stop_note(shlex.quote(self.manifest.sweep_dir))}")
             log.warning(f"Stopped {stopped} unfinished jobs; the manifest is in {self.manifest.sweep_dir}")
             raise
         returns = [future.result() for future in futures]
@@ -198,10 +191,18 @@ class Sweep:
                           for f in futures])
         return returns
 
-    def stop(self, reason: str, force: bool = False, nums=None) -> int:
+    def stop(self, reason: str, force: bool = False, nums=None, grace_s: float = 0.0) -> int:
         """Terminate every unfinished job (`nums`: those of them), record it, and fail their futures; what they
-        left is collected without a traceback each: they were stopped, not broken."""
+        left is collected without a traceback each: they were stopped, not broken. With `grace_s`, ask them to
+        stop first (report() says so) and terminate those still running after it; returns at once."""
         with self.lock:
+            if grace_s > 0:
+                for num in nums:
+                    self.channel.ask_to_stop(num, reason, grace_s)
+                    self.manifest.job(num).stop_request = reason
+                self.stopped.update(nums)
+                self.manifest.save()
+                return 0
             self.stopped.update(self.pending if nums is None else nums)
             stopped = self.executor.terminate(reason, force, nums)
             seen = self.refresh()  # every job asked for is final now: terminate() saw to it
@@ -217,12 +218,6 @@ class Sweep:
             if sum(self.manifest.job(info.num).update(info) for info in seen):
                 self.manifest.save()
             return seen
-
-    def _at_exit(self) -> None:
-        """The launching program ends (Ctrl-C while it waited on futures itself): stop what still runs."""
-        if self.pending and self.terminate_on_interrupt:
-            log.warning(f"Exiting with {len(self.pending)} jobs in flight: stopping them")
-            self.stop(INTERRUPTED_REASON)
 
 
 # ------------------------------------------------------------------------------------- a sweep's life begins
@@ -256,11 +251,23 @@ def reopen(sweep_dir: Path, executor_for, held=None, **options) -> Sweep | None:
     return Sweep(manifest, executor_for(manifest.staging), held=held, **options)
 
 
-def _interrupt_on(*signals: int) -> None:
-    """These signals raise KeyboardInterrupt, as Ctrl-C does, where nobody handles them yet."""
-    for sig in signals:
+def _stop_on_interrupts(sweep: Sweep) -> None:
+    """From the main thread, once a sweep: a kill or a closed terminal (SIGTERM, SIGHUP) raises KeyboardInterrupt
+    as Ctrl-C does, where nobody handles them yet; and the program's end (Ctrl-C while it waited on futures of
+    its own) stops what still runs."""
+    if threading.current_thread() is not threading.main_thread() or sweep._exit_hook:
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) in (signal.SIG_DFL, None):
             signal.signal(sig, _interrupt)
+
+    def at_exit() -> None:
+        if sweep.pending and sweep.terminate_on_interrupt:
+            log.warning(f"Exiting with {len(sweep.pending)} jobs in flight: stopping them")
+            sweep.stop(INTERRUPTED_REASON)
+
+    atexit.register(at_exit)
+    sweep._exit_hook = True
 
 
 def _interrupt(signum, frame):

@@ -37,9 +37,11 @@ class AsyncLauncher(Protocol):
         """When job `num` started and stopped running (epoch seconds, None where not yet); None for a job the
         launcher does not know. A trial's duration is its job's, not the time it waited for a worker."""
 
-    def stop(self, nums: Sequence[int], reason: str) -> None:
+    def stop(self, nums: Sequence[int], reason: str, grace_s: float = 0.0) -> None:
         """Stop jobs `nums` that still run (as Batch's TerminateJob does: SIGTERM, then SIGKILL); their futures
-        resolve, FAILED with `reason`, before this returns. Jobs stopped on purpose are not logged one by one."""
+        resolve, FAILED with `reason`, before this returns. With `grace_s`, ask first: the job's report() returns
+        True, the task may save and return (its future resolves with what it returned), and a job still running
+        after `grace_s` is terminated; this returns at once. Jobs stopped on purpose are not logged one by one."""
 
     def metrics(self, num: int) -> list[dict]:
         """What job `num` reported with `report(step, **metrics)` so far, oldest first: {"step", "time", metric:

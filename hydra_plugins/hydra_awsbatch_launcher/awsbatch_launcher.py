@@ -128,9 +128,9 @@ class BaseAwsBatchLauncher(Launcher):
         if self.stager is not None:
             self.stager.mirror(name, data)
 
-    def stop(self, nums: Sequence[int], reason: str) -> None:
+    def stop(self, nums: Sequence[int], reason: str, grace_s: float = 0.0) -> None:
         if self.sweep is not None:
-            self.sweep.stop(reason, nums=set(nums))
+            self.sweep.stop(reason, nums=set(nums), grace_s=grace_s)
 
     def metrics(self, num: int) -> list[dict]:
         return self.sweep.metrics(num) if self.sweep is not None else []

@@ -76,7 +76,7 @@ def status(args) -> int:
     m, sweep = open_sweep(args.sweep, on_batch=False)
     if sweep is not None:
         running = [info.num for info in sweep.refresh() if info.state == "RUNNING"]
-        sweep.take_reports(sweep.reader.poll(running, limit=len(running)))  # what the running jobs reported
+        sweep.take_reports(sweep.channel.poll(running, limit=len(running)))  # what the running jobs reported
     print(f"sweep {m.sweep_id} ({m.launcher}), created {m.created}, staging {m.staging_uri}")
     print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<40} result / last report")
     for job in m.jobs:

@@ -189,12 +189,13 @@ def upload(job: Job | None, ending: Ending, staging) -> None:
 
 def run(payload_uri: str, index: int) -> int:
     from hydra_plugins.hydra_awsbatch_launcher._manifest import Staging
-    from hydra_plugins.hydra_awsbatch_launcher._metrics import ENV_METRICS_URI
+    from hydra_plugins.hydra_awsbatch_launcher._metrics import ENV_METRICS_URI, ENV_STOP_URI
     from hydra_plugins.hydra_awsbatch_launcher._wire import Outcome
 
     staging, first = Staging.of_payload(payload_uri)
     ending = Ending(first + index)
     os.environ[ENV_METRICS_URI] = staging.metrics(ending.num)  # where report() writes, for the parent to read
+    os.environ[ENV_STOP_URI] = staging.stop(ending.num)  # where report() looks whether the sweep asks it to stop
     scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(ending.num, os.getpid())))
     signal.signal(signal.SIGTERM, _on_sigterm)
     job = None
