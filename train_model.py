@@ -116,9 +116,13 @@ def main(cfg: DictConfig) -> float:
                             "val_loss": val_loss, "val_accuracy": accuracy})
             log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_accuracy=%.4f",
                      epoch + 1, cfg.epochs, loss_sum / len(batches), val_loss, accuracy)
-            report(epoch + 1, **{k: v for k, v in history[-1].items() if k != "epoch"})  # the sweep sees it live
+            # The sweep sees each epoch while the job runs; True when it asks this trial to stop (a pruner).
+            stop_early = report(epoch + 1, **{k: v for k, v in history[-1].items() if k != "epoch"})
             start_step, loss_sum = 0, 0.0
             saved = checkpoint(epoch + 1, 0, shuffle.get_state())
+            if stop_early and epoch + 1 < cfg.epochs:
+                log.warning("The sweep stops this trial early, after epoch %d; saved %s", epoch + 1, saved)
+                break
             if stop.requested and epoch + 1 < cfg.epochs:
                 log.warning("Saved %s; exiting with code %d", saved, EXIT_PREEMPTED)
                 raise SystemExit(EXIT_PREEMPTED)

@@ -29,6 +29,7 @@ class TrialStatus(str, enum.Enum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # in flight when the sweeper was stopped (Ctrl-C): a resume runs it again
     STOPPED = "stopped"  # in flight when the sweep stopped on an error: a resume runs it again
+    PRUNED = "pruned"  # stopped early by the pruner: its value is its last report, not a final one
 
     __str__ = str.__str__
     __format__ = str.__format__
@@ -49,10 +50,16 @@ class Trial:
     started: float | None = None
     ended: float | None = None
     error: str = ""
+    curve: list = field(default_factory=list)  # what the trial reported: {"step", "time", metric: value...}
+    stop_reason: str = ""  # why the pruner stopped it
 
     @property
     def done(self) -> bool:
-        return self.status in (TrialStatus.COMPLETED, TrialStatus.FAILED)
+        return self.status in (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.PRUNED)
+
+    @property
+    def last_step(self):
+        return self.curve[-1]["step"] if self.curve else ""
 
 
 @dataclass
@@ -64,6 +71,7 @@ class TrialLog:
     trials: list[Trial] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     mirror: Callable[[str, bytes], None] | None = None  # the launcher's copy of the state (async_api), if any
+    metric: str = ""  # the reported metric that curves.png draws (the pruner's)
     _plotted: float = 0.0
 
     # ------------------------------------------------------------------------------------------ state
@@ -89,9 +97,11 @@ class TrialLog:
         if self.mirror is not None:
             self.mirror(STATE, text.encode())
         self.write_csv()
+        self.write_metrics()
         self.write_results()
         if final or time.time() - self._plotted >= PLOT_EVERY_S:
             self.plot()
+            self.plot_curves()
 
     # ------------------------------------------------------------------------------------------- views
     @property
@@ -121,8 +131,10 @@ class TrialLog:
     def line(self, in_flight: int, objective: str) -> tuple[str, str]:
         """The live line, and its part without the clock (what is worth a log line when it changes)."""
         failed = sum(t.status == TrialStatus.FAILED for t in self.trials)
+        pruned = sum(t.status == TrialStatus.PRUNED for t in self.trials)
         best = self.best()
-        text = f"thompson: {self.ended()} trials done" + (f" ({failed} failed)" if failed else "")
+        notes = [f"{failed} failed"] * bool(failed) + [f"{pruned} stopped early"] * bool(pruned)
+        text = f"thompson: {self.ended()} trials done" + (f" ({', '.join(notes)})" if notes else "")
         text += f", {in_flight} in flight"
         if best is not None:
             text += f", best {objective}={best.value:.6g} (trial {best.number})"
@@ -135,13 +147,27 @@ class TrialLog:
         with open(tmp, "w", newline="") as stream:
             writer = csv.writer(stream)
             writer.writerow(["number", "job", "status", "value", *names, "submitted", "started", "ended",
-                             "duration_s", "error"])
+                             "duration_s", "last_step", "stop_reason", "error"])
             for t in sorted(self.trials, key=lambda t: t.number):
                 duration = f"{t.ended - t.started:.1f}" if t.started and t.ended else ""
                 writer.writerow([t.number, t.job, t.status, "" if t.value is None else repr(t.value),
                                  *(t.params.get(n, "") for n in names), _iso(t.submitted), _iso(t.started),
-                                 _iso(t.ended), duration, t.error])
+                                 _iso(t.ended), duration, t.last_step, t.stop_reason, t.error])
         tmp.replace(self.sweep_dir / "trials.csv")
+
+    def write_metrics(self) -> None:
+        """metrics.csv, long format: a row per trial, step and metric that the trials reported."""
+        if not any(t.curve for t in self.trials):
+            return
+        tmp = self.sweep_dir / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["trial", "step", "metric", "value", "time"])
+            for t in sorted(self.trials, key=lambda t: t.number):
+                for record in t.curve:
+                    writer.writerows([t.number, record["step"], name, repr(value), _iso(record.get("time"))]
+                                     for name, value in record.items() if name not in ("step", "time"))
+        tmp.replace(self.sweep_dir / "metrics.csv")
 
     def write_results(self) -> None:
         from omegaconf import OmegaConf
@@ -186,6 +212,35 @@ class TrialLog:
         plt.close(fig)
         tmp.replace(self.sweep_dir / "convergence.png")
         self._plotted = time.time()
+
+
+    def plot_curves(self) -> None:
+        """curves.png: the pruner's metric against the step, a line a trial; a stopped trial ends in an x."""
+        curves = [(t, [(r["step"], r[self.metric]) for r in t.curve if self.metric in r]) for t in self.trials]
+        curves = [(t, points) for t, points in curves if points]
+        if not curves:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for trial, points in curves:
+            pruned = trial.status == TrialStatus.PRUNED
+            steps, values = zip(*points)
+            ax.plot(steps, values, "--" if pruned else "-", color="0.6" if pruned else None, linewidth=1)
+            if pruned:
+                ax.plot(steps[-1], values[-1], "x", color="tab:red")
+        ax.set_xlabel("step")
+        ax.set_ylabel(self.metric)
+        stopped = sum(t.status == TrialStatus.PRUNED for t, _ in curves)
+        ax.set_title(f"{len(curves)} trials" + (f", {stopped} stopped early (dashed, x)" if stopped else ""))
+        fig.tight_layout()
+        tmp = self.sweep_dir / "curves.tmp.png"
+        fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        tmp.replace(self.sweep_dir / "curves.png")
 
 
 def _iso(epoch: float | None) -> str:

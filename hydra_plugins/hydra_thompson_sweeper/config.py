@@ -35,6 +35,17 @@ class ThompsonSweeperConf:
     max_minutes: Optional[float] = None
     # Failed trials in a row that stop the sweep
     max_failures: int = 5
+    # Early stopping from what trials report(): none, median or asha (asynchronous successive halving)
+    pruner: str = "none"
+    # The reported metric the pruner compares (as report(step, NAME=...) names it); null: the objective's key
+    metric: Optional[str] = None
+    # The first step (resource: epochs, say) at which a trial may be stopped, and the step at which it is done
+    min_resource: float = 1.0
+    max_resource: Optional[float] = None
+    # ASHA keeps the top 1/reduction_factor of the trials at each rung (min_resource * reduction_factor**k)
+    reduction_factor: int = 3
+    # Seconds a trial asked to stop has to save and return before its job is terminated
+    stop_grace_s: float = 60.0
     # true: continue the sweep whose state is in hydra.sweep.dir (or the newest unfinished one beside it
     # with the same search space): finished trials are kept, jobs in flight re-attached
     resume: bool = False

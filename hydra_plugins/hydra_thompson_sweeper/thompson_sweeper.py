@@ -38,6 +38,9 @@ class ThompsonSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.fixed: list[str] = []  # overrides every trial gets
         self.asynchronous = False  # the launcher submits while others run (async_api.AsyncLauncher)
+        self.pruner = None  # _pruners.Pruner: early stopping from what trials report
+        self.metric = ""  # the reported metric the pruner compares
+        self.values: list[float] = []  # the objective of every completed trial, as they came
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -47,6 +50,7 @@ class ThompsonSweeper(Sweeper):
     # ------------------------------------------------------------------------------------------ the story
     def sweep(self, arguments: list[str]) -> None:
         from hydra_plugins.hydra_thompson_sweeper._optimizer import Optimizer
+        from hydra_plugins.hydra_thompson_sweeper._pruners import make as make_pruner
 
         params = OmegaConf.to_container(self.params, resolve=True) if isinstance(self.params, DictConfig) \
             else self.params
@@ -73,6 +77,8 @@ class ThompsonSweeper(Sweeper):
                      f"{c.n_workers} (hydra/launcher=aws_batch or aws_batch_local keep every worker busy)")
         self.fixed = fixed
         trials.mirror = self.launcher.mirror if self.asynchronous else None
+        trials.metric = self.metric = c.metric or c.objective or ""
+        self.pruner = make_pruner(c.pruner, c.min_resource, c.max_resource, c.reduction_factor)
         in_flight, requeue = self.resume(trials, optimizer)
         try:
             self.run(trials, optimizer, in_flight, requeue)
@@ -112,7 +118,9 @@ class ThompsonSweeper(Sweeper):
                     return
                 live.show(*trials.line(len(in_flight), c.objective or "value"))
                 try:
-                    done, _ = concurrent.futures.wait(list(in_flight), return_when=concurrent.futures.FIRST_COMPLETED)
+                    done, _ = concurrent.futures.wait(list(in_flight), timeout=self.watch_s,
+                                                      return_when=concurrent.futures.FIRST_COMPLETED)
+                    self.prune(in_flight)
                 except KeyboardInterrupt:
                     for trial in in_flight.values():
                         trial.status = TrialStatus.INTERRUPTED
@@ -155,6 +163,31 @@ class ThompsonSweeper(Sweeper):
                 pass  # recorded as failed, with the error that stops the sweep
         in_flight.clear()
 
+    @property
+    def watch_s(self) -> float | None:
+        """How often the event loop looks at what running trials reported (None: only when one ends)."""
+        return 0.25 if self.conf.pruner != "none" else None
+
+    def prune(self, in_flight: dict) -> None:
+        """What the trials in flight reported since the last look goes to the pruner; those it finds hopeless
+        are asked to stop (report() says so; their jobs end after stop_grace_s at the latest)."""
+        if self.conf.pruner == "none":
+            return
+        sign = 1.0 if self.conf.direction == "minimize" else -1.0
+        for trial in in_flight.values():
+            records = self.launcher.metrics(trial.job)
+            new, trial.curve = records[len(trial.curve):], records
+            for record in new if not trial.stop_reason else ():
+                if self.metric not in record:
+                    continue
+                reason = self.pruner.observe(trial.number, record["step"], sign * record[self.metric])
+                if reason:
+                    trial.stop_reason = reason
+                    log.info(f"Trial {trial.number} (job #{trial.job}) stops early: {reason}")
+                    self.launcher.stop([trial.job], f"stopped early by the thompson sweeper: {reason}",
+                                       self.conf.stop_grace_s)
+                    break
+
     def propose(self, trials: TrialLog, optimizer, in_flight: dict, new: list[Trial]) -> Trial:
         pending = [t.params for t in in_flight.values()] + [t.params for t in new]
         params = optimizer.propose(pending)
@@ -168,6 +201,7 @@ class ThompsonSweeper(Sweeper):
         for i, trial in enumerate(new):
             trial.job, trial.status, trial.submitted = first + i, TrialStatus.SUBMITTING, time.time()
             trial.started = trial.ended = None
+            trial.curve, trial.stop_reason = [], ""  # a trial run again reports anew
         trials.save()  # before submitting: a resume knows these job numbers were (maybe) used
         batch = [[*self.fixed, *(override(k, v) for k, v in t.params.items())] for t in new]
         self.validate_batch_is_legal(batch)
@@ -186,6 +220,14 @@ class ThompsonSweeper(Sweeper):
         False for a trial that the earlier sweeper stopped (a Ctrl-C, or its error), which is to run again."""
         interrupted = trial.status in (TrialStatus.INTERRUPTED, TrialStatus.STOPPED)
         self.take_times(trial)
+        if self.conf.pruner != "none":
+            trial.curve = self.launcher.metrics(trial.job) or trial.curve  # all of it, now that it ended
+            done = self.conf.max_resource is not None and trial.curve and trial.last_step >= self.conf.max_resource
+            if trial.stop_reason and not done:
+                return self.pruned(trial, optimizer)
+            trial.stop_reason = ""  # it ran to the end before it heard the request: its value is a final one
+            if future.result().status.name == "COMPLETED":
+                self.check_reports(trial)
         try:
             value = self.objective(future.result().return_value)  # a failed job's return_value raises its error
         except SweepError as error:
@@ -201,7 +243,29 @@ class ThompsonSweeper(Sweeper):
             return True
         trial.status, trial.value = TrialStatus.COMPLETED, value
         optimizer.observe(trial.params, value)
+        self.values.append(value)
         return True
+
+    def pruned(self, trial: Trial, optimizer) -> bool:
+        """A trial stopped early: its value is its last report, which is no final value to the GP. Like is
+        compared with like: the GP takes the worst final value so far in its place (none before one completed)."""
+        reported = [r[self.metric] for r in trial.curve if self.metric in r]
+        trial.status, trial.value = TrialStatus.PRUNED, reported[-1] if reported else None
+        if self.values:
+            optimizer.observe(trial.params, (max if self.conf.direction == "minimize" else min)(self.values))
+        return True
+
+    def check_reports(self, trial: Trial) -> None:
+        """A pruner needs the metric reported: said when the first trial ends without it, not after the sweep."""
+        if any(self.metric in r for r in trial.curve):
+            return
+        names = sorted({k for r in trial.curve for k in r} - {"step", "time"})
+        problem = (f"hydra.sweeper.metric={self.metric}: trial {trial.number} ended having reported "
+                   + (f"only {', '.join(names)}" if names else "nothing (its task never called report())")
+                   + f", so hydra.sweeper.pruner={self.conf.pruner} has nothing to compare: report it, or set "
+                   "hydra.sweeper.metric to what the task reports")
+        trial.status, trial.error = TrialStatus.FAILED, problem
+        raise SweepError([problem])
 
     def take_times(self, trial: Trial) -> None:
         """When the trial's job started and ended, where the launcher says (else: submitted, now)."""
@@ -238,6 +302,7 @@ class ThompsonSweeper(Sweeper):
     def check(self) -> list[str]:
         """The settings' problems, before anything is submitted: one line each."""
         from hydra_plugins.hydra_thompson_sweeper._optimizer import settings_problems
+        from hydra_plugins.hydra_thompson_sweeper._pruners import settings_problems as pruner_problems
 
         c = self.conf
         problems = [f"hydra.sweeper.{p}" for p in settings_problems(c.direction, c.algorithm, c.n_initial,
@@ -256,6 +321,16 @@ class ThompsonSweeper(Sweeper):
         if getattr(self.launcher, "dry_run", False):
             problems.append("hydra.launcher.dry_run=true returns no results, and the thompson sweeper proposes from "
                             "results: make the dry run with Hydra's basic sweeper (leave out hydra/sweeper=thompson)")
+        problems += [f"hydra.sweeper.{p}" for p in pruner_problems(c.pruner, c.min_resource, c.max_resource,
+                                                                    c.reduction_factor)]
+        if c.pruner != "none" and not (c.metric or c.objective):
+            problems.append(f"hydra.sweeper.pruner={c.pruner} compares a metric that your task gives report(): "
+                            "set hydra.sweeper.metric to its name (e.g. val_loss)")
+        if c.pruner != "none" and not isinstance(self.launcher, AsyncLauncher):
+            problems.append(f"hydra.sweeper.pruner={c.pruner} reads trials while they run, which "
+                            f"{type(self.launcher).__name__} cannot: use hydra/launcher=aws_batch or aws_batch_local")
+        if c.stop_grace_s < 0:
+            problems.append(f"hydra.sweeper.stop_grace_s={c.stop_grace_s}: seconds, 0 or more")
         return problems
 
     def open_log(self, signature: dict) -> TrialLog:
@@ -282,6 +357,14 @@ class ThompsonSweeper(Sweeper):
         launcher can (Batch jobs run on), or queued to run again (they died with the sweeper)."""
         for trial in trials.completed():
             optimizer.observe(trial.params, trial.value)
+            self.values.append(trial.value)
+        sign = 1.0 if self.conf.direction == "minimize" else -1.0
+        for trial in sorted(trials.trials, key=lambda t: t.number):  # the pruner's rungs, as they were
+            for record in trial.curve:
+                if self.metric in record:
+                    self.pruner.observe(trial.number, record["step"], sign * record[self.metric])
+            if trial.status == TrialStatus.PRUNED and self.values:
+                optimizer.observe(trial.params, (max if sign > 0 else min)(self.values))
         optimizer.proposed = len(trials.trials)
         unfinished = [t for t in trials.trials if not t.done]
         if not unfinished:

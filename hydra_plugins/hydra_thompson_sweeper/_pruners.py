@@ -1,0 +1,105 @@
+"""Early stopping from what trials report while they run (no Hydra here): each pruner sees a trial's value at
+a step (its resource: an epoch, say) and says whether to stop it, and why.
+
+- `asha`: asynchronous successive halving (Li et al., MLSys 2020), in its stopping form: rungs at
+  min_resource * reduction_factor**k below max_resource; a trial reaching a rung goes on only if its value there
+  is in the top 1/reduction_factor of the values of every trial that reached that rung so far (with fewer than
+  reduction_factor trials there, it goes on). Nobody waits for a rung to fill: asynchronous.
+- `median`: Optuna's median rule: from min_resource on, a trial whose value at a step is worse than the median
+  of the other trials' values at that step (each trial's value at its first report at or past the step).
+- A value that is NaN or infinite stops its trial at once.
+
+Values are minimised here; the sweeper flips the sign of a maximised metric.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+PRUNERS = ("none", "median", "asha")
+
+
+def settings_problems(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int) -> list[str]:
+    problems = []
+    if pruner not in PRUNERS:
+        problems.append(f"pruner={pruner}: one of {', '.join(PRUNERS)}")
+    if pruner == "none":
+        return problems
+    if not min_resource > 0:
+        problems.append(f"min_resource={min_resource}: the first step that counts, above 0")
+    if pruner == "asha" and max_resource is None:
+        problems.append("max_resource=null: ASHA needs the step at which a trial is done (e.g. the epochs)")
+    if max_resource is not None and not max_resource > min_resource:
+        problems.append(f"max_resource={max_resource}: above min_resource={min_resource}")
+    if int(reduction_factor) < 2:
+        problems.append(f"reduction_factor={reduction_factor}: at least 2")
+    return problems
+
+
+class Pruner:
+    """Never stops a trial, but one whose value is NaN or infinite."""
+
+    def __init__(self, min_resource: float = 1.0, max_resource: float | None = None, reduction_factor: int = 3):
+        self.min_resource, self.max_resource, self.eta = min_resource, max_resource, int(reduction_factor)
+        self.curves: dict[int, list[tuple[float, float]]] = {}  # trial -> (step, value), in the order reported
+
+    def observe(self, trial: int, step: float, value: float) -> str | None:
+        """The trial's value at a step; why to stop it, or None to let it go on."""
+        self.curves.setdefault(trial, []).append((step, value))
+        if not math.isfinite(value):
+            return f"its value is {value} at step {step:g}"
+        return self.decide(trial, step, value)
+
+    def decide(self, trial: int, step: float, value: float) -> str | None:
+        return None
+
+    def value_at(self, trial: int, step: float) -> float | None:
+        """The trial's value at its first report at or past `step`."""
+        return next((v for s, v in self.curves.get(trial, ()) if s >= step), None)
+
+
+class Median(Pruner):
+    def decide(self, trial: int, step: float, value: float) -> str | None:
+        if step < self.min_resource or (self.max_resource is not None and step >= self.max_resource):
+            return None
+        others = [v for t in self.curves if t != trial for v in [self.value_at(t, step)] if v is not None]
+        if len(others) < 2:
+            return None
+        median = statistics.median(others)
+        if value > median:
+            return f"median rule: {value:.4g} at step {step:g}, worse than the median {median:.4g} of {len(others)}"
+        return None
+
+
+class Asha(Pruner):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rungs: list[float] = []
+        rung = self.min_resource
+        while self.max_resource is None or rung < self.max_resource:
+            self.rungs.append(rung)
+            rung *= self.eta
+            if self.max_resource is None and len(self.rungs) > 60:
+                break
+        self.at_rung: dict[float, dict[int, float]] = {rung: {} for rung in self.rungs}
+
+    def decide(self, trial: int, step: float, value: float) -> str | None:
+        for rung in self.rungs:
+            if rung > step or trial in self.at_rung[rung]:
+                continue
+            here = self.at_rung[rung]
+            here[trial] = self.value_at(trial, rung)
+            if len(here) < self.eta:
+                continue
+            keep = max(1, len(here) // self.eta)
+            cutoff = sorted(here.values())[keep - 1]
+            if here[trial] > cutoff:
+                return (f"ASHA: {here[trial]:.4g} at step {rung:g} is not in the top 1/{self.eta} of the "
+                        f"{len(here)} trials there (cut-off {cutoff:.4g})")
+        return None
+
+
+def make(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int) -> Pruner:
+    kind = {"none": Pruner, "median": Median, "asha": Asha}[pruner]
+    return kind(float(min_resource), None if max_resource is None else float(max_resource), int(reduction_factor))

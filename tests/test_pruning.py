@@ -1,0 +1,127 @@
+"""Early stopping in hydra/sweeper=thompson: the pruners' rules on their own, then ASHA and the median rule
+stopping real jobs of aws_batch_local from what they report while they run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hydra_plugins.hydra_thompson_sweeper._pruners import Asha, Median, make, settings_problems
+
+
+@pytest.mark.unit
+def test_asha_keeps_the_top_third_at_each_rung_without_waiting_for_it_to_fill():
+    asha = Asha(1.0, 27.0, 3)
+    assert asha.rungs == [1.0, 3.0, 9.0]
+    assert asha.observe(0, 1, 0.5) is None and asha.observe(1, 1, 0.3) is None  # under 3 at the rung: go on
+    assert asha.observe(2, 1, 0.9).startswith("ASHA: 0.9 at step 1 is not in the top 1/3 of the 3 trials")
+    assert asha.observe(3, 1, 0.1) is None  # the best so far goes on, whenever it comes
+    assert asha.observe(0, 2, 0.4) is None and asha.observe(0, 3, 0.35) is None  # step 3: alone at that rung
+    assert asha.observe(4, 2, 0.6) is not None  # reaching rung 1 late (at step 2): judged by its value there
+    assert asha.observe(5, 27, 0.01) is None  # past every rung at once: the best at each
+
+
+@pytest.mark.unit
+def test_median_rule_and_values_that_are_not_numbers():
+    median = Median(2.0, 10.0, 3)
+    for trial, values in enumerate([[1.0, 0.8, 0.6], [1.0, 0.7, 0.5]]):
+        for step, value in enumerate(values, start=1):
+            assert median.observe(trial, step, value) is None
+    assert median.observe(2, 1, 5.0) is None  # before min_resource
+    assert median.observe(2, 2, 0.9).startswith("median rule: 0.9 at step 2, worse than the median 0.75 of 2")
+    assert make("none", 1, None, 3).observe(0, 1, math.nan) == "its value is nan at step 1"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("args, problem", [
+    (("hyperband", 1, 9, 3), "pruner=hyperband: one of none, median, asha"),
+    (("asha", 1, None, 3), "max_resource=null: ASHA needs the step at which a trial is done"),
+    (("asha", 3, 2, 3), "max_resource=2: above min_resource=3"),
+    (("median", 0, None, 1), "min_resource=0: the first step that counts, above 0"),
+    (("asha", 1, 9, 1), "reduction_factor=1: at least 2"),
+])
+def test_pruner_settings_are_checked(args, problem):
+    assert any(p.startswith(problem) for p in settings_problems(*args)), settings_problems(*args)
+
+
+CURVES = """
+    import time
+
+    import hydra
+    from hydra_plugins.hydra_awsbatch_launcher import report
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        loss = None
+        for step in range(1, 10):
+            time.sleep(0.3)
+            loss = (cfg.x - 0.3) ** 2 + 0.5 / step  # the same order at every step: the pruners' easy case
+            if report(step, loss=loss):
+                return {"loss": loss}
+        return {"loss": loss}
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def run_sweep(tmp_path, env, *args):
+    (tmp_path / "app.py").write_text(textwrap.dedent(CURVES))
+    return subprocess.run(
+        [sys.executable, "app.py", "-m", "hydra/sweeper=thompson", "+x=interval(0, 1)", "hydra.sweeper.objective=loss",
+         "hydra.sweeper.n_trials=9", "hydra.sweeper.n_workers=3", "hydra.sweeper.n_initial=9",
+         "hydra/launcher=aws_batch_local", "hydra.launcher.metrics_interval_s=0.2", "hydra.sweep.dir=sweep", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("pruner", ["asha", "median"])
+def test_pruners_stop_hopeless_trials_while_they_run(tmp_path, app_env, pruner):
+    proc = run_sweep(tmp_path, app_env, f"hydra.sweeper.pruner={pruner}", "hydra.sweeper.max_resource=9",
+                     "hydra.sweeper.min_resource=2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "sweep/trials.csv") as stream:
+        trials = list(csv.DictReader(stream))
+    pruned = [t for t in trials if t["status"] == "pruned"]
+    completed = [t for t in trials if t["status"] == "completed"]
+    assert len(pruned) >= 2 and len(completed) >= 2 and len(pruned) + len(completed) == 9, trials
+    assert all(int(t["last_step"]) < 9 and t["stop_reason"] for t in pruned)
+    assert all(t["last_step"] == "9" for t in completed)
+    assert all(t["stop_reason"].startswith("ASHA" if pruner == "asha" else "median rule") for t in pruned)
+    best = min(completed, key=lambda t: float(t["value"]))
+    assert all(float(t["value"]) >= float(best["value"]) for t in pruned)  # the stopped ones were worse
+    with open(tmp_path / "sweep/metrics.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == sum(int(t["last_step"]) for t in trials) < 9 * 9  # steps not trained: the saving
+    assert (tmp_path / "sweep/curves.png").stat().st_size > 10_000
+    state = json.loads((tmp_path / "sweep/thompson_state.json").read_text())
+    assert all(t["curve"] for t in state["trials"])
+
+
+@pytest.mark.integration
+def test_a_metric_the_task_never_reports_is_said_when_the_first_trial_ends(tmp_path, app_env):
+    proc = run_sweep(tmp_path, app_env, "hydra.sweeper.pruner=median", "hydra.sweeper.metric=accuracy")
+    assert proc.returncode == 1
+    assert ("hydra.sweeper.metric=accuracy: trial" in proc.stderr
+            and "ended having reported only loss, so hydra.sweeper.pruner=median has nothing to compare"
+            in proc.stderr), proc.stderr[-3000:]
+    with open(tmp_path / "sweep/trials.csv") as stream:
+        assert sum(t["status"] in ("completed", "failed") for t in csv.DictReader(stream)) == 1  # after one trial
+
+
+@pytest.mark.integration
+def test_a_pruner_needs_a_launcher_that_reads_trials_while_they_run(tmp_path, app_env):
+    (tmp_path / "app.py").write_text(textwrap.dedent(CURVES))
+    proc = subprocess.run([sys.executable, "app.py", "-m", "hydra/sweeper=thompson", "+x=interval(0, 1)",
+                           "hydra.sweeper.pruner=asha", "hydra.sweeper.objective=loss", "hydra.sweep.dir=sweep"],
+                          cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "hydra.sweeper.max_resource=null: ASHA needs the step at which a trial is done" in proc.stderr
+    assert "hydra.sweeper.pruner=asha reads trials while they run, which BasicLauncher cannot" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
