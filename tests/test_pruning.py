@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from hydra_plugins.hydra_thompson_sweeper._pruners import Asha, Median, make, settings_problems
+from tests.conftest import ROOT
 
 
 @pytest.mark.unit
@@ -125,3 +126,31 @@ def test_a_pruner_needs_a_launcher_that_reads_trials_while_they_run(tmp_path, ap
     assert "hydra.sweeper.max_resource=null: ASHA needs the step at which a trial is done" in proc.stderr
     assert "hydra.sweeper.pruner=asha reads trials while they run, which BasicLauncher cannot" in proc.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def example_sweep(tmp_path, env, pruner: str) -> list[dict]:
+    """The example app (the CNN, 20 epochs) for 12 Sobol trials of lr, 3 in flight: the same 12 configs with
+    or without a pruner."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train_model.py"), "--multirun", "experiment=cnn_digits", "epochs=20",
+         "hydra/sweeper=thompson", "lr=tag(log, interval(1e-4, 1e-1))", "hydra.sweeper.n_trials=12",
+         "hydra.sweeper.n_workers=3", "hydra.sweeper.n_initial=12", "hydra.sweeper.metric=val_loss",
+         f"hydra.sweeper.pruner={pruner}", "hydra.sweeper.min_resource=2", "hydra.sweeper.max_resource=20",
+         "hydra/launcher=aws_batch_local", "hydra.launcher.metrics_interval_s=0.2", f"hydra.sweep.dir={pruner}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / pruner / "trials.csv") as stream:
+        return list(csv.DictReader(stream))
+
+
+@pytest.mark.integration
+def test_asha_trains_the_example_far_less_and_keeps_one_of_its_best_configs(tmp_path, app_env):
+    """Measured once (2-core machine): 9 of 12 trials stopped, 133 epochs against 240, best val_loss 0.0252
+    against 0.0232 (the best config stopped at epoch 2, where it trailed; the second best kept)."""
+    pruned, full = example_sweep(tmp_path, app_env, "asha"), example_sweep(tmp_path, app_env, "none")
+    assert [t["lr"] for t in pruned] == [t["lr"] for t in full]  # the same configs
+    assert sum(t["status"] == "pruned" for t in pruned) >= 6  # at least half stopped early
+    epochs = sum(int(t["last_step"]) for t in pruned)
+    assert epochs <= 0.6 * sum(int(t["last_step"]) for t in full) == 0.6 * 240  # 40 % fewer epochs or more
+    best = min(float(t["value"]) for t in pruned if t["status"] == "completed")
+    assert best <= sorted(float(t["value"]) for t in full)[2]  # one of the three best configs ran to its end

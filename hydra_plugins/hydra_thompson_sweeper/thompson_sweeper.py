@@ -220,8 +220,9 @@ class ThompsonSweeper(Sweeper):
         False for a trial that the earlier sweeper stopped (a Ctrl-C, or its error), which is to run again."""
         interrupted = trial.status in (TrialStatus.INTERRUPTED, TrialStatus.STOPPED)
         self.take_times(trial)
+        if self.asynchronous:
+            trial.curve = self.launcher.metrics(trial.job) or trial.curve  # all it reported, now that it ended
         if self.conf.pruner != "none":
-            trial.curve = self.launcher.metrics(trial.job) or trial.curve  # all of it, now that it ended
             done = self.conf.max_resource is not None and trial.curve and trial.last_step >= self.conf.max_resource
             if trial.stop_reason and not done:
                 return self.pruned(trial, optimizer)
