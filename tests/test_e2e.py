@@ -438,3 +438,49 @@ def test_thompson_sweeper_resumes_after_sigkill_and_reattaches_batch_jobs(script
     for trial in in_flight:  # re-attached: it ended in the very Batch job it had when the sweeper died
         assert trials[trial["number"]]["job"] == str(trial["job"]) and trials[trial["number"]]["status"] == "completed"
     assert batch_states(running_jobs) == ["SUCCEEDED"] * len(running_jobs)
+
+
+REPORTING = """
+    import time
+
+    import boto3
+    import hydra
+    from hydra_plugins.hydra_awsbatch_launcher import report
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        for step in range(1, 81):
+            time.sleep(0.3 if cfg.x < 0.5 else 0.6)  # the better one reaches each rung first
+            if report(step, loss=cfg.x + 1.0 / step):  # asked to stop: save, then return what it has
+                boto3.client("s3").put_object(Bucket=cfg.bucket, Key=f"ckpt/{cfg.x}.txt", Body=str(step).encode())
+                return cfg.x + 1.0 / step
+        return cfg.x
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_a_trial_stopped_early_in_its_container_saves_and_ends(script, local_cloud):
+    """Two trials in containers, x=0.1 and x=0.9; ASHA (halving) stops the worse one at a rung: its task hears it
+    through report(), saves its checkpoint to S3 and returns; its trial is pruned, its job not retried, its
+    container gone."""
+    proc = script(REPORTING, "hydra/sweeper=thompson", "+x=choice(0.1, 0.9)", "hydra.sweeper.n_trials=2",
+                  "hydra.sweeper.n_workers=2", "hydra.sweeper.n_initial=2", "hydra.sweeper.objective=null",
+                  "hydra.sweeper.metric=loss", "hydra.sweeper.pruner=asha", "hydra.sweeper.min_resource=4",
+                  "hydra.sweeper.max_resource=80", "hydra.sweeper.reduction_factor=2",
+                  "hydra.launcher.metrics_interval_s=1", f"+bucket={local_cloud['bucket']}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(script.app() / "sweep" / "trials.csv") as stream:
+        trials = {float(t["+x"]): t for t in csv.DictReader(stream)}
+    assert trials[0.9]["status"] == "pruned" and int(trials[0.9]["last_step"]) < 80, trials
+    assert trials[0.1]["status"] == "completed" and trials[0.1]["last_step"] == "80"
+    saved = boto3.client("s3").list_objects_v2(Bucket=local_cloud["bucket"], Prefix="ckpt/").get("Contents", [])
+    assert [o["Key"] for o in saved] == ["ckpt/0.9.txt"]
+    jobs = {j["num"]: j for j in manifest(script.app() / "sweep")["jobs"]}
+    stopped = jobs[int(trials[0.9]["job"])]
+    assert stopped["stop_request"].startswith("stopped early by the thompson sweeper: ASHA")
+    (described,) = boto3.client("batch").describe_jobs(jobs=[stopped["job_id"]])["jobs"]
+    assert described["status"] == "SUCCEEDED" and len(described.get("attempts", [])) <= 1  # ended; not retried
+    image = local_cloud["outputs"]["RepositoryUri"] + ":latest"
+    assert wait_for(lambda: not running_containers(image), timeout=60)
