@@ -206,13 +206,8 @@ class TrialLog:
         by_time.legend()
         failed = sum(t.status == TrialStatus.FAILED for t in self.trials)
         fig.suptitle(f"{len(done)} completed trials" + (f", {failed} failed" if failed else ""))
-        fig.tight_layout()
-        tmp = self.sweep_dir / "convergence.tmp.png"
-        fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        tmp.replace(self.sweep_dir / "convergence.png")
+        self.save_figure(fig, "convergence.png")
         self._plotted = time.time()
-
 
     def plot_curves(self) -> None:
         """curves.png: the pruner's metric against the step, a line a trial; a stopped trial ends in an x."""
@@ -236,11 +231,17 @@ class TrialLog:
         ax.set_ylabel(self.metric)
         stopped = sum(t.status == TrialStatus.PRUNED for t, _ in curves)
         ax.set_title(f"{len(curves)} trials" + (f", {stopped} stopped early (dashed, x)" if stopped else ""))
+        self.save_figure(fig, "curves.png")
+
+    def save_figure(self, fig, name: str) -> None:
+        """Into the sweep dir whole (written beside it, then renamed): a reader never sees half a picture."""
+        import matplotlib.pyplot as plt
+
         fig.tight_layout()
-        tmp = self.sweep_dir / "curves.tmp.png"
+        tmp = self.sweep_dir / f"{name}.tmp.png"
         fig.savefig(tmp, dpi=90)
         plt.close(fig)
-        tmp.replace(self.sweep_dir / "curves.png")
+        tmp.replace(self.sweep_dir / name)
 
 
 def _iso(epoch: float | None) -> str:
