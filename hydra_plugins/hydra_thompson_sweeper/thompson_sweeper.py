@@ -120,13 +120,15 @@ class ThompsonSweeper(Sweeper):
                 try:
                     done, _ = concurrent.futures.wait(list(in_flight), timeout=self.watch_s,
                                                       return_when=concurrent.futures.FIRST_COMPLETED)
-                    self.prune(in_flight)
+                    stopping = self.prune(in_flight)
                 except KeyboardInterrupt:
                     for trial in in_flight.values():
                         trial.status = TrialStatus.INTERRUPTED
                     log.warning(f"Interrupted with {len(in_flight)} trials in flight; continue the sweep with "
                                 "hydra.sweeper.resume=true (they run again)")
                     raise
+                if not done and not stopping:
+                    continue  # a look at what the trials in flight reported, and nothing to record
                 for future in sorted(done, key=lambda f: in_flight[f].number):
                     trial = in_flight.pop(future)
                     if not self.record(trial, future, optimizer):
@@ -168,11 +170,12 @@ class ThompsonSweeper(Sweeper):
         """How often the event loop looks at what running trials reported (None: only when one ends)."""
         return 0.25 if self.conf.pruner != "none" else None
 
-    def prune(self, in_flight: dict) -> None:
+    def prune(self, in_flight: dict) -> bool:
         """What the trials in flight reported since the last look goes to the pruner; those it finds hopeless
-        are asked to stop (report() says so; their jobs end after stop_grace_s at the latest)."""
+        are asked to stop (report() says so; their jobs end after stop_grace_s at the latest). Whether any was."""
         if self.conf.pruner == "none":
-            return
+            return False
+        stopping = False
         sign = 1.0 if self.conf.direction == "minimize" else -1.0
         for trial in in_flight.values():
             records = self.launcher.metrics(trial.job)
@@ -186,7 +189,9 @@ class ThompsonSweeper(Sweeper):
                     log.info(f"Trial {trial.number} (job #{trial.job}) stops early: {reason}")
                     self.launcher.stop([trial.job], f"stopped early by the thompson sweeper: {reason}",
                                        self.conf.stop_grace_s)
+                    stopping = True
                     break
+        return stopping
 
     def propose(self, trials: TrialLog, optimizer, in_flight: dict, new: list[Trial]) -> Trial:
         pending = [t.params for t in in_flight.values()] + [t.params for t in new]
