@@ -193,3 +193,23 @@ def test_a_job_asked_to_stop_returns_or_is_terminated_after_the_grace_period(inp
     else:  # it went on: terminated once the grace period was over
         assert ret.status.name == "FAILED" and job["state"] == "FAILED" and time.time() - asked >= 3
         assert "went on past the grace period" in job["reason"]
+
+
+@pytest.mark.unit
+def test_report_where_hydra_is_set_up_but_runs_no_job(tmp_path, monkeypatch):
+    """compose() (a test, a notebook) leaves Hydra's config without an output dir: nothing to write, no error."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        HydraConfig.instance().set_config(compose(return_hydra_config=True))
+    try:
+        from hydra_plugins.hydra_awsbatch_launcher import report
+
+        assert report(1, loss=0.5) is False and report(2, loss=0.4) is False
+        _metrics.finish()
+        assert not list(tmp_path.rglob("metrics.jsonl"))
+    finally:
+        HydraConfig.instance().cfg = None
+        _metrics.finish()

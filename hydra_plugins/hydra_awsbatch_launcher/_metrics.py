@@ -130,7 +130,10 @@ def report(step, **metrics) -> bool:
         finish()
         if not _exit_hook:
             _at_exit()
-        local_file = Path(config.hydra.runtime.output_dir) / FILE
+        from omegaconf import OmegaConf
+
+        output_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)  # unset: no job dir
+        local_file = Path(output_dir) / FILE if output_dir else None
         interval = float(os.environ.get(ENV_INTERVAL) or DEFAULT_INTERVAL_S)
         _current = (config, Reporter(local_file, os.environ.get(ENV_METRICS_URI) or None, interval,
                                      os.environ.get(ENV_STOP_URI) or None))

@@ -42,7 +42,7 @@ class BaseAwsBatchLauncher(Launcher):
         self.composer = None  # _compose.ComposeOnce, on the sweep's config loader
         self.sweep = None  # the sweep engine (_sweep.Sweep), from the first jobs on
         self.stager = None  # the stage step (_stage.Stager) of that sweep
-        self.claimed = None  # the sweep dir's lock, taken at setup where the dir exists
+        self.claimed = (None, None)  # (the sweep dir, its lock), taken at setup where the dir exists
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.hydra_awsbatch_launcher._compose import ComposeOnce
@@ -51,7 +51,7 @@ class BaseAwsBatchLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.composer = ComposeOnce.install(hydra_context.config_loader) if hydra_context.config_loader else None
         if config.hydra.mode == RunMode.MULTIRUN:  # before the sweeper writes multirun.yaml into a busy dir
-            self.claimed = claim(self.sweep_dir)
+            self.claimed = (self.sweep_dir, claim(self.sweep_dir))
 
     # ---------------------------------------------------------------------------------------- the story
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -110,7 +110,8 @@ class BaseAwsBatchLauncher(Launcher):
                              self.hydra_context.callbacks, self.params, dry_run=self.dry_run)
 
     def engine_options(self) -> dict:
-        return {"writes_in_place": self.writes_in_place, "held": self.claimed,
+        held = self.claimed[1] if self.claimed[0] == self.sweep_dir else None  # a sweeper may move the sweep dir
+        return {"writes_in_place": self.writes_in_place, "held": held,
                 "metrics_interval_s": float(self.params.metrics_interval_s),
                 "terminate_on_interrupt": bool(self.params.get("terminate_on_interrupt", True))}
 
