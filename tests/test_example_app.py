@@ -33,8 +33,11 @@ def compose_cfg(home, monkeypatch):
 
 def train(cfg, caplog) -> tuple[float, list[str]]:
     """Run the app's task function on `cfg`; return its value and the epoch lines it logged."""
+    from hydra.core.hydra_config import HydraConfig
+
     import train_model
 
+    HydraConfig.instance().cfg = None  # called directly, as no Hydra job: not as the job an earlier test left set
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="train_model"):
         value = train_model.main(cfg)
