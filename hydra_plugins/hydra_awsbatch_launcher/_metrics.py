@@ -124,16 +124,16 @@ def report(step, **metrics) -> bool:
     from hydra.core.hydra_config import HydraConfig
 
     config = HydraConfig.instance().cfg  # the running job's (run_job sets it anew for each job); None outside one
-    if config is None:
-        return False  # the task was called without Hydra (a test, a notebook): no job to report for
     if _current is None or _current[0] is not config:
+        from omegaconf import OmegaConf
+
+        output_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default=None) if config else None
+        if not output_dir:
+            return False  # the task was called without a Hydra job (a test, a notebook): nothing to report to
         finish()
         if not _exit_hook:
             _at_exit()
-        from omegaconf import OmegaConf
-
-        output_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)  # unset: no job dir
-        local_file = Path(output_dir) / FILE if output_dir else None
+        local_file = Path(output_dir) / FILE
         interval = float(os.environ.get(ENV_INTERVAL) or DEFAULT_INTERVAL_S)
         _current = (config, Reporter(local_file, os.environ.get(ENV_METRICS_URI) or None, interval,
                                      os.environ.get(ENV_STOP_URI) or None))
