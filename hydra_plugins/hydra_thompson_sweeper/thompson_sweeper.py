@@ -176,14 +176,13 @@ class ThompsonSweeper(Sweeper):
         if self.conf.pruner == "none":
             return False
         stopping = False
-        sign = 1.0 if self.conf.direction == "minimize" else -1.0
         for trial in in_flight.values():
             records = self.launcher.metrics(trial.job)
             new, trial.curve = records[len(trial.curve):], records
             for record in new if not trial.stop_reason else ():
                 if self.metric not in record:
                     continue
-                reason = self.pruner.observe(trial.number, record["step"], sign * record[self.metric])
+                reason = self.observe_report(trial, record)
                 if reason:
                     trial.stop_reason = reason
                     log.info(f"Trial {trial.number} (job #{trial.job}) stops early: {reason}")
@@ -258,8 +257,17 @@ class ThompsonSweeper(Sweeper):
         reported = [r[self.metric] for r in trial.curve if self.metric in r]
         trial.status, trial.value = TrialStatus.PRUNED, reported[-1] if reported else None
         if self.values:
-            optimizer.observe(trial.params, (max if self.conf.direction == "minimize" else min)(self.values))
+            optimizer.observe(trial.params, self.stand_in())
         return True
+
+    def observe_report(self, trial: Trial, record: dict) -> str | None:
+        """A report of the trial's to the pruner (which minimises); why to stop the trial, or None."""
+        sign = 1.0 if self.conf.direction == "minimize" else -1.0
+        return self.pruner.observe(trial.number, record["step"], sign * record[self.metric])
+
+    def stand_in(self) -> float:
+        """What the GP takes in a stopped trial's place: the worst final value so far."""
+        return (max if self.conf.direction == "minimize" else min)(self.values)
 
     def check_reports(self, trial: Trial) -> None:
         """A pruner needs the metric reported: said when the first trial ends without it, not after the sweep."""
@@ -364,13 +372,12 @@ class ThompsonSweeper(Sweeper):
         for trial in trials.completed():
             optimizer.observe(trial.params, trial.value)
             self.values.append(trial.value)
-        sign = 1.0 if self.conf.direction == "minimize" else -1.0
         for trial in sorted(trials.trials, key=lambda t: t.number):  # the pruner's rungs, as they were
             for record in trial.curve:
                 if self.metric in record:
-                    self.pruner.observe(trial.number, record["step"], sign * record[self.metric])
+                    self.observe_report(trial, record)
             if trial.status == TrialStatus.PRUNED and self.values:
-                optimizer.observe(trial.params, (max if sign > 0 else min)(self.values))
+                optimizer.observe(trial.params, self.stand_in())
         optimizer.proposed = len(trials.trials)
         unfinished = [t for t in trials.trials if not t.done]
         if not unfinished:
