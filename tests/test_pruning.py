@@ -106,6 +106,31 @@ def test_pruners_stop_hopeless_trials_while_they_run(tmp_path, app_env, pruner):
 
 
 @pytest.mark.integration
+def test_a_resumed_sweep_keeps_its_stopped_trials_and_its_rungs(tmp_path, app_env):
+    """ASHA's rungs are rebuilt from the trials' curves on resume: the stopped trials stay stopped (none runs
+    again, and the GP gets its stand-in for each), and the new trials are judged against the earlier ones."""
+    asha = ("hydra.sweeper.pruner=asha", "hydra.sweeper.min_resource=2", "hydra.sweeper.max_resource=9")
+    first = run_sweep(tmp_path, app_env, *asha, "hydra.sweeper.n_trials=6")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    with open(tmp_path / "sweep/trials.csv") as stream:
+        before = list(csv.DictReader(stream))
+    assert sum(t["status"] == "pruned" for t in before) >= 1, before
+
+    second = run_sweep(tmp_path, app_env, *asha, "hydra.sweeper.n_trials=9", "hydra.sweeper.resume=true")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    with open(tmp_path / "sweep/trials.csv") as stream:
+        after = list(csv.DictReader(stream))
+    assert after[:6] == before and len(after) == 9  # nothing of the first run changed, none ran again
+    # Every curve keeps its order at every step, so a trial's rank at the rung at step 2 is that of |x - 0.3|.
+    # A new trial meets the 6 earlier ones there, and 7 to 9 trials keep 2 or 3: one that went on is among the
+    # 3 best of the earlier ones and itself; one that is not was stopped there (with no rungs it would go on).
+    third_best = sorted(abs(float(t["+x"]) - 0.3) for t in before)[2]
+    worse = [t for t in after[6:] if abs(float(t["+x"]) - 0.3) > third_best]
+    assert worse, after  # the case that shows the rungs (the seed's Sobol points give it)
+    assert all(t["status"] == "pruned" and "at step 2 is not in the top 1/3" in t["stop_reason"] for t in worse)
+
+
+@pytest.mark.integration
 def test_a_metric_the_task_never_reports_is_said_when_the_first_trial_ends(tmp_path, app_env):
     proc = run_sweep(tmp_path, app_env, "hydra.sweeper.pruner=median", "hydra.sweeper.metric=accuracy")
     assert proc.returncode == 1
