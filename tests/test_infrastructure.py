@@ -154,7 +154,9 @@ def deploy(moto_server):
     service_role = batch_service_role(iam)
 
     def create(name: str, **parameters: str) -> dict:
-        params = {"EnvironmentName": name, "ServiceRoleArn": service_role, **parameters}
+        # UseMultiNode=false, as the local cloud deploys it: moto's CloudFormation cannot create a multinode job
+        # definition (test_moto_cannot_deploy_the_multinode_parts_yet).
+        params = {"EnvironmentName": name, "ServiceRoleArn": service_role, "UseMultiNode": "false", **parameters}
         cloudformation.create_stack(StackName=name, TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_IAM"],
                                     Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
         stack = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
@@ -170,6 +172,7 @@ def test_template_deploys_a_usable_batch(deploy, aws_env, gpu):
     outputs = deploy(name, **({"GpuInstanceTypes": "g5.xlarge,g5.2xlarge"} if gpu else {}))
     assert {"JobQueue", "JobDefinition", "Bucket", "StagingUri", "RepositoryUri", "LogGroup"} <= set(outputs)
     assert ("GpuJobQueue" in outputs) == gpu
+    assert not {"MultiNodeJobQueue", "MultiNodeJobDefinition"} & set(outputs)  # UseMultiNode=false leaves them out
     batch, s3 = boto3.client("batch"), boto3.client("s3")
 
     queues = [outputs["JobQueue"], *([outputs["GpuJobQueue"]] if gpu else [])]
@@ -198,3 +201,122 @@ def test_template_deploys_a_usable_batch(deploy, aws_env, gpu):
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     # moto's CloudFormation applies a bucket's encryption but not its PublicAccessBlockConfiguration (nor
     # AWS::S3::BucketPolicy); those are checked in the template: test_bucket_blocks_public_access_and_plain_http.
+
+
+# ------------------------------------------------------------------------------------------- multi-node trials
+MULTI_NODE = ["MultiNodeSecurityGroup", "MultiNodeIngressFromPeers", "MultiNodeEgressToPeers", "ClusterPlacementGroup",
+              "MultiNodeComputeEnvironment", "MultiNodeJobQueue", "MultiNodeJobDefinition"]
+
+
+def _if(value, condition: str) -> tuple:
+    """The (true, false) branches of `!If [condition, a, b]`; a plain value is both."""
+    if isinstance(value, dict) and "Fn::If" in value:
+        assert value["Fn::If"][0] == condition, value
+        return value["Fn::If"][1], value["Fn::If"][2]
+    return value, value
+
+
+def test_multinode_job_definition_runs_the_single_node_container_on_every_node(template):
+    single = template["Resources"]["JobDefinition"]["Properties"]
+    multi = template["Resources"]["MultiNodeJobDefinition"]["Properties"]
+    assert multi["Type"] == "multinode" and multi["PlatformCapabilities"] == ["EC2"]  # no Fargate
+    nodes = multi["NodeProperties"]
+    assert nodes["MainNode"] == 0
+    assert nodes["NumNodes"] == {"Ref": "MultiNodeNumNodes"}
+    assert template["Parameters"]["MultiNodeNumNodes"]["Default"] == 2
+    (group,) = nodes["NodeRangeProperties"]
+    assert group["TargetNodes"] == "0:"  # every node, however many a submission asks for
+    node, container = group["Container"], single["ContainerProperties"]
+    for key in ("Image", "Command", "JobRoleArn", "ExecutionRoleArn", "LogConfiguration", "Privileged",
+                "ReadonlyRootFilesystem"):
+        assert node[key] == container[key], key
+    assert node["Image"] == {"Fn::Sub": "${Repository.RepositoryUri}:${ImageTag}"}
+    assert node["JobRoleArn"] == {"Fn::GetAtt": ["JobRole", "Arn"]}
+    with_gpus, without = _if(node["ResourceRequirements"], "HasGpu")
+    assert without == container["ResourceRequirements"]
+    assert with_gpus == [*container["ResourceRequirements"], {"Type": "GPU", "Value": {"Ref": "MultiNodeGpusPerNode"}}]
+    for key in ("RetryStrategy", "Timeout", "PropagateTags"):
+        assert multi[key] == single[key], key
+
+
+def test_multinode_compute_environment_is_on_demand_ec2_in_a_cluster_placement_group(template):
+    resources = template["Resources"]
+    environment = resources["MultiNodeComputeEnvironment"]["Properties"]
+    compute = environment["ComputeResources"]
+    assert environment["Type"] == "MANAGED"
+    assert compute["Type"] == "EC2"  # On-Demand: Batch runs no multi-node job on SPOT or FARGATE
+    assert "BidPercentage" not in compute and "SpotIamFleetRole" not in compute
+    group = compute["PlacementGroup"]["Ref"]
+    assert resources[group]["Type"] == "AWS::EC2::PlacementGroup"
+    assert resources[group]["Properties"]["Strategy"] == "cluster"
+    for subnets in _if(compute["Subnets"], "Private"):  # a cluster placement group lives in one Availability Zone
+        assert len(subnets) == 1, subnets
+    assert compute["MinvCpus"] == 0 and compute["MaxvCpus"] == {"Ref": "MultiNodeMaxVcpus"}
+    gpu_types, cpu_types = _if(compute["InstanceTypes"], "HasGpu")
+    assert gpu_types == {"Fn::Split": [",", {"Ref": "GpuInstanceTypes"}]}
+    assert cpu_types == {"Fn::Split": [",", {"Ref": "CpuInstanceTypes"}]}
+    assert _if(compute["Ec2Configuration"], "HasGpu")[0] == [{"ImageType": "ECS_AL2_NVIDIA"}]
+    # Its own queue, and the Spot-first queue does not reach it.
+    queue = resources["MultiNodeJobQueue"]["Properties"]
+    (order,) = queue["ComputeEnvironmentOrder"]
+    assert order == {"Order": 1, "ComputeEnvironment": {"Ref": "MultiNodeComputeEnvironment"}}
+    assert "MultiNodeComputeEnvironment" not in json.dumps(resources["JobQueue"])
+    assert queue["JobStateTimeLimitActions"] == resources["JobQueue"]["Properties"]["JobStateTimeLimitActions"]
+
+
+def test_multinode_nodes_reach_each_other_and_nothing_else_reaches_them(template):
+    resources = template["Resources"]
+    group = {"Fn::GetAtt": ["MultiNodeSecurityGroup", "GroupId"]}
+    ingress = resources["MultiNodeIngressFromPeers"]
+    assert ingress["Type"] == "AWS::EC2::SecurityGroupIngress"
+    assert ingress["Properties"]["GroupId"] == ingress["Properties"]["SourceSecurityGroupId"] == group
+    assert ingress["Properties"]["IpProtocol"] == "-1"  # torchrun's rendezvous and NCCL pick their ports
+    egress = resources["MultiNodeEgressToPeers"]
+    assert egress["Type"] == "AWS::EC2::SecurityGroupEgress"
+    assert egress["Properties"]["GroupId"] == egress["Properties"]["DestinationSecurityGroupId"] == group
+    # No other way in: no inline ingress and no other ingress resource names either group.
+    assert "SecurityGroupIngress" not in resources["MultiNodeSecurityGroup"]["Properties"]
+    assert "SecurityGroupIngress" not in resources["JobSecurityGroup"]["Properties"]
+    ingresses = [n for n, r in resources.items() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    assert ingresses == ["MultiNodeIngressFromPeers"]
+    compute = resources["MultiNodeComputeEnvironment"]["Properties"]["ComputeResources"]
+    assert compute["SecurityGroupIds"] == [{"Ref": "MultiNodeSecurityGroup"}]
+
+
+def test_multinode_outputs_name_the_queue_and_job_definition(template):
+    outputs, resources = template["Outputs"], template["Resources"]
+    for name in ("MultiNodeJobQueue", "MultiNodeJobDefinition"):
+        assert outputs[name]["Value"] == {"Ref": name}
+        assert outputs[name]["Condition"] == "HasMultiNode" and outputs[name]["Description"]
+    for name in MULTI_NODE:  # UseMultiNode=false leaves out every part, and only those
+        assert resources[name].get("Condition") == "HasMultiNode", name
+    assert template["Parameters"]["UseMultiNode"]["Default"] == "true"
+    assert sorted(n for n, r in resources.items() if r.get("Condition") == "HasMultiNode") == sorted(MULTI_NODE)
+
+
+@pytest.mark.xfail(strict=True, reason="moto 5.2.5's CloudFormation registers every AWS::Batch::JobDefinition as "
+                   "type container (it ignores Type) and so refuses NodeProperties without ContainerProperties "
+                   "('containerProperties or eksProperties must be provided'); it also skips "
+                   "AWS::EC2::PlacementGroup and AWS::EC2::SecurityGroupEgress. When this passes, the local cloud "
+                   "can deploy with UseMultiNode=true.")
+def test_moto_cannot_deploy_the_multinode_parts_yet():
+    """On a moto server of its own, so a half-made stack is left in no other test's way."""
+    from hydra_plugins.hydra_awsbatch_launcher._local_cloud import batch_service_role
+    from tests.moto_batch import moto_client, start_moto_server
+
+    server, endpoint = start_moto_server()
+    try:
+        cloudformation = moto_client(endpoint, "cloudformation")
+        params = {"EnvironmentName": "stack-mnp", "ServiceRoleArn": batch_service_role(moto_client(endpoint, "iam")),
+                  "UseMultiNode": "true"}
+        cloudformation.create_stack(StackName="stack-mnp", TemplateBody=TEMPLATE.read_text(),
+                                    Capabilities=["CAPABILITY_IAM"],
+                                    Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
+        stack = cloudformation.describe_stacks(StackName="stack-mnp")["Stacks"][0]
+        assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+        batch = moto_client(endpoint, "batch")
+        (jobdef,) = batch.describe_job_definitions(jobDefinitions=[outputs["MultiNodeJobDefinition"]])["jobDefinitions"]
+        assert jobdef["type"] == "multinode" and jobdef["nodeProperties"]["mainNode"] == 0
+    finally:
+        server.stop()

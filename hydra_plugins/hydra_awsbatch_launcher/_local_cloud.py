@@ -216,7 +216,9 @@ def deploy_stack(endpoint: str, stack: str = STACK, **parameters: str) -> dict:
     """template.yaml into moto's CloudFormation; returns the stack's outputs."""
     cloudformation = client(endpoint, "cloudformation")
     params = {"EnvironmentName": stack, "ServiceRoleArn": batch_service_role(client(endpoint, "iam")),
-              "JobTimeoutSeconds": "3600", **parameters}
+              "JobTimeoutSeconds": "3600",
+              "UseMultiNode": "false",  # moto's CloudFormation cannot create a multinode job definition yet
+              **parameters}
     cloudformation.create_stack(StackName=stack, TemplateBody=(CLOUD / "template.yaml").read_text(),
                                 Capabilities=["CAPABILITY_IAM"],
                                 Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
