@@ -166,6 +166,34 @@ def test_the_gp_finds_better_points_than_random_search_on_the_same_budget(seed):
 
 
 @pytest.mark.unit
+def test_values_after_part_of_a_training_do_not_mislead_the_gp():
+    """Curves that cross: after a ninth of a training the best x is 0.8, after a full one 0.3. Most of what the
+    GP sees is early values (stopped trials), yet it proposes near 0.3, because the fraction is one of its
+    inputs and proposals maximise a sample at a full training; best() counts full trainings only."""
+    def loss(x, fraction):
+        early, final = (x - 0.8) ** 2, (x - 0.3) ** 2
+        return final + (1 - fraction) * (early - final)
+
+    space = Space([Dimension.interval("x", 0, 1)])
+    opt = Optimizer(space, n_initial=1, seed=0, resource_floor=1 / 9)
+    opt.propose()
+    for i in range(16):
+        x = (i + 0.5) / 16
+        opt.observe({"x": x}, loss(x, 1 / 9), 1 / 9)
+        if i % 2:
+            opt.observe({"x": x}, loss(x, 1 / 3), 1 / 3)
+    for x in (0.1, 0.9, 0.45):
+        opt.observe({"x": x}, loss(x, 1.0))
+    assert opt.best().params == {"x": 0.45} and opt.best().fraction == 1.0  # not an early value's x
+    proposals = [opt.propose()["x"] for _ in range(8)]
+    assert sum(abs(x - 0.3) < 0.15 for x in proposals) >= 6, proposals
+    with pytest.raises(ValueError, match="fraction=0.05: 1, or from resource_floor=0.111"):
+        opt.observe({"x": 0.5}, 1.0, 0.05)
+    with pytest.raises(ValueError, match="fraction=0.5: 1, or from resource_floor=None"):
+        Optimizer(space).observe({"x": 0.5}, 1.0, 0.5)
+
+
+@pytest.mark.unit
 def test_a_proposal_never_repeats_a_pending_point():
     space = Space([Dimension.choice("a", [1, 2]), Dimension.integers("b", 0, 1)])  # four points in all
     opt = Optimizer(space, n_initial=1, seed=0)

@@ -9,9 +9,12 @@ bookkeeping of the pending points.
     opt.observe(params, 0.27)
 
 Every dimension maps to [0, 1] (log-scaled where asked), a choice of k values to k one-hot columns, so the
-GP sees normalised inputs; its outputs are standardised. Candidates are drawn in a latent cube and decoded
-into the space before they are scored, so every proposal is a valid point: integers are integers on their
-step, choices are one of the values.
+GP sees normalised inputs; its outputs are standardised. With `resource_floor` set, an observation may come
+from part of a training (`observe(params, value, fraction)`: a stopped trial's value at an epoch): the GP gets
+the fraction as one more input, log-scaled from the floor (0) to a full training (1), and proposals maximise
+a sample at a full training (MOBSTER's model, Klein et al. 2020, with Thompson sampling for the proposals).
+Candidates are drawn in a latent cube and decoded into the space before they are scored, so every proposal
+is a valid point: integers are integers on their step, choices are one of the values.
 """
 
 from __future__ import annotations
@@ -171,6 +174,7 @@ def settings_problems(direction: str, algorithm: str, n_initial: int, refit_ever
 class Observation:
     params: dict
     value: float
+    fraction: float = 1.0  # of a full training (resource)
 
 
 @dataclass
@@ -186,11 +190,14 @@ class Optimizer:
     refit_every: int = 25  # observations between two fits of the GP's hyperparameters
     seed: int = 0
     n_candidates: int = 2048  # Sobol candidates a posterior sample is scored on, besides local ones
+    resource_floor: float | None = None  # the smallest fraction of a training observed; None: full ones only
     observations: list[Observation] = field(default_factory=list)
     proposed: int = 0
 
     def __post_init__(self) -> None:
         problems = settings_problems(self.direction, self.algorithm, self.n_initial, self.refit_every)
+        if self.resource_floor is not None and not 0 < self.resource_floor <= 1:
+            problems.append(f"resource_floor={self.resource_floor}: a fraction of a training, in (0, 1]")
         if problems:
             raise ValueError("; ".join(problems))
         self._hyper: dict | None = None  # the GP's fitted hyperparameters
@@ -205,19 +212,38 @@ class Optimizer:
         return self.algorithm.startswith("syn_")
 
     # ------------------------------------------------------------------------------------------ tell
-    def observe(self, params: dict, value: float) -> None:
-        """The objective at params (as the caller measured it, in its own direction)."""
+    def observe(self, params: dict, value: float, fraction: float = 1.0) -> None:
+        """The objective at params (as the caller measured it, in its own direction), after `fraction` of a
+        full training (below 1 only with a resource_floor: a trial stopped early, or one of its epochs)."""
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"the objective at {params} is {value}: only finite values can be observed")
+        if fraction != 1.0 and not (self.resource_floor is not None and self.resource_floor <= fraction < 1.0):
+            raise ValueError(f"fraction={fraction}: 1, or from resource_floor={self.resource_floor} up to 1")
         self.space.encode(params)  # refuse params outside the space now
-        self.observations.append(Observation(dict(params), value))
+        self.observations.append(Observation(dict(params), value, fraction))
+
+    def full(self) -> list[Observation]:
+        """The observations of full trainings."""
+        return [o for o in self.observations if o.fraction == 1.0]
 
     def best(self) -> Observation | None:
-        if not self.observations:
+        if not self.full():
             return None
         pick = min if self.direction == "minimize" else max
-        return pick(self.observations, key=lambda o: o.value)
+        return pick(self.full(), key=lambda o: o.value)
+
+    def _inputs(self, features, fractions=None):
+        """The GP's inputs: the space's columns, and the fraction's where a resource is modelled (full
+        trainings when fractions is None)."""
+        import torch
+
+        if self.resource_floor is None:
+            return features
+        if fractions is None:
+            fractions = torch.ones(len(features), dtype=features.dtype)
+        column = 1.0 - fractions.log() / math.log(self.resource_floor) if self.resource_floor < 1 else fractions
+        return torch.cat([features, column[:, None]], dim=1)
 
     # ------------------------------------------------------------------------------------------- ask
     def propose(self, pending: list[dict] = ()) -> dict:
@@ -248,7 +274,9 @@ class Optimizer:
         import torch
 
         path = self._sample_path()
-        taken = torch.tensor([self.space.encode(p) for p in pending], dtype=torch.float64)
+        columns = sum(d.columns for d in self.space.dimensions)
+        taken = self._inputs(torch.tensor([self.space.encode(p) for p in pending], dtype=torch.float64)
+                             .reshape(len(pending), columns))
         d = len(self.space.dimensions)
         latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
         latent = latent.draw(self.n_candidates, dtype=torch.float64)
@@ -257,7 +285,7 @@ class Optimizer:
         for scale in (None, 0.03, 0.01):
             if scale is not None:
                 latent = torch.cat([best[None], self._near(best[None], scale, 256)])
-            features = self.space.features(latent)
+            features = self._inputs(self.space.features(latent))
             with torch.no_grad():
                 scores = path(features).reshape(-1)
             if len(taken):
@@ -275,7 +303,8 @@ class Optimizer:
         """Latent coordinates of the k best observations (the middle of a discrete value's cell)."""
         import torch
 
-        ranked = sorted(self.observations, key=lambda o: o.value, reverse=self.direction == "maximize")[:k]
+        ranked = sorted(self.full() or self.observations, key=lambda o: o.value,
+                        reverse=self.direction == "maximize")[:k]
         rows = []
         for obs in ranked:
             row = []
@@ -297,7 +326,8 @@ class Optimizer:
         from botorch.models.transforms import Standardize
         from botorch.sampling.pathwise import draw_matheron_paths
 
-        X = torch.tensor([self.space.encode(o.params) for o in self.observations], dtype=torch.float64)
+        X = self._inputs(torch.tensor([self.space.encode(o.params) for o in self.observations], dtype=torch.float64),
+                         torch.tensor([o.fraction for o in self.observations], dtype=torch.float64))
         sign = -1.0 if self.direction == "minimize" else 1.0  # the sample is maximised
         Y = sign * torch.tensor([[o.value] for o in self.observations], dtype=torch.float64)
         with warnings.catch_warnings():  # "not standardized" while every value so far is the same: it is

@@ -9,7 +9,9 @@ a step (its resource: an epoch, say) and says whether to stop it, and why.
   of the other trials' values at that step (each trial's value at its first report at or past the step).
 - A value that is NaN or infinite stops its trial at once.
 
-Values are minimised here; the sweeper flips the sign of a maximised metric.
+Values are minimised here; the sweeper flips the sign of a maximised metric. `fidelities(trial)` gives what
+the GP learns from a trial's curve: its values at the levels min_resource * reduction_factor**k below
+max_resource (ASHA's rungs), each at its fraction of a full training (MOBSTER, Klein et al. 2020).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ def settings_problems(pruner: str, min_resource: float, max_resource: float | No
         return problems
     if not min_resource > 0:
         problems.append(f"min_resource={min_resource}: the first step that counts, above 0")
-    if pruner == "asha" and max_resource is None:
-        problems.append("max_resource=null: ASHA needs the step at which a trial is done (e.g. the epochs)")
+    if max_resource is None:
+        problems.append(f"max_resource=null: {pruner} needs the step at which a trial is done (e.g. the epochs): "
+                        "the GP learns from each trial's curve as a fraction of it")
     if max_resource is not None and not max_resource > min_resource:
         problems.append(f"max_resource={max_resource}: above min_resource={min_resource}")
     if int(reduction_factor) < 2:
@@ -40,9 +43,14 @@ def settings_problems(pruner: str, min_resource: float, max_resource: float | No
 class Pruner:
     """Never stops a trial, but one whose value is NaN or infinite."""
 
-    def __init__(self, min_resource: float = 1.0, max_resource: float | None = None, reduction_factor: int = 3):
+    def __init__(self, min_resource: float = 1.0, max_resource: float = 1.0, reduction_factor: int = 3):
         self.min_resource, self.max_resource, self.eta = min_resource, max_resource, int(reduction_factor)
         self.curves: dict[int, list[tuple[float, float]]] = {}  # trial -> (step, value), in the order reported
+        self.levels: list[float] = []  # min_resource * eta**k below max_resource: ASHA's rungs
+        level = min_resource
+        while level < max_resource:
+            self.levels.append(level)
+            level *= self.eta
 
     def observe(self, trial: int, step: float, value: float) -> str | None:
         """The trial's value at a step; why to stop it, or None to let it go on."""
@@ -58,10 +66,15 @@ class Pruner:
         """The trial's value at its first report at or past `step`."""
         return next((v for s, v in self.curves.get(trial, ()) if s >= step), None)
 
+    def fidelities(self, trial: int) -> list[tuple[float, float]]:
+        """(fraction of a full training, value) at each level the trial reached with a finite value."""
+        return [(level / self.max_resource, value) for level in self.levels
+                for value in [self.value_at(trial, level)] if value is not None and math.isfinite(value)]
+
 
 class Median(Pruner):
     def decide(self, trial: int, step: float, value: float) -> str | None:
-        if step < self.min_resource or (self.max_resource is not None and step >= self.max_resource):
+        if step < self.min_resource or step >= self.max_resource:
             return None
         others = [v for t in self.curves if t != trial for v in [self.value_at(t, step)] if v is not None]
         if len(others) < 2:
@@ -75,17 +88,10 @@ class Median(Pruner):
 class Asha(Pruner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.rungs: list[float] = []
-        rung = self.min_resource
-        while self.max_resource is None or rung < self.max_resource:
-            self.rungs.append(rung)
-            rung *= self.eta
-            if self.max_resource is None and len(self.rungs) > 60:
-                break
-        self.at_rung: dict[float, dict[int, float]] = {rung: {} for rung in self.rungs}
+        self.at_rung: dict[float, dict[int, float]] = {rung: {} for rung in self.levels}
 
     def decide(self, trial: int, step: float, value: float) -> str | None:
-        for rung in self.rungs:
+        for rung in self.levels:
             if rung > step or trial in self.at_rung[rung]:
                 continue
             here = self.at_rung[rung]
@@ -101,5 +107,8 @@ class Asha(Pruner):
 
 
 def make(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int) -> Pruner:
+    """The pruner of these (checked) settings. `none` never stops a trial and has no levels: the GP then
+    learns from final values only."""
     kind = {"none": Pruner, "median": Median, "asha": Asha}[pruner]
-    return kind(float(min_resource), None if max_resource is None else float(max_resource), int(reduction_factor))
+    full = float(max_resource) if pruner != "none" else float(min_resource)
+    return kind(float(min_resource), full, int(reduction_factor))

@@ -23,6 +23,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.hydra_awsbatch_launcher.async_api import AsyncLauncher, LiveText, finished
+from hydra_plugins.hydra_thompson_sweeper._pruners import Pruner
+from hydra_plugins.hydra_thompson_sweeper._pruners import make as make_pruner
 from hydra_plugins.hydra_thompson_sweeper._space import SweepError, override, search_space
 from hydra_plugins.hydra_thompson_sweeper._trials import STATE, Trial, TrialLog, TrialStatus
 
@@ -38,9 +40,8 @@ class ThompsonSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.fixed: list[str] = []  # overrides every trial gets
         self.asynchronous = False  # the launcher submits while others run (async_api.AsyncLauncher)
-        self.pruner = None  # _pruners.Pruner: early stopping from what trials report
+        self.pruner = Pruner()  # early stopping from what trials report (this one never stops a trial)
         self.metric = ""  # the reported metric the pruner compares
-        self.values: list[float] = []  # the objective of every completed trial, as they came
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -50,7 +51,6 @@ class ThompsonSweeper(Sweeper):
     # ------------------------------------------------------------------------------------------ the story
     def sweep(self, arguments: list[str]) -> None:
         from hydra_plugins.hydra_thompson_sweeper._optimizer import Optimizer
-        from hydra_plugins.hydra_thompson_sweeper._pruners import make as make_pruner
 
         params = OmegaConf.to_container(self.params, resolve=True) if isinstance(self.params, DictConfig) \
             else self.params
@@ -62,7 +62,9 @@ class ThompsonSweeper(Sweeper):
         if problems:
             raise SweepError(problems)
         c = self.conf
-        optimizer = Optimizer(space, c.direction, c.algorithm, c.n_initial, c.refit_every, c.seed)
+        floor = c.min_resource / c.max_resource if c.pruner != "none" else None  # the GP models the resource
+        optimizer = Optimizer(space, c.direction, c.algorithm, c.n_initial, c.refit_every, c.seed,
+                              resource_floor=floor)
         signature = {"space": {d.name: d.describe() for d in space.dimensions}, "fixed": fixed,
                      "direction": c.direction, "objective": c.objective, "algorithm": c.algorithm, "seed": c.seed}
         trials = self.open_log(signature)
@@ -177,20 +179,22 @@ class ThompsonSweeper(Sweeper):
             return False
         stopping = False
         for trial in in_flight.values():
-            records = self.launcher.metrics(trial.job)
-            new, trial.curve = records[len(trial.curve):], records
-            for record in new if not trial.stop_reason else ():
-                if self.metric not in record:
-                    continue
-                reason = self.observe_report(trial, record)
-                if reason:
-                    trial.stop_reason = reason
-                    log.info(f"Trial {trial.number} (job #{trial.job}) stops early: {reason}")
-                    self.launcher.stop([trial.job], f"stopped early by the thompson sweeper: {reason}",
-                                       self.conf.stop_grace_s)
-                    stopping = True
-                    break
+            reason = self.take_reports(trial, self.launcher.metrics(trial.job))
+            if reason and not trial.stop_reason:
+                trial.stop_reason = reason
+                log.info(f"Trial {trial.number} (job #{trial.job}) stops early: {reason}")
+                self.launcher.stop([trial.job], f"stopped early by the thompson sweeper: {reason}",
+                                   self.conf.stop_grace_s)
+                stopping = True
         return stopping
+
+    def take_reports(self, trial: Trial, records: list[dict]) -> str | None:
+        """The trial's records so far; those the pruner has not seen go to it (it minimises). The first
+        reason it gives to stop the trial, or None."""
+        new, trial.curve = records[len(trial.curve):], records
+        sign = 1.0 if self.conf.direction == "minimize" else -1.0
+        reasons = [self.pruner.observe(trial.number, r["step"], sign * r[self.metric]) for r in new if self.metric in r]
+        return next((reason for reason in reasons if reason), None)
 
     def propose(self, trials: TrialLog, optimizer, in_flight: dict, new: list[Trial]) -> Trial:
         pending = [t.params for t in in_flight.values()] + [t.params for t in new]
@@ -224,10 +228,10 @@ class ThompsonSweeper(Sweeper):
         False for a trial that the earlier sweeper stopped (a Ctrl-C, or its error), which is to run again."""
         interrupted = trial.status in (TrialStatus.INTERRUPTED, TrialStatus.STOPPED)
         self.take_times(trial)
-        if self.asynchronous:
-            trial.curve = self.launcher.metrics(trial.job) or trial.curve  # all it reported, now that it ended
+        if self.asynchronous:  # all it reported, now that it ended
+            self.take_reports(trial, self.launcher.metrics(trial.job) or trial.curve)
         if self.conf.pruner != "none":
-            done = self.conf.max_resource is not None and trial.curve and trial.last_step >= self.conf.max_resource
+            done = trial.curve and trial.last_step >= self.conf.max_resource
             if trial.stop_reason and not done:
                 return self.pruned(trial, optimizer)
             trial.stop_reason = ""  # it ran to the end before it heard the request: its value is a final one
@@ -248,26 +252,22 @@ class ThompsonSweeper(Sweeper):
             return True
         trial.status, trial.value = TrialStatus.COMPLETED, value
         optimizer.observe(trial.params, value)
-        self.values.append(value)
+        self.observe_curve(trial, optimizer)
         return True
 
     def pruned(self, trial: Trial, optimizer) -> bool:
-        """A trial stopped early: its value is its last report, which is no final value to the GP. Like is
-        compared with like: the GP takes the worst final value so far in its place (none before one completed)."""
+        """A trial stopped early: its value is its last report, which is no final value."""
         reported = [r[self.metric] for r in trial.curve if self.metric in r]
         trial.status, trial.value = TrialStatus.PRUNED, reported[-1] if reported else None
-        if self.values:
-            optimizer.observe(trial.params, self.stand_in())
+        self.observe_curve(trial, optimizer)
         return True
 
-    def observe_report(self, trial: Trial, record: dict) -> str | None:
-        """A report of the trial's to the pruner (which minimises); why to stop the trial, or None."""
+    def observe_curve(self, trial: Trial, optimizer) -> None:
+        """The GP learns from every trial's curve, stopped or not, each value at its fraction of a full training:
+        a stopped trial's values then say what they are, values after less training (as in MOBSTER)."""
         sign = 1.0 if self.conf.direction == "minimize" else -1.0
-        return self.pruner.observe(trial.number, record["step"], sign * record[self.metric])
-
-    def stand_in(self) -> float:
-        """What the GP takes in a stopped trial's place: the worst final value so far."""
-        return (max if self.conf.direction == "minimize" else min)(self.values)
+        for fraction, value in self.pruner.fidelities(trial.number):
+            optimizer.observe(trial.params, sign * value, fraction)
 
     def check_reports(self, trial: Trial) -> None:
         """A pruner needs the metric reported: said when the first trial ends without it, not after the sweep."""
@@ -369,15 +369,13 @@ class ThompsonSweeper(Sweeper):
     def resume(self, trials: TrialLog, optimizer) -> tuple[dict, list[Trial]]:
         """The earlier run's results back into the optimiser; its trials in flight re-attached where the
         launcher can (Batch jobs run on), or queued to run again (they died with the sweeper)."""
-        for trial in trials.completed():
-            optimizer.observe(trial.params, trial.value)
-            self.values.append(trial.value)
         for trial in sorted(trials.trials, key=lambda t: t.number):  # the pruner's rungs, as they were
-            for record in trial.curve:
-                if self.metric in record:
-                    self.observe_report(trial, record)
-            if trial.status == TrialStatus.PRUNED and self.values:
-                optimizer.observe(trial.params, self.stand_in())
+            curve, trial.curve = trial.curve, []
+            self.take_reports(trial, curve)
+            if trial.status == TrialStatus.COMPLETED:
+                optimizer.observe(trial.params, trial.value)
+            if trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
+                self.observe_curve(trial, optimizer)
         optimizer.proposed = len(trials.trials)
         unfinished = [t for t in trials.trials if not t.done]
         if not unfinished:
