@@ -262,10 +262,14 @@ def main(argv=None) -> int:
     summary = {"seeds": args.seeds, "budget_scale": args.budget_scale, "rows": rows, "goals": goals,
                "latency_300": {"median": statistics.median(latency), "p95": p95, "max": max(latency)},
                "wall_s": time.perf_counter() - started}
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    print(f"plot: {args.out.with_suffix('.png')}, figures: {args.out.with_suffix('.json')} "
-          f"({summary['wall_s']:.0f} s)")
+    write_summary(args.out, summary)
     return 0
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    """The figures beside the plot (out.png), as JSON (out.json), and where both are."""
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    print(f"plot: {out.with_suffix('.png')}, figures: {out.with_suffix('.json')} ({summary['wall_s']:.0f} s)")
 
 
 if __name__ == "__main__":

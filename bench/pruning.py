@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import math
 import os
 import statistics
@@ -65,7 +64,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.async_bo import problem, quartiles  # noqa: E402
+from bench.async_bo import problem, quartiles, write_summary  # noqa: E402
 
 METHODS = ("asyTS", "asyTS+ASHA", "RAND+ASHA", "TPE+SH")
 OURS = "asyTS+ASHA"
@@ -368,9 +367,7 @@ def main(argv=None) -> int:
                "setup": asdict(SETUP), "rows": rows, "goals": goals, "crossings": cross,
                "pruner_time_median_s": statistics.median(pruner_times),
                "wall_s": time.perf_counter() - started}
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    print(f"plot: {args.out.with_suffix('.png')}, figures: {args.out.with_suffix('.json')} "
-          f"({summary['wall_s']:.0f} s)")
+    write_summary(args.out, summary)
     return 0
 
 
