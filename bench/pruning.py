@@ -41,6 +41,7 @@ median under 1 s.
     python bench/pruning.py --processes 2          # 20 seeds, four methods: table, bench/pruning.{json,png}
     python bench/pruning.py --seeds 1 --budget-scale 0.2 --processes 1 --out /tmp/pruning   # CI's reduced size
     python bench/pruning.py --processes 2 --tau 4 2 --out bench/pruning_example  # curves crossing as the example's
+    python bench/pruning.py --min-resource 3 --out bench/pruning_min3            # ASHA's first rung at epoch 3
 
 The default curves cross a lot: at rung 1 the order of two configs is the reverse of their final order for
 nearly half the pairs (0.48, then 0.41 at rung 3 and 0.20 at rung 9), so early values say little. The example
@@ -279,8 +280,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tau", type=float, nargs=2, metavar=("SLOW", "FAST"),
                         default=(SETUP.tau_slow, SETUP.tau_fast),
                         help="tau at x0 = 0 and at x0 = 1 (default 8 1; 4 2 crosses as the example app's curves do)")
+    parser.add_argument("--min-resource", type=int, default=SETUP.min_resource,
+                        help="ASHA's and Optuna's first rung, in epochs (default 1)")
     args = parser.parse_args(argv)
-    use(replace(SETUP, tau_slow=args.tau[0], tau_fast=args.tau[1]))
+    use(replace(SETUP, tau_slow=args.tau[0], tau_fast=args.tau[1], min_resource=args.min_resource))
 
     started = time.perf_counter()
     _, _, optimum = problem("Hartmann6")
