@@ -112,8 +112,8 @@ def test_every_rank_gets_torchruns_environment_and_rank_0_returns(tmp_path, app_
     assert not (tmp_path / "sweep/0/.hydra/config.yaml").read_text().count("rank")
 
 
-def start_long_trial(tmp_path: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train_model.py"), "-m", "epochs=100000", LOCAL,
+def start_long_trial(tmp_path: Path, env: dict, *args: str, epochs: int = 100000) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train_model.py"), "-m", f"epochs={epochs}", LOCAL,
                              "hydra.launcher.nodes=2", "hydra.sweep.dir=sweep", *args],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -200,3 +200,30 @@ def test_node_layout_follows_batchs_variables():
     assert main.main and main.main_address == _nodes.own_address() and main.port == 1234 and main.procs >= 1
     with pytest.raises(RuntimeError, match="AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"):
         _nodes.layout({"AWS_BATCH_JOB_NUM_NODES": "2", "AWS_BATCH_JOB_NODE_INDEX": "1"})
+
+
+def test_a_trial_stopped_by_sigterm_on_every_node_resumes_from_rank_0s_checkpoint(run_app, tmp_path, app_env):
+    """As a Spot reclaim: Batch sends SIGTERM to each node's worker, which passes it to its ranks; they stop at
+    the same step, rank 0 saves, the job exits with the retry code; the next attempt resumes there."""
+    checkpoints = tmp_path / "ckpt"
+    run_app("-m", "epochs=30", LOCAL, "hydra.launcher.nodes=2", "hydra.sweep.dir=whole")  # never stopped
+    parent = start_long_trial(tmp_path, app_env, f"checkpoint.uri={checkpoints}", epochs=30)
+    try:
+        assert wait_for(lambda: training(tmp_path), timeout=120), "the trial did not start training"
+        for node in (0, 1):
+            os.kill(node_worker(parent.pid, node), signal.SIGTERM)
+        out, _ = parent.communicate(timeout=90)
+    finally:
+        parent.kill()
+    job = manifest(tmp_path / "sweep")["jobs"][0]
+    assert job["state"] == "FAILED" and job["exit_code"] == 75, job
+    assert "job #0 interrupted" in job["result"], job
+    saved = sorted(p.name for p in checkpoints.iterdir())
+    assert saved and saved[-1] != "ckpt-e00030-s0000000.pt"  # stopped before the end
+    resumed = run_app("-m", "epochs=30", LOCAL, "hydra.launcher.nodes=2", "hydra.sweep.dir=again",
+                      f"checkpoint.uri={checkpoints}")
+    log = (tmp_path / "again/0/train_model.log").read_text()
+    assert f"Resumed from {checkpoints}/{saved[-1]}" in log, resumed.stdout[-2000:]
+    assert "Resumed from" in (tmp_path / "again/0/train_model.rank1.log").read_text()  # every rank resumes
+    expected = float(manifest(tmp_path / "whole")["jobs"][0]["result"])
+    assert float(manifest(tmp_path / "again")["jobs"][0]["result"]) == expected  # as if never stopped

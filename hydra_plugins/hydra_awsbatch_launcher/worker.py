@@ -271,5 +271,7 @@ def main() -> int:
     return run(payload_uri, int(os.environ.get(ENV_INDEX_OFFSET) or 0) + array_index())
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as the module proper, so its exceptions are the ones _nodes.py raises
+    from hydra_plugins.hydra_awsbatch_launcher import worker
+
+    sys.exit(worker.main())
