@@ -41,11 +41,14 @@ def staging(root: str, setting, dry_run: bool) -> list[str]:
     return [f"hydra.launcher.staging_uri={setting}: {problem}"] if problem else []
 
 
+DEFAULTS = {"nodes": "1", "procs_per_node": "null: the GPUs of a node, or 1"}
+
+
 def processes(params) -> list[str]:
     """hydra.launcher.nodes and procs_per_node: whole numbers, at least 1."""
     problems = []
-    for name, value, empty in (("nodes", params.get("nodes", 1), "1"), ("procs_per_node", params.get("procs_per_node"),
-                                                                       "null: the GPUs of a node, or 1")):
+    for name, default in DEFAULTS.items():
+        value = params.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            problems.append(f"hydra.launcher.{name}={value}: a whole number, at least 1 (default {empty})")
+            problems.append(f"hydra.launcher.{name}={value}: a whole number, at least 1 (default {default})")
     return problems

@@ -109,7 +109,7 @@ def execute(node: Layout, job, ending, payload_uri: str, index: int, scratch) ->
                            f"stopped\n{exc}") from None
     first = min(returns)
     if node.main:
-        vars(ending).update(returns[first])
+        ending.take(returns[first])
     elif all(r["status"] == _wire.Outcome.SUCCEEDED for r in returns.values()):
         ending.status, ending.exit_code = _wire.Outcome.SUCCEEDED, 0
     else:
@@ -132,7 +132,7 @@ def rank_main(payload_uri: str, index: int, scratch: str) -> dict:
     os.environ["NODE_RANK"] = os.environ.get("GROUP_RANK", "0")  # torchrun's name for it is GROUP_RANK
     if rank:
         os.environ.pop(_metrics.ENV_METRICS_URI, None)  # rank 0 reports for the job
-    signal.signal(signal.SIGTERM, worker._on_sigterm)
+    signal.signal(signal.SIGTERM, worker.on_sigterm)
     ending = worker.Ending(Staging.of_payload(payload_uri)[1] + index)
 
     def steps() -> None:
@@ -147,7 +147,7 @@ def rank_main(payload_uri: str, index: int, scratch: str) -> dict:
     if ending.status == _wire.Outcome.INTERRUPTED:  # the agent is stopping the ranks and reads no return value:
         logging.shutdown()  # leave now (its checkpoint saved) rather than wait for one to be read
         os._exit(worker.EXIT_INTERRUPTED)
-    return dict(vars(ending))
+    return ending.fields()
 
 
 def helper_rank(config, rank: int) -> None:

@@ -50,7 +50,7 @@ def array_index(env=os.environ) -> int:
     return 0
 
 
-def _on_sigterm(signum, frame) -> None:
+def on_sigterm(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the upload that follows must finish
     raise Interrupted("SIGTERM")
 
@@ -98,6 +98,14 @@ class Ending:
         self.job_return: bytes | None = None
         self.error: dict | None = None
         self.sync = True
+
+    def fields(self) -> dict:
+        """Everything it holds, plain (what a rank of a multi-node trial hands to its node, _nodes.py)."""
+        return dict(vars(self))
+
+    def take(self, fields: dict) -> None:
+        """Become the ending that `fields()` gave (rank 0's, on the main node)."""
+        vars(self).update(fields)
 
     def failed(self, exc: BaseException, status=None, exit_code: int = EXIT_FAILED) -> None:
         from hydra_plugins.hydra_awsbatch_launcher import _wire
@@ -223,7 +231,7 @@ def run(payload_uri: str, index: int) -> int:
     os.environ[ENV_METRICS_URI] = staging.metrics(ending.num)  # where report() writes, for the parent to read
     os.environ[ENV_STOP_URI] = staging.stop(ending.num)  # where report() looks whether the sweep asks it to stop
     scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(ending.num, os.getpid())))
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     job = None
     node = None  # a trial of one process; else this node's place in its trial (_nodes.py)
 
