@@ -96,8 +96,10 @@ def test_two_nodes_of_two_train_as_one_node_of_four_and_as_one_process(run_app, 
 
 def test_every_rank_gets_torchruns_environment_and_rank_0_returns(tmp_path, app_env):
     (tmp_path / "my_app.py").write_text(textwrap.dedent(ENV_APP))
+    # in_place=false, as on Batch: each node runs in its own scratch folder; the job dir comes back through staging,
+    # the child node's rank logs included
     proc = subprocess.run([sys.executable, "my_app.py", "-m", LOCAL, "hydra.launcher.nodes=2",
-                           "hydra.launcher.procs_per_node=2", "hydra.sweep.dir=sweep"],
+                           "hydra.launcher.procs_per_node=2", "hydra.launcher.in_place=false", "hydra.sweep.dir=sweep"],
                           cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = manifest(tmp_path / "sweep")["jobs"][0]
