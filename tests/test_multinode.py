@@ -229,3 +229,29 @@ def test_a_trial_stopped_by_sigterm_on_every_node_resumes_from_rank_0s_checkpoin
     assert "Resumed from" in (tmp_path / "again/0/train_model.rank1.log").read_text()  # every rank resumes
     expected = float(manifest(tmp_path / "whole")["jobs"][0]["result"])
     assert float(manifest(tmp_path / "again")["jobs"][0]["result"]) == expected  # as if never stopped
+
+
+RANK_FAILS_APP = """
+    import os
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        if os.environ["RANK"] == "1":
+            raise ValueError("boom in rank 1")
+        return 7
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_a_rank_that_fails_fails_the_trial_naming_it(tmp_path, app_env):
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(RANK_FAILS_APP))
+    proc = subprocess.run([sys.executable, "my_app.py", "-m", LOCAL, "hydra.launcher.procs_per_node=2",
+                           "hydra.sweep.dir=sweep"], cwd=tmp_path, env=app_env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    job = manifest(tmp_path / "sweep")["jobs"][0]
+    assert job["state"] == "FAILED" and job["result"].endswith("rank 1 (node 0 of 1): boom in rank 1"), job
+    assert "ValueError: boom in rank 1" in (tmp_path / "sweep/0/my_app.rank1.log").read_text() + proc.stderr

@@ -107,14 +107,17 @@ def execute(node: Layout, job, ending, payload_uri: str, index: int, scratch) ->
         failures = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in sorted(exc.failures.items()))
         raise RuntimeError(f"node {node.node_rank} of {node.nodes}: {failures} failed; the other processes were "
                            f"stopped\n{exc}") from None
-    first = min(returns)
+    failed = {rank: r for rank, r in sorted(returns.items()) if r["status"] != _wire.Outcome.SUCCEEDED}
     if node.main:
-        ending.take(returns[first])
-    elif all(r["status"] == _wire.Outcome.SUCCEEDED for r in returns.values()):
-        ending.status, ending.exit_code = _wire.Outcome.SUCCEEDED, 0
+        ending.take(returns[0])  # rank 0's: the job's return value, or its own failure
+        failed.pop(0, None)
     else:
-        failed = next(r for r in returns.values() if r["status"] != _wire.Outcome.SUCCEEDED)
-        ending.status, ending.exit_code, ending.error = failed["status"], failed["exit_code"], failed["error"]
+        ending.status, ending.exit_code = _wire.Outcome.SUCCEEDED, 0
+    if failed:  # another rank failed: so does the trial, saying which
+        rank, other = next(iter(failed.items()))
+        error = dict(other["error"] or {"type": "", "message": "it failed", "traceback": ""})
+        error["message"] = f"rank {rank} (node {node.node_rank} of {node.nodes}): {error['message']}"
+        ending.take(dict(other, error=error, job_return=None, num=ending.num))
 
 
 # -------------------------------------------------------------------------------------------- a rank
