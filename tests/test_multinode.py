@@ -188,6 +188,7 @@ def test_batch_refuses_what_cannot_run_a_multi_node_trial(nodes, envs, definitio
     assert len(problems) == 1 and named in problems[0] and problems[0].startswith(f"hydra.launcher.nodes={nodes}")
     assert _batch.check_multinode(nodes, "q", EC2 + SPOT, dict(MULTINODE, nodeProperties={"numNodes": 8})) == []
     assert _batch.check_multinode(1, "q", FARGATE, CONTAINER) == []  # one node: today's path
+    assert _batch.check_multinode(nodes, "q", EC2, {"type": "multinode"}) == []  # no count known: not refused
 
 
 def test_node_layout_follows_batchs_variables():
@@ -255,3 +256,44 @@ def test_a_rank_that_fails_fails_the_trial_naming_it(tmp_path, app_env):
     job = manifest(tmp_path / "sweep")["jobs"][0]
     assert job["state"] == "FAILED" and job["result"].endswith("rank 1 (node 0 of 1): boom in rank 1"), job
     assert "ValueError: boom in rank 1" in (tmp_path / "sweep/0/my_app.rank1.log").read_text() + proc.stderr
+
+
+@pytest.fixture
+def multinode_definition(batch_resources, aws_env) -> str:
+    """A multinode job definition of 2 nodes, as template.yaml's MultiNodeJobDefinition (moto keeps its type, not its
+    nodeProperties: the node count is checked in test_batch_refuses_what_cannot_run_a_multi_node_trial)."""
+    import boto3
+
+    container = {"image": "hydra-awsbatch:latest", "command": ["python", "-m", "hydra_plugins.hydra_awsbatch_launcher"
+                                                                               ".worker"],
+                 "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]}
+    boto3.client("batch").register_job_definition(
+        jobDefinitionName="test-mnp", type="multinode",
+        nodeProperties={"numNodes": 2, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0:", "container":
+                                                                               container}]})
+    return "test-mnp"
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["hydra.launcher.job_queue=test-fargate-queue", "hydra.launcher.job_definition=test-mnp"],
+     "job queue 'test-fargate-queue' runs on Fargate, which runs no multi-node parallel jobs"),
+    (["hydra.launcher.job_definition=test-job"], "job definition 'test-job:1' is of type 'container', not "
+                                                 "'multinode'"),
+    (["hydra.launcher.job_definition=test-mnp"], "does not submit multi-node parallel jobs to AWS Batch yet"),
+])
+def test_aws_batch_refuses_a_multi_node_trial_before_anything_is_staged(tmp_path, aws_env, batch_resources,
+                                                                         multinode_definition, overrides, named):
+    import boto3
+
+    def staged() -> list:
+        return [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=batch_resources["bucket"]).get("Contents",
+                                                                                                        [])]
+
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(ENV_APP))
+    before = staged()  # the moto server serves the whole session
+    proc = subprocess.run([sys.executable, "my_app.py", "-m", "hydra/launcher=aws_batch", "hydra.launcher.nodes=2",
+                           f"hydra.launcher.job_queue={batch_resources['queue']}",
+                           f"hydra.launcher.staging_uri={batch_resources['staging']}", "hydra.sweep.dir=sweep",
+                           *overrides], cwd=tmp_path, env=aws_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and named in proc.stderr, proc.stderr[-3000:]
+    assert staged() == before

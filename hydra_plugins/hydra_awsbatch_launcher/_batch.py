@@ -340,10 +340,10 @@ def check_multinode(nodes: int, queue: str, compute_environments: list[dict], de
             problems.append(f"hydra.launcher.nodes={nodes}: job definition '{name}' is of type "
                             f"'{definition.get('type')}', not 'multinode': set hydra.launcher.job_definition to a "
                             "multinode one (the stack's MultiNodeJobDefinition)")
-        elif nodes > int(definition.get("nodeProperties", {}).get("numNodes", 0)):
+        elif nodes > int((definition.get("nodeProperties") or {}).get("numNodes") or nodes):  # moto keeps none
             problems.append(f"hydra.launcher.nodes={nodes}: job definition '{name}' has "
-                            f"{definition.get('nodeProperties', {}).get('numNodes')} nodes: ask for at most that "
-                            "many, or register a revision with more (template.yaml's MultiNodeNumNodes)")
+                            f"{definition['nodeProperties']['numNodes']} nodes: ask for at most that many, or "
+                            "register a revision with more (template.yaml's MultiNodeNumNodes)")
     return problems
 
 
