@@ -5,6 +5,11 @@ output dir and, last, its result object. Every ending but SIGKILL leaves a resul
 
 Exit codes: 0 the task returned, 1 it failed (the result says why), 2 no payload URI,
 75 interrupted by SIGTERM (Batch retries this code).
+
+A trial of several processes (hydra.launcher.procs_per_node > 1) or nodes (a Batch multi-node parallel job) runs
+this worker on every node; it starts the node's ranks with PyTorch's elastic launcher (_nodes.py). The main node
+writes the result (rank 0's, unless another rank failed); a child node writes none, uploads its ranks' files, and
+exits with the code its ranks ended with.
 """
 
 from __future__ import annotations
