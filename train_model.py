@@ -7,6 +7,10 @@
 An ordinary Hydra app: it knows nothing of where it runs. It resumes from the newest checkpoint under
 checkpoint.uri, and on SIGTERM (Spot reclaim, timeout) it saves one and exits with EXIT_PREEMPTED. Each epoch's
 losses and accuracy go to `report()`: into the run's metrics.jsonl, and to the sweep while the job runs.
+
+Started in a distributed environment (torchrun, or `hydra.launcher.nodes` / `procs_per_node`), it trains with
+DistributedDataParallel (gloo on CPU, NCCL on GPU): each process takes its share of every batch, rank 0 saves the
+checkpoints, and all of them stop at the same step on SIGTERM (example_app/distributed.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.nn import functional as F
 
+from example_app import distributed
 from example_app.checkpoints import CheckpointStore
 from example_app.data import load_dataset, split
 from hydra_plugins.hydra_awsbatch_launcher import report
@@ -63,7 +68,12 @@ def evaluate(model, x, y) -> tuple[float, float]:
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with distributed.Context() as dist:
+        return train(cfg, dist)
+
+
+def train(cfg: DictConfig, dist: distributed.Context) -> float:
+    device = dist.device()
     torch.manual_seed(cfg.seed)
 
     x, y = load_dataset(cfg.data.uri)
@@ -72,6 +82,7 @@ def main(cfg: DictConfig) -> float:
     x_val, y_val = torch.from_numpy(x_val).to(device), torch.from_numpy(y_val).to(device)
 
     model = instantiate(cfg.model).to(device)
+    net = dist.wrap(model)  # DistributedDataParallel where several processes train
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     shuffle = torch.Generator().manual_seed(cfg.seed)
     store = CheckpointStore(cfg.checkpoint.uri, cfg.checkpoint.keep)
@@ -88,26 +99,35 @@ def main(cfg: DictConfig) -> float:
         log.info("Resumed from %s: %d epochs and %d steps done", uri, epochs_done, start_step)
 
     def checkpoint(epochs: int, step: int, epoch_shuffle: torch.Tensor) -> str:
+        if not dist.main:  # rank 0 saves for all: they hold the same weights
+            return "(rank 0's checkpoint)"
         return store.save({
             "epochs_done": epochs, "step": step, "loss_sum": loss_sum, "history": history,
             "shuffle": epoch_shuffle, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         })
 
-    log.info("Training %s on %s: %d train, %d validation examples",
-             type(model).__name__, device, len(x_train), len(x_val))
+    log.info("Training %s on %s: %d train, %d validation examples%s",
+             type(model).__name__, device, len(x_train), len(x_val),
+             f", rank {dist.rank} of {dist.world}" if dist.active else "")
     val_loss = history[-1]["val_loss"] if history else float("nan")
     with StopRequest() as stop:
         for epoch in range(epochs_done, cfg.epochs):
             epoch_shuffle = shuffle.get_state()  # so a mid-epoch resume replays the same order
             batches = torch.randperm(len(x_train), generator=shuffle).split(cfg.batch_size)
             for step in range(start_step, len(batches)):
-                idx = batches[step].to(device)
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+                if dist.active:  # this rank's share of the global batch
+                    idx = dist.shard(batches[step]).to(device)
+                    loss = dist.scale(F.cross_entropy(net(x_train[idx]), y_train[idx], reduction="sum"),
+                                      len(batches[step]))
+                else:
+                    idx = batches[step].to(device)
+                    loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                loss_sum += loss.item()
-                if stop.requested and step + 1 < len(batches):
+                value, stopping = dist.agree(loss, stop.requested)
+                loss_sum += value
+                if stopping and step + 1 < len(batches):
                     saved = checkpoint(epoch, step + 1, epoch_shuffle)
                     log.warning("Saved %s; exiting with code %d", saved, EXIT_PREEMPTED)
                     raise SystemExit(EXIT_PREEMPTED)
@@ -118,12 +138,13 @@ def main(cfg: DictConfig) -> float:
                      epoch + 1, cfg.epochs, loss_sum / len(batches), val_loss, accuracy)
             # The sweep sees each epoch while the job runs; True when it asks this trial to stop (a pruner).
             stop_early = report(epoch + 1, **{k: v for k, v in history[-1].items() if k != "epoch"})
+            stop_early = dist.any(stop_early, device)  # rank 0 reports; every rank stops with it
             start_step, loss_sum = 0, 0.0
             saved = checkpoint(epoch + 1, 0, shuffle.get_state())
             if stop_early and epoch + 1 < cfg.epochs:
                 log.warning("The sweep stops this trial early, after epoch %d; saved %s", epoch + 1, saved)
                 break
-            if stop.requested and epoch + 1 < cfg.epochs:
+            if dist.any(stop.requested, device) and epoch + 1 < cfg.epochs:
                 log.warning("Saved %s; exiting with code %d", saved, EXIT_PREEMPTED)
                 raise SystemExit(EXIT_PREEMPTED)
     log.info("Finished: val_loss=%.4f", val_loss)

@@ -35,6 +35,8 @@ MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 128, 256  # Batch's limits per job
 GROWING = (BatchState.RUNNABLE, BatchState.STARTING, BatchState.RUNNING, BatchState.SUCCEEDED, BatchState.FAILED)
 STACK_OUTPUTS = {"job_queue": "JobQueue", "job_definition": "JobDefinition", "staging_uri": "StagingUri",
                  "log_group": "LogGroup"}
+# hydra.launcher.nodes > 1: the stack's multi-node queue and job definition (template.yaml, UseMultiNode=true)
+MULTINODE_OUTPUTS = dict(STACK_OUTPUTS, job_queue="MultiNodeJobQueue", job_definition="MultiNodeJobDefinition")
 
 
 class BatchError(Exception):
@@ -115,8 +117,9 @@ class BatchApi:
         return {region for partition in self.session.get_available_partitions()
                 for region in self.session.get_available_regions("batch", partition_name=partition)}
 
-    def stack_outputs(self, stack_name: str) -> dict[str, str]:
-        """The launcher settings that the stack's outputs give (job_queue, job_definition, staging_uri...)."""
+    def stack_outputs(self, stack_name: str, multinode: bool = False) -> dict[str, str]:
+        """The launcher settings that the stack's outputs give (job_queue, job_definition, staging_uri...);
+        `multinode`: its multi-node queue and job definition."""
         from botocore.exceptions import ClientError
 
         try:
@@ -125,7 +128,8 @@ class BatchApi:
             raise BatchError(f"stack '{stack_name}' not found ({error.response['Error']['Message']}): deploy "
                              "template.yaml or fix hydra.launcher.stack_name") from None
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
-        return {setting: outputs[key] for setting, key in STACK_OUTPUTS.items() if key in outputs}
+        wanted = MULTINODE_OUTPUTS if multinode else STACK_OUTPUTS
+        return {setting: outputs[key] for setting, key in wanted.items() if key in outputs}
 
     def check_queue(self, queue: str | None) -> tuple[list[str], list[dict]]:
         """Problems with the queue, and its compute environments."""
@@ -313,6 +317,33 @@ def check_resources(vcpus, memory_mib, gpus, timeout_min, attempts, compute_envi
         problems.append(f"hydra.launcher.timeout_min={timeout_min}: Batch needs at least 1 minute (60 s)")
     if not 1 <= int(attempts) <= 10:
         problems.append(f"hydra.launcher.attempts={attempts}: Batch takes 1 to 10")
+    return problems
+
+
+def check_multinode(nodes: int, queue: str, compute_environments: list[dict], definition: dict | None) -> list[str]:
+    """What Batch needs of a queue and job definition to run trials of `nodes` nodes (multi-node parallel jobs):
+    On-Demand EC2 compute (neither Fargate nor Spot), a `multinode` job definition of at least `nodes` nodes."""
+    if nodes <= 1:
+        return []
+    fix = "set hydra.launcher.job_queue to a queue of On-Demand EC2 compute (the stack's MultiNodeJobQueue)"
+    problems = []
+    kinds = {ce.get("computeResources", {}).get("type", "") for ce in compute_environments}
+    if kinds and kinds <= {"FARGATE", "FARGATE_SPOT"}:
+        problems.append(f"hydra.launcher.nodes={nodes}: job queue '{queue}' runs on Fargate, which runs no "
+                        f"multi-node parallel jobs: {fix}")
+    elif kinds and kinds <= {"SPOT", "FARGATE_SPOT"}:
+        problems.append(f"hydra.launcher.nodes={nodes}: job queue '{queue}' has Spot compute only, which runs no "
+                        f"multi-node parallel jobs: {fix}")
+    if definition is not None:
+        name = f"{definition.get('jobDefinitionName')}:{definition.get('revision')}"
+        if definition.get("type") != "multinode":
+            problems.append(f"hydra.launcher.nodes={nodes}: job definition '{name}' is of type "
+                            f"'{definition.get('type')}', not 'multinode': set hydra.launcher.job_definition to a "
+                            "multinode one (the stack's MultiNodeJobDefinition)")
+        elif nodes > int((definition.get("nodeProperties") or {}).get("numNodes") or nodes):  # moto keeps none
+            problems.append(f"hydra.launcher.nodes={nodes}: job definition '{name}' has "
+                            f"{definition['nodeProperties']['numNodes']} nodes: ask for at most that many, or "
+                            "register a revision with more (template.yaml's MultiNodeNumNodes)")
     return problems
 
 

@@ -28,6 +28,7 @@ def options(params, conf_class: type, code_root: Path) -> list[str]:
                  for prefix in RESERVED_ENV_PREFIXES if str(name).startswith(prefix)]
     if float(params.get("metrics_interval_s", 1)) <= 0:
         problems.append(f"hydra.launcher.metrics_interval_s={params.get('metrics_interval_s')}: seconds, above 0")
+    problems += processes(params)
     if not code_root.is_dir():
         problems.append(f"hydra.launcher.code_root={params.get('code_root')}: no such folder ({code_root}); point "
                         "it at the folder of your code")
@@ -38,3 +39,16 @@ def staging(root: str, setting, dry_run: bool) -> list[str]:
     """Whether staging at `root` (hydra.launcher.staging_uri=`setting`) can be written; a dry run only looks."""
     problem = _storage.check_writable(root, write=not dry_run)
     return [f"hydra.launcher.staging_uri={setting}: {problem}"] if problem else []
+
+
+DEFAULTS = {"nodes": "1", "procs_per_node": "null: the GPUs of a node, or 1"}
+
+
+def processes(params) -> list[str]:
+    """hydra.launcher.nodes and procs_per_node: whole numbers, at least 1."""
+    problems = []
+    for name, default in DEFAULTS.items():
+        value = params.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            problems.append(f"hydra.launcher.{name}={value}: a whole number, at least 1 (default {default})")
+    return problems

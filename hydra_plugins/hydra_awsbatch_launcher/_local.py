@@ -1,5 +1,7 @@
 """The local executor of aws_batch_local: each job of an array runs the very worker a Batch container runs,
-as a local process with the environment Batch would give it, at most `max_parallel` at once."""
+as a local process with the environment Batch would give it, at most `max_parallel` at once. A job of `nodes`
+nodes (a multi-node parallel job on Batch) runs as that many worker processes on 127.0.0.1, each with the node
+variables Batch gives; a node that fails stops the others, and fails the job naming it."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra_plugins.hydra_awsbatch_launcher import _nodes
 from hydra_plugins.hydra_awsbatch_launcher._executor import JobInfo
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, Array, BatchState
 from hydra_plugins.hydra_awsbatch_launcher.worker import (
     ENV_IN_PLACE,
+    ENV_INDEX_OFFSET,
     ENV_PARENT_PID,
     ENV_PAYLOAD_URI,
     MODULE,
@@ -30,44 +34,74 @@ class _Process:
     env: dict
     popen: subprocess.Popen | None = None
     log: object = field(default=None, repr=False)
+    children: list[_Process] = field(default_factory=list)  # a multi-node job's child nodes (node 1, 2, ...)
+    failed_node: tuple[int, int] | None = None  # (node index, exit code) of the node whose end stopped the others
+
+    def nodes(self) -> list[_Process]:
+        """The job's processes: its main node, then its child nodes."""
+        return [self, *self.children]
 
 
 class LocalExecutor:
     """Runs jobs as local processes, at most `max_parallel` at once, in the order they were submitted."""
 
     def __init__(self, max_parallel: int | None, log_dir: Path, cwd: str, in_place: bool = True,
-                 environment: dict | None = None):
+                 environment: dict | None = None, nodes: int = 1, procs_per_node: int | None = None):
         self.max_parallel = max(1, max_parallel or os.cpu_count() or 1)
         self.log_dir = Path(log_dir)
         self.cwd, self.in_place = cwd, in_place
         self.environment = dict(environment or {})
+        self.nodes, self.procs_per_node = nodes, procs_per_node
         self._jobs: list[_Process] = []
 
     def submit(self, payload_uri: str, first_num: int, size: int) -> list[Array]:
-        """Queue one array of `size` jobs."""
+        """Queue one array of `size` jobs (`size` multi-node jobs where a job has several nodes: Batch has no
+        array of those)."""
         array_id = f"local-{os.getpid()}-{first_num}"
         # Each job gets its share of the CPUs, as a Batch job gets its vCPUs: parallel jobs whose math
         # libraries each start a thread per CPU spin against each other and run many times slower.
-        threads = str(max(1, (os.cpu_count() or 1) // min(self.max_parallel, len(self._jobs) + size)))
+        threads = max(1, (os.cpu_count() or 1) // min(self.max_parallel, len(self._jobs) + size))
+        env = self._environment(payload_uri, str(max(1, threads // (self.nodes * (self.procs_per_node or 1)))))
+        if self.nodes > 1:  # one multi-node job per config, each node with the variables Batch gives it
+            for index in range(size):
+                num, job_id = first_num + index, f"{array_id}-{index}"
+                nodes = [_Process(JobInfo(num, job_id=job_id if not node else f"{job_id}#{node}",
+                                          log_path=self._log(num, node)),
+                                  dict(env, AWS_BATCH_JOB_ID=f"{job_id}#{node}", AWS_BATCH_JOB_NODE_INDEX=str(node),
+                                       AWS_BATCH_JOB_NUM_NODES=str(self.nodes), AWS_BATCH_JOB_MAIN_NODE_INDEX="0",
+                                       **{ENV_INDEX_OFFSET: str(index)}))
+                         for node in range(self.nodes)]
+                for child in nodes[1:]:
+                    child.env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = "127.0.0.1"
+                nodes[0].children = nodes[1:]
+                self._jobs.append(nodes[0])
+            return [Array(f"{array_id}-{index}", first_num + index, 1) for index in range(size)]
         for index in range(size):
             job_id = f"{array_id}:{index}" if size > 1 else array_id
-            # As in a container: no PYTHONPATH of the launching shell; the job imports what the code package
-            # and the installed packages hold, so a sweep that will fail on Batch fails here too.
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            env.update(self.environment)
-            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                env.setdefault(name, threads)
-            env.pop(ENV_IN_PLACE, None)
-            env[ENV_PARENT_PID] = str(os.getpid())  # the job stops with this process, even after a SIGKILL
-            if self.in_place:
-                env[ENV_IN_PLACE] = "1"
-            env.update({ENV_PAYLOAD_URI: payload_uri, "AWS_BATCH_JOB_ID": job_id,
-                        "AWS_BATCH_JOB_ATTEMPT": "1", "PYTHONUNBUFFERED": "1"})
+            job_env = dict(env, AWS_BATCH_JOB_ID=job_id)
             if size > 1:
-                env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
-            log_path = self.log_dir / f"{first_num + index}.log"
-            self._jobs.append(_Process(JobInfo(first_num + index, job_id=job_id, log_path=str(log_path)), env))
+                job_env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
+            self._jobs.append(_Process(JobInfo(first_num + index, job_id=job_id, log_path=self._log(first_num + index)),
+                                       job_env))
         return [Array(array_id, first_num, size)]
+
+    def _environment(self, payload_uri: str, threads: str) -> dict:
+        """What every job of an array (every node of a job) sees, as in a container: no PYTHONPATH of the
+        launching shell; the job imports what the code package and the installed packages hold, so a sweep that
+        will fail on Batch fails here too."""
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(self.environment)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.setdefault(name, threads)
+        env.pop(ENV_IN_PLACE, None)
+        env[ENV_PARENT_PID] = str(os.getpid())  # the job stops with this process, even after a SIGKILL
+        if self.in_place:
+            env[ENV_IN_PLACE] = "1"
+        env.update({ENV_PAYLOAD_URI: payload_uri, "AWS_BATCH_JOB_ATTEMPT": "1", "PYTHONUNBUFFERED": "1"})
+        return env
+
+    def _log(self, num: int, node: int = 0) -> str:
+        return str(self.log_dir / (f"{num}.log" if not node else f"{num}.node{node}.log"))
 
     poll_interval_s = 0.05  # a look at a few local processes costs next to nothing
 
@@ -78,22 +112,31 @@ class LocalExecutor:
         """Exit code and the tail of the job's log file, for jobs that ended without a result."""
         details = {}
         for num in nums:  # a job of an earlier process of the sweep (a resume) has its log file alone
-            info = next((job.info for job in self._jobs if job.info.num == num), None)
+            job = next((job for job in self._jobs if job.info.num == num), None)
+            info = job.info if job is not None else None
             info = info or JobInfo(num, BatchState.FAILED, reason="it ran under an earlier process of this sweep",
                                    log_path=str(self.log_dir / f"{num}.log"))
+            # a multi-node job that a node's end stopped: that node's log
+            log_path = job.nodes()[job.failed_node[0]].info.log_path if job and job.failed_node else info.log_path
             try:
-                tail = Path(info.log_path).read_text(errors="replace").splitlines()[-lines:]
+                tail = Path(log_path).read_text(errors="replace").splitlines()[-lines:]
             except OSError:
                 tail = []
             details[num] = "\n".join([f"{info.reason or info.state}; exit code: {info.exit_code}",
-                                      f"Last {len(tail)} lines of {info.log_path}:", *tail])
+                                      f"Last {len(tail)} lines of {log_path}:", *tail])
         return details
 
     def poll(self) -> list[JobInfo]:
         """Reap finished processes, start queued ones in free slots, and report every job's state."""
         for job in self._jobs:
-            if job.popen is not None and job.info.state == BatchState.RUNNING and job.popen.poll() is not None:
+            if job.popen is None or job.info.state != BatchState.RUNNING:
+                continue
+            codes = [node.popen.poll() for node in job.nodes()]
+            if None not in codes:
                 self._finish(job)
+            elif job.failed_node is None and _failure(codes) is not None:  # the others cannot go on without it
+                job.failed_node = _failure(codes)
+                self._signal(job, signal.SIGKILL)
         running = sum(job.info.state == BatchState.RUNNING for job in self._jobs)
         for job in self._jobs:
             if running >= self.max_parallel:
@@ -105,31 +148,42 @@ class LocalExecutor:
 
     def _start(self, job: _Process) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        job.log = open(job.info.log_path, "wb")
-        job.popen = subprocess.Popen(
-            [sys.executable, "-m", MODULE],
-            cwd=self.cwd, env=job.env, stdin=subprocess.DEVNULL, stdout=job.log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C in the terminal reaches the parent only, which stops the jobs
-        )
+        port = str(_nodes.free_port()) if self.nodes > 1 or (self.procs_per_node or 1) > 1 else None
+        for node in job.nodes():
+            if port:  # the rendezvous of this job's processes, on the main node
+                node.env[_nodes.ENV_MASTER_PORT] = port
+            node.log = open(node.info.log_path, "wb")
+            node.popen = subprocess.Popen(
+                [sys.executable, "-m", MODULE],
+                cwd=self.cwd, env=node.env, stdin=subprocess.DEVNULL, stdout=node.log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches the parent only, which stops the jobs
+            )
         job.info.state, job.info.started = BatchState.RUNNING, time.time()
 
     def _finish(self, job: _Process) -> None:
-        code = job.popen.returncode
-        job.log.close()
-        if code != 0:  # os._exit or SIGKILL: the worker left its scratch folder (the unpacked code) behind
-            temp = Path(job.env.get("TMPDIR") or tempfile.gettempdir())
-            for left in temp.glob(scratch_prefix(job.info.num, job.popen.pid) + "*"):
-                shutil.rmtree(left, ignore_errors=True)
+        codes = [node.popen.returncode for node in job.nodes()]
+        for node, code in zip(job.nodes(), codes):
+            node.log.close()
+            if code != 0:  # os._exit or SIGKILL: the worker left its scratch folder (the unpacked code) behind
+                temp = Path(node.env.get("TMPDIR") or tempfile.gettempdir())
+                for left in temp.glob(scratch_prefix(node.info.num, node.popen.pid) + "*"):
+                    shutil.rmtree(left, ignore_errors=True)
+        failed = job.failed_node or _failure(codes)
+        code = codes[0] if failed is None else failed[1]
         job.info.exit_code, job.info.stopped = code, time.time()
-        job.info.state = BatchState.SUCCEEDED if code == 0 else BatchState.FAILED
+        job.info.state = BatchState.SUCCEEDED if failed is None else BatchState.FAILED
         if code != 0:
             job.info.reason = (f"Essential container in task exited (exit code {code})" if code > 0
                                 else f"killed by signal {signal.Signals(-code).name}")
+        if failed is not None and job.children:
+            job.info.reason = (f"node {failed[0]} of {len(codes)} ({job.nodes()[failed[0]].info.job_id}): "
+                               f"{job.info.reason}" + ("; the other nodes were stopped" if job.failed_node else ""))
+            job.failed_node = failed
 
     def terminate(self, reason: str, force: bool = False, nums=None) -> int:
-        """SIGTERM every unfinished job's process group (the task's own children too), as Batch stops a
-        container, wait for them, and return how many there were. `force` (a second Ctrl-C): SIGKILL now.
-        `nums`: these jobs only."""
+        """SIGTERM every unfinished job's process group (the task's own children too; every node of a multi-node
+        job), as Batch stops a container, wait for them, and return how many there were. `force` (a second
+        Ctrl-C): SIGKILL now. `nums`: these jobs only."""
         unfinished = [job for job in self._jobs if job.info.state not in FINAL
                       and (nums is None or job.info.num in nums)]
         for job in unfinished:
@@ -140,23 +194,27 @@ class LocalExecutor:
                 job.info.state, job.info.reason = BatchState.FAILED, reason
                 continue
             try:
-                job.popen.wait(timeout=max(0.1, deadline - time.time()))
+                for node in job.nodes():
+                    node.popen.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 self._signal(job, signal.SIGKILL)
-                job.popen.wait()
+                for node in job.nodes():
+                    node.popen.wait()
             self._signal(job, signal.SIGKILL)  # what the task started and left behind
+            job.failed_node = None  # stopped on purpose: no node is to blame
             self._finish(job)
             job.info.reason = reason
         return len(unfinished)
 
     @staticmethod
     def _signal(job: _Process, sig: int) -> None:
-        if job.popen is None:
-            return
-        try:
-            os.killpg(job.popen.pid, sig)  # the worker leads its own process group (start_new_session)
-        except ProcessLookupError:
-            pass
+        for node in job.nodes():
+            if node.popen is None:
+                continue
+            try:
+                os.killpg(node.popen.pid, sig)  # the worker leads its own process group (start_new_session)
+            except ProcessLookupError:
+                pass
 
     @staticmethod
     def adopt(arrays) -> bool:
@@ -165,6 +223,13 @@ class LocalExecutor:
     @staticmethod
     def forced_stop_note(sweep: str) -> str:
         return "killed every job at once (SIGKILL): they saved no checkpoint and wrote no result"
+
+
+def _failure(codes: list) -> tuple[int, int] | None:
+    """(node, exit code) of the node to blame among a job's nodes' exit codes (None: running): one killed by a
+    signal first (the others fail because it is gone), else the first that failed; None if none failed."""
+    failed = [(node, code) for node, code in enumerate(codes) if code not in (None, 0)]
+    return min(failed, key=lambda failure: (failure[1] >= 0, failure[0])) if failed else None
 
 
 class Remains:

@@ -119,9 +119,13 @@ def report(step, **metrics) -> bool:
     `if report(epoch, val_loss=0.31, val_acc=0.9): ...`. True once the sweep asks the job to stop (a pruner
     found it hopeless): save what you need and return; a job that goes on is terminated after a grace period.
     Cheap: buffered, written at most every few seconds. Outside a Hydra run (the task function called
-    directly) it does nothing and returns False."""
+    directly) it does nothing and returns False. In a trial of several processes (torchrun's RANK), rank 0 reports
+    for the trial and the other ranks' calls do nothing and return False: share rank 0's answer with them."""
     global _current
     from hydra.core.hydra_config import HydraConfig
+
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return False
 
     config = HydraConfig.instance().cfg  # the running job's (run_job sets it anew for each job); None outside one
     if _current is None or _current[0] is not config:

@@ -117,8 +117,12 @@ class BaseAwsBatchLauncher(Launcher):
 
     def job_environment(self) -> dict[str, str]:
         from hydra_plugins.hydra_awsbatch_launcher._metrics import ENV_INTERVAL
+        from hydra_plugins.hydra_awsbatch_launcher._nodes import ENV_PROCS_PER_NODE
 
-        return dict(self.params.environment, **{ENV_INTERVAL: str(self.params.metrics_interval_s)})
+        environment = dict(self.params.environment, **{ENV_INTERVAL: str(self.params.metrics_interval_s)})
+        if self.params.get("procs_per_node"):  # the worker starts them (_nodes.py)
+            environment[ENV_PROCS_PER_NODE] = str(self.params.procs_per_node)
+        return environment
 
     # ----------------------------------------------------------------------------------- async_api.py
     def job_times(self, num: int) -> tuple[float | None, float | None] | None:
@@ -213,7 +217,8 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
         from hydra_plugins.hydra_awsbatch_launcher._local import LocalExecutor
 
         return LocalExecutor(self.params.max_parallel, self.sweep_dir / ".logs", cwd=os.getcwd(),
-                             in_place=self.params.in_place, environment=self.job_environment())
+                             in_place=self.params.in_place, environment=self.job_environment(),
+                             nodes=int(self.params.get("nodes", 1)), procs_per_node=self.params.get("procs_per_node"))
 
 
 class AwsBatchLauncher(BaseAwsBatchLauncher):
@@ -264,17 +269,23 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         session_problems = self.api.check_session()
         if session_problems:
             raise LaunchError(problems + session_problems)
+        nodes = int(p.get("nodes", 1))
         if p.stack_name:
             try:
-                outputs = self.api.stack_outputs(p.stack_name)
+                outputs = self.api.stack_outputs(p.stack_name, multinode=nodes > 1)
             except _batch.BatchError as error:
                 raise LaunchError([*problems, str(error)]) from None
             for setting, value in outputs.items():  # explicit settings win
                 if p.get(setting) in (None, "", _batch.DEFAULT_LOG_GROUP if setting == "log_group" else None):
                     p[setting] = value
         queue_problems, compute_environments = self.api.check_queue(p.job_queue)
-        definition_problems, _ = self.api.check_job_definition(p.job_definition)
+        definition_problems, definition = self.api.check_job_definition(p.job_definition)
         problems += queue_problems + definition_problems
+        if not queue_problems and not definition_problems and nodes > 1:
+            problems += _batch.check_multinode(nodes, p.job_queue, compute_environments, definition) or [
+                f"hydra.launcher.nodes={nodes}: the queue and job definition fit, but this launcher does not submit "
+                "multi-node parallel jobs to AWS Batch yet (issue #18): run the trial with "
+                "hydra/launcher=aws_batch_local, or with nodes=1"]
         problems += _batch.check_resources(p.vcpus, p.memory_mib, p.gpus, p.timeout_min, p.attempts,
                                            compute_environments)
         name = _batch.sanitize_job_name(p.job_name)

@@ -35,6 +35,11 @@ class BaseAwsBatchLauncherConf:
     environment: Dict[str, str] = field(default_factory=dict)
     # Seconds between two writes of what a job's report() calls recorded (and between two reads of them here)
     metrics_interval_s: float = 10.0
+    # Nodes per trial: above 1, each trial is a multi-node parallel job whose nodes each run procs_per_node
+    # processes, started as torchrun does (RANK, WORLD_SIZE, MASTER_ADDR... set; rank 0's return is the trial's)
+    nodes: int = 1
+    # Processes per node (torchrun's nproc_per_node); null: the node's GPUs (at least 1) where nodes > 1, else 1
+    procs_per_node: Optional[int] = None
 
 
 @dataclass

@@ -5,6 +5,11 @@ output dir and, last, its result object. Every ending but SIGKILL leaves a resul
 
 Exit codes: 0 the task returned, 1 it failed (the result says why), 2 no payload URI,
 75 interrupted by SIGTERM (Batch retries this code).
+
+A trial of several processes (hydra.launcher.procs_per_node > 1) or nodes (a Batch multi-node parallel job) runs
+this worker on every node; it starts the node's ranks with PyTorch's elastic launcher (_nodes.py). The main node
+writes the result (rank 0's, unless another rank failed); a child node writes none, uploads its ranks' files, and
+exits with the code its ranks ended with.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def array_index(env=os.environ) -> int:
     return 0
 
 
-def _on_sigterm(signum, frame) -> None:
+def on_sigterm(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the upload that follows must finish
     raise Interrupted("SIGTERM")
 
@@ -99,14 +104,23 @@ class Ending:
         self.error: dict | None = None
         self.sync = True
 
+    def fields(self) -> dict:
+        """Everything it holds, plain (what a rank of a multi-node trial hands to its node, _nodes.py)."""
+        return dict(vars(self))
+
+    def take(self, fields: dict) -> None:
+        """Become the ending that `fields()` gave (rank 0's, on the main node)."""
+        vars(self).update(fields)
+
     def failed(self, exc: BaseException, status=None, exit_code: int = EXIT_FAILED) -> None:
         from hydra_plugins.hydra_awsbatch_launcher import _wire
 
         self.status, self.error, self.exit_code = status or _wire.Outcome.FAILED, _wire.error_info(exc), exit_code
 
 
-def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending) -> Job:
-    """Payload, versions, code package, task function and the job's config, placed where the job runs."""
+def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending, unpacked: bool = False) -> Job:
+    """Payload, versions, code package, task function and the job's config, placed where the job runs.
+    `unpacked`: the code package is in `scratch` already (a rank of a trial of several processes)."""
     from hydra_plugins.hydra_awsbatch_launcher import _package, _storage, _wire
     from hydra_plugins.hydra_awsbatch_launcher._compose import job_subdir
     from hydra_plugins.hydra_awsbatch_launcher._errors import MissingModule
@@ -117,7 +131,8 @@ def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending) -> Job:
     if problem:
         raise VersionMismatch(problem)
     code_dir = scratch / "code"
-    _package.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
+    if not unpacked:
+        _package.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
     sys.path.insert(0, str(code_dir))
 
     from hydra.core.singleton import Singleton
@@ -163,9 +178,10 @@ def execute(job: Job, ending: Ending) -> None:
         ending.error = _wire.error_info(job_return._return_value)
 
 
-def upload(job: Job | None, ending: Ending, staging) -> None:
+def upload(job: Job | None, ending: Ending, staging, result: bool = True) -> None:
     """What the task reported and had not written yet, the job's outputs (unless they were written in place),
-    then, last, its result object."""
+    then, last, its result object (`result=False`: a child node of a multi-node trial, whose main node writes
+    it)."""
     from hydra_plugins.hydra_awsbatch_launcher import _metrics, _storage, _wire
 
     _metrics.finish()
@@ -180,45 +196,63 @@ def upload(job: Job | None, ending: Ending, staging) -> None:
         ending.failed(exc)
         ending.job_return = None  # its value stands, but not what it wrote: the job failed
         ending.error["message"] = f"uploading the job's outputs to {staging.output(ending.num)} failed: {exc}"
-    result = _wire.dump_result(
+    if not result:
+        return
+    _storage.write_bytes(staging.result(ending.num), _wire.dump_result(
         ending.status, ending.job_return, ending.error, num=ending.num, exit_code=ending.exit_code,
         started=ending.started, stopped=time.time(), attempt=os.environ.get("AWS_BATCH_JOB_ATTEMPT"),
-        batch_job_id=os.environ.get("AWS_BATCH_JOB_ID"))
-    _storage.write_bytes(staging.result(ending.num), result)
+        batch_job_id=os.environ.get("AWS_BATCH_JOB_ID")))
+
+
+def settle(ending: Ending, steps) -> None:
+    """Run `steps()` (prepare and execute a job), and make of every way it can end the job's `ending`."""
+    from hydra_plugins.hydra_awsbatch_launcher._wire import Outcome
+
+    try:
+        steps()
+    except Interrupted as exc:
+        ending.failed(exc, Outcome.INTERRUPTED, EXIT_INTERRUPTED)
+        if _parent_died:
+            ending.error["message"] = "the launching process died; the job was stopped with it"
+    except SystemExit as exc:  # the task called sys.exit(): 0 or None is a normal end, as in Python
+        code = exc.code if isinstance(exc.code, int) or exc.code is None else EXIT_FAILED
+        if not code:
+            ending.status, ending.exit_code = Outcome.SUCCEEDED, 0
+        else:
+            ending.failed(exc, Outcome.INTERRUPTED if code == EXIT_INTERRUPTED else Outcome.FAILED, code)
+            ending.error["message"] = (f"the task exited with code {code}" if isinstance(exc.code, int)
+                                        else f"the task exited: {exc.code}")
+    except BaseException as exc:  # anything else, unpickling included, still becomes a result
+        ending.failed(exc)
 
 
 def run(payload_uri: str, index: int) -> int:
+    from hydra_plugins.hydra_awsbatch_launcher import _nodes
     from hydra_plugins.hydra_awsbatch_launcher._manifest import Staging
     from hydra_plugins.hydra_awsbatch_launcher._metrics import ENV_METRICS_URI, ENV_STOP_URI
-    from hydra_plugins.hydra_awsbatch_launcher._wire import Outcome
 
     staging, first = Staging.of_payload(payload_uri)
     ending = Ending(first + index)
     os.environ[ENV_METRICS_URI] = staging.metrics(ending.num)  # where report() writes, for the parent to read
     os.environ[ENV_STOP_URI] = staging.stop(ending.num)  # where report() looks whether the sweep asks it to stop
     scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(ending.num, os.getpid())))
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     job = None
-    try:
-        try:
-            job = prepare(payload_uri, index, scratch, ending)
+    node = None  # a trial of one process; else this node's place in its trial (_nodes.py)
+
+    def steps() -> None:
+        nonlocal job, node
+        node = _nodes.layout()
+        job = prepare(payload_uri, index, scratch, ending)
+        if node is None:
             execute(job, ending)
-        except Interrupted as exc:
-            ending.failed(exc, Outcome.INTERRUPTED, EXIT_INTERRUPTED)
-            if _parent_died:
-                ending.error["message"] = "the launching process died; the job was stopped with it"
-        except SystemExit as exc:  # the task called sys.exit(): 0 or None is a normal end, as in Python
-            code = exc.code if isinstance(exc.code, int) or exc.code is None else EXIT_FAILED
-            if not code:
-                ending.status, ending.exit_code = Outcome.SUCCEEDED, 0
-            else:
-                ending.failed(exc, Outcome.INTERRUPTED if code == EXIT_INTERRUPTED else Outcome.FAILED, code)
-                ending.error["message"] = (f"the task exited with code {code}" if isinstance(exc.code, int)
-                                            else f"the task exited: {exc.code}")
-        except BaseException as exc:  # anything else, unpickling included, still becomes a result
-            ending.failed(exc)
+        else:
+            _nodes.execute(node, job, ending, payload_uri, index, scratch)
+
+    try:
+        settle(ending, steps)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        upload(job, ending, staging)
+        upload(job, ending, staging, result=node is None or node.main)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return ending.exit_code
@@ -250,5 +284,7 @@ def main() -> int:
     return run(payload_uri, int(os.environ.get(ENV_INDEX_OFFSET) or 0) + array_index())
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as the module proper, so its exceptions are the ones _nodes.py raises
+    from hydra_plugins.hydra_awsbatch_launcher import worker
+
+    sys.exit(worker.main())

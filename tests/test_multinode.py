@@ -1,0 +1,299 @@
+"""Trials of several processes and nodes (`hydra.launcher.nodes`, `procs_per_node`) on aws_batch_local: the
+ranks started by PyTorch's elastic launcher, gloo on CPU, the example app under DistributedDataParallel; a node
+that dies, Ctrl-C; and what aws_batch refuses before anything is staged."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hydra_plugins.hydra_awsbatch_launcher import _batch, _nodes
+from tests.conftest import ROOT, manifest, wait_for
+
+pytestmark = pytest.mark.integration
+LOCAL = "hydra/launcher=aws_batch_local"
+TOLERANCE = 1e-5  # relative: the same examples per step, summed in another order
+ENV_APP = """
+    import json, logging, os
+    import hydra
+
+    log = logging.getLogger(__name__)
+    NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        seen = {name: os.environ.get(name) for name in NAMES}
+        log.info("env " + json.dumps(seen))
+        return seen
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def val_loss(text: str) -> float:
+    return float(re.findall(r"Finished: val_loss=(\S+)", text)[-1])
+
+
+def job_processes(parent: int) -> list[int]:
+    """The pids of processes started for the jobs of launching process `parent` (they carry its pid)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"HYDRA_AWSBATCH_PARENT_PID={parent}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+def node_worker(parent: int, node: int) -> int | None:
+    """The worker process of node `node` (not one of its ranks) of the jobs of `parent`."""
+    for pid in job_processes(parent):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"AWS_BATCH_JOB_NODE_INDEX={node}".encode() in environ and b"hydra_awsbatch_launcher.worker" in cmdline:
+            return pid
+    return None
+
+
+def test_two_nodes_of_two_train_as_one_node_of_four_and_as_one_process(run_app, tmp_path):
+    one = run_app("epochs=3", "hydra.run.dir=one")
+    one_by_four = run_app("-m", "epochs=3", LOCAL, "hydra.launcher.procs_per_node=4", "hydra.sweep.dir=one_by_four")
+    two_by_two = run_app("-m", "epochs=3", LOCAL, "hydra.launcher.nodes=2", "hydra.launcher.procs_per_node=2",
+                         "hydra.sweep.dir=two_by_two")
+    last = json.loads((tmp_path / "one/metrics.jsonl").read_text().splitlines()[-1])  # unrounded, unlike the log
+    assert last["val_loss"] == pytest.approx(val_loss(one.stdout), abs=1e-4)
+    losses = {"1 process": last["val_loss"]}
+    for name, proc, sweep in (("1 node x 4", one_by_four, tmp_path / "one_by_four"),
+                              ("2 nodes x 2", two_by_two, tmp_path / "two_by_two")):
+        job = manifest(sweep)["jobs"][0]
+        assert job["state"] == "SUCCEEDED", proc.stdout + proc.stderr
+        losses[name] = float(job["result"])  # rank 0's return value
+        logs = {p.name: p.read_text() for p in (sweep / "0").glob("train_model*.log")}
+        assert sorted(logs) == ["train_model.log", "train_model.rank1.log", "train_model.rank2.log",
+                                "train_model.rank3.log"]  # every rank's log is kept
+        assert "rank 0 of 4" in logs["train_model.log"] and "rank 3 of 4" in logs["train_model.rank3.log"]
+        assert len((sweep / "0/metrics.jsonl").read_text().splitlines()) == 3  # rank 0 reports, once an epoch
+        assert [p.name for p in (sweep / "0/checkpoints").iterdir()]  # rank 0's
+    print("validation losses:", json.dumps(losses))
+    assert losses["2 nodes x 2"] == pytest.approx(losses["1 node x 4"], rel=TOLERANCE)
+    assert losses["2 nodes x 2"] == pytest.approx(losses["1 process"], rel=TOLERANCE)
+    assert (tmp_path / "two_by_two/.logs/0.node1.log").is_file()
+
+
+def test_every_rank_gets_torchruns_environment_and_rank_0_returns(tmp_path, app_env):
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(ENV_APP))
+    # in_place=false, as on Batch: each node runs in its own scratch folder; the job dir comes back through staging,
+    # the child node's rank logs included
+    proc = subprocess.run([sys.executable, "my_app.py", "-m", LOCAL, "hydra.launcher.nodes=2",
+                           "hydra.launcher.procs_per_node=2", "hydra.launcher.in_place=false", "hydra.sweep.dir=sweep"],
+                          cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = manifest(tmp_path / "sweep")["jobs"][0]
+    seen = [json.loads(line.split(" env ", 1)[1]) for log in sorted((tmp_path / "sweep/0").glob("my_app*.log"))
+            for line in log.read_text().splitlines() if " env " in line]
+    assert sorted(int(s["RANK"]) for s in seen) == [0, 1, 2, 3]
+    for s in seen:
+        assert s["WORLD_SIZE"] == "4" and s["MASTER_ADDR"] == "127.0.0.1"
+        assert s["MASTER_PORT"] == seen[0]["MASTER_PORT"]
+        assert int(s["NODE_RANK"]) == int(s["RANK"]) // 2 and int(s["LOCAL_RANK"]) == int(s["RANK"]) % 2
+    assert "'RANK': '0'" in job["result"]  # the job's value is rank 0's
+    assert not (tmp_path / "sweep/0/.hydra/config.yaml").read_text().count("rank")
+
+
+def start_long_trial(tmp_path: Path, env: dict, *args: str, epochs: int = 100000) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train_model.py"), "-m", f"epochs={epochs}", LOCAL,
+                             "hydra.launcher.nodes=2", "hydra.sweep.dir=sweep", *args],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def training(tmp_path: Path) -> bool:
+    logs = [tmp_path / "sweep/0/train_model.log", tmp_path / "sweep/0/train_model.rank1.log"]
+    return all(log.is_file() and "epoch 1/" in log.read_text() for log in logs)
+
+
+def test_a_killed_child_node_fails_the_trial_naming_it(tmp_path, app_env):
+    parent = start_long_trial(tmp_path, app_env)
+    try:
+        assert wait_for(lambda: training(tmp_path), timeout=120), "the trial did not start training"
+        child = node_worker(parent.pid, 1)
+        os.kill(child, signal.SIGKILL)  # the node is lost
+        killed = time.monotonic()
+        out, _ = parent.communicate(timeout=120)
+    finally:
+        parent.kill()
+    assert time.monotonic() - killed < 60
+    assert parent.returncode != 0
+    job = manifest(tmp_path / "sweep")["jobs"][0]
+    assert job["state"] == "FAILED"
+    assert job["reason"].startswith("node 1 of 2 (") and "killed by signal SIGKILL" in job["reason"], job
+    assert "the other nodes were stopped" in job["reason"]
+    assert "node 1 of 2" in out, out[-3000:]
+    assert wait_for(lambda: not job_processes(parent.pid), timeout=10), "processes of the trial were left running"
+
+
+def test_ctrl_c_stops_every_node(tmp_path, app_env):
+    parent = start_long_trial(tmp_path, app_env)
+    try:
+        assert wait_for(lambda: training(tmp_path), timeout=120), "the trial did not start training"
+        parent.send_signal(signal.SIGINT)
+        out, _ = parent.communicate(timeout=90)
+    finally:
+        parent.kill()
+    assert parent.returncode != 0
+    job = manifest(tmp_path / "sweep")["jobs"][0]
+    assert job["state"] == "FAILED" and job["reason"] == "interrupted by the user", job
+    assert wait_for(lambda: not job_processes(parent.pid), timeout=10), "processes of the trial were left running"
+    assert list((tmp_path / "sweep/0/checkpoints").iterdir())  # rank 0 saved on SIGTERM
+
+
+@pytest.mark.parametrize("args, named", [
+    (["hydra.launcher.nodes=0"], "hydra.launcher.nodes=0: a whole number, at least 1"),
+    (["hydra.launcher.procs_per_node=-2"], "hydra.launcher.procs_per_node=-2: a whole number, at least 1"),
+])
+def test_bad_node_settings_are_refused_before_anything_is_staged(run_app, tmp_path, args, named):
+    proc = run_app("-m", LOCAL, "hydra.sweep.dir=sweep", *args, check=False)
+    assert proc.returncode == 1 and named in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "sweep/manifest.json").exists()
+
+
+FARGATE = [{"computeResources": {"type": "FARGATE"}}]
+SPOT = [{"computeResources": {"type": "SPOT"}}]
+EC2 = [{"computeResources": {"type": "EC2"}}]
+MULTINODE = {"jobDefinitionName": "mnp", "revision": 3, "type": "multinode", "nodeProperties": {"numNodes": 4}}
+CONTAINER = {"jobDefinitionName": "single", "revision": 1, "type": "container"}
+
+
+@pytest.mark.parametrize("nodes, envs, definition, named", [
+    (2, FARGATE, MULTINODE, "job queue 'q' runs on Fargate, which runs no multi-node parallel jobs"),
+    (2, SPOT, MULTINODE, "job queue 'q' has Spot compute only, which runs no multi-node parallel jobs"),
+    (2, EC2, CONTAINER, "job definition 'single:1' is of type 'container', not 'multinode'"),
+    (8, EC2, MULTINODE, "job definition 'mnp:3' has 4 nodes: ask for at most that many"),
+])
+def test_batch_refuses_what_cannot_run_a_multi_node_trial(nodes, envs, definition, named):
+    problems = _batch.check_multinode(nodes, "q", envs, definition)
+    assert len(problems) == 1 and named in problems[0] and problems[0].startswith(f"hydra.launcher.nodes={nodes}")
+    assert _batch.check_multinode(nodes, "q", EC2 + SPOT, dict(MULTINODE, nodeProperties={"numNodes": 8})) == []
+    assert _batch.check_multinode(1, "q", FARGATE, CONTAINER) == []  # one node: today's path
+    assert _batch.check_multinode(nodes, "q", EC2, {"type": "multinode"}) == []  # no count known: not refused
+
+
+def test_node_layout_follows_batchs_variables():
+    assert _nodes.layout({}) is None  # one process: the plain path
+    assert _nodes.layout({_nodes.ENV_PROCS_PER_NODE: "1"}) is None
+    child = _nodes.layout({"AWS_BATCH_JOB_NUM_NODES": "3", "AWS_BATCH_JOB_NODE_INDEX": "2",
+                           "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", _nodes.ENV_PROCS_PER_NODE: "2",
+                           "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS": "10.0.0.5"})
+    assert child == _nodes.Layout(3, 2, 2, "10.0.0.5", _nodes.DEFAULT_PORT) and not child.main
+    main = _nodes.layout({"AWS_BATCH_JOB_NUM_NODES": "2", "AWS_BATCH_JOB_NODE_INDEX": "0",
+                          "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", _nodes.ENV_MASTER_PORT: "1234"})
+    assert main.main and main.main_address == _nodes.own_address() and main.port == 1234 and main.procs >= 1
+    with pytest.raises(RuntimeError, match="AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"):
+        _nodes.layout({"AWS_BATCH_JOB_NUM_NODES": "2", "AWS_BATCH_JOB_NODE_INDEX": "1"})
+
+
+def test_a_trial_stopped_by_sigterm_on_every_node_resumes_from_rank_0s_checkpoint(run_app, tmp_path, app_env):
+    """As a Spot reclaim: Batch sends SIGTERM to each node's worker, which passes it to its ranks; they stop at
+    the same step, rank 0 saves, the job exits with the retry code; the next attempt resumes there."""
+    checkpoints = tmp_path / "ckpt"
+    run_app("-m", "epochs=30", LOCAL, "hydra.launcher.nodes=2", "hydra.sweep.dir=whole")  # never stopped
+    parent = start_long_trial(tmp_path, app_env, f"checkpoint.uri={checkpoints}", epochs=30)
+    try:
+        assert wait_for(lambda: training(tmp_path), timeout=120), "the trial did not start training"
+        for node in (0, 1):
+            os.kill(node_worker(parent.pid, node), signal.SIGTERM)
+        out, _ = parent.communicate(timeout=90)
+    finally:
+        parent.kill()
+    job = manifest(tmp_path / "sweep")["jobs"][0]
+    assert job["state"] == "FAILED" and job["exit_code"] == 75, job
+    assert "job #0 interrupted" in job["result"], job
+    saved = sorted(p.name for p in checkpoints.iterdir())
+    assert saved and saved[-1] != "ckpt-e00030-s0000000.pt"  # stopped before the end
+    resumed = run_app("-m", "epochs=30", LOCAL, "hydra.launcher.nodes=2", "hydra.sweep.dir=again",
+                      f"checkpoint.uri={checkpoints}")
+    log = (tmp_path / "again/0/train_model.log").read_text()
+    assert f"Resumed from {checkpoints}/{saved[-1]}" in log, resumed.stdout[-2000:]
+    assert "Resumed from" in (tmp_path / "again/0/train_model.rank1.log").read_text()  # every rank resumes
+    expected = float(manifest(tmp_path / "whole")["jobs"][0]["result"])
+    assert float(manifest(tmp_path / "again")["jobs"][0]["result"]) == expected  # as if never stopped
+
+
+RANK_FAILS_APP = """
+    import os
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        if os.environ["RANK"] == "1":
+            raise ValueError("boom in rank 1")
+        return 7
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_a_rank_that_fails_fails_the_trial_naming_it(tmp_path, app_env):
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(RANK_FAILS_APP))
+    proc = subprocess.run([sys.executable, "my_app.py", "-m", LOCAL, "hydra.launcher.procs_per_node=2",
+                           "hydra.sweep.dir=sweep"], cwd=tmp_path, env=app_env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    job = manifest(tmp_path / "sweep")["jobs"][0]
+    assert job["state"] == "FAILED" and job["result"].endswith("rank 1 (node 0 of 1): boom in rank 1"), job
+    assert "ValueError: boom in rank 1" in (tmp_path / "sweep/0/my_app.rank1.log").read_text() + proc.stderr
+
+
+@pytest.fixture
+def multinode_definition(batch_resources, aws_env) -> str:
+    """A multinode job definition of 2 nodes, as template.yaml's MultiNodeJobDefinition (moto keeps its type, not its
+    nodeProperties: the node count is checked in test_batch_refuses_what_cannot_run_a_multi_node_trial)."""
+    import boto3
+
+    container = {"image": "hydra-awsbatch:latest", "command": ["python", "-m", "hydra_plugins.hydra_awsbatch_launcher"
+                                                                               ".worker"],
+                 "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]}
+    boto3.client("batch").register_job_definition(
+        jobDefinitionName="test-mnp", type="multinode",
+        nodeProperties={"numNodes": 2, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0:", "container":
+                                                                               container}]})
+    return "test-mnp"
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["hydra.launcher.job_queue=test-fargate-queue", "hydra.launcher.job_definition=test-mnp"],
+     "job queue 'test-fargate-queue' runs on Fargate, which runs no multi-node parallel jobs"),
+    (["hydra.launcher.job_definition=test-job"], "job definition 'test-job:1' is of type 'container', not "
+                                                 "'multinode'"),
+    (["hydra.launcher.job_definition=test-mnp"], "does not submit multi-node parallel jobs to AWS Batch yet"),
+])
+def test_aws_batch_refuses_a_multi_node_trial_before_anything_is_staged(tmp_path, aws_env, batch_resources,
+                                                                         multinode_definition, overrides, named):
+    import boto3
+
+    def staged() -> list:
+        return [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=batch_resources["bucket"]).get("Contents",
+                                                                                                        [])]
+
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(ENV_APP))
+    before = staged()  # the moto server serves the whole session
+    proc = subprocess.run([sys.executable, "my_app.py", "-m", "hydra/launcher=aws_batch", "hydra.launcher.nodes=2",
+                           f"hydra.launcher.job_queue={batch_resources['queue']}",
+                           f"hydra.launcher.staging_uri={batch_resources['staging']}", "hydra.sweep.dir=sweep",
+                           *overrides], cwd=tmp_path, env=aws_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and named in proc.stderr, proc.stderr[-3000:]
+    assert staged() == before
