@@ -1,6 +1,7 @@
 """Trials of several processes (`hydra.launcher.procs_per_node`) on one or more nodes (`hydra.launcher.nodes`), on
 the job's side. On every node the worker starts the ranks as `torchrun` does, with PyTorch's own elastic launcher
-(`elastic_launch`, static rendezvous on the main node's address); every rank runs the Hydra task; rank 0's ending
+(`elastic_launch`, static rendezvous on the main node's address); every rank runs the Hydra task (the worker's
+`rank_main`, which the worker hands to `execute`: this module imports no worker); rank 0's ending
 is the job's, and rank 0 alone writes the job dir's `.hydra` files and the result. The other ranks log to
 `<job name>.rank<R>.log` in the same job dir, and a child node brings its ranks' files to the job's outputs.
 
@@ -82,15 +83,16 @@ def free_port() -> int:
 
 
 # -------------------------------------------------------------------------------------------- the node
-def execute(node: Layout, job, ending, payload_uri: str, index: int, scratch) -> None:
-    """Start this node's ranks and wait for them (the elastic agent runs in this process). The main node takes
-    rank 0's ending as the job's; a child node's ending says whether its own ranks ended well."""
+def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseException], *args) -> None:
+    """Start this node's ranks, each `rank_main(*args)` (a module's function: the ranks are spawned), and wait
+    for them (the elastic agent runs in this process). The main node takes rank 0's ending (the dict that
+    rank_main returns) as the job's; a child node's ending says whether its own ranks ended well. A SIGTERM that
+    stops the ranks raises `interrupted`."""
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from hydra_plugins.hydra_awsbatch_launcher import _wire
-    from hydra_plugins.hydra_awsbatch_launcher.worker import Interrupted
 
     config = LaunchConfig(
         min_nodes=node.nodes, max_nodes=node.nodes, nproc_per_node=node.procs, run_id=f"hydra-awsbatch-{job.num}",
@@ -100,9 +102,9 @@ def execute(node: Layout, job, ending, payload_uri: str, index: int, scratch) ->
     print(f"hydra-awsbatch: node {node.node_rank} of {node.nodes}, {node.procs} processes, rendezvous at "
           f"{node.main_address}:{node.port}", flush=True)
     try:
-        returns = elastic_launch(config, rank_main)(payload_uri, index, str(scratch))
+        returns = elastic_launch(config, rank_main)(*args)
     except SignalException as exc:  # SIGTERM (Spot, timeout, Ctrl-C): the ranks had it too, and saved what they could
-        raise Interrupted(str(exc)) from None
+        raise interrupted(str(exc)) from None
     except ChildFailedError as exc:
         failures = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in sorted(exc.failures.items()))
         raise RuntimeError(f"node {node.node_rank} of {node.nodes}: {failures} failed; the other processes were "
@@ -118,48 +120,3 @@ def execute(node: Layout, job, ending, payload_uri: str, index: int, scratch) ->
         error = dict(other["error"] or {"type": "", "message": "it failed", "traceback": ""})
         error["message"] = f"rank {rank} (node {node.node_rank} of {node.nodes}): {error['message']}"
         ending.take(dict(other, error=error, job_return=None, num=ending.num))
-
-
-# -------------------------------------------------------------------------------------------- a rank
-def rank_main(payload_uri: str, index: int, scratch: str) -> dict:
-    """One rank (a process the elastic launcher started): the Hydra task, its ending as a plain dict. Rank 0 runs
-    the job as the plain path does; the others write no `.hydra` files, log to their own file, report nothing."""
-    import logging
-    import signal
-    from pathlib import Path
-
-    from hydra_plugins.hydra_awsbatch_launcher import _metrics, _wire, worker
-    from hydra_plugins.hydra_awsbatch_launcher._manifest import Staging
-
-    rank = int(os.environ["RANK"])
-    os.environ["NODE_RANK"] = os.environ.get("GROUP_RANK", "0")  # torchrun's name for it is GROUP_RANK
-    if rank:
-        os.environ.pop(_metrics.ENV_METRICS_URI, None)  # rank 0 reports for the job
-    signal.signal(signal.SIGTERM, worker.on_sigterm)
-    ending = worker.Ending(Staging.of_payload(payload_uri)[1] + index)
-
-    def steps() -> None:
-        job = worker.prepare(payload_uri, index, Path(scratch), ending, unpacked=True)
-        if rank:
-            helper_rank(job.config, rank)
-        worker.execute(job, ending)
-
-    worker.settle(ending, steps)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the agent passes on the SIGTERM the node got: once is enough
-    _metrics.finish()  # what rank 0 reported, written before the job's result
-    if ending.status == _wire.Outcome.INTERRUPTED:  # the agent is stopping the ranks and reads no return value:
-        logging.shutdown()  # leave now (its checkpoint saved) rather than wait for one to be read
-        os._exit(worker.EXIT_INTERRUPTED)
-    return ending.fields()
-
-
-def helper_rank(config, rank: int) -> None:
-    """Rank `rank` (not 0) of the job of `config`: no `.hydra` files (rank 0 writes them), its own log file."""
-    from omegaconf import OmegaConf, open_dict, read_write
-
-    hydra = config.hydra
-    with read_write(hydra), open_dict(hydra):
-        hydra.output_subdir = None
-        handler = OmegaConf.select(hydra, "job_logging.handlers.file", default=None)
-        if handler is not None and "filename" in handler:
-            handler.filename = f"${{hydra.runtime.output_dir}}/${{hydra.job.name}}.rank{rank}.log"

@@ -247,7 +247,7 @@ def run(payload_uri: str, index: int) -> int:
         if node is None:
             execute(job, ending)
         else:
-            _nodes.execute(node, job, ending, payload_uri, index, scratch)
+            _nodes.execute(node, job, ending, rank_main, Interrupted, payload_uri, index, str(scratch))
 
     try:
         settle(ending, steps)
@@ -256,6 +256,49 @@ def run(payload_uri: str, index: int) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return ending.exit_code
+
+
+# ------------------------------------------------------------------------- a rank of a trial of several
+def rank_main(payload_uri: str, index: int, scratch: str) -> dict:
+    """One rank (a process the elastic launcher started): the Hydra task, its ending as a plain dict. Rank 0 runs
+    the job as the plain path does; the others write no `.hydra` files, log to their own file, report nothing."""
+    import logging
+
+    from hydra_plugins.hydra_awsbatch_launcher import _metrics, _wire
+    from hydra_plugins.hydra_awsbatch_launcher._manifest import Staging
+
+    rank = int(os.environ["RANK"])
+    os.environ["NODE_RANK"] = os.environ.get("GROUP_RANK", "0")  # torchrun's name for it is GROUP_RANK
+    if rank:
+        os.environ.pop(_metrics.ENV_METRICS_URI, None)  # rank 0 reports for the job
+    signal.signal(signal.SIGTERM, on_sigterm)
+    ending = Ending(Staging.of_payload(payload_uri)[1] + index)
+
+    def steps() -> None:
+        job = prepare(payload_uri, index, Path(scratch), ending, unpacked=True)
+        if rank:
+            _helper_rank(job.config, rank)
+        execute(job, ending)
+
+    settle(ending, steps)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the agent passes on the SIGTERM the node got: once is enough
+    _metrics.finish()  # what rank 0 reported, written before the job's result
+    if ending.status == _wire.Outcome.INTERRUPTED:  # the agent is stopping the ranks and reads no return value:
+        logging.shutdown()  # leave now (its checkpoint saved) rather than wait for one to be read
+        os._exit(EXIT_INTERRUPTED)
+    return ending.fields()
+
+
+def _helper_rank(config, rank: int) -> None:
+    """Rank `rank` (not 0) of the job of `config`: no `.hydra` files (rank 0 writes them), its own log file."""
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    hydra = config.hydra
+    with read_write(hydra), open_dict(hydra):
+        hydra.output_subdir = None
+        handler = OmegaConf.select(hydra, "job_logging.handlers.file", default=None)
+        if handler is not None and "filename" in handler:
+            handler.filename = f"${{hydra.runtime.output_dir}}/${{hydra.job.name}}.rank{rank}.log"
 
 
 _parent_died = False
