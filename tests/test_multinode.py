@@ -297,3 +297,17 @@ def test_aws_batch_refuses_a_multi_node_trial_before_anything_is_staged(tmp_path
                            *overrides], cwd=tmp_path, env=aws_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and named in proc.stderr, proc.stderr[-3000:]
     assert staged() == before
+
+
+def test_the_multinode_benchmark_runs_at_a_reduced_size(tmp_path):
+    """bench/multinode.py at its smallest (one epoch, one run of each variant), so that it cannot rot: every
+    variant ends, at the same validation loss."""
+    proc = subprocess.run([sys.executable, "bench/multinode.py", "--epochs", "1", "--repeats", "1",
+                           "--out", str(tmp_path / "multinode")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "multinode.json").read_text())
+    assert set(summary["runs"]) == {"1 process", "1 node x 4", "2 nodes x 2"}
+    losses = [run["val_loss"] for runs in summary["runs"].values() for run in runs]
+    assert max(losses) - min(losses) <= 1e-5 * abs(min(losses)), losses  # the same training, however started
+    assert (tmp_path / "multinode.png").stat().st_size > 10_000
