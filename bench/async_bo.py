@@ -185,6 +185,13 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(values), q[2]
 
 
+def draw_band(ax, grid: list[float], values: list[list[float]], label: str) -> None:
+    """The median of the values at each point of the grid as a line, their interquartile range as a band."""
+    bands = [quartiles(at) for at in values]
+    ax.plot(grid, [b[1] for b in bands], label=label)
+    ax.fill_between(grid, [b[0] for b in bands], [b[2] for b in bands], alpha=0.15)
+
+
 def plot(runs: list[dict], panels: list[str], budget_scale: float, path: Path) -> None:
     import matplotlib
 
@@ -200,9 +207,7 @@ def plot(runs: list[dict], panels: list[str], budget_scale: float, path: Path) -
             mine = [r for r in runs if r["panel"] == name and r["method"] == method]
             if not mine:
                 continue
-            bands = [quartiles([regret_at(r, t, optimum) for r in mine]) for t in grid]
-            ax.plot(grid, [b[1] for b in bands], label=method)
-            ax.fill_between(grid, [b[0] for b in bands], [b[2] for b in bands], alpha=0.15)
+            draw_band(ax, grid, [[regret_at(r, t, optimum) for r in mine] for t in grid], method)
         ax.set_yscale("log")
         ax.set_xlabel("simulated time (mean job time = 1)")
         ax.set_ylabel("simple regret (median, IQR)")

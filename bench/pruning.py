@@ -65,7 +65,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.async_bo import problem, quartiles, write_summary  # noqa: E402
+from bench.async_bo import draw_band, problem, quartiles, write_summary  # noqa: E402
 
 METHODS = ("asyTS", "asyTS+ASHA", "RAND+ASHA", "TPE+SH")
 OURS = "asyTS+ASHA"
@@ -257,9 +257,7 @@ def plot(runs: list[dict], budget: float, optimum: float, target: float, path: P
     grid = [budget * i / 100 for i in range(1, 101)]
     for method in METHODS:
         mine = [r for r in runs if r["method"] == method]
-        bands = [quartiles([regret_at(r, b, optimum) for r in mine]) for b in grid]
-        ax.plot(grid, [b[1] for b in bands], label=method)
-        ax.fill_between(grid, [b[0] for b in bands], [b[2] for b in bands], alpha=0.15)
+        draw_band(ax, grid, [[regret_at(r, b, optimum) for r in mine] for b in grid], method)
     ax.axhline(target, color="grey", linestyle=":", linewidth=1, label="asyTS's final median")
     ax.set_yscale("log")
     ax.set_xlabel("worker-seconds (an epoch takes 1 s on average)")
