@@ -228,10 +228,11 @@ class Optimizer:
         return [o for o in self.observations if o.fraction == 1.0]
 
     def best(self) -> Observation | None:
-        if not self.full():
+        full = self.full()
+        if not full:
             return None
         pick = min if self.direction == "minimize" else max
-        return pick(self.full(), key=lambda o: o.value)
+        return pick(full, key=lambda o: o.value)
 
     def _inputs(self, features, fractions=None):
         """The GP's inputs: the space's columns, and the fraction's where a resource is modelled (full

@@ -192,8 +192,8 @@ class ThompsonSweeper(Sweeper):
         """The trial's records so far; those the pruner has not seen go to it (it minimises). The first
         reason it gives to stop the trial, or None."""
         new, trial.curve = records[len(trial.curve):], records
-        sign = 1.0 if self.conf.direction == "minimize" else -1.0
-        reasons = [self.pruner.observe(trial.number, r["step"], sign * r[self.metric]) for r in new if self.metric in r]
+        reasons = [self.pruner.observe(trial.number, r["step"], self.sign * r[self.metric])
+                   for r in new if self.metric in r]
         return next((reason for reason in reasons if reason), None)
 
     def propose(self, trials: TrialLog, optimizer, in_flight: dict, new: list[Trial]) -> Trial:
@@ -265,9 +265,14 @@ class ThompsonSweeper(Sweeper):
     def observe_curve(self, trial: Trial, optimizer) -> None:
         """The GP learns from every trial's curve, stopped or not, each value at its fraction of a full training:
         a stopped trial's values then say what they are, values after less training (as in MOBSTER)."""
-        sign = 1.0 if self.conf.direction == "minimize" else -1.0
         for fraction, value in self.pruner.fidelities(trial.number):
-            optimizer.observe(trial.params, sign * value, fraction)
+            optimizer.observe(trial.params, self.sign * value, fraction)
+
+    @property
+    def sign(self) -> float:
+        """The pruner minimises: a metric times this is what it compares (and the pruner's value times this
+        is the metric again)."""
+        return 1.0 if self.conf.direction == "minimize" else -1.0
 
     def check_reports(self, trial: Trial) -> None:
         """A pruner needs the metric reported: said when the first trial ends without it, not after the sweep."""
