@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import boto3
@@ -484,3 +485,93 @@ def test_a_trial_stopped_early_in_its_container_saves_and_ends(script, local_clo
     assert described["status"] == "SUCCEEDED" and len(described.get("attempts", [])) <= 1  # ended; not retried
     image = local_cloud["outputs"]["RepositoryUri"] + ":latest"
     assert wait_for(lambda: not running_containers(image), timeout=60)
+
+
+# ------------------------------------------------------------------------------------------ multi-node trials
+NODES = ["hydra.launcher.nodes=2", "hydra.launcher.procs_per_node=1"]
+
+
+def test_a_two_node_trial_runs_in_two_containers(local_cloud, run_app, cloud_env, tmp_path):
+    """A config of 2 nodes is one multi-node parallel job on the stack's multi-node queue and job definition; the
+    local cloud's moto runs it as two containers, each with the variables Batch gives its node, torch's launcher
+    joins them, and the trial trains as it does in two local processes."""
+    args = ("--multirun", "epochs=1", *NODES)
+    local = run_app(*args, "hydra/launcher=aws_batch_local", "hydra.sweep.dir=local")
+    batch = run_app(*args, *BATCH, "hydra.sweep.dir=batch", env=cloud_env)
+    (job,) = manifest(tmp_path / "batch")["jobs"]
+    assert job["state"] == "SUCCEEDED", batch.stdout[-3000:] + batch.stderr[-3000:]
+    (local_job,) = manifest(tmp_path / "local")["jobs"]
+    assert float(job["result"]) == pytest.approx(float(local_job["result"]), rel=1e-5), (job, local_job)
+    (described,) = boto3.client("batch").describe_jobs(jobs=[job["job_id"]])["jobs"]
+    assert described["nodeProperties"]["numNodes"] == 2 and "arrayProperties" not in described
+    assert described["jobQueue"] == local_cloud["outputs"]["MultiNodeJobQueue"]
+    logs = {p.name: p.read_text() for p in (tmp_path / "batch/0").glob("train_model*.log")}
+    assert sorted(logs) == ["train_model.log", "train_model.rank1.log"], sorted(logs)  # node 1's, brought home
+    assert "rank 0 of 2" in logs["train_model.log"] and "rank 1 of 2" in logs["train_model.rank1.log"]
+
+
+RANKS_THAT_WAIT = """
+    import os, time
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        print(f"rank {os.environ['RANK']} on node {os.environ['NODE_RANK']} started", flush=True)
+        time.sleep(600)
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def node_containers(job_id: str) -> list[str]:
+    """The running containers of a multi-node job's nodes (moto names them NAME-JOBID-NODE)."""
+    return subprocess.run(["docker", "ps", "--format", "{{.Names}}", "--filter", f"name={job_id}-"],
+                          capture_output=True, text=True).stdout.split()
+
+
+def started_child_node(script) -> tuple[str, str]:
+    """(job id, node 1's container) of the sweep's one multi-node job, once node 1's rank runs the task."""
+    sweep = script.app() / "sweep"
+    assert wait_for(lambda: (sweep / "manifest.json").exists() and len(children(sweep)) == 1)
+    (job_id,) = children(sweep)
+
+    def child_started():
+        names = [name for name in node_containers(job_id) if name.endswith("-1")]
+        logs = subprocess.run(["docker", "logs", names[0]], capture_output=True, text=True) if names else None
+        return names[0] if logs and "rank 1 on node 1 started" in logs.stdout + logs.stderr else None
+
+    child = wait_for(child_started, timeout=180)
+    assert child, "node 1 did not start its rank"
+    return job_id, child
+
+
+def test_a_child_node_that_dies_fails_its_trial_naming_it(script):
+    """Batch does nothing when a child node dies; the main node's worker sees it and ends the trial, naming the
+    node, within 60 s."""
+    parent = script.start(RANKS_THAT_WAIT, "+x=1", *NODES)
+    try:
+        job_id, child = started_child_node(script)
+        subprocess.run(["docker", "kill", child], check=True, capture_output=True)
+        killed = time.monotonic()
+        assert wait_for(lambda: batch_states([job_id]) == ["FAILED"], timeout=90)
+        assert time.monotonic() - killed < 60
+        output, _ = parent.communicate(timeout=120)
+    finally:
+        parent.kill()
+    assert parent.returncode != 0
+    assert f"node 1 of 2 ({job_id}#1) stopped before the trial ended" in output, output[-3000:]
+
+
+def test_ctrl_c_stops_every_node_of_a_batch_trial(script):
+    parent = script.start(RANKS_THAT_WAIT, "+x=1", *NODES)
+    try:
+        job_id, _ = started_child_node(script)
+        assert len(node_containers(job_id)) == 2
+        parent.send_signal(signal.SIGINT)
+        output, _ = parent.communicate(timeout=120)
+    finally:
+        parent.kill()
+    assert parent.returncode != 0 and "Stopped 1 unfinished jobs" in output, output[-3000:]
+    assert wait_for(lambda: batch_states([job_id]) == ["FAILED"], timeout=60)
+    assert wait_for(lambda: not node_containers(job_id), timeout=60), node_containers(job_id)

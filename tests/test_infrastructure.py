@@ -154,8 +154,8 @@ def deploy(moto_server):
     service_role = batch_service_role(iam)
 
     def create(name: str, **parameters: str) -> dict:
-        # UseMultiNode=false, as the local cloud deploys it: moto's CloudFormation cannot create a multinode job
-        # definition (test_moto_cannot_deploy_the_multinode_parts_yet).
+        # UseMultiNode=false: plain moto's CloudFormation cannot create a multinode job definition
+        # (test_moto_cannot_deploy_the_multinode_parts_yet); the local cloud's server can (_moto_server.py).
         params = {"EnvironmentName": name, "ServiceRoleArn": service_role, "UseMultiNode": "false", **parameters}
         cloudformation.create_stack(StackName=name, TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_IAM"],
                                     Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
@@ -297,8 +297,8 @@ def test_multinode_outputs_name_the_queue_and_job_definition(template):
 @pytest.mark.xfail(strict=True, reason="moto 5.2.5's CloudFormation registers every AWS::Batch::JobDefinition as "
                    "type container (it ignores Type) and so refuses NodeProperties without ContainerProperties "
                    "('containerProperties or eksProperties must be provided'); it also skips "
-                   "AWS::EC2::PlacementGroup and AWS::EC2::SecurityGroupEgress. When this passes, the local cloud "
-                   "can deploy with UseMultiNode=true.")
+                   "AWS::EC2::PlacementGroup and AWS::EC2::SecurityGroupEgress. The local cloud's server patches "
+                   "the first (_moto_server.py); when this passes, that patch can go.")
 def test_moto_cannot_deploy_the_multinode_parts_yet():
     """On a moto server of its own, so a half-made stack is left in no other test's way."""
     from hydra_plugins.hydra_awsbatch_launcher._local_cloud import batch_service_role

@@ -196,11 +196,14 @@ def test_node_layout_follows_batchs_variables():
     assert _nodes.layout({_nodes.ENV_PROCS_PER_NODE: "1"}) is None
     child = _nodes.layout({"AWS_BATCH_JOB_NUM_NODES": "3", "AWS_BATCH_JOB_NODE_INDEX": "2",
                            "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", _nodes.ENV_PROCS_PER_NODE: "2",
-                           "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS": "10.0.0.5"})
-    assert child == _nodes.Layout(3, 2, 2, "10.0.0.5", _nodes.DEFAULT_PORT) and not child.main
+                           "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS": "10.0.0.5", "AWS_BATCH_JOB_ID": "ab#2"})
+    assert child == _nodes.Layout(3, 2, 2, "10.0.0.5", _nodes.DEFAULT_PORT, _nodes.DEFAULT_PORT + 1, "ab#2")
+    assert not child.main
     main = _nodes.layout({"AWS_BATCH_JOB_NUM_NODES": "2", "AWS_BATCH_JOB_NODE_INDEX": "0",
-                          "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", _nodes.ENV_MASTER_PORT: "1234"})
+                          "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", _nodes.ENV_MASTER_PORT: "1234",
+                          _nodes.ENV_WATCH_PORT: "1300"})
     assert main.main and main.main_address == _nodes.own_address() and main.port == 1234 and main.procs >= 1
+    assert main.watch_port == 1300
     with pytest.raises(RuntimeError, match="AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"):
         _nodes.layout({"AWS_BATCH_JOB_NUM_NODES": "2", "AWS_BATCH_JOB_NODE_INDEX": "1"})
 
@@ -279,7 +282,6 @@ def multinode_definition(batch_resources, aws_env) -> str:
      "job queue 'test-fargate-queue' runs on Fargate, which runs no multi-node parallel jobs"),
     (["hydra.launcher.job_definition=test-job"], "job definition 'test-job:1' is of type 'container', not "
                                                  "'multinode'"),
-    (["hydra.launcher.job_definition=test-mnp"], "does not submit multi-node parallel jobs to AWS Batch yet"),
 ])
 def test_aws_batch_refuses_a_multi_node_trial_before_anything_is_staged(tmp_path, aws_env, batch_resources,
                                                                          multinode_definition, overrides, named):
@@ -297,6 +299,88 @@ def test_aws_batch_refuses_a_multi_node_trial_before_anything_is_staged(tmp_path
                            *overrides], cwd=tmp_path, env=aws_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and named in proc.stderr, proc.stderr[-3000:]
     assert staged() == before
+
+
+def test_aws_batch_submits_one_multi_node_job_per_trial(tmp_path, aws_env, batch_resources, multinode_definition):
+    """What `hydra.launcher.nodes=2` asks of Batch (a dry run prints the requests): one SubmitJob per config, no
+    array, the node count and the worker's command and environment on every node, each naming its config."""
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(ENV_APP))
+    proc = subprocess.run([sys.executable, "my_app.py", "-m", "+x=1,2,3", "hydra/launcher=aws_batch",
+                           "hydra.launcher.nodes=2", "hydra.launcher.gpus=1", "hydra.launcher.dry_run=true",
+                           f"hydra.launcher.job_queue={batch_resources['queue']}", "hydra.launcher.job_definition=test-mnp",
+                           f"hydra.launcher.staging_uri={batch_resources['staging']}", "hydra.sweep.dir=sweep"],
+                          cwd=tmp_path, env=aws_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    decoder, text, requests = json.JSONDecoder(), proc.stdout, []
+    while "SubmitJob request" in text:
+        text = text.split("SubmitJob request (dry run, nothing submitted):\n", 1)[1]
+        request, end = decoder.raw_decode(text)
+        requests.append(request)
+        text = text[end:]
+    assert len(requests) == 3 and not any("arrayProperties" in r or "containerOverrides" in r for r in requests)
+    offsets = []
+    for request in requests:
+        overrides = request["nodeOverrides"]
+        assert overrides["numNodes"] == 2 and len(overrides["nodePropertyOverrides"]) == 1
+        (node_range,) = overrides["nodePropertyOverrides"]
+        assert node_range["targetNodes"] == "0:"  # every node
+        container = node_range["containerOverrides"]
+        assert container["command"] == _batch.WORKER_COMMAND
+        assert {"type": "GPU", "value": "1"} in container["resourceRequirements"]
+        env = {e["name"]: e["value"] for e in container["environment"]}
+        offsets.append(env["HYDRA_AWSBATCH_INDEX_OFFSET"])
+    assert offsets == ["0", "1", "2"]
+
+
+NODE_WATCH_CHILD = """
+import sys, time
+from hydra_plugins.hydra_awsbatch_launcher import _nodes
+_nodes.HEARTBEAT_S = 0.2
+watch = _nodes.NodeWatch(_nodes.Layout(2, 1, 1, "127.0.0.1", 0, int(sys.argv[1]), "job-7#1")).start()
+time.sleep(float(sys.argv[2]))
+watch.close(sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("end, named", [
+    ("killed", "node 1 of 2 (job-7#1) stopped before the trial ended (its connection closed)"),
+    ("frozen", "node 1 of 2 (job-7#1) stopped before the trial ended (it sent nothing for 2 s)"),
+    ("interrupted", "node 1 of 2 (job-7#1) stopped before the trial ended (it was stopped by a SIGTERM, and this "
+                    "node was not)"),
+    ("done", None),
+])
+def test_the_main_node_sees_a_child_node_die_and_names_it(monkeypatch, end, named):
+    """On Batch nothing stops the other nodes when a child node dies: the main node's worker sees it (its
+    connection closes, or, when the instance vanishes, its heartbeat stops) and stops its own ranks. A child that
+    ends well says so first; one stopped by a SIGTERM is not blamed unless the main node goes on."""
+    monkeypatch.setattr(_nodes, "SILENCE_S", 2.0)
+    port = _nodes.free_port()
+    stopped = []
+    main = _nodes.NodeWatch(_nodes.Layout(2, 0, 1, "127.0.0.1", 0, port, "job-7#0"),
+                            on_dead=lambda: stopped.append(time.time())).start()
+    child = subprocess.Popen([sys.executable, "-c", NODE_WATCH_CHILD, str(port),
+                              "1" if end in ("done", "interrupted") else "600", end], cwd=ROOT)
+    try:
+        time.sleep(3.0)  # it started, connected and said hello
+        ended = time.time()
+        if end == "killed":
+            child.kill()
+        elif end == "frozen":  # alive, connection open, nothing sent: a vanished instance looks like this
+            child.send_signal(signal.SIGSTOP)
+        else:  # it ended, and said how
+            assert child.wait(timeout=30) == 0
+        if named is None:
+            time.sleep(3.0)
+            assert stopped == [] and main.dead is None
+        else:
+            assert wait_for(lambda: stopped, timeout=20)
+            assert main.dead == named and main.verdict(timeout=0) == named
+            assert stopped[0] - ended < 2.0 + 5.0  # SILENCE_S (patched), plus this machine's slack
+    finally:
+        child.kill()
+        child.send_signal(signal.SIGCONT)
+        child.wait()
+        main.close()
 
 
 def test_the_multinode_benchmark_runs_at_a_reduced_size(tmp_path):

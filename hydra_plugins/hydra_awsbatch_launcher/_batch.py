@@ -200,6 +200,9 @@ class BatchApi:
         attempts = job.get("attempts") or [{}]
         stream = (job.get("container", {}).get("logStreamName")
                   or attempts[-1].get("container", {}).get("logStreamName"))
+        if not stream and job.get("nodeProperties") and "#" not in job["jobId"]:  # a multi-node job: its main
+            main = self.describe([f"{job['jobId']}#{job['nodeProperties'].get('mainNode', 0)}"])  # node's stream
+            return self.job_log_tail(main[0], configured, lines) if main else None
         if not stream:
             return None
         group, tail = self.find_log_tail(_log_groups(job, configured), stream, lines)
@@ -235,12 +238,15 @@ def _log_groups(job: dict, configured: str) -> list[str]:
 def submit_requests(*, job_name: str, queue: str, job_definition: str, payload_uri: str, sweep_id: str,
                     first: int, size: int, environment: dict, resources: dict, timeout_s: int | None,
                     attempts: int, tags: dict, share_identifier: str | None,
-                    scheduling_priority: int | None) -> list[tuple[int, int, dict]]:
+                    scheduling_priority: int | None, nodes: int = 1) -> list[tuple[int, int, dict]]:
     """(first job number, size, SubmitJob request) for each array of at most 10,000 jobs; a lone job is a
-    plain job. The command is fixed; the payload URI and the index offset travel as environment variables."""
+    plain job. The command is fixed; the payload URI and the index offset travel as environment variables.
+    `nodes` > 1: one multi-node parallel job per config (Batch has no arrays of them), its overrides on every
+    node (`nodeOverrides`, targetNodes 0:), the index offset naming the config."""
+    step = MAX_ARRAY if nodes <= 1 else 1
     requests = []
-    for offset in range(0, size, MAX_ARRAY):
-        n = min(MAX_ARRAY, size - offset)
+    for offset in range(0, size, step):
+        n = min(step, size - offset)
         env = dict(environment, **{worker.ENV_PAYLOAD_URI: payload_uri, worker.ENV_SWEEP_ID: sweep_id,
                                    worker.ENV_INDEX_OFFSET: str(offset)})
         overrides: dict[str, Any] = {"command": WORKER_COMMAND,
@@ -250,9 +256,13 @@ def submit_requests(*, job_name: str, queue: str, job_definition: str, payload_u
             overrides["resourceRequirements"] = requirements
         request: dict[str, Any] = {
             "jobName": job_name, "jobQueue": queue, "jobDefinition": job_definition,
-            "containerOverrides": overrides, "retryStrategy": retry_strategy(attempts),
-            "tags": dict(tags), "propagateTags": True,
+            "retryStrategy": retry_strategy(attempts), "tags": dict(tags), "propagateTags": True,
         }
+        if nodes > 1:
+            request["nodeOverrides"] = {"numNodes": nodes, "nodePropertyOverrides": [
+                {"targetNodes": "0:", "containerOverrides": overrides}]}
+        else:
+            request["containerOverrides"] = overrides
         if n > 1:
             request["arrayProperties"] = {"size": n}
         if timeout_s is not None:
@@ -340,7 +350,7 @@ def check_multinode(nodes: int, queue: str, compute_environments: list[dict], de
             problems.append(f"hydra.launcher.nodes={nodes}: job definition '{name}' is of type "
                             f"'{definition.get('type')}', not 'multinode': set hydra.launcher.job_definition to a "
                             "multinode one (the stack's MultiNodeJobDefinition)")
-        elif nodes > int((definition.get("nodeProperties") or {}).get("numNodes") or nodes):  # moto keeps none
+        elif nodes > int((definition.get("nodeProperties") or {}).get("numNodes") or nodes):  # plain moto shows none
             problems.append(f"hydra.launcher.nodes={nodes}: job definition '{name}' has "
                             f"{definition['nodeProperties']['numNodes']} nodes: ask for at most that many, or "
                             "register a revision with more (template.yaml's MultiNodeNumNodes)")

@@ -148,10 +148,13 @@ class LocalExecutor:
 
     def _start(self, job: _Process) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        port = str(_nodes.free_port()) if self.nodes > 1 or (self.procs_per_node or 1) > 1 else None
+        ports = {}
+        if self.nodes > 1 or (self.procs_per_node or 1) > 1:
+            ports[_nodes.ENV_MASTER_PORT] = str(_nodes.free_port())
+        if self.nodes > 1:
+            ports[_nodes.ENV_WATCH_PORT] = str(_nodes.free_port())
         for node in job.nodes():
-            if port:  # the rendezvous of this job's processes, on the main node
-                node.env[_nodes.ENV_MASTER_PORT] = port
+            node.env.update(ports)  # the rendezvous of this job's processes and their watch, on the main node
             node.log = open(node.info.log_path, "wb")
             node.popen = subprocess.Popen(
                 [sys.executable, "-m", MODULE],

@@ -181,7 +181,8 @@ def start_moto(state_dir: Path) -> tuple[int, str]:
     port = free_port()
     log = open(state_dir / "moto.log", "ab")
     env = dict(os.environ, MOTO_DOCKER_NETWORK_MODE="host")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher._moto_server",  # + MNP jobs
+                             "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -216,9 +217,7 @@ def deploy_stack(endpoint: str, stack: str = STACK, **parameters: str) -> dict:
     """template.yaml into moto's CloudFormation; returns the stack's outputs."""
     cloudformation = client(endpoint, "cloudformation")
     params = {"EnvironmentName": stack, "ServiceRoleArn": batch_service_role(client(endpoint, "iam")),
-              "JobTimeoutSeconds": "3600",
-              "UseMultiNode": "false",  # moto's CloudFormation cannot create a multinode job definition yet
-              **parameters}
+              "JobTimeoutSeconds": "3600", **parameters}
     cloudformation.create_stack(StackName=stack, TemplateBody=(CLOUD / "template.yaml").read_text(),
                                 Capabilities=["CAPABILITY_IAM"],
                                 Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])

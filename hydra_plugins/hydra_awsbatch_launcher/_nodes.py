@@ -5,6 +5,11 @@ the job's side. On every node the worker starts the ranks as `torchrun` does, wi
 is the job's, and rank 0 alone writes the job dir's `.hydra` files and the result. The other ranks log to
 `<job name>.rank<R>.log` in the same job dir, and a child node brings its ranks' files to the job's outputs.
 
+Batch does nothing when a child node dies (the job ends when its main node does), so the nodes watch each other:
+every child node's worker holds a TCP connection to the main node's worker (`NodeWatch`, on the rendezvous port + 1),
+with a heartbeat; a connection that closes before its node's ranks ended well, or stays silent `SILENCE_S`, stops
+the main node's ranks (so the job, and Batch stops the other nodes) and fails the trial naming that node.
+
 Where the node is, in Batch's words (a multi-node parallel job; `aws_batch_local` gives the same variables):
 AWS_BATCH_JOB_NUM_NODES, AWS_BATCH_JOB_NODE_INDEX, AWS_BATCH_JOB_MAIN_NODE_INDEX, and on child nodes only
 AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS: the main node finds its own address.
@@ -13,13 +18,19 @@ AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS: the main node finds its own addres
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
+import time
 from typing import NamedTuple
 
 ENV_PROCS_PER_NODE = "HYDRA_AWSBATCH_PROCS_PER_NODE"  # processes per node; unset: the node's GPUs, or 1
 ENV_MASTER_PORT = "HYDRA_AWSBATCH_MASTER_PORT"  # the main node's rendezvous port; unset: DEFAULT_PORT
+ENV_WATCH_PORT = "HYDRA_AWSBATCH_WATCH_PORT"  # the main node's NodeWatch port; unset: the rendezvous port + 1
 DEFAULT_PORT = 29500  # torchrun's
 RENDEZVOUS_TIMEOUT_S = 900  # how long the nodes wait for each other (Batch starts them one by one)
+HEARTBEAT_S = 5.0  # a child node's worker tells the main node's it is alive this often
+SILENCE_S = 30.0  # a child node silent this long is dead (an instance that vanishes resets no connection)
 
 
 class Layout(NamedTuple):
@@ -30,6 +41,8 @@ class Layout(NamedTuple):
     procs: int  # processes on this node
     main_address: str
     port: int
+    watch_port: int = 0  # the main node's NodeWatch; 0: port + 1
+    job_id: str = ""  # this node's Batch job id (JOBID#N)
 
     @property
     def main(self) -> bool:
@@ -55,7 +68,9 @@ def layout(env=os.environ) -> Layout | None:
                                "only in a multi-node parallel job")
     else:
         address = own_address()
-    return Layout(nodes, node_rank, procs, address, int(env.get(ENV_MASTER_PORT) or DEFAULT_PORT))
+    port = int(env.get(ENV_MASTER_PORT) or DEFAULT_PORT)
+    return Layout(nodes, node_rank, procs, address, port, int(env.get(ENV_WATCH_PORT) or port + 1),
+                  env.get("AWS_BATCH_JOB_ID", ""))
 
 
 def own_address() -> str:
@@ -82,6 +97,115 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# ------------------------------------------------------------------------------------------- the watch
+class NodeWatch:
+    """The nodes of one trial watching each other. On the main node: accept every child node's connection and
+    follow it; a child whose connection closes before it said `done`, or that stays silent SILENCE_S, is dead:
+    `dead` names it, and `on_dead()` stops this node's ranks. A child that says `interrupted` (a SIGTERM: Batch
+    stopping the job, which stops the main node too) is dead only if this node is not stopped within SILENCE_S.
+    On a child node: connect to the main node (until the rendezvous would time out), say who it is, send a
+    heartbeat, and at its end say how its ranks ended: `done` (well), `interrupted`, or nothing (they failed)."""
+
+    def __init__(self, node: Layout, on_dead=lambda: os.kill(os.getpid(), signal.SIGTERM)):
+        self.node, self.on_dead = node, on_dead
+        self.dead: str | None = None
+        self.died = threading.Event()
+        self.ended = threading.Event()  # this node's ranks ended: a child's end is no news any more
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+
+    def start(self) -> NodeWatch:
+        if self.node.main:
+            self._socket = socket.create_server(("", self.node.watch_port))
+            self._socket.settimeout(1.0)
+            threading.Thread(target=self._accept, daemon=True, name="node-watch").start()
+        else:
+            threading.Thread(target=self._heartbeat, daemon=True, name="node-watch").start()
+        return self
+
+    def close(self, said: str | None = None) -> None:
+        """This node's ranks ended; a child node tells the main node how (`said`: done, interrupted, or None)."""
+        self.ended.set()
+        with self._lock:
+            if self._socket is None:
+                return
+            try:
+                if said and not self.node.main:
+                    self._socket.sendall(f"{said}\n".encode())
+                self._socket.close()
+            except OSError:
+                pass
+            self._socket = None
+
+    def verdict(self, timeout: float) -> str | None:
+        """The dead child node's name, waiting up to `timeout` for the watch to see it (this node's ranks may
+        fail on its loss a moment before its connection is seen to close)."""
+        self.died.wait(timeout)
+        return self.dead
+
+    def _accept(self) -> None:
+        while not self.ended.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except (OSError, AttributeError):  # closed
+                return
+            threading.Thread(target=self._follow, args=(connection,), daemon=True).start()
+
+    def _follow(self, connection: socket.socket) -> None:
+        connection.settimeout(SILENCE_S)
+        name, last, why = "a child node", "", "its connection closed"
+        try:
+            with connection, connection.makefile("rb") as lines:
+                for line in lines:  # "hello <node rank> <job id>", "alive" every HEARTBEAT_S, then how it ended
+                    last, *rest = line.decode(errors="replace").split() or [""]
+                    if last == "hello" and rest:
+                        name = f"node {rest[0]} of {self.node.nodes}" + (f" ({rest[1]})" if rest[1:] else "")
+        except TimeoutError:
+            why = f"it sent nothing for {SILENCE_S:.0f} s"
+        except OSError as error:
+            why = f"its connection failed ({error})"
+        done = last == "done"
+        if last == "interrupted":  # a SIGTERM; Batch stopping the job stops this node too
+            done, why = self.ended.wait(SILENCE_S), "it was stopped by a SIGTERM, and this node was not"
+        with self._lock:
+            if done or self.ended.is_set() or self.dead is not None:
+                return
+            self.dead = f"{name} stopped before the trial ended ({why})"
+        self.died.set()
+        print(f"hydra-awsbatch: {self.dead}: stopping this node's processes", flush=True)
+        self.on_dead()
+
+    def _heartbeat(self) -> None:
+        deadline = time.time() + RENDEZVOUS_TIMEOUT_S
+        while True:
+            try:
+                connection = socket.create_connection((self.node.main_address, self.node.watch_port), timeout=5)
+                break
+            except OSError:
+                if self.ended.is_set() or time.time() > deadline:
+                    return
+                time.sleep(1.0)
+        with self._lock:
+            if self.ended.is_set():
+                connection.close()
+                return
+            self._socket = connection
+        message = f"hello {self.node.node_rank} {self.node.job_id or '-'}\n".encode()
+        while True:
+            with self._lock:
+                if self._socket is None:
+                    return
+                try:
+                    self._socket.sendall(message)
+                except OSError:  # the main node is gone: Batch ends the job, and so this node
+                    return
+            message = b"alive\n"
+            if self.ended.wait(HEARTBEAT_S):
+                return
+
+
 # -------------------------------------------------------------------------------------------- the node
 def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseException], *args) -> None:
     """Start this node's ranks, each `rank_main(*args)` (a module's function: the ranks are spawned), and wait
@@ -101,14 +225,26 @@ def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseExceptio
         monitor_interval=0.1, start_method="spawn")
     print(f"hydra-awsbatch: node {node.node_rank} of {node.nodes}, {node.procs} processes, rendezvous at "
           f"{node.main_address}:{node.port}", flush=True)
+    watch = NodeWatch(node).start() if node.nodes > 1 else None
+    said = None  # how this node's ranks ended, as a child node tells the main node: done, interrupted, or None
     try:
         returns = elastic_launch(config, rank_main)(*args)
-    except SignalException as exc:  # SIGTERM (Spot, timeout, Ctrl-C): the ranks had it too, and saved what they could
+        said = "done" if all(r["status"] == _wire.Outcome.SUCCEEDED for r in returns.values()) else None
+    except (SignalException, interrupted) as exc:  # SIGTERM (Spot, timeout, Ctrl-C, or the watch): the ranks had it
+        if watch and watch.dead:  # too, and saved what they could
+            raise RuntimeError(f"{watch.dead}; this node's processes were stopped, and with them the trial") from None
+        said = "interrupted"
         raise interrupted(str(exc)) from None
     except ChildFailedError as exc:
+        dead = watch.verdict(timeout=5.0) if watch and node.main else None
+        if dead:  # its loss is what failed this node's ranks
+            raise RuntimeError(f"{dead}; this node's processes were stopped, and with them the trial") from None
         failures = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in sorted(exc.failures.items()))
         raise RuntimeError(f"node {node.node_rank} of {node.nodes}: {failures} failed; the other processes were "
                            f"stopped\n{exc}") from None
+    finally:
+        if watch:
+            watch.close(said)
     failed = {rank: r for rank, r in sorted(returns.items()) if r["status"] != _wire.Outcome.SUCCEEDED}
     if node.main:
         ending.take(returns[0])  # rank 0's: the job's return value, or its own failure

@@ -282,10 +282,7 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         definition_problems, definition = self.api.check_job_definition(p.job_definition)
         problems += queue_problems + definition_problems
         if not queue_problems and not definition_problems and nodes > 1:
-            problems += _batch.check_multinode(nodes, p.job_queue, compute_environments, definition) or [
-                f"hydra.launcher.nodes={nodes}: the queue and job definition fit, but this launcher does not submit "
-                "multi-node parallel jobs to AWS Batch yet (issue #18): run the trial with "
-                "hydra/launcher=aws_batch_local, or with nodes=1"]
+            problems += _batch.check_multinode(nodes, p.job_queue, compute_environments, definition)
         problems += _batch.check_resources(p.vcpus, p.memory_mib, p.gpus, p.timeout_min, p.attempts,
                                            compute_environments)
         name = _batch.sanitize_job_name(p.job_name)
@@ -328,7 +325,8 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
             environment=environment, resources={"VCPU": p.vcpus, "MEMORY": p.memory_mib, "GPU": p.gpus},
             timeout_s=None if p.timeout_min is None else max(60, int(p.timeout_min * 60)), attempts=p.attempts,
             tags={**_batch.automatic_tags(sweep_id, p.job_name), **p.tags},
-            share_identifier=p.share_identifier, scheduling_priority=p.scheduling_priority)
+            share_identifier=p.share_identifier, scheduling_priority=p.scheduling_priority,
+            nodes=int(p.get("nodes", 1)))
 
     def show_dry_run(self, staged) -> None:
         import json
