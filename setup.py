@@ -17,6 +17,7 @@ TEST = EXAMPLE + BO + [
     "pytest>=7.4",
     "pytest-timeout>=2.2",
     "hydra-optuna-sweeper>=1.2",  # installed on the launching side only, as a user's other plugins are
+    "hydra-joblib-launcher>=1.2",  # the baseline of bench/warm_workers.py
     "moto[server]>=5.0",
     "ruff>=0.5",
 ]

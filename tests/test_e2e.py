@@ -575,3 +575,18 @@ def test_ctrl_c_stops_every_node_of_a_batch_trial(script):
     assert parent.returncode != 0 and "Stopped 1 unfinished jobs" in output, output[-3000:]
     assert wait_for(lambda: batch_states([job_id]) == ["FAILED"], timeout=60)
     assert wait_for(lambda: not node_containers(job_id), timeout=60), node_containers(job_id)
+
+
+# ------------------------------------------------------------------------------------------ warm workers
+def test_two_warm_workers_run_eight_trials_in_two_containers(script, cloud_env):
+    """The pool's protocol over S3: 8 trials, 2 Batch jobs (one array of 2 workers), each trial forked in its
+    worker's container; the workers leave when the sweep ends."""
+    proc = script(SLEEPER, "+x=range(0,8)", "+seconds=0", "hydra.launcher.workers=2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = manifest(script.app() / "sweep")["jobs"]
+    assert [(j["state"], j["result"]) for j in jobs] == [("SUCCEEDED", str(x)) for x in range(8)]
+    workers = sorted({j["job_id"] for j in jobs})
+    assert len(workers) == 2 and {w.rsplit(":", 1)[0] for w in workers} == {workers[0].rsplit(":", 1)[0]}
+    (array,) = boto3.client("batch").describe_jobs(jobs=[workers[0].rsplit(":", 1)[0]])["jobs"]
+    assert array["arrayProperties"]["size"] == 2  # two containers ran the eight trials
+    assert wait_for(lambda: batch_states(workers) == ["SUCCEEDED"] * 2, timeout=60)  # told to leave at the end

@@ -176,9 +176,11 @@ def task(cfg):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("listens", [True, False])
-def test_a_job_asked_to_stop_returns_or_is_terminated_after_the_grace_period(inprocess_launcher, listens):
+@pytest.mark.parametrize("warm", [[], ["hydra.launcher.workers=1", "hydra.launcher.idle_timeout_s=2"]],
+                         ids=["a process per job", "on a warm worker"])
+def test_a_job_asked_to_stop_returns_or_is_terminated_after_the_grace_period(inprocess_launcher, listens, warm):
     launcher = inprocess_launcher(["hydra/launcher=aws_batch_local", "hydra.sweep.dir=sweep",
-                                   "hydra.launcher.metrics_interval_s=0.2"], STOPPABLE)
+                                   "hydra.launcher.metrics_interval_s=0.2", *warm], STOPPABLE)
     (future,) = launcher.launch_async([[f"+listens={listens}"]], initial_job_idx=0)
     assert wait_for(lambda: len(launcher.metrics(0)) >= 3, timeout=60)
     asked = time.time()

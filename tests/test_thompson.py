@@ -334,9 +334,12 @@ def test_failures_in_a_row_stop_the_sweep_with_the_last_error(sweep_app):
 
 # --------------------------------------------------------------------------------------- aws_batch_local
 @pytest.mark.integration
-def test_every_worker_stays_busy_on_aws_batch_local(sweep_app):
-    """15 trials of random length (0.1 s to 1.6 s of work, plus a process start each), 3 in flight."""
-    sweep_app("hydra/launcher=aws_batch_local", "hydra.launcher.max_parallel=3", "hydra.sweeper.n_trials=15",
+@pytest.mark.parametrize("workers, median, most", [("max_parallel=3", 2.5, 5.0), ("workers=3", 1.0, 3.0)],
+                         ids=["a process per trial", "warm workers"])
+def test_every_worker_stays_busy_on_aws_batch_local(sweep_app, workers, median, most):
+    """15 trials of random length (0.1 s to 1.6 s of work, plus a process start each, or a fork on a warm
+    worker), 3 in flight."""
+    sweep_app("hydra/launcher=aws_batch_local", f"hydra.launcher.{workers}", "hydra.sweeper.n_trials=15",
               "hydra.sweeper.n_workers=3", "+seconds=1.2", "hydra.sweep.dir=sweep")
     sweep = sweep_app.app / "sweep"
     trials = trials_csv(sweep)
@@ -344,8 +347,10 @@ def test_every_worker_stays_busy_on_aws_batch_local(sweep_app):
     jobs = manifest(sweep)["jobs"]
     assert len(jobs) == 15 and {j["state"] for j in jobs} == {"SUCCEEDED"}
     gaps = sorted(refill_gaps(jobs, 3))
-    # a freed worker waits for the watcher (0.05 s), one proposal and a Python process's start (~1 s here)
-    assert len(gaps) == 12 and gaps[6] < 2.5 and gaps[-1] < 5.0, gaps
+    # a freed worker waits for the watcher (0.05 s), one proposal and a Python process's start (~1 s here), or
+    # on a warm worker the worker's look at its assignment (0.05 s) and a fork
+    print("refill gaps:", gaps)
+    assert len(gaps) == 12 and gaps[6] < median and gaps[-1] < most, gaps
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     best = min(trials, key=lambda t: float(t["value"]))
     assert results["best_value"] == float(best["value"]) and results["name"] == "thompson"

@@ -32,6 +32,15 @@ def options(params, conf_class: type, code_root: Path) -> list[str]:
     if not code_root.is_dir():
         problems.append(f"hydra.launcher.code_root={params.get('code_root')}: no such folder ({code_root}); point "
                         "it at the folder of your code")
+    workers = params.get("workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        problems.append(f"hydra.launcher.workers={workers}: a whole number of warm workers, at least 0 (0: a job per "
+                        "trial)")
+    elif workers and int(params.get("nodes") or 1) > 1:
+        problems.append(f"hydra.launcher.workers={workers} with nodes={params.get('nodes')}: warm workers run trials "
+                        "of one node; set workers=0 for multi-node trials")
+    if float(params.get("idle_timeout_s", 1)) <= 0:
+        problems.append(f"hydra.launcher.idle_timeout_s={params.get('idle_timeout_s')}: seconds, above 0")
     return problems
 
 

@@ -84,6 +84,11 @@ class Staging:
     def stop(self, num: int) -> str:
         return _storage.join(self.sweep, str(num), "stop")
 
+    @property
+    def pool(self) -> str:
+        """The warm workers' folder (_workers.py)."""
+        return _storage.join(self.sweep, "pool")
+
     @classmethod
     def of_payload(cls, payload_uri: str) -> tuple[Staging, int]:
         """The staging and the first job number that a payload URI belongs to."""
@@ -250,7 +255,8 @@ def settings_of(params: dict, code_root: Path) -> dict:
     """What `hydra-awsbatch` needs of a launcher's options (`params`) to find a sweep's jobs and outputs again."""
     from hydra_plugins.hydra_awsbatch_launcher._wire import script_relpath
 
-    keep = ("sync_outputs", "sync_exclude", "region", "profile", "log_group", "shared_sweep_dir", "in_place")
+    keep = ("sync_outputs", "sync_exclude", "region", "profile", "log_group", "shared_sweep_dir", "in_place",
+            "workers")
     settings = {k: params[k] for k in keep if k in params}
     try:  # attach imports the script by file when a result holds one of its classes
         return dict(settings, code_root=str(code_root), script=script_relpath(code_root))

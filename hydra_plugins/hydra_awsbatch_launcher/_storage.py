@@ -49,6 +49,10 @@ def _s3_for(endpoint: str | None):
     return boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"mode": "adaptive", "max_attempts": 10}))
 
 
+# A process forked from one that used a client (a warm worker's trial) makes its own: a connection is not shared.
+os.register_at_fork(after_in_child=_s3_for.cache_clear)
+
+
 @functools.cache
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig

@@ -122,7 +122,20 @@ class BaseAwsBatchLauncher(Launcher):
         environment = dict(self.params.environment, **{ENV_INTERVAL: str(self.params.metrics_interval_s)})
         if self.params.get("procs_per_node"):  # the worker starts them (_nodes.py)
             environment[ENV_PROCS_PER_NODE] = str(self.params.procs_per_node)
+        if self.params.get("workers"):
+            from hydra_plugins.hydra_awsbatch_launcher._workers import ENV_FRESH, ENV_IDLE_TIMEOUT
+
+            environment[ENV_IDLE_TIMEOUT] = str(self.params.idle_timeout_s)
+            environment[ENV_FRESH] = "1" if self.params.fresh_interpreter else "0"
         return environment
+
+    def warm(self, workers, staging):
+        """The executor of the sweep's trials: `workers` itself, or warm workers that it runs (workers=M)."""
+        if not self.params.get("workers"):
+            return workers
+        from hydra_plugins.hydra_awsbatch_launcher._workers import WarmPool
+
+        return WarmPool(workers, staging.pool, int(self.params.workers))
 
     # ----------------------------------------------------------------------------------- async_api.py
     def job_times(self, num: int) -> tuple[float | None, float | None] | None:
@@ -216,9 +229,12 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
     def executor(self, staging):
         from hydra_plugins.hydra_awsbatch_launcher._local import LocalExecutor
 
-        return LocalExecutor(self.params.max_parallel, self.sweep_dir / ".logs", cwd=os.getcwd(),
-                             in_place=self.params.in_place, environment=self.job_environment(),
-                             nodes=int(self.params.get("nodes", 1)), procs_per_node=self.params.get("procs_per_node"))
+        warm = int(self.params.get("workers") or 0)  # warm workers: all of them at once, logging apart
+        logs = self.sweep_dir / ".logs" / ("workers" if warm else "")
+        return self.warm(LocalExecutor(warm or self.params.max_parallel, logs, cwd=os.getcwd(),
+                                       in_place=self.params.in_place, environment=self.job_environment(),
+                                       nodes=int(self.params.get("nodes", 1)),
+                                       procs_per_node=self.params.get("procs_per_node")), staging)
 
 
 class AwsBatchLauncher(BaseAwsBatchLauncher):
@@ -262,7 +278,10 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         except LaunchError as error:
             problems = list(error.problems)
         p = self.params
-        if not p.wait and "BasicSweeper" not in str(self.config.hydra.sweeper.get("_target_", "")):
+        if not p.wait and p.get("workers"):
+            problems.append(f"hydra.launcher.workers={p.workers} with wait=false: warm workers run only while the "
+                            "launcher feeds them; use wait=true, or workers=0")
+        elif not p.wait and "BasicSweeper" not in str(self.config.hydra.sweeper.get("_target_", "")):
             problems.append("hydra.launcher.wait=false hands no results to the sweeper; only the basic sweeper "
                             "can go on without them: use wait=true with this sweeper")
         problems += _batch.check_tags(dict(p.tags))
@@ -341,5 +360,5 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
 
         from hydra_plugins.hydra_awsbatch_launcher import _batch
 
-        return _batch.BatchExecutor(self.api, self.params.poll_interval_s,
-                                    request_for=functools.partial(self.requests, staging.sweep_id))
+        return self.warm(_batch.BatchExecutor(self.api, self.params.poll_interval_s,
+                                              request_for=functools.partial(self.requests, staging.sweep_id)), staging)

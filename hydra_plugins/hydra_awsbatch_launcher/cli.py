@@ -61,6 +61,11 @@ def open_sweep(sweep: str, on_batch: bool = True):
         raise SystemExit(f"hydra-awsbatch: sweep {manifest.sweep_id} runs as local processes of its launching "
                          f"process ({holder}), which collects them; their logs are in "
                          f"{shlex.quote(str(Path(manifest.sweep_dir) / '.logs'))}")
+    if settings.get("workers") and on_batch:
+        raise SystemExit(f"hydra-awsbatch: sweep {manifest.sweep_id} ran on {settings['workers']} warm workers, which "
+                         "only its launching process feeds: they stop with it (Ctrl-C there), or on their own within "
+                         "a minute of its end. Its finished trials are in the sweep dir; run the sweep again to "
+                         "resume it")
     try:
         api = BatchApi(settings.get("region"), settings.get("profile"))
     except BatchError as error:

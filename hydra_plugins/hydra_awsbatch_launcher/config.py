@@ -40,6 +40,14 @@ class BaseAwsBatchLauncherConf:
     nodes: int = 1
     # Processes per node (torchrun's nproc_per_node); null: the node's GPUs (at least 1) where nodes > 1, else 1
     procs_per_node: Optional[int] = None
+    # Warm workers: this many long-lived worker jobs run trial after trial (each trial in a fresh process), so a
+    # trial pays no job start of its own; 0: a job per trial
+    workers: int = 0
+    # A warm worker exits after this many seconds without a trial (and when the launcher goes silent)
+    idle_timeout_s: float = 60.0
+    # true: each trial on a warm worker starts a new Python, which imports everything anew; false: it is forked
+    # from the warm worker, which has imported Hydra and the task's modules once
+    fresh_interpreter: bool = False
 
 
 @dataclass

@@ -125,7 +125,9 @@ def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending, unpacke
     from hydra_plugins.hydra_awsbatch_launcher._compose import job_subdir
     from hydra_plugins.hydra_awsbatch_launcher._errors import MissingModule
 
-    header, body = _wire.load_payload(_storage.read_bytes(payload_uri))
+    header, payload = _WARM.get(payload_uri) or (None, None)  # a warm worker's trial: unpickled before the fork
+    if header is None:
+        header, body = _wire.load_payload(_storage.read_bytes(payload_uri))
     ending.sync = header["sync_outputs"]
     problem = _wire.version_mismatch(header["versions"])
     if problem:
@@ -139,7 +141,7 @@ def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending, unpacke
     from hydra.core.utils import setup_globals
 
     try:
-        payload = _wire.PayloadBody(*_wire.loads(body))
+        payload = payload or _wire.PayloadBody(*_wire.loads(body))
         task_function = payload.task_function
         if isinstance(task_function, _wire.ScriptFunction):
             task_function = task_function.load(code_dir)
@@ -258,6 +260,52 @@ def run(payload_uri: str, index: int) -> int:
     return ending.exit_code
 
 
+_WARM: dict[str, tuple[dict, Any]] = {}  # a warm worker's payloads, unpickled once: URI -> (header, body)
+WARM_PAYLOADS = 4  # the newest ones kept (a thompson sweep stages a payload per refill)
+
+
+def warm_up(payload_uri: str, scratch: Path) -> None:
+    """What each trial of a warm worker would do anew (_workers.py): import Hydra and the task's own modules,
+    and read and unpickle the payload (all the configs of its batch), once here, in a copy of the code package,
+    so that every trial forked from this process starts with them. Whatever goes wrong is left for the trial
+    itself to say."""
+    from hydra.core import utils  # noqa: F401  (run_job, and Hydra's imports with it)
+
+    from hydra_plugins.hydra_awsbatch_launcher import _package, _storage, _wire
+
+    try:
+        header, body = _wire.load_payload(_storage.read_bytes(payload_uri))
+        if _wire.version_mismatch(header["versions"]):
+            return
+        code_dir = scratch / "code" / header["code_uri"].rsplit("/", 1)[-1]
+        if not code_dir.is_dir():
+            _package.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
+        sys.path.insert(0, str(code_dir))
+        try:
+            _WARM[payload_uri] = (header, _wire.PayloadBody(*_wire.loads(body)))
+        finally:
+            sys.path.remove(str(code_dir))
+        for older in list(_WARM)[:-WARM_PAYLOADS]:
+            del _WARM[older]
+    except Exception:
+        pass
+
+
+def run_forked(payload_uri: str, index: int, parent: int) -> None:
+    """In a process forked from a warm worker: this trial, in a session of its own, then exit."""
+    code = EXIT_FAILED
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the warm worker's handler is not this process's
+        os.setsid()
+        os.environ.pop(ENV_PARENT_PID, None)
+        threading.Thread(target=_watch_parent, args=(parent, signal.SIGKILL), daemon=True).start()
+        code = run(payload_uri, index)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 # ------------------------------------------------------------------------- a rank of a trial of several
 def rank_main(payload_uri: str, index: int, scratch: str) -> dict:
     """One rank (a process the elastic launcher started): the Hydra task, its ending as a plain dict. Rank 0 runs
@@ -304,14 +352,15 @@ def _helper_rank(config, rank: int) -> None:
 _parent_died = False
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, sig: int = signal.SIGTERM) -> None:
     """aws_batch_local: when the launching process dies (even by SIGKILL), stop this job's whole process
-    group as Ctrl-C would, so no job runs on unseen."""
+    group as Ctrl-C would, so no job runs on unseen. (A warm worker's trial: SIGKILL, since its trial runs
+    again elsewhere and must write nothing more.)"""
     global _parent_died
     while os.getppid() == parent:
         time.sleep(0.5)
     _parent_died = True
-    os.killpg(os.getpgid(0), signal.SIGTERM)
+    os.killpg(os.getpgid(0), sig)
 
 
 def main() -> int:
@@ -324,7 +373,13 @@ def main() -> int:
         return EXIT_NO_PAYLOAD
     if os.environ.get(ENV_PARENT_PID, "").isdigit():
         threading.Thread(target=_watch_parent, args=(int(os.environ[ENV_PARENT_PID]),), daemon=True).start()
-    return run(payload_uri, int(os.environ.get(ENV_INDEX_OFFSET) or 0) + array_index())
+    index = int(os.environ.get(ENV_INDEX_OFFSET) or 0) + array_index()
+    from hydra_plugins.hydra_awsbatch_launcher import _workers
+
+    if _workers.is_pool(payload_uri):  # a warm worker: trial after trial, each the plain worker in a process
+        pool, first = _workers.parse(payload_uri)
+        return _workers.serve(pool, first + index, float(os.environ.get(_workers.ENV_IDLE_TIMEOUT) or 60))
+    return run(payload_uri, index)
 
 
 if __name__ == "__main__":  # run as the module proper, so its exceptions are the ones _nodes.py raises

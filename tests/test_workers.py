@@ -1,0 +1,166 @@
+"""Warm workers (`hydra.launcher.workers=M`) on aws_batch_local: M worker processes run trial after trial, each
+trial in a process of its own; a worker that dies costs only its trial; workers leave when idle, when the sweep
+ends and when the launcher goes silent. (In containers: tests/test_e2e.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hydra_plugins.hydra_awsbatch_launcher import _workers
+from tests.conftest import ROOT, manifest, wait_for
+
+pytestmark = pytest.mark.integration
+WARM = ["hydra/launcher=aws_batch_local", "hydra.launcher.workers=2", "hydra.launcher.idle_timeout_s=5"]
+LEAKY = """
+    import json, os, subprocess, sys, time
+    import hydra
+
+    SEEN = []  # a global: a trial must not find an earlier one's here
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        SEEN.append(cfg.x)
+        found = {"seen": list(SEEN), "leak": os.environ.get("LEAK"), "cwd": os.getcwd(), "pid": os.getpid(),
+                 "job": os.environ.get("AWS_BATCH_JOB_ID")}
+        os.environ["LEAK"] = str(cfg.x)  # and the environment, and the working directory
+        os.chdir("/")
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # left running
+        open(f"{cfg.out}/child-{cfg.x}", "w").write(str(child.pid))
+        open(f"{cfg.out}/found-{cfg.x}.json", "w").write(json.dumps(found))
+        time.sleep(cfg.get("seconds", 0))
+        return cfg.x
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def worker_processes(parent: int) -> dict[int, int]:
+    """Warm worker number -> pid, among the children of the launching process `parent` (not its trials, which
+    are the workers' children)."""
+    found = {}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            env = dict(v.split("=", 1) for v in environ.read_bytes().decode(errors="replace").split("\0") if "=" in v)
+            ppid = int(Path(environ.parent, "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        if ppid == parent and _workers.is_pool(env.get("HYDRA_AWSBATCH_PAYLOAD_URI", "")):
+            found[int(env.get("AWS_BATCH_JOB_ARRAY_INDEX") or 0)] = int(environ.parent.name)
+    return found
+
+
+@pytest.fixture
+def app(tmp_path, app_env):
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(LEAKY))
+    (tmp_path / "out").mkdir()
+
+    def start(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "my_app.py", "--multirun", f"+out={tmp_path / 'out'}",
+                                 "hydra.sweep.dir=sweep", *args], cwd=tmp_path, env=app_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    return start
+
+
+def test_two_warm_workers_run_twelve_trials_each_in_a_process_of_its_own(app, tmp_path):
+    proc = app("+x=range(0,12)", *WARM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    jobs = manifest(tmp_path / "sweep")["jobs"]
+    assert [j["state"] for j in jobs] == ["SUCCEEDED"] * 12
+    found = [json.loads((tmp_path / "out" / f"found-{x}.json").read_text()) for x in range(12)]
+    assert [f["seen"] for f in found] == [[x] for x in range(12)]  # no trial saw another's globals
+    assert {f["leak"] for f in found} == {None} and {f["cwd"] for f in found} == {str(tmp_path)}
+    assert len({f["pid"] for f in found}) == 12  # twelve processes...
+    workers = {j["job_id"] for j in jobs}
+    assert len(workers) == 2 and workers == {f["job"] for f in found}  # ...on two warm workers, named per trial
+    logs = sorted((tmp_path / "sweep/.logs/workers").iterdir())
+    assert [p.name for p in logs] == ["0.log", "1.log"]
+    assert sum(p.read_text().count(": trial ") for p in logs) == 24  # each trial's start and end, once
+    children = [int(p.read_text()) for p in (tmp_path / "out").glob("child-*")]
+    assert len(children) == 12 and not [pid for pid in children if alive(pid)]  # what a trial left, it took along
+    assert wait_for(lambda: not worker_processes(proc.pid), timeout=10)  # and the workers left with the sweep
+
+
+def test_a_warm_worker_that_dies_costs_only_its_trial(app, tmp_path):
+    proc = app("+x=range(0,6)", "+seconds=2", *WARM)
+    try:
+        sweep = tmp_path / "sweep"
+        assert wait_for(lambda: (sweep / "manifest.json").exists() and "RUNNING" in
+                        [j["state"] for j in manifest(sweep)["jobs"]], timeout=120)
+        workers = wait_for(lambda: worker_processes(proc.pid) if len(worker_processes(proc.pid)) == 2 else None)
+        os.killpg(workers[1], signal.SIGKILL)  # worker 1 and its trial, as a lost instance takes them
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    jobs = manifest(tmp_path / "sweep")["jobs"]
+    assert [j["state"] for j in jobs] == ["SUCCEEDED"] * 6
+    assert [j["result"] for j in jobs] == [str(x) for x in range(6)]
+    assert [json.loads((tmp_path / "out" / f"found-{x}.json").read_text())["seen"] for x in range(6)] == [
+        [x] for x in range(6)]
+    assert "runs again on another worker" in output
+    assert len({j["job_id"] for j in jobs}) >= 2
+
+
+@pytest.mark.parametrize("why, setting, said", [
+    ("idle", {"idle": "1", "silence": "600"}, "no work for 1 s"),
+    ("orphaned", {"idle": "600", "silence": "1"}, "the launcher was silent for 1 s"),
+    ("told", {"idle": "600", "silence": "600", "stop": True}, "the sweep ended"),
+])
+def test_a_warm_worker_leaves_when_idle_orphaned_or_told(tmp_path, why, setting, said):
+    """The worker alone, on a pool folder: an orphaned sweep must not keep instances billing."""
+    pool = tmp_path / "sweeps" / "s1" / "pool"
+    pool.mkdir(parents=True)
+    (pool / "parent").write_text(json.dumps({"beat": 1, "stop": bool(setting.get("stop"))}))
+    code = (f"import sys; from hydra_plugins.hydra_awsbatch_launcher import _workers; "
+            f"_workers.PARENT_SILENCE_S = {setting['silence']}; "
+            f"sys.exit(_workers.serve({str(pool)!r}, 0, {setting['idle']}))")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and time.monotonic() - started < 20, proc.stdout + proc.stderr
+    assert json.loads((pool / "w0" / "state").read_text()) == {"state": "exited", "seq": 0, "why": said}
+    assert f"exits: {said}" in proc.stdout
+
+
+def test_ctrl_c_stops_the_warm_workers_and_their_trials(app, tmp_path):
+    proc = app("+x=range(0,4)", "+seconds=600", *WARM)
+    sweep = tmp_path / "sweep"
+    assert wait_for(lambda: (sweep / "manifest.json").exists() and [j["state"] for j in manifest(sweep)["jobs"]]
+                    .count("RUNNING") == 2, timeout=120)
+    workers = worker_processes(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Stopped 4 unfinished jobs" in output, output[-3000:]
+    assert [j["state"] for j in manifest(sweep)["jobs"]] == ["FAILED"] * 4
+    children = [int(p.read_text()) for p in (tmp_path / "out").glob("child-*")]
+    assert wait_for(lambda: not [p for p in [*workers.values(), *children] if alive(p)], timeout=10)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["hydra.launcher.workers=-1"], "hydra.launcher.workers=-1: a whole number of warm workers, at least 0"),
+    (["hydra.launcher.workers=2", "hydra.launcher.nodes=2"], "warm workers run trials of one node"),
+    (["hydra.launcher.workers=2", "hydra.launcher.idle_timeout_s=0"], "hydra.launcher.idle_timeout_s=0.0: seconds, above 0"),
+])
+def test_bad_warm_worker_settings_are_refused_before_anything_is_staged(app, tmp_path, args, named):
+    proc = app("+x=1", "hydra/launcher=aws_batch_local", *args)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and named in output, output[-3000:]
+    assert not (tmp_path / "sweep" / ".staging").exists()
