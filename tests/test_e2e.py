@@ -496,7 +496,7 @@ def test_a_two_node_trial_runs_in_two_containers(local_cloud, run_app, cloud_env
     local cloud's moto runs it as two containers, each with the variables Batch gives its node, torch's launcher
     joins them, and the trial trains as it does in two local processes."""
     args = ("--multirun", "epochs=1", *NODES)
-    local = run_app(*args, "hydra/launcher=aws_batch_local", "hydra.sweep.dir=local")
+    run_app(*args, "hydra/launcher=aws_batch_local", "hydra.sweep.dir=local")
     batch = run_app(*args, *BATCH, "hydra.sweep.dir=batch", env=cloud_env)
     (job,) = manifest(tmp_path / "batch")["jobs"]
     assert job["state"] == "SUCCEEDED", batch.stdout[-3000:] + batch.stderr[-3000:]
@@ -590,3 +590,6 @@ def test_two_warm_workers_run_eight_trials_in_two_containers(script, cloud_env):
     (array,) = boto3.client("batch").describe_jobs(jobs=[workers[0].rsplit(":", 1)[0]])["jobs"]
     assert array["arrayProperties"]["size"] == 2  # two containers ran the eight trials
     assert wait_for(lambda: batch_states(workers) == ["SUCCEEDED"] * 2, timeout=60)  # told to leave at the end
+    for command in ("attach", "cancel"):  # the workers went with the launcher that fed them: nothing to follow
+        done = cli(command, "sweep", cwd=script.app(), env=cloud_env)
+        assert done.returncode == 1 and "ran on 2 warm workers" in done.stderr, done.stdout + done.stderr

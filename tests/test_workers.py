@@ -97,6 +97,13 @@ def test_two_warm_workers_run_twelve_trials_each_in_a_process_of_its_own(app, tm
     children = [int(p.read_text()) for p in (tmp_path / "out").glob("child-*")]
     assert len(children) == 12 and not [pid for pid in children if alive(pid)]  # what a trial left, it took along
     assert wait_for(lambda: not worker_processes(proc.pid), timeout=10)  # and the workers left with the sweep
+    for job in jobs:  # where each trial's time went, in order
+        marks = [job[name] for name in ("submitted", "started", "task_started", "task_ended", "home")]
+        assert None not in marks and marks == sorted(marks), marks
+    status = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "status", "sweep"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and status.stdout.count(" task ") == 12, status.stdout + status.stderr
+    assert "waiting" in status.stdout and "starting" in status.stdout and "ending" in status.stdout
 
 
 def test_a_warm_worker_that_dies_costs_only_its_trial(app, tmp_path):
@@ -157,10 +164,38 @@ def test_ctrl_c_stops_the_warm_workers_and_their_trials(app, tmp_path):
 @pytest.mark.parametrize("args, named", [
     (["hydra.launcher.workers=-1"], "hydra.launcher.workers=-1: a whole number of warm workers, at least 0"),
     (["hydra.launcher.workers=2", "hydra.launcher.nodes=2"], "warm workers run trials of one node"),
-    (["hydra.launcher.workers=2", "hydra.launcher.idle_timeout_s=0"], "hydra.launcher.idle_timeout_s=0.0: seconds, above 0"),
+    (["hydra.launcher.workers=2", "hydra.launcher.idle_timeout_s=0"],
+     "hydra.launcher.idle_timeout_s=0.0: seconds, above 0"),
 ])
 def test_bad_warm_worker_settings_are_refused_before_anything_is_staged(app, tmp_path, args, named):
     proc = app("+x=1", "hydra/launcher=aws_batch_local", *args)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1 and named in output, output[-3000:]
     assert not (tmp_path / "sweep" / ".staging").exists()
+
+
+def test_the_warm_workers_benchmark_runs_at_a_reduced_size(tmp_path):
+    """bench/warm_workers.py at its smallest, so that it cannot rot: every variant runs every job."""
+    proc = subprocess.run([sys.executable, "bench/warm_workers.py", "--jobs", "6", "--repeats", "1",
+                           "--out", str(tmp_path / "warm")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "warm.json").read_text())
+    assert set(summary["median_s"]) == {"joblib", "aws_batch_local", "aws_batch_local, warm workers",
+                                        "warm workers, fresh interpreter"}
+    assert all(value > 0 for value in summary["median_s"].values())
+
+
+def test_the_end_summary_of_a_large_sweep_groups_jobs_by_outcome(caplog):
+    """A block per job buries what matters in a sweep of hundreds: their counts, and the jobs that failed."""
+    import logging
+
+    from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
+
+    rows = [{"num": n, "overrides": f"+x={n}", "state": "FAILED" if n in (7, 300) else "SUCCEEDED",
+             "duration": "0.1s", "result": "ValueError: bad" if n in (7, 300) else str(n),
+             "job_dir": f"/sweeps/s/{n}"} for n in range(500)]
+    with caplog.at_level(logging.INFO, logger="hydra_plugins.hydra_awsbatch_launcher"):
+        Progress.summary(rows)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "sweep summary: 500 jobs: 498 SUCCEEDED, 2 FAILED; job dirs under /sweeps/s"
+    assert len(lines) == 3 and "#7 +x=7: FAILED" in lines[1] and "#300 +x=300: FAILED" in lines[2]

@@ -16,7 +16,8 @@ log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
 def collect(staging: Staging, job: JobRecord, job_dir: Path, config, *, sync_outputs: bool, sync_exclude=(),
             script: Path | None = None, details: Callable[[], str] = str, quiet: bool = False):
-    """The JobReturn of a job that ended, and the exit code its result object reports (None without one).
+    """The JobReturn of a job that ended, and what its result object says of its end (exit_code, task_started,
+    task_ended; empty without one).
     Outputs are brought home when `sync_outputs`; a result or outputs that cannot be read fail this job alone,
     saying why. `details()`: what the executor knows of a job that left no result. `quiet`: a job stopped on
     purpose, whose failure is not logged (its exception still carries the remote traceback)."""
@@ -41,7 +42,7 @@ def collect(staging: Staging, job: JobRecord, job_dir: Path, config, *, sync_out
     if ret.status == JobStatus.COMPLETED and job.state == BatchState.FAILED:
         log.warning(f"\t#{job.num}: Batch says FAILED ({job.reason or 'no reason'}), but the job's own result came "
                     "back whole: counted as succeeded")
-    return ret, (result or {}).get("exit_code")
+    return ret, {key: (result or {}).get(key) for key in ("exit_code", "task_started", "task_ended")}
 
 
 def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missing: str, quiet: bool = False):

@@ -20,6 +20,7 @@ import enum
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,9 +128,19 @@ class JobRecord:
     submitted: float | None = None  # epoch seconds
     started: float | None = None
     stopped: float | None = None
+    task_started: float | None = None  # from the job's result: when run_job was called, and when it returned
+    task_ended: float | None = None
+    home: float | None = None  # when its result (and job dir) came home
     result: str = ""  # the return value's repr, or "ErrorType: message"
     last_report: dict = field(default_factory=dict)  # the newest record the job reported (_metrics.py)
     stop_request: str = ""  # why the sweep asked the job to stop early, where it did
+
+    def latency(self) -> dict[str, float]:
+        """Where the job's time went, in seconds: waiting to start (submitted to started), starting (to its
+        task's start), its task, and ending (task's end to the result home)."""
+        marks = [("waiting", self.submitted, self.started), ("starting", self.started, self.task_started),
+                 ("task", self.task_started, self.task_ended), ("ending", self.task_ended, self.home)]
+        return {name: round(b - a, 3) for name, a, b in marks if a is not None and b is not None}
 
     def update(self, seen) -> bool:
         """Take what the executor saw of the job (an _executor.JobInfo) until it ended; whether anything changed."""
@@ -140,9 +151,12 @@ class JobRecord:
         self.state, self.job_id, self.exit_code, self.reason, self.started, self.stopped = new
         return True
 
-    def close(self, result: str, completed: bool, exit_code: int | None) -> None:
-        """The job was collected: `result` is its one line, `completed` whether its value came back."""
+    def close(self, result: str, completed: bool, exit_code: int | None, times: dict | None = None) -> None:
+        """The job was collected: `result` is its one line, `completed` whether its value came back; `times`:
+        its result's task_started and task_ended."""
         self.result, self.exit_code = result, exit_code
+        self.task_started, self.task_ended = (times or {}).get("task_started"), (times or {}).get("task_ended")
+        self.home = time.time()
         if not completed and self.state == BatchState.SUCCEEDED:
             self.state = BatchState.FAILED  # it ran, but what it made did not come back
         elif completed and self.state == BatchState.FAILED:  # its whole result came back: that is what counts

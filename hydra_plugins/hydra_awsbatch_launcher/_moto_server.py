@@ -50,7 +50,10 @@ def patch() -> None:
     original_describe = models.JobDefinition.describe
 
     def describe(self):
-        return dict(original_describe(self), **({"nodeProperties": self.node_properties} if self.node_properties else {}))
+        described = original_describe(self)
+        if self.node_properties:
+            described["nodeProperties"] = self.node_properties
+        return described
 
     models.JobDefinition.describe = describe
 

@@ -82,11 +82,21 @@ class Progress(LiveText):
                 "duration": f"{job.stopped - job.started:.1f}s" if job.started and job.stopped else "-"}
 
     @staticmethod
-    def summary(rows: list[dict]) -> None:
-        """One row per job: number, overrides, state, duration, value or error, job dir."""
+    def summary(rows: list[dict], most: int = 40) -> None:
+        """One row per job: number, overrides, state, duration, value or error, job dir. A sweep of more than
+        `most` jobs: a line of counts per outcome, then the rows of those that did not succeed (at most `most`)."""
         headers = ("#", "overrides", "state", "duration", "result", "job dir")
+        if len(rows) > most:
+            outcomes = counts_line([r["state"] for r in rows], ("SUCCEEDED", "FAILED"))
+            log.info(f"sweep summary: {len(rows)} jobs: {outcomes}; job dirs under {Path(rows[0]['job_dir']).parent}")
+            rows = [r for r in rows if r["state"] != "SUCCEEDED"]
+            if len(rows) > most:
+                log.info(f"the first {most} of the {len(rows)} that did not succeed:")
+            rows = rows[:most]
         cells = [(str(r["num"]), r["overrides"], r["state"], r["duration"], r["result"], r["job_dir"])
                  for r in rows]
+        if not cells:
+            return
         if sys.stdout.isatty():
             from rich.console import Console
             from rich.table import Table

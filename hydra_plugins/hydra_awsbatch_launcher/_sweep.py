@@ -148,7 +148,7 @@ class Sweep:
         from hydra.core.utils import JobStatus
 
         job, settings = self.manifest.job(info.num), self.manifest.settings
-        ret, exit_code = _collect.collect(
+        ret, ended = _collect.collect(
             self.manifest.staging, job, Path(self.manifest.sweep_dir) / job.subdir, self.configs.get(info.num),
             sync_outputs=settings.get("sync_outputs", True) and not self.writes_in_place,
             sync_exclude=settings.get("sync_exclude", []), script=self.manifest.script,
@@ -156,7 +156,7 @@ class Sweep:
         reported = self.channel.records(info.num, Path(self.manifest.sweep_dir) / job.subdir)
         with self.lock:
             job.close(_collect.summary(ret), ret.status == JobStatus.COMPLETED,
-                      info.exit_code if info.exit_code is not None else exit_code)
+                      info.exit_code if info.exit_code is not None else ended["exit_code"], ended)
             job.last_report = reported[-1] if reported else job.last_report
             self.manifest.save()
         return ret

@@ -83,11 +83,12 @@ def status(args) -> int:
         running = [info.num for info in sweep.refresh() if info.state == "RUNNING"]
         sweep.take_reports(sweep.channel.poll(running, limit=len(running)))  # what the running jobs reported
     print(f"sweep {m.sweep_id} ({m.launcher}), created {m.created}, staging {m.staging_uri}")
-    print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<40} result / last report")
+    print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<40} result / last report / where the time went")
     for job in m.jobs:
         duration = f"{job.stopped - job.started:.0f}s" if job.started and job.stopped else "-"
+        latency = " ".join(f"{name} {seconds:.1f}s" for name, seconds in job.latency().items())
         print(f"{job.num:>4}  {job.state:<10} {duration:>9}  {' '.join(job.overrides)[:40]:<40} "
-              + "  ".join(text for text in (job.result or job.reason, summary(job.last_report)) if text))
+              + "  ".join(text for text in (job.result or job.reason, summary(job.last_report), latency) if text))
     return 0
 
 

@@ -103,6 +103,8 @@ class Ending:
         self.job_return: bytes | None = None
         self.error: dict | None = None
         self.sync = True
+        self.task_started: float | None = None  # run_job's call and return: the task's own time
+        self.task_ended: float | None = None
 
     def fields(self) -> dict:
         """Everything it holds, plain (what a rank of a multi-node trial hands to its node, _nodes.py)."""
@@ -166,8 +168,12 @@ def execute(job: Job, ending: Ending) -> None:
     from hydra_plugins.hydra_awsbatch_launcher import _wire
     from hydra_plugins.hydra_awsbatch_launcher._errors import MissingModule
 
-    job_return = run_job(hydra_context=job.hydra_context, task_function=job.task_function, config=job.config,
-                         job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    ending.task_started = time.time()
+    try:
+        job_return = run_job(hydra_context=job.hydra_context, task_function=job.task_function, config=job.config,
+                             job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    finally:
+        ending.task_ended = time.time()
     exc = job_return._return_value if job_return.status != JobStatus.COMPLETED else None
     if isinstance(exc, ModuleNotFoundError) and not isinstance(exc, MissingModule):  # say what to do
         job_return._return_value = MissingModule.of(exc)
@@ -202,7 +208,8 @@ def upload(job: Job | None, ending: Ending, staging, result: bool = True) -> Non
         return
     _storage.write_bytes(staging.result(ending.num), _wire.dump_result(
         ending.status, ending.job_return, ending.error, num=ending.num, exit_code=ending.exit_code,
-        started=ending.started, stopped=time.time(), attempt=os.environ.get("AWS_BATCH_JOB_ATTEMPT"),
+        started=ending.started, stopped=time.time(), task_started=ending.task_started,
+        task_ended=ending.task_ended, attempt=os.environ.get("AWS_BATCH_JOB_ATTEMPT"),
         batch_job_id=os.environ.get("AWS_BATCH_JOB_ID")))
 
 
