@@ -139,11 +139,12 @@ def test_a_warm_worker_leaves_when_idle_orphaned_or_told(tmp_path, why, setting,
     (pool / "parent").write_text(json.dumps({"beat": 1, "stop": bool(setting.get("stop"))}))
     code = (f"import sys; from hydra_plugins.hydra_awsbatch_launcher import _workers; "
             f"_workers.PARENT_SILENCE_S = {setting['silence']}; "
-            f"sys.exit(_workers.serve({str(pool)!r}, 0, {setting['idle']}))")
+            f"from hydra_plugins.hydra_awsbatch_launcher import worker; "
+            f"sys.exit(_workers.serve(worker, {str(pool)!r}, 0, {setting['idle']}))")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and time.monotonic() - started < 20, proc.stdout + proc.stderr
-    assert json.loads((pool / "w0" / "state").read_text()) == {"state": "exited", "seq": 0, "why": said}
+    assert json.loads((pool / "w0" / "state").read_text()) == {"state": "exited", "exit_why": said}
     assert f"exits: {said}" in proc.stdout
 
 

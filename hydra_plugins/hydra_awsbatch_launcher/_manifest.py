@@ -140,7 +140,7 @@ class JobRecord:
         task's start), its task, and ending (task's end to the result home)."""
         marks = [("waiting", self.submitted, self.started), ("starting", self.started, self.task_started),
                  ("task", self.task_started, self.task_ended), ("ending", self.task_ended, self.home)]
-        return {name: round(b - a, 3) for name, a, b in marks if a is not None and b is not None}
+        return {name: round(max(0.0, b - a), 3) for name, a, b in marks if a is not None and b is not None}
 
     def update(self, seen) -> bool:
         """Take what the executor saw of the job (an _executor.JobInfo) until it ended; whether anything changed."""

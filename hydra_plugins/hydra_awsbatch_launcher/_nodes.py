@@ -111,6 +111,7 @@ class NodeWatch:
         self.dead: str | None = None
         self.died = threading.Event()
         self.ended = threading.Event()  # this node's ranks ended: a child's end is no news any more
+        self.holding = False  # this node's ranks failed already: a child's death is named, not signalled
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
 
@@ -139,7 +140,8 @@ class NodeWatch:
 
     def verdict(self, timeout: float) -> str | None:
         """The dead child node's name, waiting up to `timeout` for the watch to see it (this node's ranks may
-        fail on its loss a moment before its connection is seen to close)."""
+        fail on its loss a moment before its connection is seen to close); no signal is sent meanwhile."""
+        self.holding = True
         self.died.wait(timeout)
         return self.dead
 
@@ -174,8 +176,9 @@ class NodeWatch:
                 return
             self.dead = f"{name} stopped before the trial ended ({why})"
         self.died.set()
-        print(f"hydra-awsbatch: {self.dead}: stopping this node's processes", flush=True)
-        self.on_dead()
+        if not self.holding:
+            print(f"hydra-awsbatch: {self.dead}: stopping this node's processes", flush=True)
+            self.on_dead()
 
     def _heartbeat(self) -> None:
         deadline = time.time() + RENDEZVOUS_TIMEOUT_S

@@ -27,11 +27,13 @@ import atexit
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,15 +45,18 @@ log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
 ENV_IDLE_TIMEOUT = "HYDRA_AWSBATCH_IDLE_TIMEOUT_S"
 ENV_FRESH = "HYDRA_AWSBATCH_FRESH_INTERPRETER"  # "1": a new Python per trial, not a fork of the warm worker
+ENV_TRIAL_TIMEOUT = "HYDRA_AWSBATCH_TRIAL_TIMEOUT_S"  # a trial running longer is stopped (hydra.launcher.timeout_min)
 PARENT_BEAT_S = 5.0  # the launcher's heartbeat
 PARENT_SILENCE_S = 60.0  # a worker whose launcher was silent this long exits (after stopping its trial)
 STOP_WAIT_S = 60.0  # how long stopping a trial waits for its worker to say it ended
+KILL_AFTER_S = 30.0  # a trial asked to stop (SIGTERM) is killed this long after, as Batch does
+WORKER_LIFE_S = 14 * 24 * 3600  # a worker job's own Batch timeout: trials have theirs (ENV_TRIAL_TIMEOUT)
 MAX_LOSSES = 3  # a trial whose worker died this many times fails
 
 
 def is_pool(uri: str) -> bool:
     """Whether a worker job's payload URI names a pool (`launch_uri`): a warm worker."""
-    return "/pool/from-" in uri
+    return "/pool/" in uri and uri.rsplit("/", 1)[-1].startswith("from-")
 
 
 def launch_uri(pool: str, first: int) -> str:
@@ -108,15 +113,15 @@ def _signal(trial, sig: int) -> None:
             pass
 
 
-def _start(assign: dict, fresh: bool, scratch: Path):
-    """The trial of `assign`: forked from this process (warmed up the first time), or a new Python."""
-    from hydra_plugins.hydra_awsbatch_launcher import worker as plain
-
+def _start(plain, assign: dict, fresh: bool, scratch: Path):
+    """The trial of `assign` (`plain`: the worker module): forked from this process (warmed up with its
+    payload the first time), or a new Python."""
     env = {plain.ENV_PAYLOAD_URI: assign["payload_uri"], plain.ENV_INDEX_OFFSET: str(assign["index"]),
            "AWS_BATCH_JOB_ARRAY_INDEX": "0"}
     if fresh:
         return subprocess.Popen([sys.executable, "-m", plain.MODULE], start_new_session=True,
-                                env=dict(os.environ, **env, **{plain.ENV_PARENT_PID: str(os.getpid())}))
+                                env=dict(os.environ, **env, **{plain.ENV_PARENT_PID: str(os.getpid()),
+                                                               plain.ENV_ORPHAN_KILL: "1"}))
     if assign["payload_uri"] not in plain._WARM:
         plain.warm_up(assign["payload_uri"], scratch)
     sys.stdout.flush()
@@ -129,94 +134,135 @@ def _start(assign: dict, fresh: bool, scratch: Path):
     return _Forked(pid)
 
 
-def serve(pool: str, worker: int, idle_timeout_s: float) -> int:
+def serve(plain, pool: str, worker: int, idle_timeout_s: float) -> int:
     """Worker `worker` of the pool at `pool`: run trial after trial until told to stop, idle too long or
-    orphaned."""
+    orphaned. `plain`: the worker module, whose job each trial runs (handed in: this module imports no
+    worker)."""
     scratch = Path(tempfile.mkdtemp(prefix="hydra-awsbatch-warm-"))
     try:
-        return _serve(pool, worker, idle_timeout_s, scratch)
+        return _Worker(plain, pool, worker, idle_timeout_s, scratch).serve()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _serve(pool: str, worker: int, idle_timeout_s: float, scratch: Path) -> int:
-    from hydra_plugins.hydra_awsbatch_launcher import worker as plain
+class _Worker:
+    """One warm worker's loop. Its state object always holds the last trial it ended (so that `exited` still
+    says how that trial ended), and says `ready` when it starts."""
 
-    mine = _storage.join(pool, f"w{worker}")
-    every = _interval(pool)
-    last = _read(_storage.join(mine, "state")) or {}  # an earlier attempt of this worker job (Batch retried it)
-    done_seq = last.get("seq", 0) - (last.get("state") == "running")  # a trial it did not finish runs again
-    idle_since = time.monotonic()
-    beat, beat_seen = None, time.monotonic()
-    fresh = os.environ.get(ENV_FRESH) == "1" or not hasattr(os, "fork")
-    trial = None
-    stopping = []
+    def __init__(self, plain, pool: str, worker: int, idle_timeout_s: float, scratch: Path):
+        self.plain, self.pool, self.worker = plain, pool, worker
+        self.idle_timeout_s, self.scratch = idle_timeout_s, scratch
+        self.mine = _storage.join(pool, f"w{worker}")
+        self.every = _interval(pool)
+        self.fresh = os.environ.get(ENV_FRESH) == "1" or not hasattr(os, "fork")
+        self.trial_timeout_s = float(os.environ.get(ENV_TRIAL_TIMEOUT) or 0)
+        last = _read(_storage.join(self.mine, "state")) or {}  # an earlier attempt (Batch retried this job)
+        if last.get("state") == "running":  # a trial it did not finish runs again
+            last = {"seq": last["seq"] - 1}
+        self.last = {k: v for k, v in last.items() if k not in ("state", "why")}
+        self.beat, self.beat_seen = None, time.monotonic()
+        self.trial = None
+        self.stopping = False
 
-    def on_sigterm(signum, frame):  # Batch stopping this job (Ctrl-C, cancel, Spot): so is the trial
-        stopping.append(signum)
-        if trial is not None and trial.returncode is None:
-            _signal(trial, signal.SIGTERM)
+    def say(self, state: str, **fields) -> None:
+        _write(_storage.join(self.mine, "state"), {**self.last, **fields, "state": state})
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    print(f"hydra-awsbatch: warm worker {worker} of pool {pool}", flush=True)
+    def on_sigterm(self, signum, frame) -> None:  # Batch stopping this job (Ctrl-C, cancel, Spot): and the trial
+        self.stopping = True
+        if self.trial is not None and self.trial.returncode is None:
+            _signal(self.trial, signal.SIGTERM)
 
-    def exited(why: str, code: int = 0) -> int:
-        _write(_storage.join(mine, "state"), {"state": "exited", "seq": done_seq, "why": why})
-        print(f"hydra-awsbatch: warm worker {worker} exits: {why}", flush=True)
+    def orphaned(self) -> str | None:
+        """Why this worker must stop: the sweep ended, or its launcher went silent."""
+        parent = _read(_storage.join(self.pool, "parent")) or {}
+        if parent.get("beat") != self.beat:
+            self.beat, self.beat_seen = parent.get("beat"), time.monotonic()
+        if parent.get("stop"):
+            return "the sweep ended"
+        if time.monotonic() - self.beat_seen > PARENT_SILENCE_S:
+            return f"the launcher was silent for {PARENT_SILENCE_S:.0f} s"
+        return None
+
+    def exited(self, why: str, code: int = 0) -> int:
+        self.say("exited", exit_why=why)
+        print(f"hydra-awsbatch: warm worker {self.worker} exits: {why}", flush=True)
         return code
 
-    while True:
-        parent = _read(_storage.join(pool, "parent")) or {}
-        if parent.get("beat") != beat:
-            beat, beat_seen = parent.get("beat"), time.monotonic()
-        if parent.get("stop"):
-            return exited("the sweep ended")
-        if stopping:
-            return exited("stopped by SIGTERM", plain.EXIT_INTERRUPTED)
-        if time.monotonic() - beat_seen > PARENT_SILENCE_S:
-            return exited(f"the launcher was silent for {PARENT_SILENCE_S:.0f} s")
-        assign = _read(_storage.join(mine, "assign")) or {}
-        if assign.get("seq", 0) > done_seq and not assign.get("stop"):
-            print(f"hydra-awsbatch: warm worker {worker}: trial {assign['num']} starts", flush=True)
-            trial = _start(assign, fresh, scratch)
-            started = time.time()
-            _write(_storage.join(mine, "state"), {"state": "running", "seq": assign["seq"], "num": assign["num"],
-                                                  "started": started})
-            code = _follow(trial, mine, assign["seq"], every)
-            try:  # what the trial left running in its session goes with it
-                os.killpg(trial.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            trial = None
-            done_seq, idle_since = assign["seq"], time.monotonic()
-            _write(_storage.join(mine, "state"), {"state": "ended", "seq": done_seq, "num": assign["num"],
-                                                  "exit_code": code, "started": started, "stopped": time.time()})
-            print(f"hydra-awsbatch: warm worker {worker}: trial {assign['num']} ended (exit code {code})", flush=True)
-            continue
-        if time.monotonic() - idle_since > idle_timeout_s:
-            return exited(f"no work for {idle_timeout_s:.0f} s")
-        time.sleep(every)
+    def serve(self) -> int:
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        print(f"hydra-awsbatch: warm worker {self.worker} of pool {self.pool}", flush=True)
+        self.say("ready")
+        idle_since = time.monotonic()
+        while True:
+            why = self.orphaned()
+            if why:
+                return self.exited(why)
+            if self.stopping:
+                return self.exited("stopped by SIGTERM", self.plain.EXIT_INTERRUPTED)
+            assign = _read(_storage.join(self.mine, "assign")) or {}
+            if assign.get("seq", 0) > self.last.get("seq", 0):
+                if assign.get("stop"):  # taken back before it started
+                    self.last = {"seq": assign["seq"], "num": assign["num"], "exit_code": None, "revoked": True}
+                    self.say("ended")
+                else:
+                    self.run(assign)
+                idle_since = time.monotonic()
+                continue
+            if time.monotonic() - idle_since > self.idle_timeout_s:
+                return self.exited(f"no work for {self.idle_timeout_s:.0f} s")
+            time.sleep(self.every)
 
+    def run(self, assign: dict) -> None:
+        print(f"hydra-awsbatch: warm worker {self.worker}: trial {assign['num']} starts", flush=True)
+        started = time.time()
+        self.trial = _start(self.plain, assign, self.fresh, self.scratch)
+        self.say("running", seq=assign["seq"], num=assign["num"], started=started)
+        code, why = self.follow(assign["seq"])
+        try:  # what the trial left running in its session goes with it
+            os.killpg(self.trial.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.trial = None
+        self.last = {"seq": assign["seq"], "num": assign["num"], "exit_code": code, "started": started,
+                     "stopped": time.time(), "interrupted": self.stopping, "why": why}
+        self.say("ended")
+        print(f"hydra-awsbatch: warm worker {self.worker}: trial {assign['num']} ended (exit code {code}"
+              + (f"; {why}" if why else "") + ")", flush=True)
 
-def _follow(trial, mine: str, seq: int, every: float) -> int:
-    """Wait for the trial's process; SIGTERM its session when the launcher asks this trial to stop."""
-    asked, looked = False, time.monotonic()
-    while trial.poll() is None:
-        time.sleep(0.01)
-        if not asked and time.monotonic() - looked >= max(every, 0.2):
+    def follow(self, seq: int) -> tuple[int, str]:
+        """Wait for the trial's process. SIGTERM its session when the launcher asks this trial to stop, when the
+        launcher is gone, or past the trial's timeout; SIGKILL it KILL_AFTER_S later."""
+        trial, why, asked_at = self.trial, "", None
+        started = looked = time.monotonic()
+        while trial.poll() is None:
+            time.sleep(0.01)
+            if time.monotonic() - looked < max(self.every, 0.2):
+                continue
             looked = time.monotonic()
-            if (_read(_storage.join(mine, "assign")) or {}).get("stop") == seq:
-                _signal(trial, signal.SIGTERM)
-                asked = True
-    return trial.returncode
+            if asked_at is None:
+                if (_read(_storage.join(self.mine, "assign")) or {}).get("stop") == seq:
+                    why = "stopped by the sweep"
+                elif self.trial_timeout_s and time.monotonic() - started > self.trial_timeout_s:
+                    why = f"past its timeout of {self.trial_timeout_s:.0f} s"
+                else:
+                    why = self.orphaned() or ""
+                if why:
+                    _signal(trial, signal.SIGTERM)
+                    asked_at = time.monotonic()
+            elif time.monotonic() - asked_at > KILL_AFTER_S:
+                _signal(trial, signal.SIGKILL)
+        return trial.returncode, why
 
 
 # ------------------------------------------------------------------------------------------- the launcher
 class WarmPool:
-    """An executor of trials on `size` warm workers, which `workers` (the executor of the worker jobs) runs."""
+    """An executor of trials on `size` warm workers, which `workers` (the executor of the worker jobs) runs. Each
+    pool has a folder of its own under the sweep's `pool/` (a resumed sweep's pool starts afresh). Storage
+    errors and failed worker submissions are logged and tried again the next round: they do not end the sweep."""
 
     def __init__(self, workers, pool: str, size: int):
-        self.workers, self.size, self.pool = workers, size, pool
+        self.workers, self.size = workers, size
+        self.pool = _storage.join(pool, secrets.token_hex(4))
         self.poll_interval_s = _interval(self.pool)
         self.trials: dict[int, JobInfo] = {}
         self.queue: list[int] = []  # trial numbers waiting for a worker, in order
@@ -225,20 +271,29 @@ class WarmPool:
         self.assigned: dict[int, tuple[int, int]] = {}  # worker -> (seq, trial number) it was last given
         self.ran_on: dict[int, int] = {}  # trial number -> the worker it was last given to
         self.live: dict[int, JobInfo] = {}  # worker -> its job, while it runs
+        self.states: dict[int, dict] = {}  # worker -> its state object, as last read
         self.started = 0  # worker jobs started so far (worker numbers 0, 1, ...)
+        self.stillborn = 0  # worker jobs that failed before they said they were ready
         self.seq = 0
-        self.beat, self.beat_at = 0, 0.0
+        self.closing = False  # the sweep is ending: nothing is handed out, started or run again
         self.workers_polled, self._seen = 0.0, []
+        self.trouble = ""  # the last error of a round, logged once
+        self._beats = threading.Event()
+        self._beat_lock = threading.Lock()  # the heartbeat and the stop: the stop is the last word
         atexit.register(self.close)  # the launcher's end is the sweep's: the workers go
 
     # the pool ---------------------------------------------------------------------------------------------
     def _start(self, count: int) -> None:
-        first, self.started = self.started, self.started + count
+        first = self.started
         for array in self.workers.submit(launch_uri(self.pool, first), first, count):
             log.info(f"Started {array.size} warm worker(s): {array.job_id}")
+        self.started += count
         for info in self._poll_workers(force=True):
             if first <= info.num < first + count:
                 self.live[info.num] = info
+        if not self._beats.is_set():
+            self._beats.set()
+            threading.Thread(target=self._heartbeat, daemon=True, name="warm-pool-heartbeat").start()
 
     def _poll_workers(self, force: bool = False) -> list[JobInfo]:
         """The worker jobs' states, polled at the worker executor's own pace (Batch: DescribeJobs)."""
@@ -247,10 +302,27 @@ class WarmPool:
             self._seen = self.workers.poll()
         return self._seen
 
-    def _heartbeat(self, stop: bool = False) -> None:
-        if stop or time.monotonic() - self.beat_at >= PARENT_BEAT_S:
-            self.beat, self.beat_at = self.beat + 1, time.monotonic()
-            _write(_storage.join(self.pool, "parent"), {"beat": self.beat, "stop": stop})
+    def _heartbeat(self) -> None:
+        """The launcher's heartbeat, from a thread of its own (the watcher may be busy bringing outputs home)."""
+        beat = 0
+        while not self.closing:
+            beat += 1
+            with self._beat_lock:
+                try:
+                    if not self.closing:
+                        _write(_storage.join(self.pool, "parent"), {"beat": beat, "stop": False})
+                except Exception as error:  # the workers wait PARENT_SILENCE_S before they give up
+                    log.warning(f"warm workers: the heartbeat could not be written ({error})")
+            time.sleep(PARENT_BEAT_S)
+
+    def _stop_workers(self) -> None:
+        with self._beat_lock:
+            self.closing = True
+            _write(_storage.join(self.pool, "parent"), {"beat": -1, "stop": True})
+
+    def _state(self, worker: int) -> dict:
+        self.states[worker] = _read(_storage.join(self.pool, f"w{worker}", "state")) or {}
+        return self.states[worker]
 
     # Executor ---------------------------------------------------------------------------------------------
     def submit(self, payload_uri: str, first: int, size: int) -> list[Array]:
@@ -258,21 +330,28 @@ class WarmPool:
             self.trials[first + index] = JobInfo(first + index, BatchState.RUNNABLE)
             self.where[first + index] = (payload_uri, index)
             self.queue.append(first + index)
-        self._heartbeat()
-        self._staff()
-        self._assign()
+        self._round()
         return [Array(f"warm-pool:{first}", first, size)]
 
     def poll(self) -> list[JobInfo]:
-        self._heartbeat()
-        for info in self._poll_workers():
-            if info.num in self.live:
-                self.live[info.num] = info
-        for worker in list(self.live):
-            self._follow(worker)
-        self._staff()
-        self._assign()
+        self._round()
         return list(self.trials.values())
+
+    def _round(self) -> None:
+        try:
+            for info in self._poll_workers():
+                if info.num in self.live:
+                    self.live[info.num] = info
+            for worker in list(self.live):
+                self._follow(worker)
+            if not self.closing:
+                self._staff()
+                self._assign()
+            self.trouble = ""
+        except Exception as error:  # storage or Batch: next round
+            if str(error) != self.trouble:
+                log.warning(f"warm workers: {error}; trying again")
+            self.trouble = str(error)
 
     def _staff(self) -> None:
         """Workers for the trials waiting: at the start, in place of one that died, after idle ones left."""
@@ -284,39 +363,70 @@ class WarmPool:
         seq, num = self.assigned.get(worker, (0, None))
         trial = self.trials.get(num)
         busy = trial is not None and trial.state not in FINAL
-        state = (_read(_storage.join(self.pool, f"w{worker}", "state")) or {}) if busy else {}
+        state = self._state(worker) if busy else self.states.get(worker, {})
         if busy and state.get("seq") == seq:
             trial.started = state.get("started") or trial.started  # the worker's clock, as Batch's times are
             if state.get("state") == "running":
                 trial.state = BatchState.RUNNING
-            elif state.get("state") == "ended":
-                code = state.get("exit_code")
-                trial.exit_code, trial.stopped = code, state.get("stopped") or time.time()
-                trial.state = BatchState.SUCCEEDED if code == 0 else BatchState.FAILED
-                if code:
-                    trial.reason = f"Essential container in task exited (exit code {code})"
+            elif "exit_code" in state and not state.get("revoked"):  # ended, or exited after it ended
+                self._ended(trial, state, job)
         if job.state not in FINAL:
             return
         del self.live[worker]  # the worker job ended: idle, told to stop, or dead
-        if trial is not None and trial.state not in FINAL:  # its trial goes to another worker
-            self.losses[num] = self.losses.get(num, 0) + 1
-            why = f"its warm worker {job.job_id} ended ({job.reason or job.state})"
-            if self.losses[num] >= MAX_LOSSES:
-                trial.state, trial.reason, trial.stopped = BatchState.FAILED, why, time.time()
-            else:
-                log.warning(f"Trial {num}: {why}; it runs again on another worker")
-                trial.state, trial.job_id, trial.started = BatchState.RUNNABLE, "", None
-                self.queue.insert(0, num)
+        if "state" not in self._state(worker) and job.state == BatchState.FAILED:
+            self._stillborn(job)
+        if trial is not None and trial.state not in FINAL and not self.closing:  # its trial goes to another worker
+            lost = state.get("seq", 0) >= seq  # it had started the trial (else it left before it saw it)
+            self._again(trial, f"its warm worker {job.job_id} ended ({job.reason or job.state})", lost)
+
+    def _stillborn(self, job: JobInfo) -> None:
+        """A worker job that failed before it ran anything: after MAX_LOSSES of them, no more are started and the
+        waiting trials fail, saying why (rather than workers started and failing forever)."""
+        self.stillborn += 1
+        if self.stillborn < MAX_LOSSES or self.closing:
+            return
+        why = (f"{self.stillborn} warm workers failed before they started (the last: {job.job_id}, "
+               f"{job.reason or job.state}{'; its log: ' + job.log_path if job.log_path else ''})")
+        log.error(f"{why}: the {len(self.queue)} trials waiting for one fail")
+        for num in self.queue:
+            self.trials[num].state, self.trials[num].reason = BatchState.FAILED, why
+            self.trials[num].stopped = time.time()
+        self.queue.clear()
+
+    def _ended(self, trial: JobInfo, state: dict, job: JobInfo) -> None:
+        code = state.get("exit_code")
+        if state.get("interrupted") and not self.closing:  # Batch stopped the worker (Spot): the trial runs again
+            self._again(trial, f"its warm worker {job.job_id} was stopped (SIGTERM)", lost=True)
+            return
+        trial.exit_code, trial.stopped = code, state.get("stopped") or time.time()
+        trial.state = BatchState.SUCCEEDED if code == 0 else BatchState.FAILED
+        if code:
+            trial.reason = (f"Essential container in task exited (exit code {code})"
+                            + (f": {state['why']}" if state.get("why") else ""))
+
+    def _again(self, trial: JobInfo, why: str, lost: bool) -> None:
+        """The trial runs again on another worker; a trial whose workers died under it MAX_LOSSES times fails."""
+        self.losses[trial.num] = self.losses.get(trial.num, 0) + lost
+        if self.losses[trial.num] >= MAX_LOSSES:
+            trial.state, trial.reason, trial.stopped = BatchState.FAILED, why, time.time()
+            return
+        log.warning(f"Trial {trial.num}: {why}; it runs again on another worker")
+        trial.state, trial.job_id, trial.started = BatchState.RUNNABLE, "", None
+        self.queue.insert(0, trial.num)
+
+    def _idle(self, worker: int) -> bool:
+        """Whether a worker can take a trial: its job runs, and it said it ended the last one it was given."""
+        if self.live[worker].state != BatchState.RUNNING:
+            return False
+        seq, _ = self.assigned.get(worker, (0, None))
+        state = self._state(worker)
+        return state.get("state") in ("ready", "ended") and state.get("seq", 0) >= seq
 
     def _assign(self) -> None:
         for worker, job in sorted(self.live.items()):
             if not self.queue:
                 return
-            seq, num = self.assigned.get(worker, (0, None))
-            if num is not None and self.trials[num].state not in FINAL:
-                continue  # busy
-            state = _read(_storage.join(self.pool, f"w{worker}", "state")) or {}
-            if state.get("state") == "exited":
+            if not self._idle(worker):
                 continue
             num = self.queue.pop(0)
             self.seq += 1
@@ -331,23 +441,25 @@ class WarmPool:
     def terminate(self, reason: str, force: bool = False, nums=None) -> int:
         unfinished = [t for t in self.trials.values() if t.state not in FINAL and (nums is None or t.num in nums)]
         if nums is None:  # the whole sweep: the workers go, and their trials with them
-            self._heartbeat(stop=True)
             self.queue.clear()
-            self.workers.terminate(reason, force)
-            self.poll()
+            try:
+                self._stop_workers()
+            finally:
+                self.workers.terminate(reason, force)
+            self._round()
         else:
             self.queue = [num for num in self.queue if num not in nums]
-            running = {num: worker for worker, (seq, num) in self.assigned.items() if num in nums}
-            for num, worker in running.items():
+            given = {num: worker for worker, (seq, num) in self.assigned.items() if num in nums}
+            for num, worker in given.items():  # a running trial is stopped; one not yet started, taken back
                 seq = self.assigned[worker][0]
                 payload_uri, index = self.where[num]
                 _write(_storage.join(self.pool, f"w{worker}", "assign"),
                        {"seq": seq, "num": num, "payload_uri": payload_uri, "index": index, "stop": seq})
+            running = [num for num in given if self.trials[num].state == BatchState.RUNNING]
             deadline = time.monotonic() + (0 if force else STOP_WAIT_S)
-            while not force and time.monotonic() < deadline and any(
-                    self.trials[num].state not in FINAL for num in running):
+            while time.monotonic() < deadline and any(self.trials[num].state not in FINAL for num in running):
                 time.sleep(self.poll_interval_s)
-                self.poll()
+                self._round()
         for trial in unfinished:  # stopped for `reason`, whatever its exit code (as Batch's statusReason says)
             if trial.state not in FINAL:
                 trial.state, trial.stopped = BatchState.FAILED, time.time()
@@ -356,9 +468,9 @@ class WarmPool:
 
     def close(self) -> None:
         """The sweep has ended (the launcher exits): the workers exit."""
-        if self.started:
+        if self.started and not self.closing:
             try:
-                self._heartbeat(stop=True)
+                self._stop_workers()
             except Exception as error:  # at exit: the workers still go, when the heartbeat stops
                 log.warning(f"could not tell the warm workers to stop ({error}); they stop within "
                             f"{PARENT_SILENCE_S:.0f} s")

@@ -123,10 +123,12 @@ class BaseAwsBatchLauncher(Launcher):
         if self.params.get("procs_per_node"):  # the worker starts them (_nodes.py)
             environment[ENV_PROCS_PER_NODE] = str(self.params.procs_per_node)
         if self.params.get("workers"):
-            from hydra_plugins.hydra_awsbatch_launcher._workers import ENV_FRESH, ENV_IDLE_TIMEOUT
+            from hydra_plugins.hydra_awsbatch_launcher._workers import ENV_FRESH, ENV_IDLE_TIMEOUT, ENV_TRIAL_TIMEOUT
 
             environment[ENV_IDLE_TIMEOUT] = str(self.params.idle_timeout_s)
             environment[ENV_FRESH] = "1" if self.params.fresh_interpreter else "0"
+            if self.params.get("timeout_min"):  # each trial's, kept by its worker (the worker job lives on)
+                environment[ENV_TRIAL_TIMEOUT] = str(max(60, int(self.params.timeout_min * 60)))
         return environment
 
     def warm(self, workers, staging):
@@ -342,10 +344,19 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
             job_name=_batch.sanitize_job_name(p.job_name), queue=p.job_queue, job_definition=p.job_definition,
             payload_uri=payload_uri, sweep_id=sweep_id, first=first_num, size=size,
             environment=environment, resources={"VCPU": p.vcpus, "MEMORY": p.memory_mib, "GPU": p.gpus},
-            timeout_s=None if p.timeout_min is None else max(60, int(p.timeout_min * 60)), attempts=p.attempts,
+            timeout_s=self.timeout_s(), attempts=p.attempts,
             tags={**_batch.automatic_tags(sweep_id, p.job_name), **p.tags},
             share_identifier=p.share_identifier, scheduling_priority=p.scheduling_priority,
             nodes=int(p.get("nodes", 1)))
+
+    def timeout_s(self) -> int | None:
+        """A job's Batch timeout: the trial's (timeout_min); a warm worker's is WORKER_LIFE_S (its trials keep
+        theirs), since the job definition's would end it mid-sweep."""
+        if self.params.get("workers"):
+            from hydra_plugins.hydra_awsbatch_launcher._workers import WORKER_LIFE_S
+
+            return WORKER_LIFE_S
+        return None if self.params.timeout_min is None else max(60, int(self.params.timeout_min * 60))
 
     def show_dry_run(self, staged) -> None:
         import json

@@ -61,7 +61,8 @@ def open_sweep(sweep: str, on_batch: bool = True):
         raise SystemExit(f"hydra-awsbatch: sweep {manifest.sweep_id} runs as local processes of its launching "
                          f"process ({holder}), which collects them; their logs are in "
                          f"{shlex.quote(str(Path(manifest.sweep_dir) / '.logs'))}")
-    if settings.get("workers") and on_batch:
+    warm = bool(settings.get("workers"))
+    if warm and on_batch:
         raise SystemExit(f"hydra-awsbatch: sweep {manifest.sweep_id} ran on {settings['workers']} warm workers, which "
                          "only its launching process feeds: they stop with it (Ctrl-C there), or on their own within "
                          "a minute of its end. Its finished trials are in the sweep dir; run the sweep again to "
@@ -71,7 +72,8 @@ def open_sweep(sweep: str, on_batch: bool = True):
     except BatchError as error:
         raise SystemExit(f"hydra-awsbatch: {error}") from None
     executor = BatchExecutor(api)
-    executor.add([array for batch in manifest.batches for array in batch.arrays])
+    if not warm:  # a warm sweep's records say what its trials did; its arrays are its workers', not theirs
+        executor.add([array for batch in manifest.batches for array in batch.arrays])
     return manifest, _sweep.Sweep(manifest, executor, **options)
 
 

@@ -33,6 +33,8 @@ ENV_INDEX_OFFSET = "HYDRA_AWSBATCH_INDEX_OFFSET"
 ENV_IN_PLACE = "HYDRA_AWSBATCH_IN_PLACE"
 # Set by aws_batch_local: the launching process, with which the job stops.
 ENV_PARENT_PID = "HYDRA_AWSBATCH_PARENT_PID"
+# Set for a warm worker's trial in a new Python: when its worker dies, it is killed (it runs again elsewhere).
+ENV_ORPHAN_KILL = "HYDRA_AWSBATCH_ORPHAN_KILL"
 EXIT_FAILED, EXIT_NO_PAYLOAD, EXIT_INTERRUPTED = 1, 2, 75
 MODULE = "hydra_plugins.hydra_awsbatch_launcher.worker"  # run as `python -m MODULE`
 
@@ -379,13 +381,16 @@ def main() -> int:
                          "the hydra/launcher=aws_batch launcher submits; it is not meant to be run alone.\n")
         return EXIT_NO_PAYLOAD
     if os.environ.get(ENV_PARENT_PID, "").isdigit():
-        threading.Thread(target=_watch_parent, args=(int(os.environ[ENV_PARENT_PID]),), daemon=True).start()
+        orphan = signal.SIGKILL if os.environ.get(ENV_ORPHAN_KILL) else signal.SIGTERM
+        threading.Thread(target=_watch_parent, args=(int(os.environ[ENV_PARENT_PID]), orphan), daemon=True).start()
     index = int(os.environ.get(ENV_INDEX_OFFSET) or 0) + array_index()
     from hydra_plugins.hydra_awsbatch_launcher import _workers
 
     if _workers.is_pool(payload_uri):  # a warm worker: trial after trial, each the plain worker in a process
         pool, first = _workers.parse(payload_uri)
-        return _workers.serve(pool, first + index, float(os.environ.get(_workers.ENV_IDLE_TIMEOUT) or 60))
+        from hydra_plugins.hydra_awsbatch_launcher import worker  # this module proper, even run as __main__
+
+        return _workers.serve(worker, pool, first + index, float(os.environ.get(_workers.ENV_IDLE_TIMEOUT) or 60))
     return run(payload_uri, index)
 
 
