@@ -122,8 +122,7 @@ def _start(plain, assign: dict, fresh: bool, scratch: Path):
         return subprocess.Popen([sys.executable, "-m", plain.MODULE], start_new_session=True,
                                 env=dict(os.environ, **env, **{plain.ENV_PARENT_PID: str(os.getpid()),
                                                                plain.ENV_ORPHAN_KILL: "1"}))
-    if assign["payload_uri"] not in plain._WARM:
-        plain.warm_up(assign["payload_uri"], scratch)
+    plain.warm_up(assign["payload_uri"], scratch)
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
@@ -272,13 +271,14 @@ class WarmPool:
         self.ran_on: dict[int, int] = {}  # trial number -> the worker it was last given to
         self.live: dict[int, JobInfo] = {}  # worker -> its job, while it runs
         self.states: dict[int, dict] = {}  # worker -> its state object, as last read
+        self.read_now: set[int] = set()  # workers whose state was read this round
         self.started = 0  # worker jobs started so far (worker numbers 0, 1, ...)
         self.stillborn = 0  # worker jobs that failed before they said they were ready
         self.seq = 0
         self.closing = False  # the sweep is ending: nothing is handed out, started or run again
         self.workers_polled, self._seen = 0.0, []
         self.trouble = ""  # the last error of a round, logged once
-        self._beats = threading.Event()
+        self._beating = False  # the heartbeat thread runs
         self._beat_lock = threading.Lock()  # the heartbeat and the stop: the stop is the last word
         atexit.register(self.close)  # the launcher's end is the sweep's: the workers go
 
@@ -291,8 +291,8 @@ class WarmPool:
         for info in self._poll_workers(force=True):
             if first <= info.num < first + count:
                 self.live[info.num] = info
-        if not self._beats.is_set():
-            self._beats.set()
+        if not self._beating:
+            self._beating = True
             threading.Thread(target=self._heartbeat, daemon=True, name="warm-pool-heartbeat").start()
 
     def _poll_workers(self, force: bool = False) -> list[JobInfo]:
@@ -321,7 +321,10 @@ class WarmPool:
             _write(_storage.join(self.pool, "parent"), {"beat": -1, "stop": True})
 
     def _state(self, worker: int) -> dict:
-        self.states[worker] = _read(_storage.join(self.pool, f"w{worker}", "state")) or {}
+        """Worker `worker`'s state object: read once a round (one GET on S3)."""
+        if worker not in self.read_now:
+            self.states[worker] = _read(_storage.join(self.pool, f"w{worker}", "state")) or {}
+            self.read_now.add(worker)
         return self.states[worker]
 
     # Executor ---------------------------------------------------------------------------------------------
@@ -338,6 +341,7 @@ class WarmPool:
         return list(self.trials.values())
 
     def _round(self) -> None:
+        self.read_now.clear()
         try:
             for info in self._poll_workers():
                 if info.num in self.live:

@@ -277,7 +277,9 @@ def warm_up(payload_uri: str, scratch: Path) -> None:
     """What each trial of a warm worker would do anew (_workers.py): import Hydra and the task's own modules,
     and read and unpickle the payload (all the configs of its batch), once here, in a copy of the code package,
     so that every trial forked from this process starts with them. Whatever goes wrong is left for the trial
-    itself to say."""
+    itself to say. A payload warmed up already is not read again."""
+    if payload_uri in _WARM:
+        return
     from hydra.core import utils  # noqa: F401  (run_job, and Hydra's imports with it)
 
     from hydra_plugins.hydra_awsbatch_launcher import _package, _storage, _wire
