@@ -178,7 +178,7 @@ def test_reserved_environment_names_are_refused_before_staging(run_script, tmp_p
 def test_worker_refuses_a_payload_from_another_python(tmp_path, app_env):
     staging = _manifest.Staging(str(tmp_path / "staging"), "s1")
     data, _ = _wire.dump_payload({"code_uri": "unused", "code_root": "/", "sync_outputs": True},
-                                  _wire.PayloadBody("never", "unpickled", {}, []))
+                                  _wire.PayloadBody("never", "unpickled", {}), [], [])
     payload = pickle.loads(data)
     payload["header"]["versions"]["python"] = "3.8.10"
     Path(staging.payload(4)).parent.mkdir(parents=True)

@@ -142,7 +142,8 @@ def test_a_metric_the_task_never_reports_is_said_when_the_first_trial_ends(tmp_p
             and "ended having reported only loss, so hydra.sweeper.pruner=median has nothing to compare"
             in proc.stderr), proc.stderr[-3000:]
     with open(tmp_path / "sweep/trials.csv") as stream:
-        assert sum(t["status"] in ("completed", "failed") for t in csv.DictReader(stream)) == 1  # after one trial
+        ended = sum(t["status"] in ("completed", "failed") for t in csv.DictReader(stream))
+    assert 1 <= ended <= 3  # when the first trial ended (with any that ended in the same watch round), not after 9
 
 
 @pytest.mark.integration

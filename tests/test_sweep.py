@@ -4,6 +4,7 @@ non-blocking launches on aws_batch_local (a new job starts as soon as one ends).
 from __future__ import annotations
 
 import concurrent.futures
+import pickle
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.hydra_awsbatch_launcher import _errors, _manifest, _storage, _sweep, _wire
+from hydra_plugins.hydra_awsbatch_launcher._compose import ComposedBatch, Recipe
 from hydra_plugins.hydra_awsbatch_launcher._executor import JobInfo
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, BatchState
 from hydra_plugins.hydra_awsbatch_launcher._stage import StagedBatch
@@ -82,17 +84,17 @@ class ScriptedExecutor:
         return False
 
 
-class Staged(StagedBatch):
-    def subdirs(self) -> list[str]:  # Hydra's own subdir needs a whole Hydra config; these are plain ones
-        return [str(config.x) for config in self.configs]
+BASE = {"x": 0, "hydra": {"job": {"name": "app", "config": {"override_dirname": {
+    "kv_sep": "=", "item_sep": ",", "exclude_keys": []}}}, "overrides": {"task": []}, "sweep": {"dir": "sweep"}}}
 
 
 def staged(first: int, size: int = 1) -> StagedBatch:
-    """A batch as the stage step returns it, with as much of each job's config as the engine reads."""
-    configs = [OmegaConf.create({"x": num, "hydra": {"job": {"num": num, "name": "app"},
-                                                     "overrides": {"task": [f"x={num}"]}}})
-               for num in range(first, first + size)]
-    return Staged(first, f"payload-{first}", "code", configs)
+    """A batch as the stage step returns it: one base config (as much of one as the engine reads) and a recipe
+    per job."""
+    recipes = [Recipe(0, num, (f"x={num}",), (f"x={num}",)) for num in range(first, first + size)]
+    jobs = ComposedBatch(first, "sweep", [pickle.dumps(OmegaConf.create(BASE))], recipes,
+                         [str(num) for num in range(first, first + size)])
+    return StagedBatch(f"payload-{first}", "code", jobs)
 
 
 @pytest.fixture

@@ -104,11 +104,14 @@ def test_sweep_ids_start_with_a_fixed_width_time_and_differ():
     assert abs((datetime.datetime.now() - made).total_seconds()) < 5
 
 
-def test_payload_header_loads_without_the_body():
-    data, _ = _wire.dump_payload({"code_uri": "x"}, _wire.PayloadBody("context", "task", {}, [1, 2]))
-    header, body = _wire.load_payload(data)
-    assert header["code_uri"] == "x" and header["versions"] == _wire.versions()
-    assert isinstance(body, bytes)
+def test_payload_header_loads_without_the_body_and_each_base_apart():
+    recipes = [(0, 5, ("x=1",), ("x=1",)), (1, 6, (), ("model=cnn",))]
+    data, _ = _wire.dump_payload({"code_uri": "x"}, _wire.PayloadBody("context", "task", {}), ["base 0", "base 1"],
+                                 recipes)
+    payload = _wire.load_payload(data)
+    assert payload.header["code_uri"] == "x" and payload.header["versions"] == _wire.versions()
+    assert isinstance(payload.body, bytes) and payload.recipes == recipes
+    assert [_wire.loads(base) for base in payload.bases] == ["base 0", "base 1"]  # each unpickled on its own
 
 
 def test_version_mismatch_names_both_versions():

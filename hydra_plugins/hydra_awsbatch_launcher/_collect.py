@@ -14,10 +14,10 @@ from hydra_plugins.hydra_awsbatch_launcher._manifest import BatchState, JobRecor
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
 
-def collect(staging: Staging, job: JobRecord, job_dir: Path, config, *, sync_outputs: bool, sync_exclude=(),
-            script: Path | None = None, details: Callable[[], str] = str, quiet: bool = False):
+def collect(staging: Staging, job: JobRecord, job_dir: Path, config: Callable = lambda: None, *, sync_outputs: bool,
+            sync_exclude=(), script: Path | None = None, details: Callable[[], str] = str, quiet: bool = False):
     """The JobReturn of a job that ended, and what its result object says of its end (exit_code, task_started,
-    task_ended; empty without one).
+    task_ended; empty without one). `config()`: the job's config, made when its JobReturn must be made here.
     Outputs are brought home when `sync_outputs`; a result or outputs that cannot be read fail this job alone,
     saying why. `details()`: what the executor knows of a job that left no result. `quiet`: a job stopped on
     purpose, whose failure is not logged (its exception still carries the remote traceback)."""
@@ -45,7 +45,8 @@ def collect(staging: Staging, job: JobRecord, job_dir: Path, config, *, sync_out
     return ret, {key: (result or {}).get(key) for key in ("exit_code", "task_started", "task_ended")}
 
 
-def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missing: str, quiet: bool = False):
+def job_return(config: Callable, job: JobRecord, job_dir: Path, result: dict | None, missing: str,
+               quiet: bool = False):
     """Hydra's JobReturn: the worker's own when it came back, else one that says why not."""
     from hydra.core.utils import JobStatus
     from omegaconf import open_dict, read_write
@@ -60,7 +61,7 @@ def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missi
         if ret.status == JobStatus.FAILED:
             explain(num, ret._return_value, result["error"], quiet)
         return ret
-    ret = unfinished_return(config, job_dir, job)
+    ret = unfinished_return(job.overrides, job_dir, config())
     if result is not None and result["status"] == _wire.Outcome.SUCCEEDED:  # sys.exit(0): a normal end, no value
         return ret
     ret.status = JobStatus.FAILED
@@ -74,18 +75,26 @@ def job_return(config, job: JobRecord, job_dir: Path, result: dict | None, missi
     return ret
 
 
-def unfinished_return(config, job_dir: Path | None = None, job: JobRecord | None = None):
-    """A JobReturn for a job whose result is not here (a dry run, wait=false, or none came back); from its
-    manifest record alone when its config is not at hand (a sweep opened from its manifest)."""
+def never_started(job: JobRecord, job_dir: Path):
+    """The JobReturn of a job stopped before it started (nothing of it to read or bring home)."""
+    from hydra.core.utils import JobStatus
+
+    ret = unfinished_return(job.overrides, job_dir)
+    ret.status = JobStatus.FAILED
+    ret.return_value = RemoteJobError(f"job #{job.num} was stopped before it started ({job.reason or 'stopped'})")
+    return ret
+
+
+def unfinished_return(overrides, job_dir: Path | None = None, config=None):
+    """A JobReturn for a job whose result is not here (a dry run, wait=false, or none came back); without its
+    config where none is at hand (a dry run or wait=false of 10,000 jobs would make 10,000 configs)."""
     from hydra.core.utils import JobReturn, JobStatus
 
     ret = JobReturn()
-    if config is not None:  # the composed config itself, not copies: a dry run of 1,000 jobs makes 1,000 of these
-        ret.overrides = list(config.hydra.overrides.task)
+    ret.overrides = list(overrides)
+    if config is not None:
         ret.cfg = ret.hydra_cfg = config  # hydra_cfg.hydra, as in Hydra's own JobReturn
         ret.task_name = config.hydra.job.name
-    else:
-        ret.overrides = list(job.overrides)
     ret.working_dir = str(job_dir or "")
     ret.status, ret.return_value = JobStatus.COMPLETED, None
     return ret

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hydra_plugins.hydra_awsbatch_launcher import _package, _storage, _wire
-from hydra_plugins.hydra_awsbatch_launcher._compose import job_subdir
 from hydra_plugins.hydra_awsbatch_launcher._errors import LaunchError
 from hydra_plugins.hydra_awsbatch_launcher._manifest import Staging
 
@@ -19,14 +18,17 @@ log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 class StagedBatch(NamedTuple):
     """What the stage step wrote for one batch of jobs: the engine records it and submits it."""
 
-    first: int  # the batch's first job number
     payload_uri: str
     code_uri: str
-    configs: list  # the composed configs, in job order
+    jobs: object  # the batch as composed (_compose.ComposedBatch)
 
-    def subdirs(self) -> list[str]:
-        """Each job's dir under the sweep dir (asked for only when the batch is submitted)."""
-        return [job_subdir(config) for config in self.configs]
+    @property
+    def first(self) -> int:  # the batch's first job number
+        return self.jobs.first
+
+    @property
+    def nums(self) -> list[int]:
+        return [recipe.num for recipe in self.jobs.recipes]
 
 
 class Stager:
@@ -40,29 +42,31 @@ class Stager:
         self.script = _wire.ScriptFunction.of(task_function, code_root)
         self._code_uri = ""
 
-    def stage(self, configs: list) -> StagedBatch:
-        """The payload of these jobs (and the code package, the first time) into staging."""
+    def stage(self, jobs) -> StagedBatch:
+        """The payload of these jobs (a _compose.ComposedBatch), and the code package the first time, into
+        staging."""
         from hydra.core.singleton import Singleton
         from hydra.types import HydraContext
 
-        first = configs[0].hydra.job.num
         header = {"code_uri": self.code(), "code_root": str(self.code_root),
-                  "sync_outputs": self.options.sync_outputs}
+                  "sync_outputs": self.options.sync_outputs, "sweep_dir": jobs.sweep_dir}
         state = Singleton.get_state()
-        without_foreign_plugins(state, configs)  # the user's other Hydra plugins stay home
+        bases = jobs.base_configs()
+        without_foreign_plugins(state, bases)  # the user's other Hydra plugins stay home
         # The job calls run_job, which needs the callbacks alone: the config loader (and the configs it cached,
         # other plugins' among them) stays home.
         context = HydraContext(config_loader=None, callbacks=self.callbacks)
-        body = _wire.PayloadBody(context, self.script or self.task_function, state, configs)
-        payload, modules = _wire.dump_payload(header, body)  # pickled even in a dry run: what cannot pickle fails now
+        body = _wire.PayloadBody(context, self.script or self.task_function, state)
+        # pickled even in a dry run: what cannot pickle fails now
+        payload, modules = _wire.dump_payload(header, body, bases, jobs.recipes)
         needed = sorted(m for m in modules if _wire.is_foreign_plugin(m))
         if needed:
             log.warning(f"The jobs need {', '.join(needed)} (e.g. a callback of hydra.callbacks): the job image "
                         "must have it installed")
-        payload_uri = self.staging.payload(first)
+        payload_uri = self.staging.payload(jobs.first)
         if not self.dry_run:
             _storage.write_bytes(payload_uri, payload)
-        return StagedBatch(first, payload_uri, header["code_uri"], configs)
+        return StagedBatch(payload_uri, header["code_uri"], jobs)
 
     def mirror(self, name: str, data: bytes) -> None:
         """A copy of a file of the sweep's (a sweeper's state) beside its manifest; nothing in a dry run."""
@@ -100,7 +104,7 @@ _FOREIGN_ENTRIES: dict[tuple, bool] = {}  # ConfigStore path -> whether its entr
 
 def without_foreign_plugins(singleton_state: dict, configs: list) -> None:
     """Drop from what goes to the job every trace of other Hydra plugins (in place): their ConfigStore
-    entries, and the object types of their nodes under `hydra` in each config (made plain containers)."""
+    entries, and the object types of their nodes under `hydra` in each (base) config (made plain containers)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf, open_dict, read_write
 

@@ -33,7 +33,7 @@ class Sweep:
                  metrics_interval_s: float = _metrics.DEFAULT_INTERVAL_S):
         self.manifest, self.executor = manifest, executor
         self.writes_in_place, self.terminate_on_interrupt = writes_in_place, terminate_on_interrupt
-        self.configs: dict[int, object] = {}  # job number -> its config (none when opened from a manifest)
+        self.composed: dict[int, object] = {}  # job number -> its batch as composed (none when opened from a manifest)
         self.pending: dict[int, concurrent.futures.Future] = {}  # job number -> its future, until collected
         self.num_of: dict[int, int] = {}  # id(future) -> job number
         self.lock = threading.RLock()  # the executor and the manifest: one thread at a time
@@ -43,28 +43,36 @@ class Sweep:
         self.stopped: set[int] = set()  # jobs stopped on purpose (Ctrl-C, a sweeper's stop)
         self.channel = _metrics.Channel(manifest.staging, metrics_interval_s)  # reports in, stop requests out
         self._held, self._exit_hook = held, False  # the sweep dir's lock file; atexit registered
+        self.leaving = False  # told to leave at once (a third Ctrl-C): nothing more is stopped or collected
 
     # ------------------------------------------------------------------------------------------- submit
     def submit(self, staged, watch: bool = True) -> list[concurrent.futures.Future]:
         """Record and start the jobs of one staged batch (_stage.StagedBatch); a future per job, resolved when it
         ends and is collected. `watch=False`: submit only, and say how to follow the sweep (the futures hold
         unfinished returns)."""
-        nums = [config.hydra.job.num for config in staged.configs]
+        nums = staged.nums
         with self.lock:
             batch = self.manifest.add_batch(staged)
             self.manifest.save()
             arrays = self.executor.submit(staged.payload_uri, staged.first, len(nums))
             self.manifest.submitted(batch, arrays, time.time())
-            self.configs.update(zip(nums, staged.configs))
+            self.composed.update((num, staged.jobs) for num in nums)
             self.refresh()
             self.manifest.save()
         log.info(f"Submitted {len(nums)} jobs as {len(arrays)} job(s): {', '.join(a.job_id for a in arrays)}")
         if not watch:
-            where = shlex.quote(self.manifest.sweep_dir)
-            log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status {where}; collect it "
-                     f"with: hydra-awsbatch attach {where}")
-            return [finished(_collect.unfinished_return(config)) for config in staged.configs]
+            return [finished(_collect.unfinished_return(recipe.task)) for recipe in staged.jobs.recipes]
         return self.follow(nums)
+
+    def announce(self, count: int) -> None:
+        """`count` more jobs are on their way, submitted a chunk at a time (saved with the first of them)."""
+        with self.lock:
+            self.manifest.announced = max(self.manifest.announced, len(self.manifest.jobs)) + count
+
+    def not_waiting(self) -> None:
+        where = shlex.quote(self.manifest.sweep_dir)
+        log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status {where}; collect it "
+                 f"with: hydra-awsbatch attach {where}")
 
     def follow(self, nums: list[int]) -> list[concurrent.futures.Future]:
         """Futures for jobs submitted earlier (a sweep opened from its manifest), collected as they end."""
@@ -86,8 +94,10 @@ class Sweep:
             jobs = [self.manifest.jobs_by_num()[num] for num in nums if num in self.manifest.jobs_by_num()]
             if self.executor.adopt([a for batch in self.manifest.batches for a in batch.arrays]):
                 return dict(zip([job.num for job in jobs], self.follow([job.num for job in jobs])))
-        return {job.num: finished(self.collect(JobInfo(job.num, job.state, job.job_id, job.exit_code)))
-                for job in jobs if job.state in FINAL}  # those that ended before the sweeper died have results
+        ended = {job.num: finished(self.collect(JobInfo(job.num, job.state, job.job_id, job.exit_code)))
+                 for job in jobs if job.state in FINAL}  # those that ended before the sweeper died have results
+        self.save()
+        return ended
 
     # -------------------------------------------------------------------------------------------- watch
     def _watch(self) -> None:
@@ -109,8 +119,7 @@ class Sweep:
                 self.take_reports(self.channel.poll(running))
                 self.progress.update([s.state for s in seen], stuck,
                                      {num: self.manifest.job(num).last_report for num in running})
-                for info in ended:
-                    self._resolve(info)
+                self._resolve(ended)
                 time.sleep(self.executor.poll_interval_s)
         except BaseException as error:  # an AWS error, say: every waiting caller hears of it
             with self.lock:
@@ -131,35 +140,54 @@ class Sweep:
             if self.manifest.reported(newest):
                 self.manifest.save()
 
-    def _resolve(self, info: JobInfo) -> None:
-        with self.lock:  # claimed by one thread only: the watcher, or stop()
-            future = self.pending.pop(info.num, None)
-        if future is None:
-            return
-        try:
-            ret = self.collect(info)
-        except BaseException as error:
-            future.set_exception(error)
-        else:
-            future.set_result(ret)
+    def _resolve(self, ended: list[JobInfo]) -> None:
+        """Collect these jobs (each claimed by one thread only: the watcher, or stop()), save the manifest once,
+        then resolve their futures: a caller that sees its results finds them in the manifest."""
+        with self.lock:
+            claimed = [(info, self.pending.pop(info.num)) for info in ended if info.num in self.pending]
+        outcomes = []
+        for info, future in claimed:
+            try:
+                outcomes.append((future, self.collect(info), None))
+            except BaseException as error:
+                outcomes.append((future, None, error))
+        if claimed:
+            self.save()
+        for future, ret, error in outcomes:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(ret)
 
     def collect(self, info: JobInfo):
-        """The job's JobReturn (_collect.py), and its manifest record closed."""
+        """The job's JobReturn (_collect.py), and its manifest record closed (saved by the caller)."""
         from hydra.core.utils import JobStatus
 
         job, settings = self.manifest.job(info.num), self.manifest.settings
-        ret, ended = _collect.collect(
-            self.manifest.staging, job, Path(self.manifest.sweep_dir) / job.subdir, self.configs.get(info.num),
-            sync_outputs=settings.get("sync_outputs", True) and not self.writes_in_place,
-            sync_exclude=settings.get("sync_exclude", []), script=self.manifest.script,
-            details=lambda: self._details(info.num), quiet=info.num in self.stopped)
-        reported = self.channel.records(info.num, Path(self.manifest.sweep_dir) / job.subdir)
+        job_dir = Path(self.manifest.sweep_dir) / job.subdir
+        if info.num in self.stopped and job.started is None:  # stopped before it started: nothing to bring home
+            ret, ended = _collect.never_started(job, job_dir), {"exit_code": info.exit_code}
+        else:
+            ret, ended = _collect.collect(
+                self.manifest.staging, job, job_dir, lambda: self.config(info.num),
+                sync_outputs=settings.get("sync_outputs", True) and not self.writes_in_place,
+                sync_exclude=settings.get("sync_exclude", []), script=self.manifest.script,
+                details=lambda: self._details(info.num), quiet=info.num in self.stopped)
+        reported = self.channel.records(info.num, job_dir)
         with self.lock:
             job.close(_collect.summary(ret), ret.status == JobStatus.COMPLETED,
                       info.exit_code if info.exit_code is not None else ended["exit_code"], ended)
             job.last_report = reported[-1] if reported else job.last_report
-            self.manifest.save()
         return ret
+
+    def config(self, num: int):
+        """Job `num`'s config, made anew from its batch (None for a sweep opened from its manifest)."""
+        batch = self.composed.get(num)
+        return batch.config(num - batch.first) if batch is not None else None
+
+    def save(self) -> None:
+        with self.lock:
+            self.manifest.save()
 
     def _details(self, num: int) -> str:
         with self.lock:
@@ -172,24 +200,35 @@ class Sweep:
         try:
             concurrent.futures.wait(futures)
         except KeyboardInterrupt:
-            self.progress.close()
-            if not self.terminate_on_interrupt:
-                log.warning("Interrupted; the jobs go on. Follow them with: hydra-awsbatch attach "
-                            + shlex.quote(self.manifest.sweep_dir))
-                raise
-            log.warning(f"Interrupted: stopping the unfinished jobs of sweep {self.manifest.sweep_id} "
-                        "(Ctrl-C again to stop them at once)")
-            try:
-                stopped = self.stop(INTERRUPTED_REASON)
-            except KeyboardInterrupt:
-                stopped = self.stop(INTERRUPTED_REASON, force=True)
-                log.warning(f"Second Ctrl-C: {self.executor.forced_stop_note(shlex.quote(self.manifest.sweep_dir))}")
-            log.warning(f"Stopped {stopped} unfinished jobs; the manifest is in {self.manifest.sweep_dir}")
+            self.interrupted()
             raise
         returns = [future.result() for future in futures]
         Progress.summary([Progress.row(self.manifest.job(self.num_of[id(f)]), self.manifest.sweep_dir)
                           for f in futures])
         return returns
+
+    def interrupted(self) -> None:
+        """Ctrl-C, SIGTERM or SIGHUP while the sweep runs: stop every unfinished job (terminate_on_interrupt).
+        Another one meanwhile stops them at once; a third leaves at once, saying what is left."""
+        self.progress.close()
+        where = shlex.quote(self.manifest.sweep_dir)
+        if not self.terminate_on_interrupt:
+            log.warning(f"Interrupted; the jobs go on. Follow them with: hydra-awsbatch attach {where}")
+            return
+        log.warning(f"Interrupted: stopping the unfinished jobs of sweep {self.manifest.sweep_id} "
+                    "(Ctrl-C again to stop them at once)")
+        try:
+            try:
+                stopped = self.stop(INTERRUPTED_REASON)
+            except KeyboardInterrupt:
+                stopped = self.stop(INTERRUPTED_REASON, force=True)
+                log.warning(f"Second Ctrl-C: {self.executor.forced_stop_note(where)}")
+        except KeyboardInterrupt:
+            self.leaving = True
+            log.warning(f"Third Ctrl-C: leaving now, with {len(self.pending)} jobs not collected. See what is left "
+                        f"with: hydra-awsbatch status {where}; stop it with: hydra-awsbatch cancel {where}")
+            return
+        log.warning(f"Stopped {stopped} unfinished jobs; the manifest is in {self.manifest.sweep_dir}")
 
     def stop(self, reason: str, force: bool = False, nums=None, grace_s: float = 0.0) -> int:
         """Terminate every unfinished job (`nums`: those of them), record it, and fail their futures; what they
@@ -207,8 +246,7 @@ class Sweep:
             stopped = self.executor.terminate(reason, force, nums)
             seen = self.refresh()  # every job asked for is final now: terminate() saw to it
             ended = [s for s in seen if s.num in self.pending and (nums is None or s.num in nums)]
-        for info in ended:
-            self._resolve(info)
+        self._resolve(ended)
         return stopped
 
     def refresh(self) -> list[JobInfo]:
@@ -262,7 +300,7 @@ def _stop_on_interrupts(sweep: Sweep) -> None:
             signal.signal(sig, _interrupt)
 
     def at_exit() -> None:
-        if sweep.pending and sweep.terminate_on_interrupt:
+        if sweep.pending and sweep.terminate_on_interrupt and not sweep.leaving:
             log.warning(f"Exiting with {len(sweep.pending)} jobs in flight: stopping them")
             sweep.stop(INTERRUPTED_REASON)
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from hydra_plugins.hydra_awsbatch_launcher._errors import StagingError
 
-FORMAT = 1
+FORMAT = 2  # 2: a payload carries bases and recipes (_compose.py), not a config per job
 
 
 class Outcome(str, enum.Enum):
@@ -130,24 +130,40 @@ def pickled(obj) -> tuple[bytes, set[str]]:
 
 
 class PayloadBody(NamedTuple):
-    """What the job needs besides its code: Hydra's context, the task, Hydra's global state, the configs."""
+    """What every job of a payload needs besides its code and its config: Hydra's context, the task, Hydra's
+    global state."""
 
     hydra_context: Any
     task_function: Any
     singleton_state: dict
-    configs: list
 
 
-def dump_payload(header: dict, body: PayloadBody) -> tuple[bytes, set[str]]:
-    """A plain pickle of {header, body}: the header (versions, URIs) loads on any Python 3 even when the
-    cloudpickled body cannot. Also returns the modules that loading the body will import."""
+class Payload(NamedTuple):
+    """A staged batch of jobs, as the worker reads it: each job unpickles the body and its own config's base."""
+
+    header: dict  # versions, URIs, the sweep dir: plain
+    body: bytes  # PayloadBody, cloudpickled
+    bases: list  # the batch's base configs (_compose.py), each cloudpickled on its own
+    recipes: list  # per job, in order: its _compose.Recipe as a plain tuple
+
+
+def dump_payload(header: dict, body: PayloadBody, bases: list, recipes: list) -> tuple[bytes, set[str]]:
+    """A plain pickle of the payload: the header (versions, URIs) loads on any Python 3 even when the cloudpickled
+    body cannot. Also returns the modules that loading the body and the bases will import."""
     header = dict(header, versions=versions())
     data, modules = pickled(tuple(body))
-    return pickle.dumps({"format": FORMAT, "header": header, "body": data}, protocol=4), modules
+    pickled_bases = []
+    for base in bases:
+        base_data, base_modules = pickled(base)
+        pickled_bases.append(base_data)
+        modules |= base_modules
+    outer = {"format": FORMAT, "header": header, "body": data, "bases": pickled_bases,
+             "recipes": [tuple(recipe) for recipe in recipes]}
+    return pickle.dumps(outer, protocol=4), modules
 
 
-def load_payload(data: bytes) -> tuple[dict, bytes]:
-    """The header and the still-pickled body."""
+def load_payload(data: bytes) -> Payload:
+    """The payload, its body and bases still pickled."""
     try:
         outer = pickle.loads(data)
     except Exception as exc:
@@ -156,7 +172,7 @@ def load_payload(data: bytes) -> tuple[dict, bytes]:
         raise StagingError(f"payload format {outer.get('format') if isinstance(outer, dict) else '?'} is not "
                            f"{FORMAT}: the launcher and the worker come from different hydra-awsbatch-launcher "
                            "versions")
-    return outer["header"], outer["body"]
+    return Payload(outer["header"], outer["body"], outer["bases"], outer["recipes"])
 
 
 # ---------------------------------------------------------------------------------------------- results

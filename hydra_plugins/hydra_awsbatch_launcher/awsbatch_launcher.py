@@ -56,7 +56,12 @@ class BaseAwsBatchLauncher(Launcher):
     # ---------------------------------------------------------------------------------------- the story
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Hydra's blocking call: submit, then wait for all."""
-        futures = self.launch_async(job_overrides, initial_job_idx)
+        try:
+            futures = self.launch_async(job_overrides, initial_job_idx)
+        except KeyboardInterrupt:  # while its jobs were still being submitted
+            if self.sweep is not None:
+                self.sweep.interrupted()
+            raise
         if not futures or self.dry_run or not self.watching:  # nothing to wait for
             return [future.result() for future in futures]
         return self.sweep.wait(futures)
@@ -81,12 +86,20 @@ class BaseAwsBatchLauncher(Launcher):
                                           launcher=type(self).__name__, settings=self.manifest_settings(),
                                           **self.engine_options()))
         log.info(f"Launching {len(job_overrides)} jobs {self.where}")
-        configs = _compose.compose_batch(self.composer, self.config, job_overrides, initial_job_idx, self.sweep_dir)
-        staged = self.stager.stage(configs)
-        if self.dry_run:
-            self.show_dry_run(staged)
-            return [finished(_collect.unfinished_return(config)) for config in configs]
-        return self.sweep.submit(staged, watch=self.watching)
+        if not self.dry_run:
+            self.sweep.announce(len(job_overrides))
+        futures = []
+        for start, stop in _compose.chunks(len(job_overrides), whole=self.dry_run):  # the first jobs go out at once
+            jobs = _compose.compose_batch(self.composer, self.config, job_overrides[start:stop],
+                                          initial_job_idx + start, self.sweep_dir)
+            staged = self.stager.stage(jobs)
+            if self.dry_run:
+                self.show_dry_run(staged)
+                return [finished(_collect.unfinished_return(recipe.task)) for recipe in jobs.recipes]
+            futures += self.sweep.submit(staged, watch=self.watching)
+        if not self.watching:
+            self.sweep.not_waiting()
+        return futures
 
     def resume_async(self, nums: Sequence[int]) -> dict[int, Future]:
         """Continue the sweep of this sweep dir after the process that launched it died: new jobs join it, and
@@ -362,7 +375,7 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         import json
 
         for _, _, request in self.requests(self.sweep.manifest.sweep_id, staged.payload_uri, staged.first,
-                                           len(staged.configs)):
+                                           len(staged.nums)):
             print(f"SubmitJob request (dry run, nothing submitted):\n{json.dumps(request, indent=2)}")
         log.info("Dry run: nothing was uploaded or submitted")
 

@@ -78,6 +78,7 @@ def open_sweep(sweep: str, on_batch: bool = True):
 
 
 def status(args) -> int:
+    from hydra_plugins.hydra_awsbatch_launcher import _manifest
     from hydra_plugins.hydra_awsbatch_launcher._metrics import summary
 
     m, sweep = open_sweep(args.sweep, on_batch=False)
@@ -91,6 +92,8 @@ def status(args) -> int:
         latency = " ".join(f"{name} {seconds:.1f}s" for name, seconds in job.latency().items())
         print(f"{job.num:>4}  {job.state:<10} {duration:>9}  {' '.join(job.overrides)[:40]:<40} "
               + "  ".join(text for text in (job.result or job.reason, summary(job.last_report), latency) if text))
+    if m.unsubmitted() and not _manifest.held_by(Path(m.sweep_dir)):
+        print(m.unsubmitted())
     return 0
 
 
@@ -138,6 +141,9 @@ def attach(args) -> int:
     failed = sum(r.status != JobStatus.COMPLETED for r in returns)
     print(f"sweep {m.sweep_id}: {len(m.jobs) - failed} jobs completed, {failed} failed; "
           f"job dirs in {shlex.quote(m.sweep_dir)}")
+    if m.unsubmitted():
+        print(f"{m.unsubmitted()}: run the sweep again to run them")
+        return 1
     return 1 if failed else 0
 
 

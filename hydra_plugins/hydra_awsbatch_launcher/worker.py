@@ -125,13 +125,13 @@ class Ending:
 def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending, unpacked: bool = False) -> Job:
     """Payload, versions, code package, task function and the job's config, placed where the job runs.
     `unpacked`: the code package is in `scratch` already (a rank of a trial of several processes)."""
-    from hydra_plugins.hydra_awsbatch_launcher import _package, _storage, _wire
-    from hydra_plugins.hydra_awsbatch_launcher._compose import job_subdir
+    from hydra_plugins.hydra_awsbatch_launcher import _compose, _package, _storage, _wire
     from hydra_plugins.hydra_awsbatch_launcher._errors import MissingModule
 
-    header, payload = _WARM.get(payload_uri) or (None, None)  # a warm worker's trial: unpickled before the fork
-    if header is None:
-        header, body = _wire.load_payload(_storage.read_bytes(payload_uri))
+    payload, shared, bases = _WARM.get(payload_uri) or (None, None, {})  # a warm worker's: unpickled before the fork
+    if payload is None:
+        payload = _wire.load_payload(_storage.read_bytes(payload_uri))
+    header = payload.header
     ending.sync = header["sync_outputs"]
     problem = _wire.version_mismatch(header["versions"])
     if problem:
@@ -144,23 +144,26 @@ def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending, unpacke
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
 
+    recipe = _compose.Recipe(*payload.recipes[index])
     try:
-        payload = payload or _wire.PayloadBody(*_wire.loads(body))
-        task_function = payload.task_function
+        shared = shared or _wire.PayloadBody(*_wire.loads(payload.body))
+        task_function = shared.task_function
         if isinstance(task_function, _wire.ScriptFunction):
             task_function = task_function.load(code_dir)
+        # its own config alone (in a trial forked from a warm worker, its copy of what the worker unpickled)
+        config = bases[recipe.base] if recipe.base in bases else _wire.loads(payload.bases[recipe.base])
     except ModuleNotFoundError as exc:
         raise MissingModule.of(exc) from exc
-    config = payload.configs[index]
-    Singleton.set_state(payload.singleton_state)
+    _compose.build(config, recipe, header["sweep_dir"])
+    Singleton.set_state(shared.singleton_state)
     setup_globals()
     in_place = bool(os.environ.get(ENV_IN_PLACE))
     if not in_place:
         _place_remotely(config, header, scratch, code_dir)
     elif Path(config.hydra.runtime.cwd).is_dir():  # a shared file system: where the sweep was launched
         os.chdir(config.hydra.runtime.cwd)
-    job_dir = Path(config.hydra.sweep.dir) / job_subdir(config)
-    return Job(config.hydra.job.num, payload.hydra_context, task_function, config, job_dir, in_place)
+    job_dir = Path(config.hydra.sweep.dir) / _compose.job_subdir(config)
+    return Job(config.hydra.job.num, shared.hydra_context, task_function, config, job_dir, in_place)
 
 
 def execute(job: Job, ending: Ending) -> None:
@@ -269,23 +272,25 @@ def run(payload_uri: str, index: int) -> int:
     return ending.exit_code
 
 
-_WARM: dict[str, tuple[dict, Any]] = {}  # a warm worker's payloads, unpickled once: URI -> (header, body)
+_WARM: dict[str, tuple] = {}  # a warm worker's payloads, unpickled once: URI -> (Payload, PayloadBody, {i: base})
 WARM_PAYLOADS = 4  # the newest ones kept (a thompson sweep stages a payload per refill)
 
 
 def warm_up(payload_uri: str, scratch: Path) -> None:
     """What each trial of a warm worker would do anew (_workers.py): import Hydra and the task's own modules,
-    and read and unpickle the payload (all the configs of its batch), once here, in a copy of the code package,
-    so that every trial forked from this process starts with them. Whatever goes wrong is left for the trial
-    itself to say. A payload warmed up already is not read again."""
+    and read and unpickle the payload (what its jobs share, and its base configs), once here, in a copy of the code
+    package, so that every trial forked from this process starts with them. Whatever goes wrong is left for the
+    trial itself to say. A payload warmed up already is not read again."""
     if payload_uri in _WARM:
         return
     from hydra.core import utils  # noqa: F401  (run_job, and Hydra's imports with it)
 
-    from hydra_plugins.hydra_awsbatch_launcher import _package, _storage, _wire
+    from hydra_plugins.hydra_awsbatch_launcher import _compose, _package, _storage, _wire
 
+    _compose.parse_overrides([])  # Hydra's override parser, made once
     try:
-        header, body = _wire.load_payload(_storage.read_bytes(payload_uri))
+        payload = _wire.load_payload(_storage.read_bytes(payload_uri))
+        header = payload.header
         if _wire.version_mismatch(header["versions"]):
             return
         code_dir = scratch / "code" / header["code_uri"].rsplit("/", 1)[-1]
@@ -293,7 +298,8 @@ def warm_up(payload_uri: str, scratch: Path) -> None:
             _package.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
         sys.path.insert(0, str(code_dir))
         try:
-            _WARM[payload_uri] = (header, _wire.PayloadBody(*_wire.loads(body)))
+            _WARM[payload_uri] = (payload, _wire.PayloadBody(*_wire.loads(payload.body)),
+                                  {i: _wire.loads(base) for i, base in enumerate(payload.bases)})
         finally:
             sys.path.remove(str(code_dir))
         for older in list(_WARM)[:-WARM_PAYLOADS]:
