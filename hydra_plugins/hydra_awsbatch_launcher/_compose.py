@@ -55,10 +55,10 @@ def parse_overrides(overrides: Sequence[str]) -> list:
     return _PARSER.parse_overrides(list(overrides))
 
 
-def build(config: DictConfig, recipe: Recipe, sweep_dir: str) -> DictConfig:
+def build(config: DictConfig, recipe: Recipe, sweep_dir: str, parsed: tuple | None = None) -> DictConfig:
     """The job's config, made in place of its base: Hydra's composition of the job's overrides (`composed`), with
     its number, id and sweep dir set as Hydra's own launchers set them."""
-    hydra = composed(config, recipe).hydra
+    hydra = composed(config, recipe, parsed).hydra
     with read_write(hydra), open_dict(hydra):
         hydra.job.id = f"{recipe.num}"
         hydra.job.num = recipe.num
@@ -66,23 +66,33 @@ def build(config: DictConfig, recipe: Recipe, sweep_dir: str) -> DictConfig:
     return config
 
 
-def composed(config: DictConfig, recipe: Recipe) -> DictConfig:
-    """In place of the recipe's base: what Hydra's `load_sweep_config` makes of the job's overrides."""
-    import dataclasses
+def composed(config: DictConfig, recipe: Recipe, parsed: tuple | None = None) -> DictConfig:
+    """In place of the recipe's base: what Hydra's `load_sweep_config` makes of the job's overrides. `parsed`: the
+    recipe's values and task overrides parsed already."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
 
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-    from hydra.core.override_parser.types import OverrideType
-
-    if recipe.values:  # `+key=` adds a key the base has already: applied again, it sets it
-        again = [dataclasses.replace(o, type=OverrideType.FORCE_ADD) if o.is_add() else o
-                 for o in parse_overrides(recipe.values)]
-        ConfigLoaderImpl._apply_overrides_to_config(again, config)
+    values, task = parsed or (parse_overrides(recipe.values), parse_overrides(recipe.task))
+    apply_values(config, values)
     hydra = config.hydra
     with read_write(hydra), open_dict(hydra):  # as Hydra leaves it: read-only from the composing on
         hydra.overrides.task = list(recipe.task)
         naming = hydra.job.config.override_dirname
-        hydra.job.override_dirname = get_overrides_dirname(overrides=parse_overrides(recipe.task), kv_sep=naming.kv_sep,
+        hydra.job.override_dirname = get_overrides_dirname(overrides=task, kv_sep=naming.kv_sep,
                                                            item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
+    return config
+
+
+def apply_values(config: DictConfig, values: list) -> DictConfig:
+    """These parsed value overrides applied to a config as Hydra applies them (`+key=` adds a key the base has
+    already: applied again, it sets it)."""
+    import dataclasses
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.types import OverrideType
+
+    if values:
+        again = [dataclasses.replace(o, type=OverrideType.FORCE_ADD) if o.is_add() else o for o in values]
+        ConfigLoaderImpl._apply_overrides_to_config(again, config)
     return config
 
 
@@ -167,14 +177,14 @@ class ComposeOnce:
         checking = caller.f_code is _validate_code()  # Hydra's own check, which drops what it gets
         with self.lock:
             self.note(len(caller.f_locals.get("batch") or ()) if checking else 0)
-            key, base, recipe = self.plan(master_config, sweep_overrides, num=0)
-            if checking:
-                return self.scratch(key, base, recipe, str(master_config.hydra.sweep.dir))
-            return composed(base.fresh(), recipe)
+            key, base, recipe, parsed = self.plan(master_config, sweep_overrides, num=0)
+            if checking:  # what can fail: the values (the rest is Hydra's own composition of the base)
+                return self.scratch(key, base, recipe, parsed)
+            return composed(base.fresh(), recipe, parsed)
 
-    def plan(self, master_config: DictConfig, overrides: Sequence[str], num: int) -> tuple[tuple, _Base, Recipe]:
-        """The shape of these overrides, its base (composed by Hydra the first time), and the job's recipe (its
-        base index is left 0: the batch numbers its bases)."""
+    def plan(self, master_config: DictConfig, overrides: Sequence[str], num: int) -> tuple[tuple, _Base, Recipe, tuple]:
+        """The shape of these overrides, its base (composed by Hydra the first time), the job's recipe (its base
+        index is left 0: the batch numbers its bases), and its values and task overrides parsed."""
         with self.lock:
             parsed = parse_overrides(overrides)
             key, values = self.shape(master_config, parsed)
@@ -185,8 +195,9 @@ class ComposeOnce:
                 self.groups |= set(config.hydra.runtime.choices or {})  # `model=cnn` is no value: it picks a file
                 key, values = self.shape(master_config, parsed)
                 base = self.bases[key] = _Base(config)  # the job's own config: a base for its shape as seen now
-            task = tuple(o.input_line for o in parsed if not o.is_hydra_override())
-            return key, base, Recipe(0, num, tuple(o.input_line for o in values), task)
+            task = [o for o in parsed if not o.is_hydra_override()]
+            recipe = Recipe(0, num, tuple(o.input_line for o in values), tuple(o.input_line for o in task))
+            return key, base, recipe, (values, task)
 
     def shape(self, master_config: DictConfig, parsed: list) -> tuple[tuple, list]:
         """The key of the shape of these overrides, and those of them that are its values."""
@@ -202,8 +213,9 @@ class ComposeOnce:
         return (id(master_config), tuple(o.input_line for o in others),
                 tuple((o.key_or_group, o.type) for o in values)), values
 
-    def scratch(self, key: tuple, base: _Base, recipe: Recipe, sweep_dir: str) -> DictConfig:
-        """The job's config built on its shape's scratch copy, which the next job of the shape overwrites."""
+    def scratch(self, key: tuple, base: _Base, recipe: Recipe, parsed: tuple, sweep_dir: str | None = None):
+        """The job's config built on its shape's scratch copy, which the next job of the shape overwrites; without
+        `sweep_dir`, its values alone are applied (a check)."""
         with self.lock:
             if base.scratch is None:
                 base.scratch = base.fresh()
@@ -212,7 +224,9 @@ class ComposeOnce:
             while len(self.scratched) > self.SCRATCHES:
                 self.scratched.popitem(last=False)[1].scratch = None
             try:
-                return build(base.scratch, recipe, sweep_dir)
+                if sweep_dir is None:
+                    return apply_values(base.scratch, parsed[0])
+                return build(base.scratch, recipe, sweep_dir, parsed)
             except BaseException:
                 base.scratch = None  # half-built
                 raise
@@ -275,11 +289,11 @@ def compose_batch(composer: ComposeOnce, master_config: DictConfig, job_override
     for i, overrides in enumerate(job_overrides):
         num = first_num + i
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-        key, base, recipe = composer.plan(master_config, overrides, num)
+        key, base, recipe, parsed = composer.plan(master_config, overrides, num)
         if id(base) not in bases:
             bases[id(base)] = len(data)
             data.append(base.data)
         recipe = recipe._replace(base=bases[id(base)])
         recipes.append(recipe)
-        subdirs.append(job_subdir(composer.scratch(key, base, recipe, str(sweep_dir))))
+        subdirs.append(job_subdir(composer.scratch(key, base, recipe, parsed, str(sweep_dir))))
     return ComposedBatch(first_num, str(sweep_dir), data, recipes, subdirs)
