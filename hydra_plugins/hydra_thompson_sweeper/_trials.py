@@ -88,8 +88,8 @@ class TrialLog:
         return cls(path.parent, data["signature"], trials, data["created"])
 
     def save(self, final: bool = False) -> None:
-        """The state (to the sweep dir, and to staging), trials.csv, the best so far and, now and then, the
-        plot: after every event, so that nothing is lost when the sweeper's machine dies."""
+        """The state (to the sweep dir, and to staging), trials.csv, the best so far (and at the end the plots):
+        after every event, so that nothing is lost when the sweeper's machine dies."""
         text = self.to_json()
         tmp = self.sweep_dir / (STATE + ".tmp")
         tmp.write_text(text)
@@ -99,9 +99,16 @@ class TrialLog:
         self.write_csv()
         self.write_metrics()
         self.write_results()
-        if final or time.time() - self._plotted >= PLOT_EVERY_S:
+        if final:
+            self.redraw(now=True)
+
+    def redraw(self, now: bool = False) -> None:
+        """convergence.png and curves.png, at most every PLOT_EVERY_S (a drawing takes about half a second: the
+        sweeper draws while every worker is busy, not between a trial's end and the next trial)."""
+        if now or time.time() - self._plotted >= PLOT_EVERY_S:
             self.plot()
             self.plot_curves()
+            self._plotted = time.time()
 
     # ------------------------------------------------------------------------------------------- views
     @property
@@ -207,7 +214,6 @@ class TrialLog:
         failed = sum(t.status == TrialStatus.FAILED for t in self.trials)
         fig.suptitle(f"{len(done)} completed trials" + (f", {failed} failed" if failed else ""))
         self.save_figure(fig, "convergence.png")
-        self._plotted = time.time()
 
     def plot_curves(self) -> None:
         """curves.png: the pruner's metric against the step, a line a trial; a stopped trial ends in an x."""

@@ -119,6 +119,7 @@ class ThompsonSweeper(Sweeper):
                 if not in_flight:
                     return
                 live.show(*trials.line(len(in_flight), c.objective or "value"))
+                trials.redraw()  # every worker is busy
                 try:
                     done, _ = concurrent.futures.wait(list(in_flight), timeout=self.watch_s,
                                                       return_when=concurrent.futures.FIRST_COMPLETED)
