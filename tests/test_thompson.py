@@ -344,6 +344,7 @@ def test_every_worker_stays_busy_on_aws_batch_local(sweep_app, workers, median, 
     sweep = sweep_app.app / "sweep"
     trials = trials_csv(sweep)
     assert [t["status"] for t in trials] == ["completed"] * 15 and len(sweep_app.calls()) == 15
+    assert all(float(t["task_s"]) >= 0.1 and float(t["starting_s"]) >= 0 and t["ending_s"] for t in trials)
     jobs = manifest(sweep)["jobs"]
     assert len(jobs) == 15 and {j["state"] for j in jobs} == {"SUCCEEDED"}
     gaps = sorted(refill_gaps(jobs, 3))

@@ -47,6 +47,10 @@ class AsyncLauncher(Protocol):
         """What job `num` reported with `report(step, **metrics)` so far, oldest first: {"step", "time", metric:
         value...} a record. Read while the job runs, every `metrics_interval_s` or so; complete once it ended."""
 
+    # Optional, beside the six: job_latency(num) -> dict[str, float], where job `num`'s time went in seconds
+    # ({"waiting", "starting", "task", "ending"}: queued, starting up, its task, its result coming home), {} where
+    # unknown. The thompson sweeper writes it into trials.csv where a launcher has it.
+
     def mirror(self, name: str, data: bytes) -> None:
         """Keep a copy of a sweeper's file (its state) with the sweep's own records, where a sweeper on another
         machine finds it; a no-op where the launcher has no such place (yet)."""

@@ -157,6 +157,10 @@ class BaseAwsBatchLauncher(Launcher):
         job = self.sweep.manifest.jobs_by_num().get(num) if self.sweep is not None else None
         return (job.started, job.stopped) if job is not None else None
 
+    def job_latency(self, num: int) -> dict[str, float]:  # async_api's optional call
+        job = self.sweep.manifest.jobs_by_num().get(num) if self.sweep is not None else None
+        return job.latency() if job is not None else {}
+
     def mirror(self, name: str, data: bytes) -> None:
         if self.stager is not None:
             self.stager.mirror(name, data)

@@ -36,6 +36,7 @@ class TrialStatus(str, enum.Enum):
 
 
 FORMAT = 1
+LATENCY = ("waiting", "starting", "task", "ending")  # a job's time: queued, starting up, its task, its result home
 PLOT_EVERY_S = 10.0  # convergence.png is redrawn at most this often while the sweep runs (and at its end)
 
 
@@ -52,6 +53,7 @@ class Trial:
     error: str = ""
     curve: list = field(default_factory=list)  # what the trial reported: {"step", "time", metric: value...}
     stop_reason: str = ""  # why the pruner stopped it
+    latency: dict = field(default_factory=dict)  # where its job's time went (async_api's optional job_latency)
 
     @property
     def done(self) -> bool:
@@ -154,12 +156,13 @@ class TrialLog:
         with open(tmp, "w", newline="") as stream:
             writer = csv.writer(stream)
             writer.writerow(["number", "job", "status", "value", *names, "submitted", "started", "ended",
-                             "duration_s", "last_step", "stop_reason", "error"])
+                             "duration_s", *(f"{name}_s" for name in LATENCY), "last_step", "stop_reason", "error"])
             for t in sorted(self.trials, key=lambda t: t.number):
                 duration = f"{t.ended - t.started:.1f}" if t.started and t.ended else ""
                 writer.writerow([t.number, t.job, t.status, "" if t.value is None else repr(t.value),
                                  *(t.params.get(n, "") for n in names), _iso(t.submitted), _iso(t.started),
-                                 _iso(t.ended), duration, t.last_step, t.stop_reason, t.error])
+                                 _iso(t.ended), duration, *(t.latency.get(name, "") for name in LATENCY),
+                                 t.last_step, t.stop_reason, t.error])
         tmp.replace(self.sweep_dir / "trials.csv")
 
     def write_metrics(self) -> None:

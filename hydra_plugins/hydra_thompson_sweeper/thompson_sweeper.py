@@ -293,6 +293,8 @@ class ThompsonSweeper(Sweeper):
         times = self.launcher.job_times(trial.job) if self.asynchronous else None
         if times is not None:
             trial.started, trial.ended = times[0] or trial.submitted, times[1] or trial.ended
+        latency = getattr(self.launcher, "job_latency", None) if self.asynchronous else None
+        trial.latency = latency(trial.job) if latency is not None else {}
 
     def objective(self, returned) -> float:
         """The number to optimise out of the task's return value."""
