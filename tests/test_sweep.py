@@ -173,7 +173,8 @@ def test_stopping_thousands_of_jobs_writes_the_manifest_once(make_sweep, monkeyp
     with sweep.lock:  # between two watch rounds
         assert sweep.stop(_sweep.INTERRUPTED_REASON) == jobs
     assert all(f.result(timeout=10).status == JobStatus.FAILED for f in futures)
-    assert len(saves) <= 2 and len(reads) <= 2  # the round's refresh and the collection; the two that ran
+    # a watch round's refresh, stop's own and the collection's: a few saves, not one a job; reads: the two that ran
+    assert len(saves) <= 3 and len(reads) <= 2
     assert "stopped before it started" in str(futures[-1].result()._return_value)
     assert {job.reason for job in sweep.manifest.jobs} == {_sweep.INTERRUPTED_REASON}
 
