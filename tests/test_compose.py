@@ -109,6 +109,7 @@ def test_without_a_checking_sweeper_the_launcher_composes_itself(sweep, tmp_path
     ["lr=0.1", "lr=0.2"],  # one key twice: Hydra applies them in order
     ["experiment=mlp_sgd", "lr=0.3"],  # an experiment: a group that sets values too
     ["checkpoint.uri=c/${hydra:job.num}", "data.val_fraction=0.25"],
+    ["checkpoint.keep=2", "checkpoint=null"],  # a value under another value's key: Hydra applies them in order
 ])
 def test_a_built_config_equals_hydras_own(sweep, tmp_path, overrides):
     """Each job of a shape that Hydra composed once is built from it: the same YAML, struct flags and override
@@ -124,6 +125,20 @@ def test_a_built_config_equals_hydras_own(sweep, tmp_path, overrides):
     dirname = OmegaConf.to_container(config.hydra.job, resolve=False)["override_dirname"]
     assert dirname == ",".join(sorted(o for o in overrides if not o.startswith("hydra.")))
     assert len(composed) <= 3
+
+
+def test_each_job_resolves_its_own_job_dir(sweep, tmp_path):
+    """A sweep subdir with ${now:} resolved per job, as Hydra's own launchers resolve it (not the first job's
+    time for every job of its shape)."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # Hydra's resolvers (now:), as a Hydra app has them
+    loader, master, _, _ = sweep
+    launcher = launcher_for(loader, master)
+    subdir = "hydra.sweep.subdir=at-${now:%H-%M-%S-%f}"
+    jobs = compose_batch(launcher.composer, master, [[f"lr=0.{i}", subdir] for i in range(1, 4)], 0,
+                         tmp_path / "sweep")
+    assert len(jobs.bases) == 1 and len(set(jobs.subdirs)) == 3 and all(s.startswith("at-") for s in jobs.subdirs)
 
 
 @dataclass
@@ -147,6 +162,11 @@ def test_a_value_that_does_not_fit_is_refused_as_hydra_refuses_it(sweep, tmp_pat
     assert len(composed) == 1  # the second was built, and refused as it was built
     with pytest.raises(ConfigCompositionException, match="Could not override 'nope'"):
         compose_batch(launcher.composer, master, [["nope=1"]], 0, tmp_path / "sweep")
+    # A sweeper that launches without checking (Optuna's): the launcher checks the whole batch before its first
+    # chunk of 16 goes out, so job 40's bad value stops it before anything is staged.
+    batch = [["+typed=schema", f"typed.count={n}"] for n in range(40)] + [jobs[1]]
+    with pytest.raises(ConfigCompositionException, match="typed.count=many"):
+        launcher.composer.check(master, batch)
 
 
 def test_long_composing_shows_progress(sweep, tmp_path, caplog, monkeypatch):

@@ -179,6 +179,14 @@ def test_stopping_thousands_of_jobs_writes_the_manifest_once(make_sweep, monkeyp
     assert {job.reason for job in sweep.manifest.jobs} == {_sweep.INTERRUPTED_REASON}
 
 
+def test_a_manifest_that_cannot_be_saved_fails_the_jobs_it_was_saved_for(make_sweep, monkeypatch):
+    sweep, executor = make_sweep({0: [*RUN, BatchState.SUCCEEDED]})
+    monkeypatch.setattr(_sweep.Sweep, "save", lambda self: (_ for _ in ()).throw(OSError("No space left on device")))
+    futures = sweep.submit(staged(0))
+    with pytest.raises(OSError, match="No space left"):  # not a wait for ever
+        futures[0].result(timeout=10)
+
+
 def test_an_executor_error_reaches_every_waiting_caller(make_sweep):
     sweep, executor = make_sweep({0: [*RUN, *[BatchState.RUNNING] * 5]})
 

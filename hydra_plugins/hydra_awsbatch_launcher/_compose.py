@@ -119,6 +119,12 @@ class _Base:
     def fresh(self) -> DictConfig:
         return pickle.loads(self.data)
 
+    def reset_cache(self) -> None:
+        """The scratch copy's resolved ${now:} and the like as a fresh copy has them (the master's, which Hydra
+        copies into every config it composes), not as the last job resolved them."""
+        OmegaConf.clear_cache(self.scratch)
+        OmegaConf.copy_cache(from_config=self.fresh(), to_config=self.scratch)
+
 
 def _is_value(override, groups: set) -> bool:
     """An override that sets one plain value of the composed config (`lr=0.1`, `+x=3`, `++y=a`)."""
@@ -142,13 +148,15 @@ class ComposeOnce:
     a config of their own. While composing takes long, it says how far it got."""
 
     EVERY_S = 5.0
+    BASES = 1000  # shapes kept (13 KB or so each): a sweep whose every config is a shape of its own stays bounded
     SCRATCHES = 8  # shapes whose scratch copy is kept (a sweep over a few group choices alternates them)
 
     def __init__(self, config_loader) -> None:
         self.compose = config_loader.load_sweep_config  # Hydra's own, bound
-        self.bases: dict[tuple, _Base] = {}
+        self.bases: OrderedDict[tuple, _Base] = OrderedDict()  # the newest BASES shapes (a batch keeps its own)
         self.groups: set[str] = set()  # config groups, as the configs composed so far chose them
         self.scratched: OrderedDict[tuple, _Base] = OrderedDict()
+        self.checked: set[tuple] = set()  # overrides the sweeper checked, until the launcher takes them
         self.lock = threading.RLock()
         self.burst_start = self.last_call = self.last_note = 0.0
         self.burst = 0
@@ -179,7 +187,9 @@ class ComposeOnce:
             self.note(len(caller.f_locals.get("batch") or ()) if checking else 0)
             key, base, recipe, parsed = self.plan(master_config, sweep_overrides, num=0)
             if checking:  # what can fail: the values (the rest is Hydra's own composition of the base)
-                return self.scratch(key, base, recipe, parsed)
+                config = self.scratch(key, base, recipe, parsed)
+                self.checked.add(tuple(sweep_overrides))
+                return config
             return composed(base.fresh(), recipe, parsed)
 
     def plan(self, master_config: DictConfig, overrides: Sequence[str], num: int) -> tuple[tuple, _Base, Recipe, tuple]:
@@ -195,6 +205,8 @@ class ComposeOnce:
                 self.groups |= set(config.hydra.runtime.choices or {})  # `model=cnn` is no value: it picks a file
                 key, values = self.shape(master_config, parsed)
                 base = self.bases[key] = _Base(config)  # the job's own config: a base for its shape as seen now
+                while len(self.bases) > self.BASES:
+                    self.bases.popitem(last=False)
             task = [o for o in parsed if not o.is_hydra_override()]
             recipe = Recipe(0, num, tuple(o.input_line for o in values), tuple(o.input_line for o in task))
             return key, base, recipe, (values, task)
@@ -208,7 +220,8 @@ class ComposeOnce:
         keys = [o.key_or_group for o in values]
         edits = [o.key_or_group for o in others  # what edits the composed config (a group choice is made before)
                  if not o.is_hydra_override() and not (o.key_or_group in self.groups and o.type != OverrideType.DEL)]
-        if len(set(keys)) < len(keys) or any(_touch(k, e) for k in keys for e in edits):
+        if (any(_touch(a, b) for i, a in enumerate(keys) for b in keys[i + 1:])
+                or any(_touch(k, e) for k in keys for e in edits)):
             values, others = [], parsed  # overrides that touch each other: Hydra applies them in their order
         return (id(master_config), tuple(o.input_line for o in others),
                 tuple((o.key_or_group, o.type) for o in values)), values
@@ -230,6 +243,23 @@ class ComposeOnce:
             except BaseException:
                 base.scratch = None  # half-built
                 raise
+
+    def subdir(self, key: tuple, base: _Base, recipe: Recipe, parsed: tuple, sweep_dir: str) -> str:
+        """The job's dir under the sweep dir, worked out on its shape's scratch copy."""
+        with self.lock:
+            config = self.scratch(key, base, recipe, parsed, sweep_dir)
+            base.reset_cache()
+            return job_subdir(config)
+
+    def check(self, master_config: DictConfig, batch: Sequence[Sequence[str]]) -> None:
+        """Every config of the batch can be made (Hydra's errors otherwise), before any of it is staged: those
+        the sweeper checked already are not checked again."""
+        with self.lock:
+            for overrides in batch:
+                if tuple(overrides) not in self.checked:
+                    key, base, recipe, parsed = self.plan(master_config, overrides, num=0)
+                    self.scratch(key, base, recipe, parsed)
+            self.checked.clear()
 
     def note(self, of: int) -> None:
         now = time.monotonic()
@@ -295,5 +325,5 @@ def compose_batch(composer: ComposeOnce, master_config: DictConfig, job_override
             data.append(base.data)
         recipe = recipe._replace(base=bases[id(base)])
         recipes.append(recipe)
-        subdirs.append(job_subdir(composer.scratch(key, base, recipe, parsed, str(sweep_dir))))
+        subdirs.append(composer.subdir(key, base, recipe, parsed, str(sweep_dir)))
     return ComposedBatch(first_num, str(sweep_dir), data, recipes, subdirs)

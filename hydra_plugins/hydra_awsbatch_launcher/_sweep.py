@@ -40,7 +40,7 @@ class Sweep:
         self.watcher: threading.Thread | None = None
         self.progress = Progress(manifest.sweep_id, list(BatchState), live)
         self.rounds = 0
-        self.stopped: set[int] = set()  # jobs stopped on purpose (Ctrl-C, a sweeper's stop)
+        self.stopped: dict[int, str] = {}  # jobs stopped on purpose (Ctrl-C, a sweeper's stop), and why
         self.channel = _metrics.Channel(manifest.staging, metrics_interval_s)  # reports in, stop requests out
         self._held, self._exit_hook = held, False  # the sweep dir's lock file; atexit registered
         self.leaving = False  # told to leave at once (a third Ctrl-C): nothing more is stopped or collected
@@ -67,7 +67,7 @@ class Sweep:
     def announce(self, count: int) -> None:
         """`count` more jobs are on their way, submitted a chunk at a time (saved with the first of them)."""
         with self.lock:
-            self.manifest.announced = max(self.manifest.announced, len(self.manifest.jobs)) + count
+            self.manifest.announced = len(self.manifest.jobs) + count
 
     def not_waiting(self) -> None:
         where = shlex.quote(self.manifest.sweep_dir)
@@ -151,8 +151,17 @@ class Sweep:
                 outcomes.append((future, self.collect(info), None))
             except BaseException as error:
                 outcomes.append((future, None, error))
-        if claimed:
-            self.save()
+        try:
+            if claimed:
+                self.save()
+        except BaseException as error:  # a full disk, say: every caller of these jobs hears of it
+            outcomes = [(future, None, error) for future, _, _ in outcomes]
+            raise
+        finally:
+            self._settle(outcomes)
+
+    @staticmethod
+    def _settle(outcomes: list) -> None:
         for future, ret, error in outcomes:
             if error is not None:
                 future.set_exception(error)
@@ -165,7 +174,8 @@ class Sweep:
 
         job, settings = self.manifest.job(info.num), self.manifest.settings
         job_dir = Path(self.manifest.sweep_dir) / job.subdir
-        if info.num in self.stopped and job.started is None:  # stopped before it started: nothing to bring home
+        if job.started is None and job.reason and self.stopped.get(info.num) == job.reason:  # stopped before it
+            # started (not failed on its own first, whose reason would be Batch's): nothing to bring home
             ret, ended = _collect.never_started(job, job_dir), {"exit_code": info.exit_code}
         else:
             ret, ended = _collect.collect(
@@ -225,8 +235,10 @@ class Sweep:
                 log.warning(f"Second Ctrl-C: {self.executor.forced_stop_note(where)}")
         except KeyboardInterrupt:
             self.leaving = True
+            batch = self.manifest.launcher == "AwsBatchLauncher"  # local jobs stop with this process
+            cancel = f"; stop it with: hydra-awsbatch cancel {where}" if batch else ""
             log.warning(f"Third Ctrl-C: leaving now, with {len(self.pending)} jobs not collected. See what is left "
-                        f"with: hydra-awsbatch status {where}; stop it with: hydra-awsbatch cancel {where}")
+                        f"with: hydra-awsbatch status {where}{cancel}")
             return
         log.warning(f"Stopped {stopped} unfinished jobs; the manifest is in {self.manifest.sweep_dir}")
 
@@ -239,10 +251,10 @@ class Sweep:
                 for num in nums:
                     self.channel.ask_to_stop(num, reason, grace_s)
                     self.manifest.job(num).stop_request = reason
-                self.stopped.update(nums)
+                self.stopped.update(dict.fromkeys(nums, reason))
                 self.manifest.save()
                 return 0
-            self.stopped.update(self.pending if nums is None else nums)
+            self.stopped.update(dict.fromkeys(self.pending if nums is None else nums, reason))
             stopped = self.executor.terminate(reason, force, nums)
             seen = self.refresh()  # every job asked for is final now: terminate() saw to it
             ended = [s for s in seen if s.num in self.pending and (nums is None or s.num in nums)]

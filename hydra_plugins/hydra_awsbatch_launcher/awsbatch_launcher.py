@@ -86,6 +86,7 @@ class BaseAwsBatchLauncher(Launcher):
                                           launcher=type(self).__name__, settings=self.manifest_settings(),
                                           **self.engine_options()))
         log.info(f"Launching {len(job_overrides)} jobs {self.where}")
+        self.composer.check(self.config, job_overrides)  # all of them, before the first chunk goes out
         if not self.dry_run:
             self.sweep.announce(len(job_overrides))
         futures = []
