@@ -114,6 +114,7 @@ class _Base:
 
     def __init__(self, config: DictConfig):
         self.data = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
+        self.cache = OmegaConf.get_cache(pickle.loads(self.data))  # what a fresh copy has resolved already
         self.scratch: DictConfig | None = None
 
     def fresh(self) -> DictConfig:
@@ -122,8 +123,7 @@ class _Base:
     def reset_cache(self) -> None:
         """The scratch copy's resolved ${now:} and the like as a fresh copy has them (the master's, which Hydra
         copies into every config it composes), not as the last job resolved them."""
-        OmegaConf.clear_cache(self.scratch)
-        OmegaConf.copy_cache(from_config=self.fresh(), to_config=self.scratch)
+        OmegaConf.set_cache(self.scratch, self.cache)  # a copy of it
 
 
 def _is_value(override, groups: set) -> bool:
