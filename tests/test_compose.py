@@ -148,9 +148,18 @@ class Typed:
 
 def test_a_value_that_does_not_fit_is_refused_as_hydra_refuses_it(sweep, tmp_path):
     from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(group="typed", name="schema", node=Typed)
+    try:
+        check_refusals(sweep, tmp_path)
+    finally:  # Hydra's ConfigStore is global: a later sweep in this process would ship this test's class
+        del store.repo["typed"]
+
+
+def check_refusals(sweep, tmp_path):
     from hydra.errors import ConfigCompositionException
 
-    ConfigStore.instance().store(group="typed", name="schema", node=Typed)
     loader, master, _, composed = sweep
     launcher = launcher_for(loader, master)
     jobs = [["+typed=schema", "typed.count=2"], ["+typed=schema", "typed.count=many"]]
