@@ -114,7 +114,7 @@ class _Base:
 
     def __init__(self, config: DictConfig):
         self.data = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
-        self.cache = OmegaConf.get_cache(pickle.loads(self.data))  # what a fresh copy has resolved already
+        self.cache = OmegaConf.get_cache(config)  # what a fresh copy has resolved already (Hydra's composing only)
         self.scratch: DictConfig | None = None
 
     def fresh(self) -> DictConfig:
@@ -160,7 +160,6 @@ class ComposeOnce:
         self.lock = threading.RLock()
         self.burst_start = self.last_call = self.last_note = 0.0
         self.burst = 0
-        self.composed = 0  # configs Hydra composed in full (the rest were built)
 
     @classmethod
     def install(cls, config_loader) -> ComposeOnce:
@@ -201,7 +200,6 @@ class ComposeOnce:
             base = self.bases.get(key)
             if base is None:
                 config = self.compose(master_config, list(overrides))  # raises what Hydra raises for bad input
-                self.composed += 1
                 self.groups |= set(config.hydra.runtime.choices or {})  # `model=cnn` is no value: it picks a file
                 key, values = self.shape(master_config, parsed)
                 base = self.bases[key] = _Base(config)  # the job's own config: a base for its shape as seen now
