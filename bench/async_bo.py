@@ -142,7 +142,8 @@ def policy(method: str, dim: int, seed: int):
     algorithm = {"asyTS": "asy_ts", "synTS": "syn_ts", "asyRAND": "asy_random", "synRAND": "syn_random"}[method]
     space = Space([Dimension.interval(f"x{i}", 0.0, 1.0) for i in range(dim)])
     optimizer = Optimizer(space, direction="maximize", algorithm=algorithm, seed=seed)
-    return (lambda: (optimizer.propose(), None)), (lambda point, _, value: optimizer.observe(point, value))
+    return ((lambda: (optimizer.propose(), optimizer.proposed - 1)),  # the handle: the proposal's number
+            (lambda point, number, value: optimizer.observe(point, value, number=number)))
 
 
 def regret_at(run: dict, t: float, optimum: float) -> float:

@@ -207,13 +207,13 @@ def policy(method: str, dim: int, seed: int):
     def report(handle, number, step, value, done):
         return pruner.observe(number, step, value) is not None
 
-    def tell(params, handle, number, value):  # as the sweeper's record/pruned/observe_curve
+    def tell(params, proposal, number, value):  # as the sweeper's record/pruned/observe_curve
         if value is not None:
-            optimizer.observe(params, value)
+            optimizer.observe(params, value, number=proposal)
         for fraction, at_level in pruner.fidelities(number):
-            optimizer.observe(params, at_level, fraction)
+            optimizer.observe(params, at_level, fraction, number=proposal)
 
-    return (lambda pending: (optimizer.propose(pending), None)), report, tell
+    return (lambda pending: (optimizer.propose(pending), optimizer.proposed - 1)), report, tell
 
 
 def regret_at(run: dict, spent: float, optimum: float, true_best: bool = False) -> float:

@@ -194,6 +194,42 @@ def test_values_after_part_of_a_training_do_not_mislead_the_gp():
 
 
 @pytest.mark.unit
+def test_a_stalled_search_restarts_afresh_and_is_merged_when_the_fresh_one_stalls():
+    """patience=4: after 4 trials proposed since the last improvement, a fresh search (Sobol points of its own,
+    a GP that sees only its trials; a trial of the old search that ends later stays the old search's); when
+    the fresh one stalls too, the GP sees every trial again. patience=0 never restarts."""
+    space = Space([Dimension.interval("x", 0, 1), Dimension.interval("y", 0, 1)])
+    opt = Optimizer(space, n_initial=3, patience=4, seed=1)
+    first = [opt.propose() for _ in range(3)]
+    for number, p in enumerate(first):
+        opt.observe(p, [1.0, 0.5, 0.8][number], number=number)
+    late = opt.propose()  # trial 3, still running when the search restarts
+    for number in range(4, 7):  # no better than 0.5 (less than 3% of the range better is no improvement)
+        opt.observe(opt.propose(), 0.5 - 0.004, number=number)
+        assert len(opt.searches) == (2 if number == 6 else 1)  # trials 2, 4, 5, 6 came after the best
+    assert (opt.search.since, opt.search.counting_from, opt.search.fresh) == (7, 7, True)
+    opt.observe(late, 0.1, number=3)  # better, but the old search's: it does not count for the fresh one
+    assert len(opt.searches) == 2 and opt.best().value == 0.1
+    fresh = [opt.propose() for _ in range(3)]
+    assert fresh != first and all(p not in first for p in fresh)  # a design of its own
+    for number, p in enumerate(fresh, start=7):
+        opt.observe(p, 2.0 - number / 10, number=number)
+    assert [o.number for o in opt.seen()] == [7, 8, 9]  # the GP of the fresh search: its own trials
+    opt.propose()  # trial 10, from that GP
+    for number in range(11, 15):
+        opt.observe(opt.propose(), 3.0, number=number)
+    assert (opt.search.since, opt.search.counting_from, opt.search.fresh) == (0, 15, False)  # merged
+    assert len(opt.seen()) == 14  # every trial that ended
+
+    never = Optimizer(space, n_initial=3, patience=0, seed=1)
+    for number in range(20):
+        never.observe(never.propose(), 1.0, number=number)
+    assert len(never.searches) == 1 and len(never.seen()) == 20
+    with pytest.raises(ValueError, match="patience=-1: at least 0"):
+        Optimizer(space, patience=-1)
+
+
+@pytest.mark.unit
 def test_a_proposal_never_repeats_a_pending_point():
     space = Space([Dimension.choice("a", [1, 2]), Dimension.integers("b", 0, 1)])  # four points in all
     opt = Optimizer(space, n_initial=1, seed=0)
@@ -314,10 +350,10 @@ def test_max_minutes_stops_new_trials_and_lets_those_in_flight_end(sweep_app):
 @pytest.mark.integration
 def test_bad_settings_are_refused_at_once_before_anything_runs(sweep_app):
     proc = sweep_app("hydra.sweeper.n_workers=0", "hydra.sweeper.direction=up", "+y=tag(log, interval(0, 1))",
-                     "hydra.sweep.dir=sweep", check=False)
+                     "hydra.sweeper.patience=-2", "hydra.sweep.dir=sweep", check=False)
     assert proc.returncode == 1
     for problem in ("+y: a log scale needs a lower bound above 0", "hydra.sweeper.direction=up: minimize or "
-                    "maximize", "hydra.sweeper.n_workers=0: at least 1"):
+                    "maximize", "hydra.sweeper.n_workers=0: at least 1", "hydra.sweeper.patience=-2: at least 0"):
         assert problem in proc.stderr, proc.stderr
     assert not (sweep_app.app / "sweep").exists()
 
@@ -330,6 +366,25 @@ def test_failures_in_a_row_stop_the_sweep_with_the_last_error(sweep_app):
     assert "2 trials failed in a row (hydra.sweeper.max_failures)" in proc.stderr
     assert "is too large" in proc.stderr
     assert [t["status"] for t in trials_csv(sweep_app.app / "sweep")] == ["failed", "failed"]
+
+
+@pytest.mark.integration
+def test_a_stalled_sweep_restarts_says_so_and_a_resume_keeps_its_searches(sweep_app):
+    """hydra.sweeper.patience=3 on the basic launcher: the sweep's log says when the search restarts, the state
+    keeps the searches, and a resumed sweep goes on from them (its results come back in another order)."""
+    proc = sweep_app("hydra.sweeper.n_trials=24", "hydra.sweeper.n_workers=2", "hydra.sweeper.patience=3",
+                     "hydra.sweep.dir=sweep")
+    said = proc.stdout + proc.stderr
+    assert "(hydra.sweeper.patience): the search restarts from trial" in said, said[-3000:]
+    state = json.loads((sweep_app.app / "sweep" / STATE).read_text())
+    assert len(state["searches"]) >= 2 and state["searches"][0] == [0, 0]
+    fresh = state["searches"][1]
+    assert fresh[0] == fresh[1] > 4  # the trials from it on: a Sobol design of their own, then their GP
+    sweep_app("hydra.sweeper.n_trials=26", "hydra.sweeper.n_workers=2", "hydra.sweeper.patience=3",
+              "hydra.sweep.dir=sweep", "hydra.sweeper.resume=true")
+    resumed = json.loads((sweep_app.app / "sweep" / STATE).read_text())
+    assert resumed["searches"][:len(state["searches"])] == state["searches"]
+    assert len(resumed["trials"]) == 26 and len(sweep_app.calls()) == 26
 
 
 # --------------------------------------------------------------------------------------- aws_batch_local

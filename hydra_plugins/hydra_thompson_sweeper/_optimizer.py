@@ -15,6 +15,17 @@ the fraction as one more input, log-scaled from the floor (0) to a full training
 a sample at a full training (MOBSTER's model, Klein et al. 2020, with Thompson sampling for the proposals).
 Candidates are drawn in a latent cube and decoded into the space before they are scored, so every proposal
 is a valid point: integers are integers on their step, choices are one of the values.
+
+Restarts. A GP with one set of hyperparameters, fitted to data gathered around the first good basin found,
+grows sure that the space far from its data is poor: on Hartmann6 a third of the searches settled in the
+local maximum, with the posterior at the global one 4.6 of its standard deviations below the incumbent, so
+that no sample ever went there (a better maximiser of the sample does not help: it is the model). As TuRBO
+does (Eriksson et al. 2019), a search that has not improved for `patience` trials restarts: a fresh Sobol
+design, and a GP on the fresh search's trials only, which knows nothing of the old basin. When the fresh
+search stalls in its turn, the two are merged (the GP sees every trial again) and the better basin is refined
+with all the data; a merged search that stalls restarts afresh. Each observation belongs to the search that
+proposed it (`observe(..., number=)`): the trials still running when a search restarts do not pull the fresh
+one back to the old basin.
 """
 
 from __future__ import annotations
@@ -158,9 +169,10 @@ class Space:
         return torch.cat([d.features(latent[:, i]) for i, d in enumerate(self.dimensions)], dim=1)
 
 
-def settings_problems(direction: str, algorithm: str, n_initial: int, refit_every: int) -> list[str]:
+def settings_problems(direction: str, algorithm: str, n_initial: int, refit_every: int,
+                      patience: int | None = None) -> list[str]:
     """What is wrong with these settings of the optimiser, one line each, named as the settings are."""
-    problems = []
+    problems = [f"patience={patience}: at least 0 (0: never restart), or null"] if (patience or 0) < 0 else []
     if direction not in ("minimize", "maximize"):
         problems.append(f"direction={direction}: minimize or maximize")
     if algorithm not in ALGORITHMS:
@@ -175,6 +187,23 @@ class Observation:
     params: dict
     value: float
     fraction: float = 1.0  # of a full training (resource)
+    number: int = 0  # of the proposal it came from
+
+
+IMPROVEMENT = 0.03  # of the range of a search's values: less is no improvement (noise refines a best forever)
+
+
+@dataclass(frozen=True)
+class Search:
+    """Which trials the GP learns from (numbered from `since`; 0: all) and from which trial a stall counts
+    (`counting_from`): the first search is (0, 0), a fresh one (k, k), a merged one (0, k)."""
+
+    since: int = 0
+    counting_from: int = 0
+
+    @property
+    def fresh(self) -> bool:
+        return self.since > 0
 
 
 @dataclass
@@ -191,15 +220,20 @@ class Optimizer:
     seed: int = 0
     n_candidates: int = 2048  # Sobol candidates a posterior sample is scored on, besides local ones
     resource_floor: float | None = None  # the smallest fraction of a training observed; None: full ones only
+    patience: int | None = None  # trials without improvement before a fresh search; None: 40, or 5 a dimension
     observations: list[Observation] = field(default_factory=list)
     proposed: int = 0
+    searches: list[Search] = field(default_factory=lambda: [Search()])  # the current one last
 
     def __post_init__(self) -> None:
-        problems = settings_problems(self.direction, self.algorithm, self.n_initial, self.refit_every)
+        problems = settings_problems(self.direction, self.algorithm, self.n_initial, self.refit_every,
+                                     self.patience)
         if self.resource_floor is not None and not 0 < self.resource_floor <= 1:
             problems.append(f"resource_floor={self.resource_floor}: a fraction of a training, in (0, 1]")
         if problems:
             raise ValueError("; ".join(problems))
+        if self.patience is None:
+            self.patience = max(40, 5 * len(self.space.dimensions))
         self._hyper: dict | None = None  # the GP's fitted hyperparameters
         self._fitted_at = 0  # observations when they were fitted
 
@@ -212,16 +246,59 @@ class Optimizer:
         return self.algorithm.startswith("syn_")
 
     # ------------------------------------------------------------------------------------------ tell
-    def observe(self, params: dict, value: float, fraction: float = 1.0) -> None:
+    def observe(self, params: dict, value: float, fraction: float = 1.0, number: int | None = None) -> None:
         """The objective at params (as the caller measured it, in its own direction), after `fraction` of a
-        full training (below 1 only with a resource_floor: a trial stopped early, or one of its epochs)."""
+        full training (below 1 only with a resource_floor: a trial stopped early, or one of its epochs).
+        `number`: the proposal it came from (0 the first; None: the latest), which says to which search it
+        belongs; a caller with several proposals in flight gives it."""
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"the objective at {params} is {value}: only finite values can be observed")
         if fraction != 1.0 and not (self.resource_floor is not None and self.resource_floor <= fraction < 1.0):
             raise ValueError(f"fraction={fraction}: 1, or from resource_floor={self.resource_floor} up to 1")
         self.space.encode(params)  # refuse params outside the space now
-        self.observations.append(Observation(dict(params), value, fraction))
+        number = max(self.proposed - 1, 0) if number is None else int(number)
+        self.observations.append(Observation(dict(params), value, fraction, number))
+        if self.thompson and self.patience and self.stalled() >= self.patience:
+            self._restart()
+
+    @property
+    def search(self) -> Search:
+        return self.searches[-1]
+
+    def seen(self) -> list[Observation]:
+        """The observations the current search learns from."""
+        return [o for o in self.observations if o.number >= self.search.since]
+
+    def stalled(self) -> float:
+        """Trials of the current search, counted from its counting_from, proposed after the last one that
+        improved its best full training by more than IMPROVEMENT of its values' range; a trial stopped early
+        counts the fraction of a training it had (with a pruner, patience is in full trainings' worth)."""
+        seen = self.seen()
+        full = sorted((o for o in seen if o.fraction == 1.0), key=lambda o: o.number)
+        if len(full) < self.n_initial:
+            return 0
+        sign = -1.0 if self.direction == "minimize" else 1.0
+        values = [sign * o.value for o in full]
+        tolerance = IMPROVEMENT * (max(values) - min(values))
+        best, improved = -math.inf, -1
+        for obs, value in zip(full, values):
+            if value > best + tolerance:
+                improved = obs.number
+            best = max(best, value)
+        after = max(improved + 1, self.search.counting_from)
+        trained: dict[int, float] = {}
+        for obs in seen:
+            if obs.number >= after:
+                trained[obs.number] = max(trained.get(obs.number, 0.0), obs.fraction)
+        return sum(trained.values())
+
+    def _restart(self) -> None:
+        """A fresh search (after the first one, or a merged one, stalled), or the fresh one merged with all
+        that came before (after it stalled)."""
+        now = self.proposed
+        self.searches.append(Search(0, now) if self.search.fresh else Search(now, now))
+        self._hyper, self._fitted_at = None, 0
 
     def full(self) -> list[Observation]:
         """The observations of full trainings."""
@@ -258,14 +335,15 @@ class Optimizer:
             torch.manual_seed(self.seed * 1_000_003 + number)  # reproducible, and the same after a resume
             if not self.thompson:
                 return self.space.decode(torch.rand(len(self.space.dimensions), dtype=torch.float64).tolist())
-            if number < self.n_initial or len(self.observations) < 2:
-                return self._sobol(number)
+            since = self.search.since
+            if number - since < self.n_initial or len(self.seen()) < 2:
+                return self._sobol(number - since, self.seed + since)
             return self._thompson(pending)
 
-    def _sobol(self, number: int) -> dict:
+    def _sobol(self, number: int, seed: int) -> dict:
         import torch
 
-        engine = torch.quasirandom.SobolEngine(len(self.space.dimensions), scramble=True, seed=self.seed)
+        engine = torch.quasirandom.SobolEngine(len(self.space.dimensions), scramble=True, seed=seed)
         engine.fast_forward(number)
         return self.space.decode(engine.draw(1, dtype=torch.float64)[0].tolist())
 
@@ -304,7 +382,8 @@ class Optimizer:
         """Latent coordinates of the k best observations (the middle of a discrete value's cell)."""
         import torch
 
-        ranked = sorted(self.full() or self.observations, key=lambda o: o.value,
+        seen = self.seen()
+        ranked = sorted([o for o in seen if o.fraction == 1.0] or seen, key=lambda o: o.value,
                         reverse=self.direction == "maximize")[:k]
         rows = []
         for obs in ranked:
@@ -327,14 +406,15 @@ class Optimizer:
         from botorch.models.transforms import Standardize
         from botorch.sampling.pathwise import draw_matheron_paths
 
-        X = self._inputs(torch.tensor([self.space.encode(o.params) for o in self.observations], dtype=torch.float64),
-                         torch.tensor([o.fraction for o in self.observations], dtype=torch.float64))
+        seen = self.seen()
+        X = self._inputs(torch.tensor([self.space.encode(o.params) for o in seen], dtype=torch.float64),
+                         torch.tensor([o.fraction for o in seen], dtype=torch.float64))
         sign = -1.0 if self.direction == "minimize" else 1.0  # the sample is maximised
-        Y = sign * torch.tensor([[o.value] for o in self.observations], dtype=torch.float64)
+        Y = sign * torch.tensor([[o.value] for o in seen], dtype=torch.float64)
         with warnings.catch_warnings():  # "not standardized" while every value so far is the same: it is
             warnings.simplefilter("ignore", InputDataWarning)
             model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
-        n = len(self.observations)
+        n = len(seen)
         if self._hyper is not None:  # the last fit's hyperparameters: a refit starts from them
             model.load_state_dict(self._hyper, strict=False)
         if self._hyper is None or n - self._fitted_at >= self.refit_every:

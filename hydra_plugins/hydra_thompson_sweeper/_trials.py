@@ -74,12 +74,13 @@ class TrialLog:
     created: float = field(default_factory=time.time)
     mirror: Callable[[str, bytes], None] | None = None  # the launcher's copy of the state (async_api), if any
     metric: str = ""  # the reported metric that curves.png draws (the pruner's)
+    searches: list = field(default_factory=list)  # the optimiser's searches, [since, counting_from] each
     _plotted: float = 0.0
 
     # ------------------------------------------------------------------------------------------ state
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "signature": self.signature, "created": self.created,
-                           "trials": [asdict(t) for t in self.trials]}, indent=1)
+                           "searches": self.searches, "trials": [asdict(t) for t in self.trials]}, indent=1)
 
     @classmethod
     def load(cls, path: Path) -> TrialLog:
@@ -87,7 +88,7 @@ class TrialLog:
         if data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a state file of this version of the thompson sweeper")
         trials = [Trial(**dict(t, status=TrialStatus(t["status"]))) for t in data["trials"]]
-        return cls(path.parent, data["signature"], trials, data["created"])
+        return cls(path.parent, data["signature"], trials, data["created"], searches=data.get("searches", []))
 
     def save(self, final: bool = False) -> None:
         """The state (to the sweep dir, and to staging), trials.csv, the best so far (and at the end the plots):

@@ -29,6 +29,10 @@ class ThompsonSweeperConf:
     n_initial: int = 10
     # Observations between two fits of the Gaussian process's hyperparameters
     refit_every: int = 25
+    # Trials without improvement after which the search restarts from a fresh Sobol design and a GP of its
+    # own (then, when that one stalls too, both are merged); null: 40, or 5 per searched parameter if more;
+    # 0: never
+    patience: Optional[int] = None
     # Seed of the proposals: the same seed and results give the same trials
     seed: int = 0
     # Stop submitting new trials after this many minutes (those in flight end); null: no limit

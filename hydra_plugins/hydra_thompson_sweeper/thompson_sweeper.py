@@ -64,7 +64,7 @@ class ThompsonSweeper(Sweeper):
         c = self.conf
         floor = c.min_resource / c.max_resource if c.pruner != "none" else None  # the GP models the resource
         optimizer = Optimizer(space, c.direction, c.algorithm, c.n_initial, c.refit_every, c.seed,
-                              resource_floor=floor)
+                              resource_floor=floor, patience=c.patience)
         signature = {"space": {d.name: d.describe() for d in space.dimensions}, "fixed": fixed,
                      "direction": c.direction, "objective": c.objective, "algorithm": c.algorithm, "seed": c.seed}
         trials = self.open_log(signature)
@@ -136,6 +136,7 @@ class ThompsonSweeper(Sweeper):
                     trial = in_flight.pop(future)
                     if not self.record(trial, future, optimizer):
                         requeue.append(trial)
+                trials.searches = [[search.since, search.counting_from] for search in optimizer.searches]
                 trials.save()
                 live.show(*trials.line(len(in_flight), c.objective or "value"))
                 if trials.failed_in_a_row() >= c.max_failures:
@@ -252,7 +253,7 @@ class ThompsonSweeper(Sweeper):
             log.warning(f"Trial {trial.number} (job #{trial.job}) failed: {trial.error}")
             return True
         trial.status, trial.value = TrialStatus.COMPLETED, value
-        optimizer.observe(trial.params, value)
+        self.tell(optimizer, trial, value)
         self.observe_curve(trial, optimizer)
         return True
 
@@ -267,7 +268,21 @@ class ThompsonSweeper(Sweeper):
         """The GP learns from every trial's curve, stopped or not, each value at its fraction of a full training:
         a stopped trial's values then say what they are, values after less training (as in MOBSTER)."""
         for fraction, value in self.pruner.fidelities(trial.number):
-            optimizer.observe(trial.params, self.sign * value, fraction)
+            self.tell(optimizer, trial, self.sign * value, fraction)
+
+    def tell(self, optimizer, trial: Trial, value: float, fraction: float = 1.0) -> None:
+        """One observation of the trial's, and a line when the optimiser's search restarts or merges on it."""
+        searches, stalled = len(optimizer.searches), optimizer.patience
+        optimizer.observe(trial.params, value, fraction, number=trial.number)
+        if len(optimizer.searches) == searches:
+            return
+        search = optimizer.search
+        if search.fresh:
+            log.info(f"No trial improved on the best for {stalled} trials (hydra.sweeper.patience): the search "
+                     f"restarts from trial {search.since} on, with a fresh Sobol design and a GP of its own")
+        else:
+            log.info(f"The fresh search has not improved for {stalled} trials: it is merged with the earlier "
+                     "ones, and the GP learns from every trial again")
 
     @property
     def sign(self) -> float:
@@ -328,7 +343,7 @@ class ThompsonSweeper(Sweeper):
 
         c = self.conf
         problems = [f"hydra.sweeper.{p}" for p in settings_problems(c.direction, c.algorithm, c.n_initial,
-                                                                     c.refit_every)]
+                                                                     c.refit_every, c.patience)]
         try:  # imported now, before anything is submitted: seconds of import are no worker's idle time later
             import botorch  # noqa: F401
             import matplotlib  # noqa: F401
@@ -377,14 +392,19 @@ class ThompsonSweeper(Sweeper):
     def resume(self, trials: TrialLog, optimizer) -> tuple[dict, list[Trial]]:
         """The earlier run's results back into the optimiser; its trials in flight re-attached where the
         launcher can (Batch jobs run on), or queued to run again (they died with the sweeper)."""
+        optimizer.proposed = len(trials.trials)
         for trial in sorted(trials.trials, key=lambda t: t.number):  # the pruner's rungs, as they were
             curve, trial.curve = trial.curve, []
             self.take_reports(trial, curve)
             if trial.status == TrialStatus.COMPLETED:
-                optimizer.observe(trial.params, trial.value)
+                optimizer.observe(trial.params, trial.value, number=trial.number)
             if trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
-                self.observe_curve(trial, optimizer)
-        optimizer.proposed = len(trials.trials)
+                for fraction, value in self.pruner.fidelities(trial.number):
+                    optimizer.observe(trial.params, self.sign * value, fraction, number=trial.number)
+        if trials.searches:  # the searches as they were (the results came in another order)
+            from hydra_plugins.hydra_thompson_sweeper._optimizer import Search
+
+            optimizer.searches = [Search(*search) for search in trials.searches]
         unfinished = [t for t in trials.trials if not t.done]
         if not unfinished:
             return {}, []
