@@ -195,31 +195,32 @@ def test_values_after_part_of_a_training_do_not_mislead_the_gp():
 
 @pytest.mark.unit
 def test_a_stalled_search_restarts_afresh_and_is_merged_when_the_fresh_one_stalls():
-    """patience=4: after 4 trials proposed since the last improvement, a fresh search (Sobol points of its own,
-    a GP that sees only its trials; a trial of the old search that ends later stays the old search's); when
-    the fresh one stalls too, the GP sees every trial again. patience=0 never restarts."""
+    """patience=4: after 4 trials proposed since the last improvement (and after the Sobol design), a fresh
+    search (Sobol points of its own, a GP that sees only its trials; a trial of the old search that ends later
+    stays the old search's); when the fresh one stalls too, the GP sees every trial again. patience=0 never
+    restarts."""
     space = Space([Dimension.interval("x", 0, 1), Dimension.interval("y", 0, 1)])
     opt = Optimizer(space, n_initial=3, patience=4, seed=1)
     first = [opt.propose() for _ in range(3)]
     for number, p in enumerate(first):
         opt.observe(p, [1.0, 0.5, 0.8][number], number=number)
     late = opt.propose()  # trial 3, still running when the search restarts
-    for number in range(4, 7):  # no better than 0.5 (less than 3% of the range better is no improvement)
+    for number in range(4, 8):  # no better than 0.5 (less than 3% of the range better is no improvement)
         opt.observe(opt.propose(), 0.5 - 0.004, number=number)
-        assert len(opt.searches) == (2 if number == 6 else 1)  # trials 2, 4, 5, 6 came after the best
-    assert (opt.search.since, opt.search.counting_from, opt.search.fresh) == (7, 7, True)
+        assert len(opt.searches) == (2 if number == 7 else 1)  # trials 4 to 7 came after the best and design
+    assert (opt.search.since, opt.search.counting_from, opt.search.fresh) == (8, 8, True)
     opt.observe(late, 0.1, number=3)  # better, but the old search's: it does not count for the fresh one
     assert len(opt.searches) == 2 and opt.best().value == 0.1
     fresh = [opt.propose() for _ in range(3)]
     assert fresh != first and all(p not in first for p in fresh)  # a design of its own
-    for number, p in enumerate(fresh, start=7):
+    for number, p in enumerate(fresh, start=8):
         opt.observe(p, 2.0 - number / 10, number=number)
-    assert [o.number for o in opt.seen()] == [7, 8, 9]  # the GP of the fresh search: its own trials
-    opt.propose()  # trial 10, from that GP
-    for number in range(11, 15):
+    assert [o.number for o in opt.seen()] == [8, 9, 10]  # the GP of the fresh search: its own trials
+    opt.propose()  # trial 11, from that GP
+    for number in range(12, 16):
         opt.observe(opt.propose(), 3.0, number=number)
-    assert (opt.search.since, opt.search.counting_from, opt.search.fresh) == (0, 15, False)  # merged
-    assert len(opt.seen()) == 14  # every trial that ended
+    assert (opt.search.since, opt.search.counting_from, opt.search.fresh) == (0, 16, False)  # merged
+    assert len(opt.seen()) == 15  # every trial that ended
 
     never = Optimizer(space, n_initial=3, patience=0, seed=1)
     for number in range(20):

@@ -286,7 +286,9 @@ class Optimizer:
             if value > best + tolerance:
                 improved = obs.number
             best = max(best, value)
-        after = max(improved + 1, self.search.counting_from)
+        search = self.search  # a first or fresh search stalls only once its GP proposes, after its design
+        design = self.n_initial if search.since == search.counting_from else 0
+        after = max(improved + 1, search.counting_from + design)
         trained: dict[int, float] = {}
         for obs in seen:
             if obs.number >= after:
