@@ -79,7 +79,7 @@ def simulate(panel_name: str, method: str, seed: int, budget_scale: float) -> di
     function, dim, _ = problem(panel.function)
     budget = panel.budget * budget_scale
     rng = random.Random(seed)
-    ask, tell = policy(method, dim, seed)
+    ask, tell = policy(method, dim, seed, round(budget * panel.workers))  # evaluations expected: mean time 1
 
     def value(x: dict) -> float:
         return float(function(torch.tensor([[x[f"x{i}"] for i in range(dim)]], dtype=torch.float64)))
@@ -119,8 +119,9 @@ def simulate(panel_name: str, method: str, seed: int, budget_scale: float) -> di
     return {"panel": panel_name, "method": method, "seed": seed, "completed": completed, "latencies": latencies}
 
 
-def policy(method: str, dim: int, seed: int):
-    """ask() -> (point, handle) and tell(point, handle, value) for one method."""
+def policy(method: str, dim: int, seed: int, budget: int | None = None):
+    """ask() -> (point, handle) and tell(point, handle, value) for one method; budget: evaluations expected (the
+    sweeper's n_trials)."""
     if method.endswith("TPE"):
         import optuna
 
@@ -141,7 +142,7 @@ def policy(method: str, dim: int, seed: int):
 
     algorithm = {"asyTS": "asy_ts", "synTS": "syn_ts", "asyRAND": "asy_random", "synRAND": "syn_random"}[method]
     space = Space([Dimension.interval(f"x{i}", 0.0, 1.0) for i in range(dim)])
-    optimizer = Optimizer(space, direction="maximize", algorithm=algorithm, seed=seed)
+    optimizer = Optimizer(space, direction="maximize", algorithm=algorithm, seed=seed, budget=budget)
     return ((lambda: (optimizer.propose(), optimizer.proposed - 1)),  # the handle: the proposal's number
             (lambda point, number, value: optimizer.observe(point, value, number=number)))
 

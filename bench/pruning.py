@@ -119,7 +119,7 @@ def simulate(method: str, seed: int, budget_scale: float) -> dict:
     function, dim, _ = problem("Hartmann6")  # maximised: f(x) = -function(x)
     horizon = setup.budget * budget_scale / setup.workers  # simulated time
     rng = random.Random(seed)
-    ask, report, tell = policy(method, dim, seed)
+    ask, report, tell = policy(method, dim, seed, round(setup.full_trials * budget_scale))
     running: dict[int, dict] = {}
     events: list = []  # (time of the trial's next report, trial number)
 
@@ -164,7 +164,7 @@ def simulate(method: str, seed: int, budget_scale: float) -> dict:
             "latencies": latencies, "pruner_times": pruner_times}
 
 
-def policy(method: str, dim: int, seed: int):
+def policy(method: str, dim: int, seed: int, full_trials: int | None = None):
     """ask(pending) -> (params, handle); report(handle, trial, step, loss, done) -> stop?; tell(params, handle,
     final loss, or None for a stopped trial)."""
     setup = SETUP
@@ -201,7 +201,8 @@ def policy(method: str, dim: int, seed: int):
     asha = method.endswith("ASHA")
     optimizer = Optimizer(Space([Dimension.interval(f"x{i}", 0.0, 1.0) for i in range(dim)]),
                           direction="minimize", algorithm=algorithm, seed=seed,
-                          resource_floor=setup.min_resource / setup.epochs if asha else None)
+                          resource_floor=setup.min_resource / setup.epochs if asha else None,
+                          budget=None if asha else full_trials)  # n_trials as a user would set it; ASHA's: unknown
     pruner = _pruners.make("asha" if asha else "none", setup.min_resource, setup.epochs, setup.reduction_factor)
 
     def report(handle, number, step, value, done):

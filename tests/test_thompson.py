@@ -222,6 +222,11 @@ def test_a_stalled_search_restarts_afresh_and_is_merged_when_the_fresh_one_stall
     assert (opt.search.since, opt.search.counting_from, opt.search.fresh) == (0, 16, False)  # merged
     assert len(opt.seen()) == 15  # every trial that ended
 
+    late_in_the_sweep = Optimizer(space, n_initial=3, patience=4, seed=1, budget=17)  # stalled at 7: 10 left
+    for number in range(12):
+        late_in_the_sweep.observe(late_in_the_sweep.propose(), 0.5 if number else 0.1, number=number)
+    assert len(late_in_the_sweep.searches) == 1  # a fresh search needs its design and twice the patience
+
     never = Optimizer(space, n_initial=3, patience=0, seed=1)
     for number in range(20):
         never.observe(never.propose(), 1.0, number=number)

@@ -23,7 +23,8 @@ that no sample ever went there (a better maximiser of the sample does not help: 
 does (Eriksson et al. 2019), a search that has not improved for `patience` trials restarts: a fresh Sobol
 design, and a GP on the fresh search's trials only, which knows nothing of the old basin. When the fresh
 search stalls in its turn, the two are merged (the GP sees every trial again) and the better basin is refined
-with all the data; a merged search that stalls restarts afresh. Each observation belongs to the search that
+with all the data; a merged search that stalls restarts afresh. With a `budget` (the sweep's trials), no
+fresh search starts without room for its design and twice the patience. Each observation belongs to the search that
 proposed it (`observe(..., number=)`): the trials still running when a search restarts do not pull the fresh
 one back to the old basin.
 """
@@ -221,6 +222,7 @@ class Optimizer:
     n_candidates: int = 2048  # Sobol candidates a posterior sample is scored on, besides local ones
     resource_floor: float | None = None  # the smallest fraction of a training observed; None: full ones only
     patience: int | None = None  # trials without improvement before a fresh search; None: 40, or 5 a dimension
+    budget: int | None = None  # trials in all (the sweep's n_trials), if known: no fresh search too late to pay
     observations: list[Observation] = field(default_factory=list)
     proposed: int = 0
     searches: list[Search] = field(default_factory=lambda: [Search()])  # the current one last
@@ -259,7 +261,7 @@ class Optimizer:
         self.space.encode(params)  # refuse params outside the space now
         number = max(self.proposed - 1, 0) if number is None else int(number)
         self.observations.append(Observation(dict(params), value, fraction, number))
-        if self.thompson and self.patience and self.stalled() >= self.patience:
+        if self.thompson and self.patience and self.stalled() >= self.patience and self._worth_restarting():
             self._restart()
 
     @property
@@ -294,6 +296,11 @@ class Optimizer:
             if obs.number >= after:
                 trained[obs.number] = max(trained.get(obs.number, 0.0), obs.fraction)
         return sum(trained.values())
+
+    def _worth_restarting(self) -> bool:
+        """A merge always is; a fresh search only with room for its design and twice the patience."""
+        left = math.inf if self.budget is None else self.budget - self.proposed
+        return self.search.fresh or left >= self.n_initial + 2 * self.patience
 
     def _restart(self) -> None:
         """A fresh search (after the first one, or a merged one, stalled), or the fresh one merged with all

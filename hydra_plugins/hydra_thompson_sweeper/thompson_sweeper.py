@@ -64,7 +64,7 @@ class ThompsonSweeper(Sweeper):
         c = self.conf
         floor = c.min_resource / c.max_resource if c.pruner != "none" else None  # the GP models the resource
         optimizer = Optimizer(space, c.direction, c.algorithm, c.n_initial, c.refit_every, c.seed,
-                              resource_floor=floor, patience=c.patience)
+                              resource_floor=floor, patience=c.patience, budget=c.n_trials)
         signature = {"space": {d.name: d.describe() for d in space.dimensions}, "fixed": fixed,
                      "direction": c.direction, "objective": c.objective, "algorithm": c.algorithm, "seed": c.seed}
         trials = self.open_log(signature)
