@@ -24,9 +24,9 @@ does (Eriksson et al. 2019), a search that has not improved for `patience` trial
 design, and a GP on the fresh search's trials only, which knows nothing of the old basin. When the fresh
 search stalls in its turn, the two are merged (the GP sees every trial again) and the better basin is refined
 with all the data; a merged search that stalls restarts afresh. With a `budget` (the sweep's trials), no
-fresh search starts without room for its design and twice the patience. Each observation belongs to the search that
-proposed it (`observe(..., number=)`): the trials still running when a search restarts do not pull the fresh
-one back to the old basin.
+fresh search starts without room for its design and twice the patience. Each observation belongs to the
+search that proposed it (`observe(..., number=)`): the trials still running when a search restarts do not
+pull the fresh one back to the old basin.
 """
 
 from __future__ import annotations
