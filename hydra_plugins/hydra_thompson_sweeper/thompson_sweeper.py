@@ -85,6 +85,7 @@ class ThompsonSweeper(Sweeper):
         try:
             self.run(trials, optimizer, in_flight, requeue)
         finally:
+            self.keep_searches(trials, optimizer)
             trials.save(final=True)
         best = trials.best()
         if best is None:
@@ -136,7 +137,7 @@ class ThompsonSweeper(Sweeper):
                     trial = in_flight.pop(future)
                     if not self.record(trial, future, optimizer):
                         requeue.append(trial)
-                trials.searches = [[search.since, search.counting_from] for search in optimizer.searches]
+                self.keep_searches(trials, optimizer)
                 trials.save()
                 live.show(*trials.line(len(in_flight), c.objective or "value"))
                 if trials.failed_in_a_row() >= c.max_failures:
@@ -253,7 +254,7 @@ class ThompsonSweeper(Sweeper):
             log.warning(f"Trial {trial.number} (job #{trial.job}) failed: {trial.error}")
             return True
         trial.status, trial.value = TrialStatus.COMPLETED, value
-        self.tell(optimizer, trial, value)
+        optimizer.observe(trial.params, value, number=trial.number)
         self.observe_curve(trial, optimizer)
         return True
 
@@ -268,21 +269,20 @@ class ThompsonSweeper(Sweeper):
         """The GP learns from every trial's curve, stopped or not, each value at its fraction of a full training:
         a stopped trial's values then say what they are, values after less training (as in MOBSTER)."""
         for fraction, value in self.pruner.fidelities(trial.number):
-            self.tell(optimizer, trial, self.sign * value, fraction)
+            optimizer.observe(trial.params, self.sign * value, fraction, number=trial.number)
 
-    def tell(self, optimizer, trial: Trial, value: float, fraction: float = 1.0) -> None:
-        """One observation of the trial's, and a line when the optimiser's search restarts or merges on it."""
-        searches, stalled = len(optimizer.searches), optimizer.patience
-        optimizer.observe(trial.params, value, fraction, number=trial.number)
-        if len(optimizer.searches) == searches:
-            return
-        search = optimizer.search
-        if search.fresh:
-            log.info(f"No trial improved on the best for {stalled} trials (hydra.sweeper.patience): the search "
-                     f"restarts from trial {search.since} on, with a fresh Sobol design and a GP of its own")
-        else:
-            log.info(f"The fresh search has not improved for {stalled} trials: it is merged with the earlier "
-                     "ones, and the GP learns from every trial again")
+    @staticmethod
+    def keep_searches(trials: TrialLog, optimizer) -> None:
+        """The optimiser's searches into the state (a resume goes on with them), and a line for each new one."""
+        for search in optimizer.searches[len(trials.searches):]:
+            if search.fresh:
+                log.info(f"No trial improved on the best for {optimizer.patience} trials (hydra.sweeper.patience): "
+                         f"the search restarts from trial {search.since} on, with a fresh Sobol design and a GP of "
+                         "its own")
+            elif search.counting_from:  # not the first search
+                log.info(f"The fresh search has not improved for {optimizer.patience} trials: it is merged with "
+                         "the earlier ones, and the GP learns from every trial again")
+        trials.searches = [[search.since, search.counting_from] for search in optimizer.searches]
 
     @property
     def sign(self) -> float:
@@ -399,8 +399,7 @@ class ThompsonSweeper(Sweeper):
             if trial.status == TrialStatus.COMPLETED:
                 optimizer.observe(trial.params, trial.value, number=trial.number)
             if trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
-                for fraction, value in self.pruner.fidelities(trial.number):
-                    optimizer.observe(trial.params, self.sign * value, fraction, number=trial.number)
+                self.observe_curve(trial, optimizer)
         if trials.searches:  # the searches as they were (the results came in another order)
             from hydra_plugins.hydra_thompson_sweeper._optimizer import Search
 
