@@ -277,7 +277,7 @@ class Optimizer:
         improved its best full training by more than IMPROVEMENT of its values' range; a trial stopped early
         counts the fraction of a training it had (with a pruner, patience is in full trainings' worth)."""
         seen = self.seen()
-        full = sorted((o for o in seen if o.fraction == 1.0), key=lambda o: o.number)
+        full = sorted(self.full(seen), key=lambda o: o.number)
         if len(full) < self.n_initial:
             return 0
         sign = -1.0 if self.direction == "minimize" else 1.0
@@ -309,9 +309,9 @@ class Optimizer:
         self.searches.append(Search(0, now) if self.search.fresh else Search(now, now))
         self._hyper, self._fitted_at = None, 0
 
-    def full(self) -> list[Observation]:
-        """The observations of full trainings."""
-        return [o for o in self.observations if o.fraction == 1.0]
+    def full(self, observations: list[Observation] | None = None) -> list[Observation]:
+        """The observations of full trainings, among these (all of them by default)."""
+        return [o for o in (self.observations if observations is None else observations) if o.fraction == 1.0]
 
     def best(self) -> Observation | None:
         full = self.full()
@@ -392,7 +392,7 @@ class Optimizer:
         import torch
 
         seen = self.seen()
-        ranked = sorted([o for o in seen if o.fraction == 1.0] or seen, key=lambda o: o.value,
+        ranked = sorted(self.full(seen) or seen, key=lambda o: o.value,
                         reverse=self.direction == "maximize")[:k]
         rows = []
         for obs in ranked:
