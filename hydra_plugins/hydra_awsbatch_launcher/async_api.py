@@ -47,7 +47,11 @@ class AsyncLauncher(Protocol):
         """What job `num` reported with `report(step, **metrics)` so far, oldest first: {"step", "time", metric:
         value...} a record. Read while the job runs, every `metrics_interval_s` or so; complete once it ended."""
 
-    # Optional, beside the six: job_latency(num) -> dict[str, float], where job `num`'s time went in seconds
+    # Optional, beside the six: capacity() -> int | None, how many of its jobs run at once (warm workers, a cap
+    # on parallel jobs); None where it runs every job it is given. A sweeper that keeps more in flight than that
+    # has them wait in the launcher's queue, from which a freed worker takes the next at once.
+    #
+    # Optional: job_latency(num) -> dict[str, float], where job `num`'s time went in seconds
     # ({"waiting", "starting", "task", "ending"}: queued, starting up, its task, its result coming home), {} where
     # unknown. The thompson sweeper writes it into trials.csv where a launcher has it.
 

@@ -158,6 +158,9 @@ class BaseAwsBatchLauncher(Launcher):
         job = self.sweep.manifest.jobs_by_num().get(num) if self.sweep is not None else None
         return (job.started, job.stopped) if job is not None else None
 
+    def capacity(self) -> int | None:  # async_api's optional call: warm workers; Batch runs every job it is given
+        return int(self.params.get("workers") or 0) or None
+
     def job_latency(self, num: int) -> dict[str, float]:  # async_api's optional call
         job = self.sweep.manifest.jobs_by_num().get(num) if self.sweep is not None else None
         return job.latency() if job is not None else {}
@@ -241,6 +244,9 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
         if self.params.get("max_parallel") is not None and int(self.params.max_parallel) < 1:
             problems.append(f"hydra.launcher.max_parallel={self.params.max_parallel}: at least 1 (null: one per CPU)")
         return problems
+
+    def capacity(self) -> int | None:  # warm workers, or local processes (max_parallel; null: one per CPU)
+        return super().capacity() or max(1, self.params.max_parallel or os.cpu_count() or 1)
 
     @property
     def writes_in_place(self) -> bool:

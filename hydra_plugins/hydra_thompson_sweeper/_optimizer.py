@@ -338,16 +338,36 @@ class Optimizer:
         of them (Thompson sampling otherwise ignores them: each call draws a fresh posterior sample)."""
         import torch
 
-        number = self.proposed
+        number, gp = self.proposed, self._gp_next()
         self.proposed += 1
         with torch.random.fork_rng():
             torch.manual_seed(self.seed * 1_000_003 + number)  # reproducible, and the same after a resume
             if not self.thompson:
                 return self.space.decode(torch.rand(len(self.space.dimensions), dtype=torch.float64).tolist())
-            since = self.search.since
-            if number - since < self.n_initial or len(self.seen()) < 2:
+            if not gp:
+                since = self.search.since
                 return self._sobol(number - since, self.seed + since)
             return self._thompson(pending)
+
+    def prefit(self) -> None:
+        """Fit the GP's hyperparameters now where the next proposal would fit them, or would once one more
+        result is in. A caller whose workers are all busy calls this after it submitted, so that the fit (and
+        the first time, BoTorch's import) is not paid between a trial's end and the next trial's start."""
+        if self._gp_next() and self._fit_due(len(self.seen()) + 1):
+            import torch
+
+            with torch.random.fork_rng():  # a fit that retries draws: from its own stream, not the caller's
+                torch.manual_seed(self.seed * 1_000_003 + self.proposed)
+                self._model(ahead=1)
+
+    def _gp_next(self) -> bool:
+        """Whether the next proposal is the GP's (else the search's Sobol design, or random search)."""
+        return (self.thompson and self.proposed - self.search.since >= self.n_initial
+                and len(self.seen()) >= 2)
+
+    def _fit_due(self, n: int) -> bool:
+        """Whether a GP of n observations has its hyperparameters fitted anew."""
+        return self._hyper is None or n - self._fitted_at >= self.refit_every
 
     def _sobol(self, number: int, seed: int) -> dict:
         import torch
@@ -407,13 +427,20 @@ class Optimizer:
 
     def _sample_path(self):
         """One sample of the GP posterior, as a function (BoTorch's pathwise Matheron sample), to maximise."""
+        import torch
+        from botorch.sampling.pathwise import draw_matheron_paths
+
+        return draw_matheron_paths(self._model(), sample_shape=torch.Size([1]))
+
+    def _model(self, ahead: int = 0):
+        """The GP of the current search's observations, with its hyperparameters fitted anew where due (`ahead`:
+        where due once that many more results are in)."""
         import warnings
 
         import torch
         from botorch.exceptions import InputDataWarning
         from botorch.models import SingleTaskGP
         from botorch.models.transforms import Standardize
-        from botorch.sampling.pathwise import draw_matheron_paths
 
         seen = self.seen()
         X = self._inputs(torch.tensor([self.space.encode(o.params) for o in seen], dtype=torch.float64),
@@ -426,12 +453,12 @@ class Optimizer:
         n = len(seen)
         if self._hyper is not None:  # the last fit's hyperparameters: a refit starts from them
             model.load_state_dict(self._hyper, strict=False)
-        if self._hyper is None or n - self._fitted_at >= self.refit_every:
+        if self._fit_due(n + ahead):
             self._fit(model)
             self._fitted_at = n
             self._hyper = {k: v for k, v in model.state_dict().items() if not k.startswith("outcome_transform")}
         model.eval()
-        return draw_matheron_paths(model, sample_shape=torch.Size([1]))
+        return model
 
     @staticmethod
     def _fit(model) -> None:

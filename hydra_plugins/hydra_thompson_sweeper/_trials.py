@@ -105,13 +105,20 @@ class TrialLog:
         if final:
             self.redraw(now=True)
 
-    def redraw(self, now: bool = False) -> None:
-        """convergence.png and curves.png, at most every PLOT_EVERY_S (a drawing takes about half a second: the
-        sweeper draws while every worker is busy, not between a trial's end and the next trial)."""
-        if now or time.time() - self._plotted >= PLOT_EVERY_S:
-            self.plot()
-            self.plot_curves()
-            self._plotted = time.time()
+    def redraw(self, now: bool = False) -> bool:
+        """convergence.png and curves.png, at most every PLOT_EVERY_S (a drawing takes a quarter of a second or
+        more: the sweeper draws while every worker is busy, not between a trial's end and the next trial).
+        Whether they were drawn."""
+        if not now and time.time() - self._plotted < PLOT_EVERY_S:
+            return False
+        self.plot()
+        self.plot_curves()
+        self._plotted = time.time()
+        return True
+
+    def plots_stale(self) -> bool:
+        """The plots were drawn long ago (trials ending too often for a quiet moment): drawn at once."""
+        return time.time() - self._plotted >= 6 * PLOT_EVERY_S
 
     # ------------------------------------------------------------------------------------------- views
     @property

@@ -23,6 +23,10 @@ class ThompsonSweeperConf:
     n_trials: int = 20
     # Trials in flight at once: Batch jobs kept running
     n_workers: int = 4
+    # Trials proposed ahead, waiting for a worker, where the launcher runs at most n_workers at once (warm
+    # workers, or max_parallel): a worker that frees starts one at once, not after the next proposal (which then
+    # sees one result fewer); 0: propose only when a worker frees
+    n_queued: int = 1
     # asy_ts (asynchronous Thompson sampling), syn_ts (in batches of n_workers), asy_random, syn_random
     algorithm: str = "asy_ts"
     # Space-filling (Sobol) trials before the Gaussian process proposes

@@ -29,6 +29,7 @@ from hydra_plugins.hydra_thompson_sweeper._space import SweepError, override, se
 from hydra_plugins.hydra_thompson_sweeper._trials import STATE, Trial, TrialLog, TrialStatus
 
 log = logging.getLogger("hydra_plugins.hydra_thompson_sweeper")
+QUIET_S = 0.5  # the plots are redrawn, and a fit due soon made, once no trial ended or started for this long
 
 
 class ThompsonSweeper(Sweeper):
@@ -77,6 +78,10 @@ class ThompsonSweeper(Sweeper):
         if not self.asynchronous:
             log.info(f"{type(self.launcher).__name__} has no launch_async: running synchronous batches of "
                      f"{c.n_workers} (hydra/launcher=aws_batch or aws_batch_local keep every worker busy)")
+        capacity = getattr(self.launcher, "capacity", lambda: None)() if self.asynchronous else None
+        if capacity is not None and self.in_flight_target() > capacity and not optimizer.batched:
+            log.info(f"The launcher runs {capacity} trials at once: {self.in_flight_target() - capacity} more wait "
+                     "for a worker, which starts one the moment it frees (hydra.sweeper.n_queued)")
         self.fixed = fixed
         trials.mirror = self.launcher.mirror if self.asynchronous else None
         trials.metric = self.metric = c.metric or c.objective or ""
@@ -100,11 +105,12 @@ class ThompsonSweeper(Sweeper):
         c = self.conf
         deadline = time.time() + c.max_minutes * 60 if c.max_minutes is not None else math.inf
         batched = optimizer.batched or not self.asynchronous
-        limit = c.n_trials
+        limit, target = c.n_trials, c.n_workers if batched else self.in_flight_target()
         live = LiveText(logger=log)
+        quiet_since, tidied = time.monotonic(), False  # since a trial last ended or started; plots drawn since
         try:
             while True:
-                free = c.n_workers - len(in_flight) if not (batched and in_flight) else 0
+                free = target - len(in_flight) if not (batched and in_flight) else 0
                 new: list[Trial] = []
                 while free > len(new) and (requeue or len(trials.trials) < limit):
                     if time.time() > deadline:
@@ -115,14 +121,22 @@ class ThompsonSweeper(Sweeper):
                         requeue.clear()
                         break
                     new.append(requeue.pop(0) if requeue else self.propose(trials, optimizer, in_flight, new))
+                    if not batched:  # each goes at once: a worker may be waiting for it
+                        in_flight.update(self.submit(trials, new))
+                        free, new = free - 1, []
+                        quiet_since, tidied = time.monotonic(), False
                 if new:
                     in_flight.update(self.submit(trials, new))
+                    quiet_since, tidied = time.monotonic(), False
                 if not in_flight:
                     return
                 live.show(*trials.line(len(in_flight), c.objective or "value"))
-                trials.redraw()  # every worker is busy
+                if not tidied and (time.monotonic() - quiet_since >= QUIET_S or trials.plots_stale()):
+                    optimizer.prefit()  # a fit the next proposal would make, made while every worker is busy
+                    tidied = trials.redraw()
+                timeout = self.watch_s if tidied else min(self.watch_s or QUIET_S, QUIET_S)
                 try:
-                    done, _ = concurrent.futures.wait(list(in_flight), timeout=self.watch_s,
+                    done, _ = concurrent.futures.wait(list(in_flight), timeout=timeout,
                                                       return_when=concurrent.futures.FIRST_COMPLETED)
                     stopping = self.prune(in_flight)
                 except KeyboardInterrupt:
@@ -133,6 +147,7 @@ class ThompsonSweeper(Sweeper):
                     raise
                 if not done and not stopping:
                     continue  # a look at what the trials in flight reported, and nothing to record
+                quiet_since, tidied = time.monotonic(), False
                 for future in sorted(done, key=lambda f: in_flight[f].number):
                     trial = in_flight.pop(future)
                     if not self.record(trial, future, optimizer):
@@ -151,6 +166,15 @@ class ThompsonSweeper(Sweeper):
             raise
         finally:
             live.close()
+
+    def in_flight_target(self) -> int:
+        """Trials kept in flight: n_workers, and n_queued more waiting for a worker where the launcher runs at
+        most n_workers at once (as many as wait already where it runs fewer)."""
+        c = self.conf
+        capacity = getattr(self.launcher, "capacity", lambda: None)() if self.asynchronous else None
+        if capacity is None or capacity > c.n_workers:
+            return c.n_workers
+        return max(c.n_workers, capacity + c.n_queued)
 
     def stop_in_flight(self, in_flight: dict, optimizer) -> None:
         """The sweep stops on an error: the trials still running are stopped, their jobs too, and recorded as
@@ -345,14 +369,18 @@ class ThompsonSweeper(Sweeper):
         problems = [f"hydra.sweeper.{p}" for p in settings_problems(c.direction, c.algorithm, c.n_initial,
                                                                      c.refit_every, c.patience)]
         try:  # imported now, before anything is submitted: seconds of import are no worker's idle time later
-            import botorch  # noqa: F401
-            import matplotlib  # noqa: F401
+            import botorch.fit
+            import botorch.models
+            import botorch.sampling.pathwise  # noqa: F401
+            import matplotlib.pyplot  # noqa: F401
         except ImportError as error:
             problems.append(f"hydra/sweeper=thompson needs {error.name}: pip install "
                             "'hydra-awsbatch-launcher[bo]'")
         for name in ("n_trials", "n_workers", "max_failures"):
             if int(c[name]) < 1:
                 problems.append(f"hydra.sweeper.{name}={c[name]}: at least 1")
+        if int(c.n_queued) < 0:
+            problems.append(f"hydra.sweeper.n_queued={c.n_queued}: 0 or more")
         if c.max_minutes is not None and c.max_minutes <= 0:
             problems.append(f"hydra.sweeper.max_minutes={c.max_minutes}: above 0, or null for no limit")
         if getattr(self.launcher, "dry_run", False):
