@@ -3,10 +3,12 @@
     python bench/thompson_busy.py [--trials 21] [--workers 3] [--seconds 3] [--out bench/thompson_busy]
 
 Each variant is a fresh `python app.py --multirun hydra/sweeper=thompson ...` process, as a user runs it: a process
-per trial (`max_parallel=3`) and warm workers (`workers=3`). From the manifest's per-job task start and end
-(run_job's call and return, written by the worker), the average number of tasks running between the first task's
-start and the last task's end (goal with warm workers: at least 2.8 of 3), and the refill gaps: from a task's
-end to the next task's start on a freed worker (the sweeper's proposal, staging, the handover, the start).
+per trial (`max_parallel=3`) and warm workers (`workers=3`), each with one trial waiting for a worker (the default,
+`hydra.sweeper.n_queued=1`), and warm workers with none (`n_queued=0`: proposed only when a worker frees). From the
+manifest's per-job task start and end (run_job's call and return, written by the worker), the average number of
+tasks running between the first task's start and the last task's end (goal with warm workers: at least 2.8 of 3),
+and the refill gaps: from a task's end to the next task's start on a freed worker (the sweeper's proposal, staging,
+the handover, the start).
 """
 
 from __future__ import annotations
@@ -61,16 +63,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--out", type=Path, help="write PATH.json")
     args = parser.parse_args()
-    variants = {"a process per trial": f"hydra.launcher.max_parallel={args.workers}",
-                "warm workers": f"hydra.launcher.workers={args.workers}"}
+    variants = {"a process per trial": [f"hydra.launcher.max_parallel={args.workers}"],
+                "warm workers, n_queued=0": [f"hydra.launcher.workers={args.workers}", "hydra.sweeper.n_queued=0"],
+                "warm workers": [f"hydra.launcher.workers={args.workers}"]}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         app_dir = Path(tmp)
         (app_dir / "app.py").write_text(APP)
-        for i, (name, option) in enumerate(variants.items()):
+        for i, (name, options) in enumerate(variants.items()):
             cmd = [sys.executable, "app.py", "--multirun", "hydra/sweeper=thompson", "+x=interval(0, 1)",
                    f"+seconds={args.seconds}", f"hydra.sweeper.n_trials={args.trials}",
-                   f"hydra.sweeper.n_workers={args.workers}", "hydra/launcher=aws_batch_local", option,
+                   f"hydra.sweeper.n_workers={args.workers}", "hydra/launcher=aws_batch_local", *options,
                    f"hydra.sweep.dir=sweep-{i}"]
             proc = subprocess.run(cmd, cwd=app_dir, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -78,9 +81,9 @@ def main() -> None:
             jobs = json.loads((app_dir / f"sweep-{i}" / "manifest.json").read_text())["jobs"]
             results[name] = {"busy": busy(jobs), "gaps": gaps(jobs, args.workers)}
     print(f"thompson, {args.trials} trials of {args.seconds:g} s, {args.workers} in flight, aws_batch_local")
-    print(f"{'variant':<24}{'tasks running (avg)':>22}{'refill gap median s':>22}{'max s':>8}")
+    print(f"{'variant':<28}{'tasks running (avg)':>22}{'refill gap median s':>22}{'max s':>8}")
     for name, r in results.items():
-        print(f"{name:<24}{r['busy']:>16.2f} of {args.workers}{statistics.median(r['gaps']):>22.2f}"
+        print(f"{name:<28}{r['busy']:>16.2f} of {args.workers}{statistics.median(r['gaps']):>22.2f}"
               f"{max(r['gaps']):>8.2f}")
     if args.out:
         args.out.with_suffix(".json").write_text(json.dumps(dict(vars(args), out=None, results=results),

@@ -194,6 +194,38 @@ def test_values_after_part_of_a_training_do_not_mislead_the_gp():
 
 
 @pytest.mark.unit
+def test_prefit_makes_the_fit_a_proposal_would_make_so_the_proposal_makes_none(monkeypatch):
+    """The sweeper calls prefit() while every worker is busy: the GP's hyperparameters are fitted then, where the
+    next proposal (or the one after the next result) would fit them, and not again in that proposal."""
+    fits = []
+    real = Optimizer._fit
+    monkeypatch.setattr(Optimizer, "_fit", staticmethod(lambda model: (fits.append(1), real(model))))
+    opt = Optimizer(Space([Dimension.interval("x", 0.0, 1.0)]), n_initial=4, refit_every=5, seed=3)
+    for _ in range(4):  # the Sobol design: nothing to fit before it ends
+        opt.prefit()
+        opt.observe(opt.propose(), 0.5)
+    assert fits == []
+    opt.prefit()  # the next proposal is the GP's first: fitted now
+    assert len(fits) == 1
+    opt.observe(opt.propose(), 0.2)
+    assert len(fits) == 1  # the proposal used that fit
+    for value in (0.3, 0.1, 0.4):
+        opt.prefit()  # 1, 2, 3 results since the fit: none due with the next result
+        opt.observe(opt.propose(), value)
+    assert len(fits) == 1
+    opt.prefit()  # 4 since: the 5th comes before the next proposal, which would refit: fitted now instead
+    assert len(fits) == 2
+    opt.observe(opt.propose(), 0.6)
+    opt.propose()
+    assert len(fits) == 2
+    random_search = Optimizer(Space([Dimension.interval("x", 0.0, 1.0)]), algorithm="asy_random", n_initial=2)
+    for _ in range(4):
+        random_search.observe(random_search.propose(), 1.0)
+        random_search.prefit()
+    assert len(fits) == 2
+
+
+@pytest.mark.unit
 def test_a_stalled_search_restarts_afresh_and_is_merged_when_the_fresh_one_stalls():
     """patience=4: after 4 trials proposed since the last improvement (and after the Sobol design), a fresh
     search (Sobol points of its own, a GP that sees only its trials; a trial of the old search that ends later
@@ -356,10 +388,11 @@ def test_max_minutes_stops_new_trials_and_lets_those_in_flight_end(sweep_app):
 @pytest.mark.integration
 def test_bad_settings_are_refused_at_once_before_anything_runs(sweep_app):
     proc = sweep_app("hydra.sweeper.n_workers=0", "hydra.sweeper.direction=up", "+y=tag(log, interval(0, 1))",
-                     "hydra.sweeper.patience=-2", "hydra.sweep.dir=sweep", check=False)
+                     "hydra.sweeper.patience=-2", "hydra.sweeper.n_queued=-1", "hydra.sweep.dir=sweep", check=False)
     assert proc.returncode == 1
     for problem in ("+y: a log scale needs a lower bound above 0", "hydra.sweeper.direction=up: minimize or "
-                    "maximize", "hydra.sweeper.n_workers=0: at least 1", "hydra.sweeper.patience=-2: at least 0"):
+                    "maximize", "hydra.sweeper.n_workers=0: at least 1", "hydra.sweeper.patience=-2: at least 0",
+                    "hydra.sweeper.n_queued=-1: 0 or more"):
         assert problem in proc.stderr, proc.stderr
     assert not (sweep_app.app / "sweep").exists()
 
@@ -400,14 +433,21 @@ def test_a_stalled_sweep_restarts_says_so_and_a_resume_keeps_its_searches(sweep_
 def test_every_worker_stays_busy_on_aws_batch_local(sweep_app, workers, median, most):
     """15 trials of random length (0.1 s to 1.6 s of work, plus a process start each, or a fork on a warm
     worker), 3 in flight."""
-    sweep_app("hydra/launcher=aws_batch_local", f"hydra.launcher.{workers}", "hydra.sweeper.n_trials=15",
-              "hydra.sweeper.n_workers=3", "+seconds=1.2", "hydra.sweep.dir=sweep")
+    proc = sweep_app("hydra/launcher=aws_batch_local", f"hydra.launcher.{workers}", "hydra.sweeper.n_trials=15",
+                     "hydra.sweeper.n_workers=3", "+seconds=1.2", "hydra.sweep.dir=sweep")
     sweep = sweep_app.app / "sweep"
+    # one trial more than the launcher runs at once waits for a worker (hydra.sweeper.n_queued=1), never a 4th
+    assert "The launcher runs 3 trials at once: 1 more wait for a worker" in proc.stderr
     trials = trials_csv(sweep)
     assert [t["status"] for t in trials] == ["completed"] * 15 and len(sweep_app.calls()) == 15
     assert all(float(t["task_s"]) >= 0.1 and float(t["starting_s"]) >= 0 and t["ending_s"] for t in trials)
     jobs = manifest(sweep)["jobs"]
     assert len(jobs) == 15 and {j["state"] for j in jobs} == {"SUCCEEDED"}
+    by_num = {j["num"]: j for j in jobs}
+    first_end = min(j["task_ended"] for j in jobs)
+    assert by_num[3]["submitted"] < first_end <= by_num[3]["task_started"]  # queued, started once one freed
+    spans = [(j["task_started"], j["task_ended"]) for j in jobs]
+    assert max(sum(s <= start < e for s, e in spans) for start, _ in spans) == 3
     gaps = sorted(refill_gaps(jobs, 3))
     # a freed worker waits for the watcher (0.05 s), one proposal and a Python process's start (~1 s here), or
     # on a warm worker the worker's look at its assignment (0.05 s) and a fork

@@ -141,7 +141,6 @@ def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending, unpacke
         _package.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
     sys.path.insert(0, str(code_dir))
 
-    from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
 
     recipe = _compose.Recipe(*payload.recipes[index])
@@ -155,7 +154,7 @@ def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending, unpacke
     except ModuleNotFoundError as exc:
         raise MissingModule.of(exc) from exc
     _compose.build(config, recipe, header["sweep_dir"])
-    Singleton.set_state(shared.singleton_state)
+    _set_hydra_state(shared.singleton_state)
     setup_globals()
     in_place = bool(os.environ.get(ENV_IN_PLACE))
     if not in_place:
@@ -164,6 +163,15 @@ def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending, unpacke
         os.chdir(config.hydra.runtime.cwd)
     job_dir = Path(config.hydra.sweep.dir) / _compose.job_subdir(config)
     return Job(config.hydra.job.num, shared.hydra_context, task_function, config, job_dir, in_place)
+
+
+def _set_hydra_state(state: dict) -> None:
+    """Hydra's singletons as the launching process had them. Hydra's own set_state scans every plugin module
+    anew (a tenth of a second or more); a trial forked from a warm worker keeps the worker's scan (warm_up)."""
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+
+    Singleton.set_state({**state, "instances": {**state["instances"], Plugins: Plugins.instance()}})
 
 
 def execute(job: Job, ending: Ending) -> None:
@@ -300,6 +308,9 @@ def warm_up(payload_uri: str, scratch: Path) -> None:
         try:
             _WARM[payload_uri] = (payload, _wire.PayloadBody(*_wire.loads(payload.body)),
                                   {i: _wire.loads(base) for i, base in enumerate(payload.bases)})
+            from hydra.core.plugins import Plugins
+
+            Plugins.instance()  # Hydra's plugin scan, once, with the task's code on the path
         finally:
             sys.path.remove(str(code_dir))
         for older in list(_WARM)[:-WARM_PAYLOADS]:
