@@ -437,7 +437,7 @@ def test_every_worker_stays_busy_on_aws_batch_local(sweep_app, workers, median, 
                      "hydra.sweeper.n_workers=3", "+seconds=1.2", "hydra.sweep.dir=sweep")
     sweep = sweep_app.app / "sweep"
     # one trial more than the launcher runs at once waits for a worker (hydra.sweeper.n_queued=1), never a 4th
-    assert "The launcher runs 3 trials at once: 1 more wait for a worker" in proc.stderr
+    assert "The launcher runs 3 trials at once: 1 more wait for a worker" in proc.stdout + proc.stderr
     trials = trials_csv(sweep)
     assert [t["status"] for t in trials] == ["completed"] * 15 and len(sweep_app.calls()) == 15
     assert all(float(t["task_s"]) >= 0.1 and float(t["starting_s"]) >= 0 and t["ending_s"] for t in trials)

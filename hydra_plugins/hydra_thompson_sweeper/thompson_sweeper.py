@@ -13,6 +13,7 @@ import concurrent.futures
 import logging
 import math
 import time
+import warnings
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -369,10 +370,12 @@ class ThompsonSweeper(Sweeper):
         problems = [f"hydra.sweeper.{p}" for p in settings_problems(c.direction, c.algorithm, c.n_initial,
                                                                      c.refit_every, c.patience)]
         try:  # imported now, before anything is submitted: seconds of import are no worker's idle time later
-            import botorch.fit
-            import botorch.models
-            import botorch.sampling.pathwise  # noqa: F401
-            import matplotlib.pyplot  # noqa: F401
+            with warnings.catch_warnings():  # torch's own FutureWarning about torch.jit, which BoTorch uses
+                warnings.simplefilter("ignore", FutureWarning)
+                import botorch.fit
+                import botorch.models
+                import botorch.sampling.pathwise  # noqa: F401
+                import matplotlib.pyplot  # noqa: F401
         except ImportError as error:
             problems.append(f"hydra/sweeper=thompson needs {error.name}: pip install "
                             "'hydra-awsbatch-launcher[bo]'")
