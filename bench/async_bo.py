@@ -3,6 +3,8 @@ AISTATS 2018): the thompson sweeper's own optimiser (hydra_thompson_sweeper._opt
 M simulated workers evaluate a synthetic function with random run times, and nothing sleeps.
 
   asyTS    a worker is refilled the moment it ends, with the maximiser of a fresh GP posterior sample
+  asyTS+1  asyTS with one proposal waiting for the next freed worker, which takes it at once (the sweeper's
+           hydra.sweeper.n_queued=1 where the launcher caps the workers): each proposal sees one result fewer
   synTS    M points at a time; the next batch starts when the batch's slowest job ends
   asyRAND  uniform random points, asynchronously;  synRAND: in batches
   asyTPE   Optuna's TPE (what a user would pick today, as Hydra's Optuna sweeper makes it), through its
@@ -34,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("asyTS", "synTS", "asyRAND", "synRAND", "asyTPE")
+METHODS = ("asyTS", "asyTS+1", "synTS", "asyRAND", "synRAND", "asyTPE")
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def simulate(panel_name: str, method: str, seed: int, budget_scale: float) -> di
     function, dim, _ = problem(panel.function)
     budget = panel.budget * budget_scale
     rng = random.Random(seed)
-    ask, tell = policy(method, dim, seed, round(budget * panel.workers))  # evaluations expected: mean time 1
+    ask, tell, idle = policy(method, dim, seed, round(budget * panel.workers))  # evaluations expected: mean time 1
 
     def value(x: dict) -> float:
         return float(function(torch.tensor([[x[f"x{i}"] for i in range(dim)]], dtype=torch.float64)))
@@ -90,6 +92,8 @@ def simulate(panel_name: str, method: str, seed: int, budget_scale: float) -> di
         for w in range(panel.workers):
             point, handle = ask()
             heapq.heappush(running, (run_time(rng, panel.times), w, point, handle))
+        waiting = [ask() for _ in range(method.endswith("+1"))]  # proposed ahead, for the next freed worker
+        idle()
         count = panel.workers
         while running:
             end, _, point, handle = heapq.heappop(running)
@@ -98,8 +102,10 @@ def simulate(panel_name: str, method: str, seed: int, budget_scale: float) -> di
             true = value(point)
             start = time.perf_counter()
             tell(point, handle, true + rng.gauss(0.0, panel.noise))
-            new, new_handle = ask()
+            waiting.append(ask())
+            new, new_handle = waiting.pop(0)
             latencies.append(time.perf_counter() - start)
+            idle()  # every worker busy: the sweeper fits ahead (Optimizer.prefit)
             completed.append((end, true))
             heapq.heappush(running, (end + run_time(rng, panel.times), count, new, new_handle))
             count += 1
@@ -107,6 +113,7 @@ def simulate(panel_name: str, method: str, seed: int, budget_scale: float) -> di
         now = 0.0
         while now < budget:
             batch = [ask() for _ in range(panel.workers)]
+            idle()
             ends = [now + run_time(rng, panel.times) for _ in batch]
             for (point, _), end in zip(batch, ends):
                 if end <= budget:
@@ -120,8 +127,8 @@ def simulate(panel_name: str, method: str, seed: int, budget_scale: float) -> di
 
 
 def policy(method: str, dim: int, seed: int, budget: int | None = None):
-    """ask() -> (point, handle) and tell(point, handle, value) for one method; budget: evaluations expected (the
-    sweeper's n_trials)."""
+    """ask() -> (point, handle), tell(point, handle, value) and idle() (called while every worker is busy) for one
+    method; budget: evaluations expected (the sweeper's n_trials)."""
     if method.endswith("TPE"):
         import optuna
 
@@ -136,15 +143,16 @@ def policy(method: str, dim: int, seed: int, budget: int | None = None):
         def tell(point, trial, value):
             study.tell(trial, value)
 
-        return ask, tell
+        return ask, tell, lambda: None
 
     from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
 
-    algorithm = {"asyTS": "asy_ts", "synTS": "syn_ts", "asyRAND": "asy_random", "synRAND": "syn_random"}[method]
+    algorithm = {"asyTS": "asy_ts", "asyTS+1": "asy_ts", "synTS": "syn_ts", "asyRAND": "asy_random",
+                 "synRAND": "syn_random"}[method]
     space = Space([Dimension.interval(f"x{i}", 0.0, 1.0) for i in range(dim)])
     optimizer = Optimizer(space, direction="maximize", algorithm=algorithm, seed=seed, budget=budget)
     return ((lambda: (optimizer.propose(), optimizer.proposed - 1)),  # the handle: the proposal's number
-            (lambda point, number, value: optimizer.observe(point, value, number=number)))
+            (lambda point, number, value: optimizer.observe(point, value, number=number)), optimizer.prefit)
 
 
 def regret_at(run: dict, t: float, optimum: float) -> float:

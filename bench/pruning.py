@@ -119,7 +119,7 @@ def simulate(method: str, seed: int, budget_scale: float) -> dict:
     function, dim, _ = problem("Hartmann6")  # maximised: f(x) = -function(x)
     horizon = setup.budget * budget_scale / setup.workers  # simulated time
     rng = random.Random(seed)
-    ask, report, tell = policy(method, dim, seed, round(setup.full_trials * budget_scale))
+    ask, report, tell, idle = policy(method, dim, seed, round(setup.full_trials * budget_scale))
     running: dict[int, dict] = {}
     events: list = []  # (time of the trial's next report, trial number)
 
@@ -137,6 +137,7 @@ def simulate(method: str, seed: int, budget_scale: float) -> dict:
     completed, latencies, pruner_times, stopped = [], [], [], 0
     for _ in range(setup.workers):
         launch(0.0)
+    idle()
     while events:
         now, number = heapq.heappop(events)
         if now > horizon:
@@ -156,6 +157,7 @@ def simulate(method: str, seed: int, budget_scale: float) -> dict:
         tell(trial["params"], trial["handle"], number, value if done else None)
         launch(now)
         latencies.append(time.perf_counter() - start)
+        idle()  # every worker busy: the sweeper fits ahead (Optimizer.prefit)
         if done:
             completed.append((now, value, trial["f"]))
         else:
@@ -166,7 +168,7 @@ def simulate(method: str, seed: int, budget_scale: float) -> dict:
 
 def policy(method: str, dim: int, seed: int, full_trials: int | None = None):
     """ask(pending) -> (params, handle); report(handle, trial, step, loss, done) -> stop?; tell(params, handle,
-    final loss, or None for a stopped trial)."""
+    final loss, or None for a stopped trial); idle(), called while every worker is busy."""
     setup = SETUP
     if method == "TPE+SH":
         import optuna
@@ -192,7 +194,7 @@ def policy(method: str, dim: int, seed: int, full_trials: int | None = None):
             else:
                 study.tell(trial, value)
 
-        return ask, report, tell
+        return ask, report, tell, lambda: None
 
     from hydra_plugins.hydra_thompson_sweeper import _pruners
     from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
@@ -214,7 +216,7 @@ def policy(method: str, dim: int, seed: int, full_trials: int | None = None):
         for fraction, at_level in pruner.fidelities(number):
             optimizer.observe(params, at_level, fraction, number=proposal)
 
-    return (lambda pending: (optimizer.propose(pending), optimizer.proposed - 1)), report, tell
+    return (lambda pending: (optimizer.propose(pending), optimizer.proposed - 1)), report, tell, optimizer.prefit
 
 
 def regret_at(run: dict, spent: float, optimum: float, true_best: bool = False) -> float:

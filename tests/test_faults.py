@@ -901,11 +901,12 @@ THOMPSON_APP = """
 ])
 def test_a_thompson_sweep_that_stops_on_an_error_stops_its_trials_first_and_says_it_last(app, launch, app_env,
                                                                                          fails, said):
-    """Two trials in flight on aws_batch_local, x=0.25 (runs for long) and x=0.75 (ends at once, with a value
-    that stops the sweep): the one still running is stopped and recorded so, and the error is the last word."""
+    """Two trials in flight on aws_batch_local (none waiting for a worker), x=0.25 (runs for long) and x=0.75
+    (ends at once, with a value that stops the sweep): the one still running is stopped and recorded so, and the
+    error is the last word."""
     app(THOMPSON_APP.format(fails=fails))
     proc = launch("hydra/sweeper=thompson", "+x=choice(0.25, 0.75)", "hydra.sweeper.n_workers=2",
-                  "hydra.sweeper.n_initial=2", "hydra.sweeper.max_failures=1", "hydra.sweeper.seed=0", LOCAL,
+                  "hydra.sweeper.n_queued=0", "hydra.sweeper.n_initial=2", "hydra.sweeper.max_failures=1", "hydra.sweeper.seed=0", LOCAL,
                   "hydra.sweep.dir=sweep")
     assert proc.returncode == 1 and said in proc.stderr, proc.stderr[-3000:]
     after = proc.stderr.rsplit(said, 1)[1]

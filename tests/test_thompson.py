@@ -509,7 +509,8 @@ def test_the_async_bo_benchmark_runs_at_a_reduced_size(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "abo.json").read_text())
     rows = {row["method"]: row for row in summary["rows"]}
-    assert set(rows) == {"asyTS", "synTS", "asyRAND", "synRAND", "asyTPE"}
+    assert set(rows) == {"asyTS", "asyTS+1", "synTS", "asyRAND", "synRAND", "asyTPE"}
     assert rows["asyTS"]["evaluations"] > rows["synTS"]["evaluations"]  # no worker waits for a batch
+    assert rows["asyTS+1"]["evaluations"] > rows["synTS"]["evaluations"]
     assert summary["latency_300"]["median"] < 3.0
     assert (tmp_path / "abo.png").stat().st_size > 10_000
