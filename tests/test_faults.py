@@ -906,8 +906,8 @@ def test_a_thompson_sweep_that_stops_on_an_error_stops_its_trials_first_and_says
     error is the last word."""
     app(THOMPSON_APP.format(fails=fails))
     proc = launch("hydra/sweeper=thompson", "+x=choice(0.25, 0.75)", "hydra.sweeper.n_workers=2",
-                  "hydra.sweeper.n_queued=0", "hydra.sweeper.n_initial=2", "hydra.sweeper.max_failures=1", "hydra.sweeper.seed=0", LOCAL,
-                  "hydra.sweep.dir=sweep")
+                  "hydra.sweeper.n_queued=0", "hydra.sweeper.n_initial=2", "hydra.sweeper.max_failures=1",
+                  "hydra.sweeper.seed=0", LOCAL, "hydra.sweep.dir=sweep")
     assert proc.returncode == 1 and said in proc.stderr, proc.stderr[-3000:]
     after = proc.stderr.rsplit(said, 1)[1]
     assert "SIGTERM" not in proc.stderr and "Remote traceback" not in after, after
