@@ -132,7 +132,9 @@ class ThompsonSweeper(Sweeper):
                 if not in_flight:
                     return
                 live.show(*trials.line(len(in_flight), c.objective or "value"))
-                if not tidied and (time.monotonic() - quiet_since >= QUIET_S or trials.plots_stale()):
+                # a quiet moment: no worker waits on the sweeper (a blocking launcher's trials have all ended)
+                quiet = not self.asynchronous or time.monotonic() - quiet_since >= QUIET_S
+                if not tidied and (quiet or trials.plots_stale()):
                     optimizer.prefit()  # a fit the next proposal would make, made while every worker is busy
                     tidied = trials.redraw()
                 timeout = self.watch_s if tidied else min(self.watch_s or QUIET_S, QUIET_S)
