@@ -216,13 +216,22 @@ def test_prefit_makes_the_fit_a_proposal_would_make_so_the_proposal_makes_none(m
     opt.prefit()  # 4 since: the 5th comes before the next proposal, which would refit: fitted now instead
     assert len(fits) == 2
     opt.observe(opt.propose(), 0.6)
-    opt.propose()
+    opt.prefit()
     assert len(fits) == 2
+    for value in (0.7, 0.8, 0.9):  # the schedule stays every refit_every results: 4 since the fit made ahead
+        opt.observe(opt.propose(), value)
+        opt.prefit()
+    assert len(fits) == 2
+    opt.observe(opt.propose(), 1.0)
+    opt.prefit()  # 5 since: the next one is due
+    assert len(fits) == 3
+    opt.prefit()  # and made once
+    assert len(fits) == 3
     random_search = Optimizer(Space([Dimension.interval("x", 0.0, 1.0)]), algorithm="asy_random", n_initial=2)
     for _ in range(4):
         random_search.observe(random_search.propose(), 1.0)
         random_search.prefit()
-    assert len(fits) == 2
+    assert len(fits) == 3
 
 
 @pytest.mark.unit

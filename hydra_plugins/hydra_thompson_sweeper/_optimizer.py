@@ -455,7 +455,7 @@ class Optimizer:
             model.load_state_dict(self._hyper, strict=False)
         if self._fit_due(n + ahead):
             self._fit(model)
-            self._fitted_at = n
+            self._fitted_at = n if self._fit_due(n) else n + ahead  # a fit ahead stands for the one it replaces
             self._hyper = {k: v for k, v in model.state_dict().items() if not k.startswith("outcome_transform")}
         model.eval()
         return model
