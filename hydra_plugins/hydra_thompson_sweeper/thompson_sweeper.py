@@ -79,7 +79,7 @@ class ThompsonSweeper(Sweeper):
         if not self.asynchronous:
             log.info(f"{type(self.launcher).__name__} has no launch_async: running synchronous batches of "
                      f"{c.n_workers} (hydra/launcher=aws_batch or aws_batch_local keep every worker busy)")
-        capacity = getattr(self.launcher, "capacity", lambda: None)() if self.asynchronous else None
+        capacity = self.capacity()
         if capacity is not None and self.in_flight_target() > capacity and not optimizer.batched:
             log.info(f"The launcher runs {capacity} trials at once: {self.in_flight_target() - capacity} more wait "
                      "for a worker, which starts one the moment it frees (hydra.sweeper.n_queued)")
@@ -107,22 +107,19 @@ class ThompsonSweeper(Sweeper):
         deadline = time.time() + c.max_minutes * 60 if c.max_minutes is not None else math.inf
         batched = optimizer.batched or not self.asynchronous
         limit, target = c.n_trials, c.n_workers if batched else self.in_flight_target()
+        one_by_one = not batched and self.capacity() is not None  # trials wait for a worker: each goes at once
         live = LiveText(logger=log)
         quiet_since, tidied = time.monotonic(), False  # since a trial last ended or started; plots drawn since
         try:
             while True:
+                if time.time() > deadline:
+                    limit, deadline = len(trials.trials), math.inf
+                    self.time_is_up(in_flight, requeue)
                 free = target - len(in_flight) if not (batched and in_flight) else 0
                 new: list[Trial] = []
                 while free > len(new) and (requeue or len(trials.trials) < limit):
-                    if time.time() > deadline:
-                        log.info(f"hydra.sweeper.max_minutes={c.max_minutes} is up: no new trials")
-                        limit, deadline = len(trials.trials), math.inf
-                        for trial in requeue:  # never ran: they end as failed, not silently dropped
-                            trial.status, trial.error = TrialStatus.FAILED, "not run: hydra.sweeper.max_minutes was up"
-                        requeue.clear()
-                        break
                     new.append(requeue.pop(0) if requeue else self.propose(trials, optimizer, in_flight, new))
-                    if not batched:  # each goes at once: a worker may be waiting for it
+                    if one_by_one:  # a freed worker may be waiting for this one
                         in_flight.update(self.submit(trials, new))
                         free, new = free - 1, []
                         quiet_since, tidied = time.monotonic(), False
@@ -135,9 +132,12 @@ class ThompsonSweeper(Sweeper):
                 # a quiet moment: no worker waits on the sweeper (a blocking launcher's trials have all ended)
                 quiet = not self.asynchronous or time.monotonic() - quiet_since >= QUIET_S
                 if not tidied and (quiet or trials.plots_stale()):
-                    optimizer.prefit()  # a fit the next proposal would make, made while every worker is busy
+                    if self.asynchronous:  # a fit the next proposal would make, made while every worker is busy
+                        optimizer.prefit()
                     tidied = trials.redraw()
                 timeout = self.watch_s if tidied else min(self.watch_s or QUIET_S, QUIET_S)
+                if deadline < math.inf:  # woken when time is up, to stop the trials still waiting for a worker
+                    timeout = max(0.0, min(math.inf if timeout is None else timeout, deadline - time.time()))
                 try:
                     done, _ = concurrent.futures.wait(list(in_flight), timeout=timeout,
                                                       return_when=concurrent.futures.FIRST_COMPLETED)
@@ -170,14 +170,33 @@ class ThompsonSweeper(Sweeper):
         finally:
             live.close()
 
+    def time_is_up(self, in_flight: dict, requeue: list[Trial]) -> None:
+        """max_minutes is up: no new trials; those that never ran (to run again, or waiting for a worker) end as
+        failed, not silently dropped; those running end as they will."""
+        log.info(f"hydra.sweeper.max_minutes={self.conf.max_minutes} is up: no new trials")
+        not_run = "not run: hydra.sweeper.max_minutes was up"
+        waiting = {future: trial for future, trial in in_flight.items()
+                   if not future.done() and (self.launcher.job_times(trial.job) or (0,))[0] is None}
+        if waiting:
+            self.launcher.stop(sorted(trial.job for trial in waiting.values()), not_run)
+        for future in waiting:
+            in_flight.pop(future)
+        for trial in [*requeue, *waiting.values()]:
+            trial.status, trial.error = TrialStatus.FAILED, not_run
+        requeue.clear()
+
     def in_flight_target(self) -> int:
         """Trials kept in flight: n_workers, and n_queued more waiting for a worker where the launcher runs at
         most n_workers at once (as many as wait already where it runs fewer)."""
-        c = self.conf
-        capacity = getattr(self.launcher, "capacity", lambda: None)() if self.asynchronous else None
+        c, capacity = self.conf, self.capacity()
         if capacity is None or capacity > c.n_workers:
             return c.n_workers
         return max(c.n_workers, capacity + c.n_queued)
+
+    def capacity(self) -> int | None:
+        """How many trials the launcher runs at once (async_api's optional capacity()); None: every one it is
+        given, or a blocking launcher."""
+        return getattr(self.launcher, "capacity", lambda: None)() if self.asynchronous else None
 
     def stop_in_flight(self, in_flight: dict, optimizer) -> None:
         """The sweep stops on an error: the trials still running are stopped, their jobs too, and recorded as
