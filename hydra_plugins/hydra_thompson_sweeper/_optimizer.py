@@ -31,6 +31,7 @@ pull the fresh one back to the old basin.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -340,8 +341,7 @@ class Optimizer:
 
         number, gp = self.proposed, self._gp_next()
         self.proposed += 1
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed * 1_000_003 + number)  # reproducible, and the same after a resume
+        with self._random(number):
             if not self.thompson:
                 return self.space.decode(torch.rand(len(self.space.dimensions), dtype=torch.float64).tolist())
             if not gp:
@@ -354,11 +354,18 @@ class Optimizer:
         result is in. A caller whose workers are all busy calls this after it submitted, so that the fit (and
         the first time, BoTorch's import) is not paid between a trial's end and the next trial's start."""
         if self._gp_next() and self._fit_due(len(self.seen()) + 1):
-            import torch
-
-            with torch.random.fork_rng():  # a fit that retries draws: from its own stream, not the caller's
-                torch.manual_seed(self.seed * 1_000_003 + self.proposed)
+            with self._random(self.proposed):  # a fit that retries draws
                 self._model(ahead=1)
+
+    @contextlib.contextmanager
+    def _random(self, number: int):
+        """Torch's random numbers for proposal `number`: reproducible, the same after a resume, and apart from
+        the caller's stream (restored after)."""
+        import torch
+
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed * 1_000_003 + number)
+            yield
 
     def _gp_next(self) -> bool:
         """Whether the next proposal is the GP's (else the search's Sobol design, or random search)."""

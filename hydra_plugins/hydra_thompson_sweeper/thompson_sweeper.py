@@ -79,10 +79,10 @@ class ThompsonSweeper(Sweeper):
         if not self.asynchronous:
             log.info(f"{type(self.launcher).__name__} has no launch_async: running synchronous batches of "
                      f"{c.n_workers} (hydra/launcher=aws_batch or aws_batch_local keep every worker busy)")
-        capacity = self.capacity()
-        if capacity is not None and self.in_flight_target() > capacity and not optimizer.batched:
-            log.info(f"The launcher runs {capacity} trials at once: {self.in_flight_target() - capacity} more wait "
-                     "for a worker, which starts one the moment it frees (hydra.sweeper.n_queued)")
+        capacity, target = self.capacity(), self.in_flight_target()
+        if capacity is not None and target > capacity and not optimizer.batched:
+            log.info(f"The launcher runs {capacity} trials at once: {target - capacity} more wait for a worker, "
+                     "which starts one the moment it frees (hydra.sweeper.n_queued)")
         self.fixed = fixed
         trials.mirror = self.launcher.mirror if self.asynchronous else None
         trials.metric = self.metric = c.metric or c.objective or ""
