@@ -277,6 +277,39 @@ def test_a_stalled_search_restarts_afresh_and_is_merged_when_the_fresh_one_stall
 
 
 @pytest.mark.unit
+def test_a_fresh_search_proposes_nothing_in_the_basin_where_the_stalled_one_settled():
+    """A broad ridge along y (whatever y is, the top is at x = 0.7) and a narrow, lower one at x = 0.15. The first
+    search climbs the broad one and stalls; the fresh search (its Sobol design and its GP) proposes nothing within
+    one lengthscale of the first one's best, in x, anywhere along the ridge (y's lengthscale is long), where
+    without the basin it climbs the same ridge again; once merged, the search goes back to the best. The basin
+    survives the state's JSON."""
+    def f(p):
+        return math.exp(-((p["x"] - 0.7) / 0.2) ** 2) + 0.6 * math.exp(-((p["x"] - 0.15) / 0.05) ** 2)
+
+    space = Space([Dimension.interval("x", 0, 1), Dimension.interval("y", 0, 1)])
+    opt = Optimizer(space, direction="maximize", n_initial=4, patience=6, seed=0)
+    while len(opt.searches) == 1:
+        opt.observe(p := opt.propose(), f(p), number=opt.proposed - 1)
+        assert opt.proposed < 60, "the first search never stalled"
+    (basin,) = opt.search.avoid
+    assert abs(basin.centre[0] - 0.7) < 0.05 and basin.lengthscales[1] > 3 * basin.lengthscales[0]
+    fresh = []
+    while opt.search.fresh:
+        fresh.append(p := opt.propose())
+        opt.observe(p, f(p), number=opt.proposed - 1)
+    import torch
+
+    assert len(fresh) >= 10 and not basin.holds(torch.tensor([space.encode(p) for p in fresh],
+                                                             dtype=torch.float64)).any()
+    assert min(abs(p["x"] - 0.7) for p in fresh) > 0.1
+    merged = [opt.propose() for _ in range(8)]
+    assert min(abs(p["x"] - 0.7) for p in merged) < 0.05  # back on the ridge
+    from hydra_plugins.hydra_thompson_sweeper._optimizer import Search
+
+    assert [Search.from_state(json.loads(json.dumps(s.state()))) for s in opt.searches] == opt.searches
+
+
+@pytest.mark.unit
 def test_a_proposal_never_repeats_a_pending_point():
     space = Space([Dimension.choice("a", [1, 2]), Dimension.integers("b", 0, 1)])  # four points in all
     opt = Optimizer(space, n_initial=1, seed=0)
@@ -430,9 +463,10 @@ def test_a_stalled_sweep_restarts_says_so_and_a_resume_keeps_its_searches(sweep_
     said = proc.stdout + proc.stderr
     assert "(hydra.sweeper.patience): the search restarts from trial" in said, said[-3000:]
     state = json.loads((sweep_app.app / "sweep" / STATE).read_text())
-    assert len(state["searches"]) >= 2 and state["searches"][0] == [0, 0]
+    assert len(state["searches"]) >= 2 and state["searches"][0] == [0, 0, []]
     fresh = state["searches"][1]
     assert fresh[0] == fresh[1] > 4  # the trials from it on: a Sobol design of their own, then their GP
+    assert len(fresh[2]) == 1  # the basin it keeps away from: the first search's best and its GP's lengthscales
     sweep_app("hydra.sweeper.n_trials=26", "hydra.sweeper.n_workers=2", "hydra.sweeper.patience=3",
               "hydra.sweep.dir=sweep", "hydra.sweeper.resume=true")
     resumed = json.loads((sweep_app.app / "sweep" / STATE).read_text())

@@ -23,7 +23,9 @@ that no sample ever went there (a better maximiser of the sample does not help: 
 does (Eriksson et al. 2019), a search that has not improved for `patience` trials restarts: a fresh Sobol
 design, and a GP on the fresh search's trials only, which knows nothing of the old basin. When the fresh
 search stalls in its turn, the two are merged (the GP sees every trial again) and the better basin is refined
-with all the data; a merged search that stalls restarts afresh. With a `budget` (the sweep's trials), no
+with all the data; a merged search that stalls restarts afresh. A fresh search proposes nothing in the basins
+where the searches before it settled (each the ellipsoid of one lengthscale of its GP around its best trial):
+on Hartmann6 the fresh searches of the runs left in the local maximum had climbed the same ridge again. With a `budget` (the sweep's trials), no
 fresh search starts without room for its design and twice the patience. Each observation belongs to the
 search that proposed it (`observe(..., number=)`): the trials still running when a search restarts do not
 pull the fresh one back to the old basin.
@@ -196,16 +198,49 @@ IMPROVEMENT = 0.03  # of the range of a search's values: less is no improvement 
 
 
 @dataclass(frozen=True)
+class Basin:
+    """Where a search that stalled had settled: its best trial's inputs to the GP (`centre`, the space's
+    columns) and its GP's lengthscales there. A fresh search proposes no point whose distance to the centre,
+    each column in its lengthscales, is under BASIN_RADIUS: on Hartmann6 the local maximum is a ridge, flat in
+    two of six dimensions (lengthscales 5 to 19 where the others have 0.3), and a fresh search that was kept
+    only from a ball around the old best climbed the same ridge a little further along."""
+
+    centre: tuple
+    lengthscales: tuple
+
+    def holds(self, columns):
+        """Which of these points (n x columns) lie in the basin."""
+        import torch
+
+        centre, scales = (torch.tensor(v, dtype=columns.dtype) for v in (self.centre, self.lengthscales))
+        return (((columns - centre) / scales) ** 2).sum(dim=1) < BASIN_RADIUS**2
+
+
+BASIN_RADIUS = 1.0  # in lengthscales: where the stalled search's GP correlates its best with a point by 0.61 or more
+
+
+@dataclass(frozen=True)
 class Search:
-    """Which trials the GP learns from (numbered from `since`; 0: all) and from which trial a stall counts
-    (`counting_from`): the first search is (0, 0), a fresh one (k, k), a merged one (0, k)."""
+    """Which trials the GP learns from (numbered from `since`; 0: all), from which trial a stall counts
+    (`counting_from`), and the basins of the searches that stalled before it (`avoid`, where a fresh search
+    proposes nothing): the first search is (0, 0), a fresh one (k, k), a merged one (0, k)."""
 
     since: int = 0
     counting_from: int = 0
+    avoid: tuple = ()  # Basin, ...
 
     @property
     def fresh(self) -> bool:
         return self.since > 0
+
+    def state(self) -> list:
+        """As JSON keeps it: [since, counting_from, [[centre, lengthscales], ...]]."""
+        return [self.since, self.counting_from, [[list(b.centre), list(b.lengthscales)] for b in self.avoid]]
+
+    @classmethod
+    def from_state(cls, state: list) -> Search:
+        since, counting_from, *avoid = state  # a state from before basins were kept has none
+        return cls(since, counting_from, tuple(Basin(tuple(c), tuple(s)) for c, s in (avoid[0] if avoid else [])))
 
 
 @dataclass
@@ -305,10 +340,24 @@ class Optimizer:
 
     def _restart(self) -> None:
         """A fresh search (after the first one, or a merged one, stalled), or the fresh one merged with all
-        that came before (after it stalled)."""
-        now = self.proposed
-        self.searches.append(Search(0, now) if self.search.fresh else Search(now, now))
+        that came before (after it stalled); either knows the basin the stalled one had settled in."""
+        now, search = self.proposed, self.search
+        avoid = search.avoid + tuple(self._basin())
+        self.searches.append(Search(0, now, avoid) if search.fresh else Search(now, now, avoid))
         self._hyper, self._fitted_at = None, 0
+
+    def _basin(self) -> list[Basin]:
+        """The basin of the current search: its own best trial, in the lengthscales of its GP fitted now."""
+        mine = self.full([o for o in self.observations if o.number >= self.search.counting_from])
+        if not mine or len(self.seen()) < 2:
+            return []
+        best = (min if self.direction == "minimize" else max)(mine, key=lambda o: o.value)
+        with self._random(self.proposed):
+            model = self._model(refit=True)
+        scales = next(m.lengthscale for m in model.covar_module.modules() if getattr(m, "lengthscale", None)
+                      is not None).detach().reshape(-1)
+        centre = self.space.encode(best.params)
+        return [Basin(tuple(centre), tuple(scales[:len(centre)].tolist()))]
 
     def full(self, observations: list[Observation] | None = None) -> list[Observation]:
         """The observations of full trainings, among these (all of them by default)."""
@@ -346,7 +395,7 @@ class Optimizer:
                 return self.space.decode(torch.rand(len(self.space.dimensions), dtype=torch.float64).tolist())
             if not gp:
                 since = self.search.since
-                return self._sobol(number - since, self.seed + since)
+                return self._sobol(number - since, self.seed + since, self._avoided())
             return self._thompson(pending)
 
     def prefit(self) -> None:
@@ -376,12 +425,31 @@ class Optimizer:
         """Whether a GP of n observations has its hyperparameters fitted anew."""
         return self._hyper is None or n - self._fitted_at >= self.refit_every
 
-    def _sobol(self, number: int, seed: int) -> dict:
+    def _sobol(self, number: int, seed: int, avoid: tuple = ()) -> dict:
+        """Point `number` of a scrambled Sobol sequence, counting only the points outside these basins."""
         import torch
 
         engine = torch.quasirandom.SobolEngine(len(self.space.dimensions), scramble=True, seed=seed)
-        engine.fast_forward(number)
-        return self.space.decode(engine.draw(1, dtype=torch.float64)[0].tolist())
+        if not avoid:
+            engine.fast_forward(number)
+            return self.space.decode(engine.draw(1, dtype=torch.float64)[0].tolist())
+        drawn = engine.draw(max(64, 8 * (number + 1)), dtype=torch.float64)
+        outside = drawn[~self._inside(drawn, avoid)]
+        return self.space.decode((outside[number] if len(outside) > number else drawn[number]).tolist())
+
+    def _avoided(self) -> tuple:
+        """The basins the current search proposes nothing in: those of the searches before, if it is fresh."""
+        return self.search.avoid if self.search.fresh else ()
+
+    def _inside(self, latent, basins: tuple):
+        """Which of these latent points lie in one of the basins."""
+        import torch
+
+        inside = torch.zeros(len(latent), dtype=torch.bool)
+        columns = self.space.features(latent)
+        for basin in basins:
+            inside |= basin.holds(columns)
+        return inside
 
     def _thompson(self, pending) -> dict:
         """The maximiser of one posterior sample: scored on Sobol candidates and on points near the best
@@ -396,6 +464,7 @@ class Optimizer:
         latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
         latent = latent.draw(self.n_candidates, dtype=torch.float64)
         latent = torch.cat([latent, self._near(self._top_latent(5), 0.1, self.n_candidates // 2)])
+        avoid = self._avoided()
         best = None
         for scale in (None, 0.03, 0.01):
             if scale is not None:
@@ -405,6 +474,9 @@ class Optimizer:
                 scores = path(features).reshape(-1)
             if len(taken):
                 scores[(torch.cdist(features, taken) < 1e-9).any(dim=1)] = -math.inf
+            inside = self._inside(latent, avoid)
+            if not inside.all():  # a basin that covers every candidate is no guide
+                scores[inside] = -math.inf
             best = latent[int(scores.argmax())]
         return self.space.decode(best.tolist())
 
@@ -439,9 +511,9 @@ class Optimizer:
 
         return draw_matheron_paths(self._model(), sample_shape=torch.Size([1]))
 
-    def _model(self, ahead: int = 0):
+    def _model(self, ahead: int = 0, refit: bool = False):
         """The GP of the current search's observations, with its hyperparameters fitted anew where due (`ahead`:
-        where due once that many more results are in)."""
+        where due once that many more results are in) or asked (`refit`)."""
         import warnings
 
         import torch
@@ -460,7 +532,7 @@ class Optimizer:
         n = len(seen)
         if self._hyper is not None:  # the last fit's hyperparameters: a refit starts from them
             model.load_state_dict(self._hyper, strict=False)
-        if self._fit_due(n + ahead):
+        if refit or self._fit_due(n + ahead):
             self._fit(model)
             self._fitted_at = n if self._fit_due(n) else n + ahead  # a fit ahead stands for the one it replaces
             self._hyper = {k: v for k, v in model.state_dict().items() if not k.startswith("outcome_transform")}

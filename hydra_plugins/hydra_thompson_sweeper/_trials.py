@@ -74,7 +74,7 @@ class TrialLog:
     created: float = field(default_factory=time.time)
     mirror: Callable[[str, bytes], None] | None = None  # the launcher's copy of the state (async_api), if any
     metric: str = ""  # the reported metric that curves.png draws (the pruner's)
-    searches: list = field(default_factory=list)  # the optimiser's searches, [since, counting_from] each
+    searches: list = field(default_factory=list)  # the optimiser's searches, as Search.state() gives them
     _plotted: float = 0.0
 
     # ------------------------------------------------------------------------------------------ state

@@ -324,11 +324,12 @@ class ThompsonSweeper(Sweeper):
             if search.fresh:
                 log.info(f"No trial improved on the best for {optimizer.patience} trials (hydra.sweeper.patience): "
                          f"the search restarts from trial {search.since} on, with a fresh Sobol design and a GP of "
-                         "its own")
+                         f"its own, and proposes nothing in the {len(search.avoid)} basin(s) where the searches "
+                         "before it settled")
             elif search.counting_from:  # not the first search
                 log.info(f"The fresh search has not improved for {optimizer.patience} trials: it is merged with "
                          "the earlier ones, and the GP learns from every trial again")
-        trials.searches = [[search.since, search.counting_from] for search in optimizer.searches]
+        trials.searches = [search.state() for search in optimizer.searches]
 
     @property
     def sign(self) -> float:
@@ -455,7 +456,7 @@ class ThompsonSweeper(Sweeper):
         if trials.searches:  # the searches as they were (the results came in another order)
             from hydra_plugins.hydra_thompson_sweeper._optimizer import Search
 
-            optimizer.searches = [Search(*search) for search in trials.searches]
+            optimizer.searches = [Search.from_state(search) for search in trials.searches]
         unfinished = [t for t in trials.trials if not t.done]
         if not unfinished:
             return {}, []
