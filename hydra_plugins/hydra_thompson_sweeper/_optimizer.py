@@ -17,18 +17,18 @@ Candidates are drawn in a latent cube and decoded into the space before they are
 is a valid point: integers are integers on their step, choices are one of the values.
 
 Restarts. A GP with one set of hyperparameters, fitted to data gathered around the first good basin found,
-grows sure that the space far from its data is poor: on Hartmann6 a third of the searches settled in the
-local maximum, with the posterior at the global one 4.6 of its standard deviations below the incumbent, so
-that no sample ever went there (a better maximiser of the sample does not help: it is the model). As TuRBO
-does (Eriksson et al. 2019), a search that has not improved for `patience` trials restarts: a fresh Sobol
-design, and a GP on the fresh search's trials only, which knows nothing of the old basin. When the fresh
-search stalls in its turn, the two are merged (the GP sees every trial again) and the better basin is refined
-with all the data; a merged search that stalls restarts afresh. A fresh search proposes nothing in the basins
-where the searches before it settled (each the ellipsoid of one lengthscale of its GP around its best trial):
-on Hartmann6 the fresh searches of the runs left in the local maximum had climbed the same ridge again. With a `budget` (the sweep's trials), no
-fresh search starts without room for its design and twice the patience. Each observation belongs to the
-search that proposed it (`observe(..., number=)`): the trials still running when a search restarts do not
-pull the fresh one back to the old basin.
+grows sure that the space far from its data is poor: on Hartmann6 a third of the searches settled in the local
+maximum, with the posterior at the global one 4.6 of its standard deviations below the incumbent, so that no
+sample ever went there (a better maximiser of the sample does not help: it is the model). As TuRBO does
+(Eriksson et al. 2019), a search that has not improved for `patience` trials restarts: a fresh Sobol design,
+and a GP on the fresh search's trials only, which knows nothing of the old basin. When the fresh search stalls
+in its turn, the two are merged (the GP sees every trial again) and the better basin is refined with all the
+data; a merged search that stalls restarts afresh. A fresh search proposes nothing in the basins where the
+searches before it settled (each the ellipsoid of one lengthscale of its GP around its best trial): on
+Hartmann6 the fresh searches of the runs left in the local maximum had climbed the same ridge again. With a
+`budget` (the sweep's trials), no fresh search starts without room for its design and twice the patience. Each
+observation belongs to the search that proposed it (`observe(..., number=)`): the trials still running when a
+search restarts do not pull the fresh one back to the old basin.
 """
 
 from __future__ import annotations
