@@ -307,6 +307,32 @@ def test_a_fresh_search_proposes_nothing_in_the_basin_where_the_stalled_one_sett
     from hydra_plugins.hydra_thompson_sweeper._optimizer import Search
 
     assert [Search.from_state(json.loads(json.dumps(s.state()))) for s in opt.searches] == opt.searches
+    assert Search.from_state([5, 5]) == Search(5, 5)  # a state written before basins were kept
+
+    replayed = Optimizer(space, direction="maximize", n_initial=4, patience=6, seed=0)
+    replayed.proposed = opt.proposed
+    with replayed.replay([Search.from_state(s.state()) for s in opt.searches]):  # a resume, results out of order
+        for o in reversed(opt.observations):
+            replayed.observe(o.params, o.value, number=o.number)
+    assert replayed.searches == opt.searches  # none restarted again while the results came back
+
+
+@pytest.mark.unit
+def test_a_basin_that_holds_nearly_the_whole_space_leaves_the_fresh_design_distinct():
+    """The basins are a preference, never a wall: a fresh design takes the points outside them first, then the
+    others, and never one twice."""
+    from hydra_plugins.hydra_thompson_sweeper._optimizer import Basin, Search
+
+    space = Space([Dimension.interval("x", 0, 1), Dimension.interval("y", 0, 1)])
+    basin = Basin((0.5, 0.5), (0.65, 0.65))
+    opt = Optimizer(space, n_initial=40, seed=0, searches=[Search(), Search(1, 1, (basin,))])
+    opt.proposed = 1
+    design = [opt.propose() for _ in range(40)]
+    assert len({(p["x"], p["y"]) for p in design}) == 40
+    import torch
+
+    inside = basin.holds(torch.tensor([space.encode(p) for p in design], dtype=torch.float64)).tolist()
+    assert inside == sorted(inside) and 0 < inside.index(True) < 20  # a few outside, all of them first
 
 
 @pytest.mark.unit

@@ -216,7 +216,8 @@ class Basin:
         return (((columns - centre) / scales) ** 2).sum(dim=1) < BASIN_RADIUS**2
 
 
-BASIN_RADIUS = 1.0  # in lengthscales: where the stalled search's GP correlates its best with a point by 0.61 or more
+BASIN_RADIUS = 1.0  # in lengthscales: where the GP's kernel (BoTorch's default RBF) correlates a point with the best
+# by exp(-1/2) = 0.61 or more
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ class Optimizer:
             self.patience = max(40, 5 * len(self.space.dimensions))
         self._hyper: dict | None = None  # the GP's fitted hyperparameters
         self._fitted_at = 0  # observations when they were fitted
+        self._replaying = False  # observations given back after a resume (replay)
 
     @property
     def thompson(self) -> bool:
@@ -297,8 +299,21 @@ class Optimizer:
         self.space.encode(params)  # refuse params outside the space now
         number = max(self.proposed - 1, 0) if number is None else int(number)
         self.observations.append(Observation(dict(params), value, fraction, number))
-        if self.thompson and self.patience and self.stalled() >= self.patience and self._worth_restarting():
+        if (self.thompson and self.patience and not self._replaying and self.stalled() >= self.patience
+                and self._worth_restarting()):
             self._restart()
+
+    @contextlib.contextmanager
+    def replay(self, searches: list[Search]):
+        """Observations given back after a resume, with the searches as they were (if kept): none of them
+        restarts a search, since the searches are known (and a restart would fit a GP for nothing)."""
+        self._replaying = bool(searches)
+        try:
+            yield
+        finally:
+            self._replaying = False
+        if searches:
+            self.searches = list(searches)
 
     @property
     def search(self) -> Search:
@@ -348,10 +363,9 @@ class Optimizer:
 
     def _basin(self) -> list[Basin]:
         """The basin of the current search: its own best trial, in the lengthscales of its GP fitted now."""
-        mine = self.full([o for o in self.observations if o.number >= self.search.counting_from])
-        if not mine or len(self.seen()) < 2:
+        best = self.best([o for o in self.observations if o.number >= self.search.counting_from])
+        if best is None or len(self.seen()) < 2:
             return []
-        best = (min if self.direction == "minimize" else max)(mine, key=lambda o: o.value)
         with self._random(self.proposed):
             model = self._model(refit=True)
         scales = next(m.lengthscale for m in model.covar_module.modules() if getattr(m, "lengthscale", None)
@@ -363,8 +377,9 @@ class Optimizer:
         """The observations of full trainings, among these (all of them by default)."""
         return [o for o in (self.observations if observations is None else observations) if o.fraction == 1.0]
 
-    def best(self) -> Observation | None:
-        full = self.full()
+    def best(self, observations: list[Observation] | None = None) -> Observation | None:
+        """The best full training among these observations (all of them by default)."""
+        full = self.full(observations)
         if not full:
             return None
         pick = min if self.direction == "minimize" else max
@@ -433,20 +448,21 @@ class Optimizer:
         if not avoid:
             engine.fast_forward(number)
             return self.space.decode(engine.draw(1, dtype=torch.float64)[0].tolist())
-        drawn = engine.draw(max(64, 8 * (number + 1)), dtype=torch.float64)
-        outside = drawn[~self._inside(drawn, avoid)]
-        return self.space.decode((outside[number] if len(outside) > number else drawn[number]).tolist())
+        drawn = engine.draw(8 * max(128, self.n_initial), dtype=torch.float64)  # the same for every number
+        inside = self._inside(self.space.features(drawn), avoid)
+        ordered = torch.cat([drawn[~inside], drawn[inside]])  # basins that hold nearly all: their points last
+        return self.space.decode(ordered[number].tolist())
 
     def _avoided(self) -> tuple:
         """The basins the current search proposes nothing in: those of the searches before, if it is fresh."""
         return self.search.avoid if self.search.fresh else ()
 
-    def _inside(self, latent, basins: tuple):
-        """Which of these latent points lie in one of the basins."""
+    @staticmethod
+    def _inside(columns, basins: tuple):
+        """Which of these points (the space's columns, as `Space.features` gives them) lie in one of the basins."""
         import torch
 
-        inside = torch.zeros(len(latent), dtype=torch.bool)
-        columns = self.space.features(latent)
+        inside = torch.zeros(len(columns), dtype=torch.bool)
         for basin in basins:
             inside |= basin.holds(columns)
         return inside
@@ -469,14 +485,16 @@ class Optimizer:
         for scale in (None, 0.03, 0.01):
             if scale is not None:
                 latent = torch.cat([best[None], self._near(best[None], scale, 256)])
-            features = self._inputs(self.space.features(latent))
+            columns = self.space.features(latent)
+            features = self._inputs(columns)
             with torch.no_grad():
                 scores = path(features).reshape(-1)
             if len(taken):
                 scores[(torch.cdist(features, taken) < 1e-9).any(dim=1)] = -math.inf
-            inside = self._inside(latent, avoid)
-            if not inside.all():  # a basin that covers every candidate is no guide
-                scores[inside] = -math.inf
+            if avoid:
+                inside = self._inside(columns, avoid)
+                if not inside.all():  # as in the design: points in a basin only where there are no others
+                    scores[inside] = -math.inf
             best = latent[int(scores.argmax())]
         return self.space.decode(best.tolist())
 

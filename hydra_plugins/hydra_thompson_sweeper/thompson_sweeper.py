@@ -445,18 +445,18 @@ class ThompsonSweeper(Sweeper):
     def resume(self, trials: TrialLog, optimizer) -> tuple[dict, list[Trial]]:
         """The earlier run's results back into the optimiser; its trials in flight re-attached where the
         launcher can (Batch jobs run on), or queued to run again (they died with the sweeper)."""
-        optimizer.proposed = len(trials.trials)
-        for trial in sorted(trials.trials, key=lambda t: t.number):  # the pruner's rungs, as they were
-            curve, trial.curve = trial.curve, []
-            self.take_reports(trial, curve)
-            if trial.status == TrialStatus.COMPLETED:
-                optimizer.observe(trial.params, trial.value, number=trial.number)
-            if trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
-                self.observe_curve(trial, optimizer)
-        if trials.searches:  # the searches as they were (the results came in another order)
-            from hydra_plugins.hydra_thompson_sweeper._optimizer import Search
+        from hydra_plugins.hydra_thompson_sweeper._optimizer import Search
 
-            optimizer.searches = [Search.from_state(search) for search in trials.searches]
+        optimizer.proposed = len(trials.trials)
+        # the searches as they were (the results came in another order); an older state's are found again
+        with optimizer.replay([Search.from_state(search) for search in trials.searches]):
+            for trial in sorted(trials.trials, key=lambda t: t.number):  # the pruner's rungs, as they were
+                curve, trial.curve = trial.curve, []
+                self.take_reports(trial, curve)
+                if trial.status == TrialStatus.COMPLETED:
+                    optimizer.observe(trial.params, trial.value, number=trial.number)
+                if trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
+                    self.observe_curve(trial, optimizer)
         unfinished = [t for t in trials.trials if not t.done]
         if not unfinished:
             return {}, []
