@@ -318,6 +318,28 @@ def test_a_fresh_search_proposes_nothing_in_the_basin_where_the_stalled_one_sett
 
 
 @pytest.mark.unit
+def test_a_fresh_search_whose_every_trial_is_stopped_early_still_stalls_and_is_merged():
+    """With a pruner, a fresh search's trials are compared at each rung with the refined trials of the search
+    before, so all of them may be stopped at the first rung. Its stall counts them whole (not the 1/27 of a
+    training each had) and needs no full training: it merges after its design and `patience` trials, where it
+    would otherwise have taken the rest of the sweep."""
+    space = Space([Dimension.interval("x", 0, 1)])
+    opt = Optimizer(space, n_initial=3, patience=4, seed=1, resource_floor=1 / 27)
+    number = 0
+    while len(opt.searches) == 1:  # full trainings, none better than the first
+        opt.observe(opt.propose(), 0.1 if number == 0 else 0.5, number=number)
+        number += 1
+        assert number < 30, "the first search never stalled"
+    assert opt.search.fresh
+    first = number
+    while opt.search.fresh:
+        opt.observe(opt.propose(), 0.9, 1 / 27, number=number)  # stopped at the first rung, as every one is
+        number += 1
+        assert number - first <= 3 + 4, "the fresh search did not stall after its design and patience"
+    assert number - first == 3 + 4 and opt.search.since == 0  # merged: the GP sees every trial again
+
+
+@pytest.mark.unit
 def test_a_basin_that_holds_nearly_the_whole_space_leaves_the_fresh_design_distinct():
     """The basins are a preference, never a wall: a fresh design takes the points outside them first, then the
     others, and never one twice."""

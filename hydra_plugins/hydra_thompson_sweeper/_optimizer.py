@@ -326,26 +326,30 @@ class Optimizer:
     def stalled(self) -> float:
         """Trials of the current search, counted from its counting_from, proposed after the last one that
         improved its best full training by more than IMPROVEMENT of its values' range; a trial stopped early
-        counts the fraction of a training it had (with a pruner, patience is in full trainings' worth)."""
-        seen = self.seen()
+        counts the fraction of a training it had (with a pruner, patience is in full trainings' worth), but in a
+        fresh search, which explores, it counts whole: a pruner may stop every trial of a fresh search at its
+        first rung (they are compared with the refined trials of the searches before), and counted in
+        fractions, or waiting for full trainings, such a search would never stall and take the rest of the
+        sweep."""
+        seen, search = self.seen(), self.search
         full = sorted(self.full(seen), key=lambda o: o.number)
-        if len(full) < self.n_initial:
+        if len(full) < self.n_initial and not search.fresh:
             return 0
         sign = -1.0 if self.direction == "minimize" else 1.0
         values = [sign * o.value for o in full]
-        tolerance = IMPROVEMENT * (max(values) - min(values))
+        tolerance = IMPROVEMENT * (max(values) - min(values)) if values else 0.0
         best, improved = -math.inf, -1
         for obs, value in zip(full, values):
             if value > best + tolerance:
                 improved = obs.number
             best = max(best, value)
-        search = self.search  # a first or fresh search stalls only once its GP proposes, after its design
+        # a first or fresh search stalls only once its GP proposes, after its design
         design = self.n_initial if search.since == search.counting_from else 0
         after = max(improved + 1, search.counting_from + design)
         trained: dict[int, float] = {}
         for obs in seen:
             if obs.number >= after:
-                trained[obs.number] = max(trained.get(obs.number, 0.0), obs.fraction)
+                trained[obs.number] = max(trained.get(obs.number, 0.0), 1.0 if search.fresh else obs.fraction)
         return sum(trained.values())
 
     def _worth_restarting(self) -> bool:
