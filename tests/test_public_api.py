@@ -132,3 +132,32 @@ def test_a_launcher_that_implements_the_contract_gets_asynchronous_sweeps(tmp_pa
     with open(tmp_path / "sweep/trials.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert [r["duration_s"] for r in rows] == ["1.5"] * 5  # the launcher's job times, not the sweeper's clock
+
+
+def test_waiting_on_futures_hears_a_signal_that_another_thread_received():
+    """Ctrl-C during a sweep: a plain concurrent.futures.wait sleeps through a signal that a thread other than
+    the main one took (its handler runs only when the main thread wakes); async_api.wait raises it at once."""
+    import concurrent.futures
+    import signal
+    import threading
+    import time
+
+    from hydra_plugins.hydra_awsbatch_launcher.async_api import wait
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    never = concurrent.futures.Future()
+    timer = threading.Timer(30, never.set_result, [None])  # a backstop: the test ends even where it fails
+    sender = threading.Timer(0.2, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGUSR1))
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer.start()
+    sender.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            wait([never])
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert time.monotonic() - start < 5

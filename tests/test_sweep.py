@@ -344,3 +344,35 @@ def test_one_describe_call_per_100_jobs_in_flight(batch_resources, aws_env):
     calls.clear()
     executor.poll()
     assert calls == []
+
+
+@pytest.mark.integration
+def test_a_resume_follows_jobs_whose_submission_the_dead_process_never_recorded(batch_resources, aws_env, tmp_path):
+    """The sweeper died after recording two batches but before recording their SubmitJob answers: one never
+    went out, one did (its answer lost). A resume submits the first now and finds the second in Batch, so both
+    futures resolve (they used to wait forever) and no job runs twice."""
+    from hydra_plugins.hydra_awsbatch_launcher import _batch
+
+    api = _batch.BatchApi()
+
+    def request_for(payload_uri, first, size):
+        return _batch.submit_requests(
+            job_name="resumed", queue=batch_resources["queue"], job_definition=batch_resources["job_definition"],
+            payload_uri=payload_uri, sweep_id="s1", first=first, size=size, environment={}, resources={},
+            timeout_s=None, attempts=1, tags={}, share_identifier=None, scheduling_priority=None)
+
+    manifest = _manifest.Manifest("s1", str(tmp_path / "staging"), str(tmp_path / "sweep"), "AwsBatchLauncher",
+                                  settings={"log_group": "g"})
+    manifest.add_batch(staged(0))
+    manifest.add_batch(staged(1))
+    manifest.save()
+    lost = api.submit([request for _, _, request in request_for("payload-1", 1, 1)])  # went out, answer lost
+    sweep = _sweep.reopen(tmp_path / "sweep", lambda staging: _batch.BatchExecutor(api, 0.05, request_for))
+    futures = sweep.resume([0, 1])
+    done, waiting = concurrent.futures.wait(futures.values(), timeout=60)
+    assert not waiting
+    batches = _manifest.read(str(tmp_path / "sweep" / _manifest.MANIFEST)).batches
+    assert batches[1].batch_job_ids == lost and len(batches[0].batch_job_ids) == 1
+    jobs = api.batch.list_jobs(jobQueue=batch_resources["queue"], filters=[
+        {"name": "JOB_NAME", "values": ["resumed"]}])["jobSummaryList"]
+    assert sorted(j["jobId"] for j in jobs) == sorted(batches[0].batch_job_ids + lost)  # two jobs, not three

@@ -189,6 +189,21 @@ class BatchApi:
             if not token or max_results:
                 return found
 
+    def created_since(self, queue: str, since: float) -> list[dict]:
+        """Summaries of the jobs (array parents, not their children) created in `queue` since `since` (epoch
+        seconds; ListJobs' AFTER_CREATED_AT filter, which lists every status)."""
+        found, token = [], None
+        while True:
+            kwargs = {"jobQueue": queue, "maxResults": 1000,
+                      "filters": [{"name": "AFTER_CREATED_AT", "values": [str(int(since * 1000))]}]}
+            if token:
+                kwargs["nextToken"] = token
+            page = self.batch.list_jobs(**kwargs)
+            found += [s for s in page.get("jobSummaryList", []) if ":" not in s["jobId"]]
+            token = page.get("nextToken")
+            if not token:
+                return found
+
     def terminate(self, job_ids: list[str], reason: str) -> None:
         for job_id in job_ids:
             self.batch.terminate_job(jobId=job_id, reason=reason)
@@ -225,6 +240,14 @@ class BatchApi:
         except ClientError as error:
             return [f"(no log stream {log_group}/{stream}: {error.response['Error']['Code']})"]
         return [e["message"].rstrip("\n") for e in events]
+
+
+def _environment(job: dict) -> list[dict]:
+    """A described job's environment variables: its container's, or (a multi-node job) its nodes'."""
+    if job.get("container", {}).get("environment"):
+        return job["container"]["environment"]
+    ranges = job.get("nodeProperties", {}).get("nodeRangeProperties", [])
+    return [e for r in ranges for e in r.get("container", {}).get("environment", [])]
 
 
 def _log_groups(job: dict, configured: str) -> list[str]:
@@ -383,6 +406,30 @@ class BatchExecutor:
     def adopt(self, arrays: list[Array]) -> bool:
         self.add(arrays)  # Batch jobs outlive the process that submitted them
         return True
+
+    def recover(self, payload_uri: str, first: int, size: int, since: float) -> list[Array]:
+        requests = self.request_for(payload_uri, first, size)
+        went_out = {}  # (payload URI, index offset) -> the job that a SubmitJob, its answer lost, made
+        named = {request["jobName"] for _, _, request in requests}
+        queue = requests[0][2]["jobQueue"]
+        candidates = [s["jobId"] for s in self.api.created_since(queue, since - 60)  # 60 s: the clocks may differ
+                      if s.get("jobName") in named]
+        for job in self.api.describe(candidates) if candidates else []:
+            environment = {e["name"]: e["value"] for e in _environment(job)}
+            went_out[environment.get(worker.ENV_PAYLOAD_URI), environment.get(worker.ENV_INDEX_OFFSET)] = job["jobId"]
+        arrays, missing = [], []
+        for n_first, n, request in requests:
+            job_id = went_out.get((payload_uri, str(n_first - first)))
+            if job_id:
+                arrays.append(Array(job_id, n_first, n))
+            else:
+                missing.append((n_first, n, request))
+        job_ids = self.api.submit([request for _, _, request in missing])
+        log.info(f"Jobs {first}-{first + size - 1}: {len(arrays)} job(s) found in Batch, {len(missing)} submitted now")
+        arrays += [Array(job_id, n_first, n) for job_id, (n_first, n, _) in zip(job_ids, missing)]
+        arrays.sort(key=lambda a: a.first)
+        self.add(arrays)
+        return arrays
 
     def submit(self, payload_uri: str, first: int, size: int) -> list[Array]:
         requests = self.request_for(payload_uri, first, size)

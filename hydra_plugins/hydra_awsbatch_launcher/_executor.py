@@ -49,3 +49,7 @@ class Executor(Protocol):
 
     def adopt(self, arrays: list[Array]) -> bool:
         """Follow the jobs an earlier process of this sweep submitted; False where they ended with it."""
+
+    def recover(self, payload_uri: str, first: int, size: int, since: float) -> list[Array]:
+        """Where `adopt` is True: a batch that an earlier process recorded at `since` and died submitting (or before
+        it heard the answer). The jobs of it that went out are followed, the others submitted now; its arrays."""

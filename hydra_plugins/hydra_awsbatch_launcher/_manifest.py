@@ -180,7 +180,8 @@ class BatchRecord:
     size: int
     payload_uri: str
     batch_job_ids: list = field(default_factory=list)
-    arrays: list = field(default_factory=list)  # Array, on Batch
+    arrays: list = field(default_factory=list)  # Array, on Batch; none yet: not (known to be) submitted
+    staged_at: float = 0.0  # epoch seconds, when it was recorded (0: a manifest older than this field)
 
 
 def _known(cls, data: dict) -> dict:
@@ -224,7 +225,7 @@ class Manifest:
     def add_batch(self, staged) -> BatchRecord:
         """A batch the stage step wrote (_stage.StagedBatch), and its jobs; its record, for its arrays."""
         jobs = staged.jobs
-        batch = BatchRecord(jobs.first, len(jobs.recipes), staged.payload_uri)
+        batch = BatchRecord(jobs.first, len(jobs.recipes), staged.payload_uri, staged_at=time.time())
         self.batches.append(batch)
         self.jobs += [JobRecord(recipe.num, list(recipe.task), subdir, BatchState.STAGED)
                       for recipe, subdir in zip(jobs.recipes, jobs.subdirs)]

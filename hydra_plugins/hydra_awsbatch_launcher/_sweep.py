@@ -19,7 +19,7 @@ from hydra_plugins.hydra_awsbatch_launcher import _collect, _manifest, _metrics
 from hydra_plugins.hydra_awsbatch_launcher._executor import Executor, JobInfo
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, BatchState, Manifest
 from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
-from hydra_plugins.hydra_awsbatch_launcher.async_api import finished
+from hydra_plugins.hydra_awsbatch_launcher.async_api import finished, wait
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 INTERRUPTED_REASON = "interrupted by the user"
@@ -56,6 +56,7 @@ class Sweep:
             self.manifest.save()
             arrays = self.executor.submit(staged.payload_uri, staged.first, len(nums))
             self.manifest.submitted(batch, arrays, time.time())
+            self.manifest.save()  # at once: a process that dies now leaves jobs that a resume can follow
             self.composed.update((num, staged.jobs) for num in nums)
             self.refresh()
             self.manifest.save()
@@ -93,11 +94,25 @@ class Sweep:
         with self.lock:
             jobs = [self.manifest.jobs_by_num()[num] for num in nums if num in self.manifest.jobs_by_num()]
             if self.executor.adopt([a for batch in self.manifest.batches for a in batch.arrays]):
+                self._recover({job.num for job in jobs})
                 return dict(zip([job.num for job in jobs], self.follow([job.num for job in jobs])))
         ended = {job.num: finished(self.collect(JobInfo(job.num, job.state, job.job_id, job.exit_code)))
                  for job in jobs if job.state in FINAL}  # those that ended before the sweeper died have results
         self.save()
         return ended
+
+    def _recover(self, nums: set[int]) -> None:
+        """Batches of jobs `nums` that the earlier process recorded but died submitting, or before it heard
+        Batch's answer: what went out is followed, the rest goes out now (else their futures would wait forever)."""
+        unsent = [b for b in self.manifest.batches
+                  if not b.arrays and nums & set(range(b.first, b.first + b.size))]
+        for batch in unsent:
+            arrays = self.executor.recover(batch.payload_uri, batch.first, batch.size, batch.staged_at)
+            self.manifest.submitted(batch, arrays, time.time())
+            log.info(f"Jobs {batch.first}-{batch.first + batch.size - 1} were staged but not known to be submitted "
+                     f"when the earlier process died: followed as {', '.join(a.job_id for a in arrays)}")
+        if unsent:
+            self.manifest.save()
 
     # -------------------------------------------------------------------------------------------- watch
     def _watch(self) -> None:
@@ -208,7 +223,7 @@ class Sweep:
         """Every job's JobReturn, in order, once all ended; then the summary table. Ctrl-C, SIGTERM or SIGHUP
         stop every unfinished job of the sweep (terminate_on_interrupt); a second Ctrl-C stops them at once."""
         try:
-            concurrent.futures.wait(futures)
+            wait(futures)
         except KeyboardInterrupt:
             self.interrupted()
             raise

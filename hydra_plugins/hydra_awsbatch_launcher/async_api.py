@@ -4,7 +4,7 @@ Hydra's `Launcher.launch()` blocks until a whole batch has ended. A launcher tha
 `AsyncLauncher` takes jobs one (or a few) at a time while others run, and hands each back as a
 `concurrent.futures.Future[JobReturn]`. Both launchers of this package implement it; so may any other, and
 `hydra/sweeper=thompson` then keeps its workers busy on it (it checks `isinstance(launcher, AsyncLauncher)`
-and imports nothing else of this package but `finished` and `LiveText`).
+and imports nothing else of this package but `finished`, `wait` and `LiveText`).
 
 Only protocols, a helper and re-exports here, importing nothing heavy: Hydra's plugin scan runs this module
 (a second time) at every start.
@@ -12,13 +12,17 @@ Only protocols, a helper and re-exports here, importing nothing heavy: Hydra's p
 
 from __future__ import annotations
 
+import concurrent.futures
+import math
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Protocol, runtime_checkable
 
 from hydra_plugins.hydra_awsbatch_launcher._progress import LiveText
 
-__all__ = ["AsyncLauncher", "LiveText", "finished"]
+__all__ = ["AsyncLauncher", "LiveText", "finished", "wait"]
+WAKE_S = 0.5  # how often a waiting main thread wakes to take a signal
 
 
 @runtime_checkable
@@ -66,3 +70,16 @@ def finished(value) -> Future:
     future: Future = Future()
     future.set_result(value)
     return future
+
+
+def wait(futures, timeout: float | None = None, return_when: str = concurrent.futures.ALL_COMPLETED):
+    """`concurrent.futures.wait` (ALL_COMPLETED or FIRST_COMPLETED) that Ctrl-C, SIGTERM and SIGHUP always reach:
+    the main thread wakes every WAKE_S seconds to run Python's signal handlers. A wait without a timeout can
+    sleep through a signal that arrived just before it blocked, or that another thread received, and never end."""
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        done, not_done = concurrent.futures.wait(futures, timeout=max(0.0, min(WAKE_S, left)),
+                                                 return_when=return_when)
+        if not not_done or left <= WAKE_S or (done and return_when == concurrent.futures.FIRST_COMPLETED):
+            return done, not_done

@@ -23,7 +23,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hydra_plugins.hydra_awsbatch_launcher.async_api import AsyncLauncher, LiveText, finished
+from hydra_plugins.hydra_awsbatch_launcher.async_api import AsyncLauncher, LiveText, finished, wait
 from hydra_plugins.hydra_thompson_sweeper._pruners import Pruner
 from hydra_plugins.hydra_thompson_sweeper._pruners import make as make_pruner
 from hydra_plugins.hydra_thompson_sweeper._space import SweepError, override, search_space
@@ -139,8 +139,7 @@ class ThompsonSweeper(Sweeper):
                 if deadline < math.inf:  # woken when time is up, to stop the trials still waiting for a worker
                     timeout = max(0.0, min(math.inf if timeout is None else timeout, deadline - time.time()))
                 try:
-                    done, _ = concurrent.futures.wait(list(in_flight), timeout=timeout,
-                                                      return_when=concurrent.futures.FIRST_COMPLETED)
+                    done, _ = wait(list(in_flight), timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
                     stopping = self.prune(in_flight)
                 except KeyboardInterrupt:
                     for trial in in_flight.values():
