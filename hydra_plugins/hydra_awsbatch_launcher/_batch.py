@@ -412,7 +412,7 @@ class BatchExecutor:
         went_out = {}  # (payload URI, index offset) -> the job that a SubmitJob, its answer lost, made
         named = {request["jobName"] for _, _, request in requests}
         queue = requests[0][2]["jobQueue"]
-        candidates = [s["jobId"] for s in self.api.created_since(queue, since - 60)  # 60 s: the clocks may differ
+        candidates = [s["jobId"] for s in self.api.created_since(queue, max(0.0, since - 60))  # clocks may differ
                       if s.get("jobName") in named]
         for job in self.api.describe(candidates) if candidates else []:
             environment = {e["name"]: e["value"] for e in _environment(job)}
