@@ -42,6 +42,7 @@ median under 1 s.
     python bench/pruning.py --seeds 1 --budget-scale 0.2 --processes 1 --out /tmp/pruning   # CI's reduced size
     python bench/pruning.py --processes 2 --tau 4 2 --out bench/pruning_example  # curves crossing as the example's
     python bench/pruning.py --min-resource 3 --out bench/pruning_min3            # ASHA's first rung at epoch 3
+    python bench/pruning.py --rungs measured --out bench/pruning_measured        # ours with rungs=measured
 
 The default curves cross a lot: at rung 1 the order of two configs is the reverse of their final order for
 nearly half the pairs (0.48, then 0.41 at rung 3 and 0.20 at rung 9), so early values say little. The example
@@ -84,6 +85,7 @@ class Setup:
     tau_fast: float = 1.0  # tau at x0 = 1
     noise: float = 0.05  # sd of each report's Gaussian noise
     epoch_sigma: float = 0.5  # per-trial epoch time: lognormal, mean 1, this sigma
+    rungs: str = "always"  # ours' hydra.sweeper.rungs (always, or measured)
 
     @property
     def budget(self) -> float:
@@ -205,7 +207,8 @@ def policy(method: str, dim: int, seed: int, full_trials: int | None = None):
                           direction="minimize", algorithm=algorithm, seed=seed,
                           resource_floor=setup.min_resource / setup.epochs if asha else None,
                           budget=None if asha else full_trials)  # n_trials as a user would set it; ASHA's: unknown
-    pruner = _pruners.make("asha" if asha else "none", setup.min_resource, setup.epochs, setup.reduction_factor)
+    pruner = _pruners.make("asha" if asha else "none", setup.min_resource, setup.epochs, setup.reduction_factor,
+                           setup.rungs if method == OURS else "always")
 
     def report(handle, number, step, value, done):
         return pruner.observe(number, step, value) is not None
@@ -283,8 +286,11 @@ def main(argv=None) -> int:
                         help="tau at x0 = 0 and at x0 = 1 (default 8 1; 4 2 crosses as the example app's curves do)")
     parser.add_argument("--min-resource", type=int, default=SETUP.min_resource,
                         help="ASHA's and Optuna's first rung, in epochs (default 1)")
+    parser.add_argument("--rungs", choices=("always", "measured"), default=SETUP.rungs,
+                        help="ours' hydra.sweeper.rungs (default always)")
     args = parser.parse_args(argv)
-    use(replace(SETUP, tau_slow=args.tau[0], tau_fast=args.tau[1], min_resource=args.min_resource))
+    use(replace(SETUP, tau_slow=args.tau[0], tau_fast=args.tau[1], min_resource=args.min_resource,
+                rungs=args.rungs))
 
     started = time.perf_counter()
     _, _, optimum = problem("Hartmann6")

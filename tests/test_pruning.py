@@ -31,6 +31,22 @@ def test_asha_keeps_the_top_third_at_each_rung_without_waiting_for_it_to_fill():
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("crossing", [True, False])
+def test_measured_rungs_stop_nothing_until_done_trials_show_the_rung_ranks_them(crossing):
+    """rungs=measured: no stop before 8 trials are done; then rung 1 stops trials only where the done trials'
+    order there is their final order (curves that cross: it stops nothing), while rung 3, which ranks them
+    right in both cases, stops."""
+    asha = make("asha", 1, 9, 3, rungs="measured")
+    for trial in range(8):  # trial i ends at i; at step 1 its order is the reverse where curves cross
+        first = 1.0 - trial / 10 if crossing else 1.0 + trial / 10
+        for step, value in [(1, first), (3, 0.5 + trial / 10), (9, trial / 10)]:
+            assert asha.observe(trial, step, value) is None  # not measured yet: nothing stops
+    assert asha.reversed_share(1.0) == (1.0 if crossing else 0.0) and asha.reversed_share(3.0) == 0.0
+    assert (asha.observe(8, 1, 5.0) is None) is crossing  # the worst at rung 1
+    assert asha.observe(8, 3, 5.0).startswith("ASHA: 5 at step 3 is not in the top 1/3")
+
+
+@pytest.mark.unit
 def test_median_rule_and_values_that_are_not_numbers():
     median = Median(2.0, 10.0, 3)
     for trial, values in enumerate([[1.0, 0.8, 0.6], [1.0, 0.7, 0.5]]):
@@ -49,6 +65,7 @@ def test_median_rule_and_values_that_are_not_numbers():
     (("asha", 3, 2, 3), "max_resource=2: above min_resource=3"),
     (("median", 0, None, 1), "min_resource=0: the first step that counts, above 0"),
     (("asha", 1, 9, 1), "reduction_factor=1: at least 2"),
+    (("asha", 1, 9, 3, "sometimes"), "rungs=sometimes: one of always, measured"),
 ])
 def test_pruner_settings_are_checked(args, problem):
     assert any(p.startswith(problem) for p in settings_problems(*args)), settings_problems(*args)

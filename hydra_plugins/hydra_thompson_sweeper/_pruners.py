@@ -4,7 +4,9 @@ a step (its resource: an epoch, say) and says whether to stop it, and why.
 - `asha`: asynchronous successive halving (Li et al., MLSys 2020), in its stopping form: rungs at
   min_resource * reduction_factor**k below max_resource; a trial reaching a rung goes on only if its value there
   is in the top 1/reduction_factor of the values of every trial that reached that rung so far (with fewer than
-  reduction_factor trials there, it goes on). Nobody waits for a rung to fill: asynchronous.
+  reduction_factor trials there, it goes on). Nobody waits for a rung to fill: asynchronous. With
+  rungs=measured a rung stops trials only once MEASURED_TRIALS trials are done and at most MAX_REVERSED of
+  their pairs are in the reverse order there of their final order: where curves cross, early values say little.
 - `median`: Optuna's median rule: from min_resource on, a trial whose value at a step is worse than the median
   of the other trials' values at that step (each trial's value at its first report at or past the step).
 - A value that is NaN or infinite stops its trial at once.
@@ -20,12 +22,18 @@ import math
 import statistics
 
 PRUNERS = ("none", "median", "asha")
+RUNGS = ("always", "measured")
+MEASURED_TRIALS = 8  # rungs=measured: trials done before a rung's crossing counts
+MAX_REVERSED = 0.3  # rungs=measured: the share of reversed pairs above which a rung stops nothing
 
 
-def settings_problems(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int) -> list[str]:
+def settings_problems(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int,
+                      rungs: str = "always") -> list[str]:
     problems = []
     if pruner not in PRUNERS:
         problems.append(f"pruner={pruner}: one of {', '.join(PRUNERS)}")
+    if rungs not in RUNGS:
+        problems.append(f"rungs={rungs}: one of {', '.join(RUNGS)}")
     if pruner == "none":
         return problems
     if not min_resource > 0:
@@ -86,9 +94,31 @@ class Median(Pruner):
 
 
 class Asha(Pruner):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, measured: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.at_rung: dict[float, dict[int, float]] = {rung: {} for rung in self.levels}
+        self.measured = measured  # rungs=measured: a rung stops trials once the curves show it can rank them
+        self.reversed: dict[tuple[float, int], float] = {}  # (rung, trials done) -> share of reversed pairs
+
+    def reversed_share(self, rung: float) -> float | None:
+        """Of the trials done (they reached max_resource), the share of pairs whose order at `rung` is the
+        reverse of their final order; None with fewer than MEASURED_TRIALS of them."""
+        done = [(self.value_at(t, rung), self.value_at(t, self.max_resource)) for t, curve in self.curves.items()
+                if curve[-1][0] >= self.max_resource and math.isfinite(curve[-1][1])]
+        done = [(early, final) for early, final in done if early is not None and math.isfinite(early)]
+        if len(done) < MEASURED_TRIALS:
+            return None
+        key = (rung, len(done))
+        if key not in self.reversed:
+            pairs = [(a, b) for i, a in enumerate(done) for b in done[i + 1:]]
+            self.reversed[key] = sum((a[0] - b[0]) * (a[1] - b[1]) < 0 for a, b in pairs) / len(pairs)
+        return self.reversed[key]
+
+    def stops_at(self, rung: float) -> bool:
+        if not self.measured:
+            return True
+        share = self.reversed_share(rung)
+        return share is not None and share <= MAX_REVERSED
 
     def decide(self, trial: int, step: float, value: float) -> str | None:
         for rung in self.levels:
@@ -96,7 +126,7 @@ class Asha(Pruner):
                 continue
             here = self.at_rung[rung]
             here[trial] = self.value_at(trial, rung)
-            if len(here) < self.eta:
+            if len(here) < self.eta or not self.stops_at(rung):
                 continue
             keep = max(1, len(here) // self.eta)
             cutoff = sorted(here.values())[keep - 1]
@@ -106,9 +136,12 @@ class Asha(Pruner):
         return None
 
 
-def make(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int) -> Pruner:
+def make(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int,
+         rungs: str = "always") -> Pruner:
     """The pruner of these (checked) settings. `none` never stops a trial and has no levels: the GP then
-    learns from final values only."""
-    kind = {"none": Pruner, "median": Median, "asha": Asha}[pruner]
+    learns from final values only. `rungs` (asha): always, or measured (a rung stops trials once the done
+    trials show that its order is their final one: at most MAX_REVERSED of their pairs reversed)."""
     full = float(max_resource) if pruner != "none" else float(min_resource)
-    return kind(float(min_resource), full, int(reduction_factor))
+    if pruner == "asha":
+        return Asha(float(min_resource), full, int(reduction_factor), measured=rungs == "measured")
+    return {"none": Pruner, "median": Median}[pruner](float(min_resource), full, int(reduction_factor))

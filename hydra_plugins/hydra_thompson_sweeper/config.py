@@ -52,6 +52,10 @@ class ThompsonSweeperConf:
     max_resource: Optional[float] = None
     # ASHA keeps the top 1/reduction_factor of the trials at each rung (min_resource * reduction_factor**k)
     reduction_factor: int = 3
+    # always: every rung stops trials from the start; measured: a rung stops trials only once 8 trials ran to
+    # max_resource and at most 30% of their pairs are in the reverse order there of their final order (curves
+    # that cross: early values that say little stop nothing)
+    rungs: str = "always"
     # Seconds a trial asked to stop has to save and return before its job is terminated
     stop_grace_s: float = 60.0
     # true: continue the sweep whose state is in hydra.sweep.dir (or the newest unfinished one beside it

@@ -86,7 +86,7 @@ class ThompsonSweeper(Sweeper):
         self.fixed = fixed
         trials.mirror = self.launcher.mirror if self.asynchronous else None
         trials.metric = self.metric = c.metric or c.objective or ""
-        self.pruner = make_pruner(c.pruner, c.min_resource, c.max_resource, c.reduction_factor)
+        self.pruner = make_pruner(c.pruner, c.min_resource, c.max_resource, c.reduction_factor, c.rungs)
         in_flight, requeue = self.resume(trials, optimizer)
         try:
             self.run(trials, optimizer, in_flight, requeue)
@@ -411,7 +411,7 @@ class ThompsonSweeper(Sweeper):
             problems.append("hydra.launcher.dry_run=true returns no results, and the thompson sweeper proposes from "
                             "results: make the dry run with Hydra's basic sweeper (leave out hydra/sweeper=thompson)")
         problems += [f"hydra.sweeper.{p}" for p in pruner_problems(c.pruner, c.min_resource, c.max_resource,
-                                                                    c.reduction_factor)]
+                                                                    c.reduction_factor, c.rungs)]
         if c.pruner != "none" and not (c.metric or c.objective):
             problems.append(f"hydra.sweeper.pruner={c.pruner} compares a metric that your task gives report(): "
                             "set hydra.sweeper.metric to its name (e.g. val_loss)")
