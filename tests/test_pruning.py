@@ -167,9 +167,11 @@ def test_a_metric_the_task_never_reports_is_said_when_the_first_trial_ends(tmp_p
 def test_a_pruner_needs_a_launcher_that_reads_trials_while_they_run(tmp_path, app_env):
     (tmp_path / "app.py").write_text(textwrap.dedent(CURVES))
     proc = subprocess.run([sys.executable, "app.py", "-m", "hydra/sweeper=thompson", "+x=interval(0, 1)",
-                           "hydra.sweeper.pruner=asha", "hydra.sweeper.objective=loss", "hydra.sweep.dir=sweep"],
+                           "hydra.sweeper.pruner=asha", "hydra.sweeper.objective=loss", "hydra.sweep.dir=sweep",
+                           "hydra.sweeper.rungs=sometimes"],
                           cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
+    assert "hydra.sweeper.rungs=sometimes: one of always, measured" in proc.stderr
     assert "hydra.sweeper.max_resource=null: asha needs the step at which a trial is done" in proc.stderr
     assert "hydra.sweeper.pruner=asha reads trials while they run, which BasicLauncher cannot" in proc.stderr
     assert not (tmp_path / "sweep").exists()
