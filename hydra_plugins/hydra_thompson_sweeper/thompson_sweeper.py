@@ -24,7 +24,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.hydra_awsbatch_launcher.async_api import AsyncLauncher, LiveText, finished, wait
-from hydra_plugins.hydra_thompson_sweeper._pruners import Pruner
+from hydra_plugins.hydra_thompson_sweeper._pruners import MEASURED_TRIALS, Pruner
 from hydra_plugins.hydra_thompson_sweeper._pruners import make as make_pruner
 from hydra_plugins.hydra_thompson_sweeper._space import SweepError, override, search_space
 from hydra_plugins.hydra_thompson_sweeper._trials import STATE, Trial, TrialLog, TrialStatus
@@ -87,6 +87,10 @@ class ThompsonSweeper(Sweeper):
         trials.mirror = self.launcher.mirror if self.asynchronous else None
         trials.metric = self.metric = c.metric or c.objective or ""
         self.pruner = make_pruner(c.pruner, c.min_resource, c.max_resource, c.reduction_factor, c.rungs)
+        if c.pruner == "asha" and c.rungs == "measured" and c.n_initial < MEASURED_TRIALS:
+            log.warning(f"hydra.sweeper.rungs=measured with n_initial={c.n_initial}: the rungs are measured on the "
+                        f"first {MEASURED_TRIALS} trials to end, some of them the GP's proposals (crowded where it "
+                        f"believes the best is), which can keep uninformative rungs on: set n_initial to {MEASURED_TRIALS} or more")
         in_flight, requeue = self.resume(trials, optimizer)
         try:
             self.run(trials, optimizer, in_flight, requeue)
