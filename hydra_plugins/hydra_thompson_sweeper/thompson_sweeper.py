@@ -90,7 +90,8 @@ class ThompsonSweeper(Sweeper):
         if c.pruner == "asha" and c.rungs == "measured" and c.n_initial < MEASURED_TRIALS:
             log.warning(f"hydra.sweeper.rungs=measured with n_initial={c.n_initial}: the rungs are measured on the "
                         f"first {MEASURED_TRIALS} trials to end, some of them the GP's proposals (crowded where it "
-                        f"believes the best is), which can keep uninformative rungs on: set n_initial to {MEASURED_TRIALS} or more")
+                        f"believes the best is), which can keep uninformative rungs on: set n_initial to "
+                        f"{MEASURED_TRIALS} or more")
         in_flight, requeue = self.resume(trials, optimizer)
         try:
             self.run(trials, optimizer, in_flight, requeue)
