@@ -319,6 +319,19 @@ def test_only_the_engine_writes_the_manifest():
     assert writers - {"_manifest"} == {"_sweep"}, writers
 
 
+def requests_for(batch_resources: dict, job_name: str):
+    """A BatchExecutor's request_for: plain SubmitJob requests into the moto queue, named `job_name`."""
+    from hydra_plugins.hydra_awsbatch_launcher import _batch
+
+    def request_for(payload_uri, first, size):
+        return _batch.submit_requests(
+            job_name=job_name, queue=batch_resources["queue"], job_definition=batch_resources["job_definition"],
+            payload_uri=payload_uri, sweep_id="s1", first=first, size=size, environment={}, resources={},
+            timeout_s=None, attempts=1, tags={}, share_identifier=None, scheduling_priority=None)
+
+    return request_for
+
+
 @pytest.mark.integration
 def test_one_describe_call_per_100_jobs_in_flight(batch_resources, aws_env):
     """150 plain jobs (one launch_async call each would make one): a poll round describes them in two calls,
@@ -326,14 +339,7 @@ def test_one_describe_call_per_100_jobs_in_flight(batch_resources, aws_env):
     from hydra_plugins.hydra_awsbatch_launcher import _batch
 
     api = _batch.BatchApi()
-
-    def request_for(payload_uri, first, size):
-        return _batch.submit_requests(
-            job_name="inflight", queue=batch_resources["queue"], job_definition=batch_resources["job_definition"],
-            payload_uri=payload_uri, sweep_id="s", first=first, size=size, environment={}, resources={},
-            timeout_s=None, attempts=1, tags={}, share_identifier=None, scheduling_priority=None)
-
-    executor = _batch.BatchExecutor(api, poll_interval_s=0.01, request_for=request_for)
+    executor = _batch.BatchExecutor(api, poll_interval_s=0.01, request_for=requests_for(batch_resources, "inflight"))
     for num in range(150):
         executor.submit(f"s3://b/sweeps/s/payload-{num}.pkl", num, 1)
     calls = []
@@ -354,13 +360,7 @@ def test_a_resume_follows_jobs_whose_submission_the_dead_process_never_recorded(
     from hydra_plugins.hydra_awsbatch_launcher import _batch
 
     api = _batch.BatchApi()
-
-    def request_for(payload_uri, first, size):
-        return _batch.submit_requests(
-            job_name="resumed", queue=batch_resources["queue"], job_definition=batch_resources["job_definition"],
-            payload_uri=payload_uri, sweep_id="s1", first=first, size=size, environment={}, resources={},
-            timeout_s=None, attempts=1, tags={}, share_identifier=None, scheduling_priority=None)
-
+    request_for = requests_for(batch_resources, "resumed")
     manifest = _manifest.Manifest("s1", str(tmp_path / "staging"), str(tmp_path / "sweep"), "AwsBatchLauncher",
                                   settings={"log_group": "g"})
     manifest.add_batch(staged(0))

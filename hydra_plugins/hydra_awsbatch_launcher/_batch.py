@@ -178,30 +178,24 @@ class BatchApi:
 
     def children(self, array_id: str, status: str, max_results: int | None = None) -> list[dict]:
         """Summaries of the array's children in `status` (ListJobs pages of up to 1,000)."""
-        found, token = [], None
-        while True:
-            kwargs = {"arrayJobId": array_id, "jobStatus": status, "maxResults": max_results or 1000}
-            if token:
-                kwargs["nextToken"] = token
-            page = self.batch.list_jobs(**kwargs)
-            found += page.get("jobSummaryList", [])
-            token = page.get("nextToken")
-            if not token or max_results:
-                return found
+        return self.list_jobs(bool(max_results), arrayJobId=array_id, jobStatus=status,
+                              maxResults=max_results or 1000)
 
     def created_since(self, queue: str, since: float) -> list[dict]:
         """Summaries of the jobs (array parents, not their children) created in `queue` since `since` (epoch
         seconds; ListJobs' AFTER_CREATED_AT filter, which lists every status)."""
+        found = self.list_jobs(jobQueue=queue, maxResults=1000,
+                               filters=[{"name": "AFTER_CREATED_AT", "values": [str(int(since * 1000))]}])
+        return [s for s in found if ":" not in s["jobId"]]
+
+    def list_jobs(self, first_page_only: bool = False, **kwargs) -> list[dict]:
+        """ListJobs' summaries for `kwargs`, page after page (the first only, with `first_page_only`)."""
         found, token = [], None
         while True:
-            kwargs = {"jobQueue": queue, "maxResults": 1000,
-                      "filters": [{"name": "AFTER_CREATED_AT", "values": [str(int(since * 1000))]}]}
-            if token:
-                kwargs["nextToken"] = token
-            page = self.batch.list_jobs(**kwargs)
-            found += [s for s in page.get("jobSummaryList", []) if ":" not in s["jobId"]]
+            page = self.batch.list_jobs(**kwargs, **({"nextToken": token} if token else {}))
+            found += page.get("jobSummaryList", [])
             token = page.get("nextToken")
-            if not token:
+            if not token or first_page_only:
                 return found
 
     def terminate(self, job_ids: list[str], reason: str) -> None:
@@ -417,26 +411,30 @@ class BatchExecutor:
         for job in self.api.describe(candidates) if candidates else []:
             environment = {e["name"]: e["value"] for e in _environment(job)}
             went_out[environment.get(worker.ENV_PAYLOAD_URI), environment.get(worker.ENV_INDEX_OFFSET)] = job["jobId"]
-        arrays, missing = [], []
+        found, missing = [], []
         for n_first, n, request in requests:
             job_id = went_out.get((payload_uri, str(n_first - first)))
             if job_id:
-                arrays.append(Array(job_id, n_first, n))
+                found.append(Array(job_id, n_first, n))
             else:
                 missing.append((n_first, n, request))
-        job_ids = self.api.submit([request for _, _, request in missing])
-        log.info(f"Jobs {first}-{first + size - 1}: {len(arrays)} job(s) found in Batch, {len(missing)} submitted now")
-        arrays += [Array(job_id, n_first, n) for job_id, (n_first, n, _) in zip(job_ids, missing)]
-        arrays.sort(key=lambda a: a.first)
-        self.add(arrays)
+        self.add(found)
+        arrays = sorted(found + self.send(missing), key=lambda a: a.first)
+        log.info(f"Jobs {first}-{first + size - 1}, staged but not known to be submitted when the earlier process "
+                 f"died: {len(found)} job(s) found in Batch, {len(missing)} submitted now "
+                 f"({', '.join(a.job_id for a in arrays)})")
         return arrays
 
     def submit(self, payload_uri: str, first: int, size: int) -> list[Array]:
-        requests = self.request_for(payload_uri, first, size)
+        arrays = self.send(self.request_for(payload_uri, first, size))
+        self.interval = self.base_interval  # news soon
+        return arrays
+
+    def send(self, requests: list[tuple[int, int, dict]]) -> list[Array]:
+        """Submit these (first job number, size, request)s and follow what they made."""
         job_ids = self.api.submit([request for _, _, request in requests])
         arrays = [Array(job_id, n_first, n) for job_id, (n_first, n, _) in zip(job_ids, requests)]
         self.add(arrays)
-        self.interval = self.base_interval  # news soon
         return arrays
 
     def active(self) -> list[Array]:

@@ -59,7 +59,6 @@ class Sweep:
             self.manifest.save()  # at once: a process that dies now leaves jobs that a resume can follow
             self.composed.update((num, staged.jobs) for num in nums)
             self.refresh()
-            self.manifest.save()
         log.info(f"Submitted {len(nums)} jobs as {len(arrays)} job(s): {', '.join(a.job_id for a in arrays)}")
         if not watch:
             return [finished(_collect.unfinished_return(recipe.task)) for recipe in staged.jobs.recipes]
@@ -109,8 +108,6 @@ class Sweep:
         for batch in unsent:
             arrays = self.executor.recover(batch.payload_uri, batch.first, batch.size, batch.staged_at)
             self.manifest.submitted(batch, arrays, time.time())
-            log.info(f"Jobs {batch.first}-{batch.first + batch.size - 1} were staged but not known to be submitted "
-                     f"when the earlier process died: followed as {', '.join(a.job_id for a in arrays)}")
         if unsent:
             self.manifest.save()
 
