@@ -43,6 +43,7 @@ median under 1 s.
     python bench/pruning.py --processes 2 --tau 4 2 --out bench/pruning_example  # curves crossing as the example's
     python bench/pruning.py --min-resource 3 --out bench/pruning_min3            # ASHA's first rung at epoch 3
     python bench/pruning.py --rungs measured --out bench/pruning_measured        # ours with rungs=measured
+    python bench/pruning.py --brackets 4 --out bench/pruning_brackets            # ours with brackets=4
 
 The default curves cross a lot: at rung 1 the order of two configs is the reverse of their final order for
 nearly half the pairs (0.48, then 0.41 at rung 3 and 0.20 at rung 9), so early values say little. The example
@@ -86,6 +87,7 @@ class Setup:
     noise: float = 0.05  # sd of each report's Gaussian noise
     epoch_sigma: float = 0.5  # per-trial epoch time: lognormal, mean 1, this sigma
     rungs: str = "always"  # ours' hydra.sweeper.rungs (always, or measured)
+    brackets: int = 1  # ours' hydra.sweeper.brackets (1: ASHA; more: asynchronous Hyperband)
 
     @property
     def budget(self) -> float:
@@ -208,7 +210,7 @@ def policy(method: str, dim: int, seed: int, full_trials: int | None = None):
                           resource_floor=setup.min_resource / setup.epochs if asha else None,
                           budget=None if asha else full_trials)  # n_trials as a user would set it; ASHA's: unknown
     pruner = _pruners.make("asha" if asha else "none", setup.min_resource, setup.epochs, setup.reduction_factor,
-                           setup.rungs if method == OURS else "always")
+                           setup.rungs if method == OURS else "always", setup.brackets if method == OURS else 1)
 
     def report(handle, number, step, value, done):
         return pruner.observe(number, step, value) is not None
@@ -288,9 +290,11 @@ def main(argv=None) -> int:
                         help="ASHA's and Optuna's first rung, in epochs (default 1)")
     parser.add_argument("--rungs", choices=("always", "measured"), default=SETUP.rungs,
                         help="ours' hydra.sweeper.rungs (default always)")
+    parser.add_argument("--brackets", type=int, default=SETUP.brackets,
+                        help="ours' hydra.sweeper.brackets (default 1: ASHA; 4: asynchronous Hyperband)")
     args = parser.parse_args(argv)
     use(replace(SETUP, tau_slow=args.tau[0], tau_fast=args.tau[1], min_resource=args.min_resource,
-                rungs=args.rungs))
+                rungs=args.rungs, brackets=args.brackets))
 
     started = time.perf_counter()
     _, _, optimum = problem("Hartmann6")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -47,6 +48,32 @@ def test_measured_rungs_stop_nothing_until_done_trials_show_the_rung_ranks_them(
 
 
 @pytest.mark.unit
+def test_hyperband_brackets_judge_a_trial_from_its_bracket_s_first_rung_among_its_bracket_only():
+    """brackets=4 over rungs 1, 3, 9 (below 27): the trials go to the brackets in equal shares, the same after a
+    rebuild; bracket b first judges a trial at rung b, against its own bracket's trials; bracket 3 stops nothing."""
+    asha = make("asha", 1, 27, 3, brackets=4)
+    assert {asha.bracket(t) for t in range(8)} == {0, 1, 2, 3}  # the first few trials meet every bracket
+    assert all(23 <= [asha.bracket(t) for t in range(100)].count(b) <= 27 for b in range(4))  # equal shares
+    assert [asha.bracket(t) for t in range(100)] == [make("asha", 1, 27, 3, brackets=4).bracket(t)
+                                                     for t in range(100)]
+    by_bracket = {b: [t for t in range(40) if asha.bracket(t) == b] for b in range(4)}
+    for trials in by_bracket.values():
+        for rank, trial in enumerate(trials[:2]):  # two good trials in each bracket (under 3: they go on)
+            for step in (1, 3, 9):
+                assert asha.observe(trial, step, rank / 10) is None
+    worst = {b: trials[2] for b, trials in by_bracket.items()}  # a third trial, the worst at every step
+    assert asha.observe(worst[0], 1, 9.0).startswith("ASHA: 9 at step 1 is not in the top 1/3 of the 3 trials "
+                                                     "of bracket 0 there")
+    assert asha.observe(worst[1], 1, 9.0) is None  # bracket 1: rung 1 is not its
+    assert asha.observe(worst[1], 3, 9.0).startswith("ASHA: 9 at step 3 is not in the top 1/3 of the 3 trials "
+                                                     "of bracket 1 there")
+    assert asha.observe(worst[2], 3, 9.0) is None and asha.observe(worst[2], 9, 9.0) is not None
+    assert all(asha.observe(worst[3], step, 9.0) is None for step in (1, 3, 9, 27))  # the last bracket: none
+    # rungs are kept per bracket: a bracket-0 trial is not compared with bracket 1's values at rung 3
+    assert len(asha.at_rung[0, 3.0]) == 2 and len(asha.at_rung[1, 3.0]) == 3
+
+
+@pytest.mark.unit
 def test_median_rule_and_values_that_are_not_numbers():
     median = Median(2.0, 10.0, 3)
     for trial, values in enumerate([[1.0, 0.8, 0.6], [1.0, 0.7, 0.5]]):
@@ -66,6 +93,9 @@ def test_median_rule_and_values_that_are_not_numbers():
     (("median", 0, None, 1), "min_resource=0: the first step that counts, above 0"),
     (("asha", 1, 9, 1), "reduction_factor=1: at least 2"),
     (("asha", 1, 9, 3, "sometimes"), "rungs=sometimes: one of always, measured"),
+    (("asha", 1, 27, 3, "always", 5), "brackets=5: 1 (ASHA) to 4 (one per rung, and one that stops nothing)"),
+    (("asha", 1, 27, 3, "always", 0), "brackets=0: 1 (ASHA) to 4"),
+    (("median", 1, 27, 3, "always", 2), "brackets=2: brackets are asha's (asynchronous Hyperband)"),
 ])
 def test_pruner_settings_are_checked(args, problem):
     assert any(p.startswith(problem) for p in settings_problems(*args)), settings_problems(*args)
@@ -102,10 +132,10 @@ def run_sweep(tmp_path, env, *args):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("pruner", ["asha", "median"])
-def test_pruners_stop_hopeless_trials_while_they_run(tmp_path, app_env, pruner):
+@pytest.mark.parametrize("pruner, brackets", [("asha", 1), ("median", 1), ("asha", 2)])
+def test_pruners_stop_hopeless_trials_while_they_run(tmp_path, app_env, pruner, brackets):
     proc = run_sweep(tmp_path, app_env, f"hydra.sweeper.pruner={pruner}", "hydra.sweeper.max_resource=9",
-                     "hydra.sweeper.min_resource=2")
+                     "hydra.sweeper.min_resource=2", f"hydra.sweeper.brackets={brackets}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(tmp_path / "sweep/trials.csv") as stream:
         trials = list(csv.DictReader(stream))
@@ -115,6 +145,10 @@ def test_pruners_stop_hopeless_trials_while_they_run(tmp_path, app_env, pruner):
     assert all(int(t["last_step"]) < 9 and t["stop_reason"] for t in pruned)
     assert all(t["last_step"] == "9" for t in completed)
     assert all(t["stop_reason"].startswith("ASHA" if pruner == "asha" else "median rule") for t in pruned)
+    if brackets == 2:  # rungs at steps 2 and 6: bracket 0 judges from step 2, bracket 1 from step 6 only
+        assert all(re.search(r"at step (2|6) .* of bracket 0 there|at step 6 .* of bracket 1 there", t["stop_reason"])
+                   for t in pruned), pruned
+        assert {t["stop_reason"].split(" of bracket ")[1][0] for t in pruned} == {"0", "1"}, pruned
     best = min(completed, key=lambda t: float(t["value"]))
     assert all(float(t["value"]) >= float(best["value"]) for t in pruned)  # the stopped ones were worse
     with open(tmp_path / "sweep/metrics.csv") as stream:

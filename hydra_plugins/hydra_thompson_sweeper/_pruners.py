@@ -7,6 +7,9 @@ a step (its resource: an epoch, say) and says whether to stop it, and why.
   reduction_factor trials there, it goes on). Nobody waits for a rung to fill: asynchronous. With
   rungs=measured a rung stops trials only once MEASURED_TRIALS trials are done and at most MAX_REVERSED of
   their pairs are in the reverse order there of their final order: where curves cross, early values say little.
+  With brackets > 1, asynchronous Hyperband (Li et al. 2020, section 3.3): each trial is in one of ASHA's
+  brackets, bracket b judging it first at rung b and comparing it only with the trials of its bracket; the
+  last bracket (past every rung) stops nothing. A hedge against rungs that stop the best configs.
 - `median`: Optuna's median rule: from min_resource on, a trial whose value at a step is worse than the median
   of the other trials' values at that step (each trial's value at its first report at or past the step).
 - A value that is NaN or infinite stops its trial at once.
@@ -28,12 +31,14 @@ MAX_REVERSED = 0.3  # rungs=measured: the share of reversed pairs above which a 
 
 
 def settings_problems(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int,
-                      rungs: str = "always") -> list[str]:
+                      rungs: str = "always", brackets: int = 1) -> list[str]:
     problems = []
     if pruner not in PRUNERS:
         problems.append(f"pruner={pruner}: one of {', '.join(PRUNERS)}")
     if rungs not in RUNGS:
         problems.append(f"rungs={rungs}: one of {', '.join(RUNGS)}")
+    if int(brackets) != 1 and pruner != "asha":
+        problems.append(f"brackets={brackets}: brackets are asha's (asynchronous Hyperband); leave it at 1")
     if pruner == "none":
         return problems
     if not min_resource > 0:
@@ -45,6 +50,10 @@ def settings_problems(pruner: str, min_resource: float, max_resource: float | No
         problems.append(f"max_resource={max_resource}: above min_resource={min_resource}")
     if int(reduction_factor) < 2:
         problems.append(f"reduction_factor={reduction_factor}: at least 2")
+    elif max_resource is not None and max_resource > min_resource > 0:
+        most = len(Pruner(min_resource, max_resource, reduction_factor).levels) + 1
+        if not 1 <= int(brackets) <= most:
+            problems.append(f"brackets={brackets}: 1 (ASHA) to {most} (one per rung, and one that stops nothing)")
     return problems
 
 
@@ -94,11 +103,20 @@ class Median(Pruner):
 
 
 class Asha(Pruner):
-    def __init__(self, *args, measured: bool = False, **kwargs):
+    def __init__(self, *args, measured: bool = False, brackets: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
-        self.at_rung: dict[float, dict[int, float]] = {rung: {} for rung in self.levels}
+        self.at_rung: dict[tuple[int, float], dict[int, float]] = {}  # (bracket, rung) -> trial -> value there
         self.measured = measured  # rungs=measured: a rung stops trials once the curves show it can rank them
         self.reversed: dict[tuple[float, int], float] = {}  # (rung, trials done) -> share of reversed pairs
+        # asynchronous Hyperband: bracket b's first rung is levels[b] (the last bracket, past every rung, stops
+        # nothing); the trials go to the brackets in equal shares (synchronous Hyperband's shares, which Syne Tune
+        # and AutoGluon use, stop more trials from the first rung: measured worse in bench/pruning.py)
+        self.brackets = int(brackets)
+
+    def bracket(self, trial: int) -> int:
+        """The trial's bracket, from its number alone (so the same after a resume): the golden-ratio sequence
+        spreads the brackets evenly over the trials, whichever of them run at once."""
+        return int((trial * 0.6180339887498949 + 0.5) % 1.0 * self.brackets)
 
     def reversed_share(self, rung: float) -> float | None:
         """Of the trials done (they reached max_resource), the share of pairs whose order at `rung` is the
@@ -121,27 +139,30 @@ class Asha(Pruner):
         return share is not None and share <= MAX_REVERSED
 
     def decide(self, trial: int, step: float, value: float) -> str | None:
-        for rung in self.levels:
-            if rung > step or trial in self.at_rung[rung]:
+        bracket = self.bracket(trial)
+        for rung in self.levels[bracket:]:
+            here = self.at_rung.setdefault((bracket, rung), {})
+            if rung > step or trial in here:
                 continue
-            here = self.at_rung[rung]
             here[trial] = self.value_at(trial, rung)
             if len(here) < self.eta or not self.stops_at(rung):
                 continue
             keep = max(1, len(here) // self.eta)
             cutoff = sorted(here.values())[keep - 1]
             if here[trial] > cutoff:
+                among = f" of bracket {bracket}" if self.brackets > 1 else ""
                 return (f"ASHA: {here[trial]:.4g} at step {rung:g} is not in the top 1/{self.eta} of the "
-                        f"{len(here)} trials there (cut-off {cutoff:.4g})")
+                        f"{len(here)} trials{among} there (cut-off {cutoff:.4g})")
         return None
 
 
 def make(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int,
-         rungs: str = "always") -> Pruner:
+         rungs: str = "always", brackets: int = 1) -> Pruner:
     """The pruner of these (checked) settings. `none` never stops a trial and has no levels: the GP then
     learns from final values only. `rungs` (asha): always, or measured (a rung stops trials once the done
     trials show that its order is their final one: at most MAX_REVERSED of their pairs reversed)."""
     full = float(max_resource) if pruner != "none" else float(min_resource)
     if pruner == "asha":
-        return Asha(float(min_resource), full, int(reduction_factor), measured=rungs == "measured")
+        return Asha(float(min_resource), full, int(reduction_factor), measured=rungs == "measured",
+                    brackets=brackets)
     return {"none": Pruner, "median": Median}[pruner](float(min_resource), full, int(reduction_factor))

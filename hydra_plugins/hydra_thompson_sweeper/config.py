@@ -56,6 +56,9 @@ class ThompsonSweeperConf:
     # max_resource and at most 30% of their pairs are in the reverse order there of their final order (curves
     # that cross: early values that say little stop nothing)
     rungs: str = "always"
+    # asha: 1 (ASHA), or up to the rungs + 1 brackets of asynchronous Hyperband: a trial in bracket b is first
+    # judged at rung b (the last bracket stops nothing), so some trials of every region train for longer
+    brackets: int = 1
     # Seconds a trial asked to stop has to save and return before its job is terminated
     stop_grace_s: float = 60.0
     # true: continue the sweep whose state is in hydra.sweep.dir (or the newest unfinished one beside it

@@ -86,7 +86,8 @@ class ThompsonSweeper(Sweeper):
         self.fixed = fixed
         trials.mirror = self.launcher.mirror if self.asynchronous else None
         trials.metric = self.metric = c.metric or c.objective or ""
-        self.pruner = make_pruner(c.pruner, c.min_resource, c.max_resource, c.reduction_factor, c.rungs)
+        self.pruner = make_pruner(c.pruner, c.min_resource, c.max_resource, c.reduction_factor, c.rungs,
+                                  c.brackets)
         if c.pruner == "asha" and c.rungs == "measured" and c.n_initial < MEASURED_TRIALS:
             log.warning(f"hydra.sweeper.rungs=measured with n_initial={c.n_initial}: the rungs are measured on the "
                         f"first {MEASURED_TRIALS} trials to end, some of them the GP's proposals (crowded where it "
@@ -416,7 +417,7 @@ class ThompsonSweeper(Sweeper):
             problems.append("hydra.launcher.dry_run=true returns no results, and the thompson sweeper proposes from "
                             "results: make the dry run with Hydra's basic sweeper (leave out hydra/sweeper=thompson)")
         problems += [f"hydra.sweeper.{p}" for p in pruner_problems(c.pruner, c.min_resource, c.max_resource,
-                                                                    c.reduction_factor, c.rungs)]
+                                                                    c.reduction_factor, c.rungs, c.brackets)]
         if c.pruner != "none" and not (c.metric or c.objective):
             problems.append(f"hydra.sweeper.pruner={c.pruner} compares a metric that your task gives report(): "
                             "set hydra.sweeper.metric to its name (e.g. val_loss)")
