@@ -86,3 +86,50 @@ def test_a_large_sweep_runs_while_it_is_staged_and_ctrl_c_stops_it_with_every_jo
         assert f"{CONFIGS - len(jobs):,} of the sweep's {CONFIGS:,} jobs were never submitted" in status.stdout
     attach = cli("attach", str(sweep), env=app_env)  # collects what there is, and says what is missing
     assert f"{len(succeeded)} jobs completed, {len(stopped)} failed" in attach.stdout, attach.stdout + attach.stderr
+
+
+def test_ctrl_c_that_lands_inside_omegaconf_while_composing_still_reads_as_ctrl_c():
+    """Seen once in the Ctrl-C test above: the KeyboardInterrupt landed while OmegaConf was setting a job's
+    `hydra.overrides.task`, OmegaConf's cleanup of the half-set list raised AttributeError instead, and the sweep
+    left without "Interrupted: stopping the unfinished jobs". Here the interrupt lands at that very point."""
+    import contextlib
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.hydra_awsbatch_launcher._compose import Recipe, composed
+    from hydra_plugins.hydra_awsbatch_launcher._sweep import interrupts_kept
+
+    def compose_interrupted():
+        config = OmegaConf.create({"hydra": {"overrides": {"task": []}, "job": {
+            "override_dirname": "", "config": {"override_dirname": {"kv_sep": "=", "item_sep": ",",
+                                                                    "exclude_keys": []}}}}})
+        OmegaConf.set_readonly(config.hydra, True)  # as Hydra leaves it
+
+        def ctrl_c_in_omegaconf(frame, event, arg):  # Ctrl-C as the list's first item is about to be set
+            caller = frame.f_back
+            if (event == "call" and frame.f_code.co_name == "_wrap_value_and_set"
+                    and caller.f_code.co_name == "_set_item_impl" and caller.f_back.f_code.co_name == "append"):
+                raise KeyboardInterrupt
+            return None
+
+        sys.settrace(ctrl_c_in_omegaconf)
+        try:
+            composed(config, Recipe(0, 0, (), ("x=1",)), ([], []))
+        finally:
+            sys.settrace(None)
+
+    with pytest.raises(AttributeError) as unwound:  # what OmegaConf makes of it
+        compose_interrupted()
+    assert any(isinstance(error, KeyboardInterrupt) for error in _contexts(unwound.value))
+    with pytest.raises(KeyboardInterrupt), interrupts_kept():  # what the launcher's launch_async raises
+        compose_interrupted()
+    with pytest.raises(ValueError), interrupts_kept():  # other errors pass as they are
+        raise ValueError("not an interrupt")
+    with contextlib.suppress(KeyboardInterrupt), interrupts_kept():
+        raise KeyboardInterrupt
+
+
+def _contexts(error):
+    while error is not None:
+        yield error
+        error = error.__context__

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import shlex
 import signal
@@ -334,3 +335,19 @@ def _stop_on_interrupts(sweep: Sweep) -> None:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_kept():
+    """Ctrl-C (or SIGTERM, SIGHUP: KeyboardInterrupt) that lands inside library code which, unwinding, raises an
+    error of its own instead (OmegaConf restoring the flags of a half-made change raises AttributeError) comes
+    out as the KeyboardInterrupt it is, so that the sweep stops its jobs as for any Ctrl-C."""
+    try:
+        yield
+    except Exception as error:
+        cause = error.__context__
+        while cause is not None and not isinstance(cause, KeyboardInterrupt):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise KeyboardInterrupt(f"(interrupted while {type(error).__name__}: {error})") from error

@@ -72,35 +72,37 @@ class BaseAwsBatchLauncher(Launcher):
         from hydra_plugins.hydra_awsbatch_launcher import _collect, _compose, _sweep
         from hydra_plugins.hydra_awsbatch_launcher.async_api import finished
 
-        setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):  # "Found credentials in ..." at INFO
-            logging.getLogger(chatty).setLevel(logging.WARNING)
-        if not job_overrides:
-            log.info("Launching 0 jobs: nothing to do")
-            return []
-        if self.sweep is None:  # the sweep's first jobs: check everything before anything is spent
-            self.check_settings()
-            self.sweep_dir.mkdir(parents=True, exist_ok=True)
-            self.open(_sweep.create(self.staging_root(), self.sweep_dir, self.executor,
-                                          launcher=type(self).__name__, settings=self.manifest_settings(),
-                                          **self.engine_options()))
-        log.info(f"Launching {len(job_overrides)} jobs {self.where}")
-        self.composer.check(self.config, job_overrides)  # all of them, before the first chunk goes out
-        if not self.dry_run:
-            self.sweep.announce(len(job_overrides))
-        futures = []
-        for start, stop in _compose.chunks(len(job_overrides), whole=self.dry_run):  # the first jobs go out at once
-            jobs = _compose.compose_batch(self.composer, self.config, job_overrides[start:stop],
-                                          initial_job_idx + start, self.sweep_dir)
-            staged = self.stager.stage(jobs)
-            if self.dry_run:
-                self.show_dry_run(staged)
-                return [finished(_collect.unfinished_return(recipe.task)) for recipe in jobs.recipes]
-            futures += self.sweep.submit(staged, watch=self.watching)
-        if not self.watching:
-            self.sweep.not_waiting()
-        return futures
+        with _sweep.interrupts_kept():  # Ctrl-C while composing or staging: a KeyboardInterrupt, whatever unwinds
+            setup_globals()
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):  # "Found credentials in ..." at INFO
+                logging.getLogger(chatty).setLevel(logging.WARNING)
+            if not job_overrides:
+                log.info("Launching 0 jobs: nothing to do")
+                return []
+            if self.sweep is None:  # the sweep's first jobs: check everything before anything is spent
+                self.check_settings()
+                self.sweep_dir.mkdir(parents=True, exist_ok=True)
+                self.open(_sweep.create(self.staging_root(), self.sweep_dir, self.executor,
+                                        launcher=type(self).__name__, settings=self.manifest_settings(),
+                                        **self.engine_options()))
+            log.info(f"Launching {len(job_overrides)} jobs {self.where}")
+            self.composer.check(self.config, job_overrides)  # all of them, before the first chunk goes out
+            if not self.dry_run:
+                self.sweep.announce(len(job_overrides))
+            futures = []
+            # the first jobs go out at once
+            for start, stop in _compose.chunks(len(job_overrides), whole=self.dry_run):
+                jobs = _compose.compose_batch(self.composer, self.config, job_overrides[start:stop],
+                                              initial_job_idx + start, self.sweep_dir)
+                staged = self.stager.stage(jobs)
+                if self.dry_run:
+                    self.show_dry_run(staged)
+                    return [finished(_collect.unfinished_return(recipe.task)) for recipe in jobs.recipes]
+                futures += self.sweep.submit(staged, watch=self.watching)
+            if not self.watching:
+                self.sweep.not_waiting()
+            return futures
 
     def resume_async(self, nums: Sequence[int]) -> dict[int, Future]:
         """Continue the sweep of this sweep dir after the process that launched it died: new jobs join it, and
