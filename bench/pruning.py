@@ -293,6 +293,12 @@ def main(argv=None) -> int:
     parser.add_argument("--brackets", type=int, default=SETUP.brackets,
                         help="ours' hydra.sweeper.brackets (default 1: ASHA; 4: asynchronous Hyperband)")
     args = parser.parse_args(argv)
+    from hydra_plugins.hydra_thompson_sweeper._pruners import settings_problems
+
+    problems = settings_problems("asha", args.min_resource, SETUP.epochs, SETUP.reduction_factor, args.rungs,
+                                 args.brackets)
+    if problems:
+        parser.error("; ".join(problems))
     use(replace(SETUP, tau_slow=args.tau[0], tau_fast=args.tau[1], min_resource=args.min_resource,
                 rungs=args.rungs, brackets=args.brackets))
 

@@ -92,8 +92,6 @@ def test_ctrl_c_that_lands_inside_omegaconf_while_composing_still_reads_as_ctrl_
     """Seen once in the Ctrl-C test above: the KeyboardInterrupt landed while OmegaConf was setting a job's
     `hydra.overrides.task`, OmegaConf's cleanup of the half-set list raised AttributeError instead, and the sweep
     left without "Interrupted: stopping the unfinished jobs". Here the interrupt lands at that very point."""
-    import contextlib
-
     from omegaconf import OmegaConf
 
     from hydra_plugins.hydra_awsbatch_launcher._compose import Recipe, composed
@@ -112,11 +110,12 @@ def test_ctrl_c_that_lands_inside_omegaconf_while_composing_still_reads_as_ctrl_
                 raise KeyboardInterrupt
             return None
 
+        tracer = sys.gettrace()  # a debugger's or coverage's, put back after
         sys.settrace(ctrl_c_in_omegaconf)
         try:
             composed(config, Recipe(0, 0, (), ("x=1",)), ([], []))
         finally:
-            sys.settrace(None)
+            sys.settrace(tracer)
 
     with pytest.raises(AttributeError) as unwound:  # what OmegaConf makes of it
         compose_interrupted()
@@ -125,8 +124,15 @@ def test_ctrl_c_that_lands_inside_omegaconf_while_composing_still_reads_as_ctrl_
         compose_interrupted()
     with pytest.raises(ValueError), interrupts_kept():  # other errors pass as they are
         raise ValueError("not an interrupt")
-    with contextlib.suppress(KeyboardInterrupt), interrupts_kept():
+    original = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt) as plain, interrupts_kept():  # a plain interrupt too
+        raise original
+    assert plain.value is original
+    try:  # an error in a handler of an earlier interrupt is that error: the interrupt was handled
         raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        with pytest.raises(ValueError), interrupts_kept():
+            raise ValueError("a bad override, found while stopping")  # noqa: B904 (its context is the point)
 
 
 def _contexts(error):

@@ -170,6 +170,9 @@ def test_a_resumed_sweep_keeps_its_stopped_trials_and_its_rungs(tmp_path, app_en
         before = list(csv.DictReader(stream))
     assert sum(t["status"] == "pruned" for t in before) >= 1, before
 
+    other = run_sweep(tmp_path, app_env, *asha, "hydra.sweeper.n_trials=9", "hydra.sweeper.resume=true",
+                      "hydra.sweeper.brackets=2")  # the trials' brackets would move: refused
+    assert other.returncode == 1 and "had another brackets: brackets=1" in other.stderr, other.stderr[-3000:]
     second = run_sweep(tmp_path, app_env, *asha, "hydra.sweeper.n_trials=9", "hydra.sweeper.resume=true")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     with open(tmp_path / "sweep/trials.csv") as stream:

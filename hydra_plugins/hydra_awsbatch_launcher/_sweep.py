@@ -12,6 +12,7 @@ import contextlib
 import logging
 import shlex
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -341,13 +342,16 @@ def _interrupt(signum, frame):
 def interrupts_kept():
     """Ctrl-C (or SIGTERM, SIGHUP: KeyboardInterrupt) that lands inside library code which, unwinding, raises an
     error of its own instead (OmegaConf restoring the flags of a half-made change raises AttributeError) comes
-    out as the KeyboardInterrupt it is, so that the sweep stops its jobs as for any Ctrl-C."""
+    out as the KeyboardInterrupt it is, so that the sweep stops its jobs as for any Ctrl-C. An interrupt that
+    was being handled already when the block began is not this block's."""
+    before = sys.exc_info()[1]
     try:
         yield
     except Exception as error:
-        cause = error.__context__
-        while cause is not None and not isinstance(cause, KeyboardInterrupt):
+        cause, seen = error.__context__, set()
+        while cause is not None and cause is not before and id(cause) not in seen:
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt(f"(interrupted while {type(error).__name__}: {error})") from error
+            seen.add(id(cause))
             cause = cause.__context__
-        if cause is None:
-            raise
-        raise KeyboardInterrupt(f"(interrupted while {type(error).__name__}: {error})") from error
+        raise

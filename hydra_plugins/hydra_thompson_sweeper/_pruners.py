@@ -7,9 +7,10 @@ a step (its resource: an epoch, say) and says whether to stop it, and why.
   reduction_factor trials there, it goes on). Nobody waits for a rung to fill: asynchronous. With
   rungs=measured a rung stops trials only once MEASURED_TRIALS trials are done and at most MAX_REVERSED of
   their pairs are in the reverse order there of their final order: where curves cross, early values say little.
-  With brackets > 1, asynchronous Hyperband (Li et al. 2020, section 3.3): each trial is in one of ASHA's
-  brackets, bracket b judging it first at rung b and comparing it only with the trials of its bracket; the
-  last bracket (past every rung) stops nothing. A hedge against rungs that stop the best configs.
+  With brackets > 1, asynchronous Hyperband (Li et al. 2020): each trial is in one of ASHA's brackets,
+  bracket b judging it first at rung b and comparing it only with the trials of its bracket; with brackets =
+  rungs + 1 (the most), the last bracket is past every rung and stops nothing. A hedge against rungs that stop
+  the best configs.
 - `median`: Optuna's median rule: from min_resource on, a trial whose value at a step is worse than the median
   of the other trials' values at that step (each trial's value at its first report at or past the step).
 - A value that is NaN or infinite stops its trial at once.
@@ -108,9 +109,10 @@ class Asha(Pruner):
         self.at_rung: dict[tuple[int, float], dict[int, float]] = {}  # (bracket, rung) -> trial -> value there
         self.measured = measured  # rungs=measured: a rung stops trials once the curves show it can rank them
         self.reversed: dict[tuple[float, int], float] = {}  # (rung, trials done) -> share of reversed pairs
-        # asynchronous Hyperband: bracket b's first rung is levels[b] (the last bracket, past every rung, stops
-        # nothing); the trials go to the brackets in equal shares (synchronous Hyperband's shares, which Syne Tune
-        # and AutoGluon use, stop more trials from the first rung: measured worse in bench/pruning.py)
+        # asynchronous Hyperband: bracket b's first rung is levels[b] (with len(levels) + 1 brackets, the last is
+        # past every rung and stops nothing); the trials go to the brackets in equal shares (synchronous
+        # Hyperband's shares, which Syne Tune and AutoGluon use, stop more trials from the first rung: measured
+        # worse in bench/pruning.py)
         self.brackets = int(brackets)
 
     def bracket(self, trial: int) -> int:

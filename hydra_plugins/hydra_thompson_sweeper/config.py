@@ -57,7 +57,7 @@ class ThompsonSweeperConf:
     # that cross: early values that say little stop nothing)
     rungs: str = "always"
     # asha: 1 (ASHA), or up to the rungs + 1 brackets of asynchronous Hyperband: a trial in bracket b is first
-    # judged at rung b (the last bracket stops nothing), so some trials of every region train for longer
+    # judged at rung b (with rungs + 1 brackets the last stops nothing), so some trials train for longer
     brackets: int = 1
     # Seconds a trial asked to stop has to save and return before its job is terminated
     stop_grace_s: float = 60.0

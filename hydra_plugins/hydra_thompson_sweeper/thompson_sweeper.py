@@ -68,7 +68,8 @@ class ThompsonSweeper(Sweeper):
         optimizer = Optimizer(space, c.direction, c.algorithm, c.n_initial, c.refit_every, c.seed,
                               resource_floor=floor, patience=c.patience, budget=c.n_trials)
         signature = {"space": {d.name: d.describe() for d in space.dimensions}, "fixed": fixed,
-                     "direction": c.direction, "objective": c.objective, "algorithm": c.algorithm, "seed": c.seed}
+                     "direction": c.direction, "objective": c.objective, "algorithm": c.algorithm, "seed": c.seed,
+                     "brackets": c.brackets}  # a trial's bracket comes from its number and their count
         trials = self.open_log(signature)
         sweep_dir = trials.sweep_dir
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -473,16 +474,19 @@ class ThompsonSweeper(Sweeper):
         return in_flight, requeue
 
 
+SIGNATURE_DEFAULTS = {"brackets": 1}  # what a sweep saved before a key joined the signature had
+
+
 def find_state(sweep_dir: Path, signature: dict) -> Path:
     """The state of the sweep to resume: in sweep_dir, or (a sweep dir made anew by ${now:}) the newest
     unfinished one beside it (multirun/DATE/TIME) with the same search space and settings."""
     here = sweep_dir / STATE
     if here.exists():
-        earlier = TrialLog.load(here)
-        changed = [k for k in signature if earlier.signature.get(k) != signature[k]]
+        earlier = {**SIGNATURE_DEFAULTS, **TrialLog.load(here).signature}
+        changed = [k for k in signature if earlier.get(k) != signature[k]]
         if changed:
             raise SweepError([f"hydra.sweeper.resume=true: the sweep in {sweep_dir} had another "
-                              f"{', '.join(changed)}: {', '.join(f'{k}={earlier.signature.get(k)}' for k in changed)}"
+                              f"{', '.join(changed)}: {', '.join(f'{k}={earlier.get(k)}' for k in changed)}"
                               "; resume it with the same settings, or start a new sweep in another hydra.sweep.dir"])
         return here
     found = []
@@ -491,7 +495,7 @@ def find_state(sweep_dir: Path, signature: dict) -> Path:
             earlier = TrialLog.load(path)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if earlier.signature == signature and not all(t.done for t in earlier.trials):
+        if {**SIGNATURE_DEFAULTS, **earlier.signature} == signature and not all(t.done for t in earlier.trials):
             found.append(path)
     if not found:
         raise SweepError([f"hydra.sweeper.resume=true: no unfinished thompson sweep with this search space in "
