@@ -64,6 +64,9 @@ class Trial:
         return self.curve[-1]["step"] if self.curve else ""
 
 
+SIGNATURE_DEFAULTS = {"brackets": 1}  # what the signature of a sweep saved before a key joined it had
+
+
 @dataclass
 class TrialLog:
     """Every trial of one sweep, and the files that show them."""
@@ -88,7 +91,8 @@ class TrialLog:
         if data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a state file of this version of the thompson sweeper")
         trials = [Trial(**dict(t, status=TrialStatus(t["status"]))) for t in data["trials"]]
-        return cls(path.parent, data["signature"], trials, data["created"], searches=data.get("searches", []))
+        signature = {**SIGNATURE_DEFAULTS, **data["signature"]}
+        return cls(path.parent, signature, trials, data["created"], searches=data.get("searches", []))
 
     def save(self, final: bool = False) -> None:
         """The state (to the sweep dir, and to staging), trials.csv, the best so far (and at the end the plots):

@@ -474,15 +474,12 @@ class ThompsonSweeper(Sweeper):
         return in_flight, requeue
 
 
-SIGNATURE_DEFAULTS = {"brackets": 1}  # what a sweep saved before a key joined the signature had
-
-
 def find_state(sweep_dir: Path, signature: dict) -> Path:
     """The state of the sweep to resume: in sweep_dir, or (a sweep dir made anew by ${now:}) the newest
     unfinished one beside it (multirun/DATE/TIME) with the same search space and settings."""
     here = sweep_dir / STATE
     if here.exists():
-        earlier = {**SIGNATURE_DEFAULTS, **TrialLog.load(here).signature}
+        earlier = TrialLog.load(here).signature
         changed = [k for k in signature if earlier.get(k) != signature[k]]
         if changed:
             raise SweepError([f"hydra.sweeper.resume=true: the sweep in {sweep_dir} had another "
@@ -495,7 +492,7 @@ def find_state(sweep_dir: Path, signature: dict) -> Path:
             earlier = TrialLog.load(path)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if {**SIGNATURE_DEFAULTS, **earlier.signature} == signature and not all(t.done for t in earlier.trials):
+        if earlier.signature == signature and not all(t.done for t in earlier.trials):
             found.append(path)
     if not found:
         raise SweepError([f"hydra.sweeper.resume=true: no unfinished thompson sweep with this search space in "
