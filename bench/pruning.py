@@ -23,7 +23,9 @@ the worker-seconds spent by simulated time t are exactly M * t; the budget is 10
   asyTS+ASHA  ours: asy_ts + _pruners.make("asha", min_resource=1, max_resource=27, reduction_factor=3) on every
               report; when a trial ends (done or stopped) the GP learns its values at the rungs it reached (1, 3,
               9), each at its fraction of a full training, and its final value if done, exactly as the
-              sweeper's `record`/`observe_curve` do (the resource is one more input of the GP, as in MOBSTER)
+              sweeper's `record`/`observe_curve` do (the resource is one more input of the GP, as in MOBSTER);
+              with --pruner extrapolate, _pruners.make("extrapolate", ...) in ASHA's place (the same rungs go to
+              the GP), still under this method's name
   RAND+ASHA   asy_random proposals + the same ASHA: Li et al.'s ASHA as published
   TPE+SH      Optuna's TPESampler(seed) + SuccessiveHalvingPruner(min_resource=1, reduction_factor=3), driven
               asynchronously through ask/tell: trial.report(loss, epoch), trial.should_prune(), and
@@ -44,6 +46,7 @@ median under 1 s.
     python bench/pruning.py --min-resource 3 --out bench/pruning_min3            # ASHA's first rung at epoch 3
     python bench/pruning.py --rungs measured --out bench/pruning_measured        # ours with rungs=measured
     python bench/pruning.py --brackets 4 --out bench/pruning_brackets            # ours with brackets=4
+    python bench/pruning.py --pruner extrapolate --out bench/pruning_extrapolate # ours with pruner=extrapolate
 
 The default curves cross a lot: at rung 1 the order of two configs is the reverse of their final order for
 nearly half the pairs (0.48, then 0.41 at rung 3 and 0.20 at rung 9), so early values say little. The example
@@ -88,6 +91,7 @@ class Setup:
     epoch_sigma: float = 0.5  # per-trial epoch time: lognormal, mean 1, this sigma
     rungs: str = "always"  # ours' hydra.sweeper.rungs (always, or measured)
     brackets: int = 1  # ours' hydra.sweeper.brackets (1: ASHA; more: asynchronous Hyperband)
+    pruner: str = "asha"  # ours' hydra.sweeper.pruner (asha, or extrapolate)
 
     @property
     def budget(self) -> float:
@@ -209,8 +213,9 @@ def policy(method: str, dim: int, seed: int, full_trials: int | None = None):
                           direction="minimize", algorithm=algorithm, seed=seed,
                           resource_floor=setup.min_resource / setup.epochs if asha else None,
                           budget=None if asha else full_trials)  # n_trials as a user would set it; ASHA's: unknown
-    pruner = _pruners.make("asha" if asha else "none", setup.min_resource, setup.epochs, setup.reduction_factor,
-                           setup.rungs if method == OURS else "always", setup.brackets if method == OURS else 1)
+    ours = method == OURS
+    pruner = _pruners.make((setup.pruner if ours else "asha") if asha else "none", setup.min_resource, setup.epochs,
+                           setup.reduction_factor, setup.rungs if ours else "always", setup.brackets if ours else 1)
 
     def report(handle, number, step, value, done):
         return pruner.observe(number, step, value) is not None
@@ -292,15 +297,17 @@ def main(argv=None) -> int:
                         help="ours' hydra.sweeper.rungs (default always)")
     parser.add_argument("--brackets", type=int, default=SETUP.brackets,
                         help="ours' hydra.sweeper.brackets (default 1: ASHA; 4: asynchronous Hyperband)")
+    parser.add_argument("--pruner", choices=("asha", "extrapolate"), default=SETUP.pruner,
+                        help="ours' hydra.sweeper.pruner (default asha)")
     args = parser.parse_args(argv)
     from hydra_plugins.hydra_thompson_sweeper._pruners import settings_problems
 
-    problems = settings_problems("asha", args.min_resource, SETUP.epochs, SETUP.reduction_factor, args.rungs,
+    problems = settings_problems(args.pruner, args.min_resource, SETUP.epochs, SETUP.reduction_factor, args.rungs,
                                  args.brackets)
     if problems:
         parser.error("; ".join(problems))
     use(replace(SETUP, tau_slow=args.tau[0], tau_fast=args.tau[1], min_resource=args.min_resource,
-                rungs=args.rungs, brackets=args.brackets))
+                rungs=args.rungs, brackets=args.brackets, pruner=args.pruner))
 
     started = time.perf_counter()
     _, _, optimum = problem("Hartmann6")

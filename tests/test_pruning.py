@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 import re
 import subprocess
 import sys
@@ -74,6 +75,41 @@ def test_hyperband_brackets_judge_a_trial_from_its_bracket_s_first_rung_among_it
 
 
 @pytest.mark.unit
+def test_extrapolation_stops_a_fast_starter_that_flattened_out_worse_and_lets_a_slow_starter_go_on():
+    """pruner=extrapolate on curves like bench/pruning.py's (noise sd 0.05): nothing stops before a trial has
+    finished; a fast starter that has flattened out at -0.5 stops once its curve shows it (the best finished trial
+    ended at -1.95), while a slow starter heading for -3, worse than the fast one at every step it has trained,
+    goes on. A pruner rebuilt from the same reports (a resume) judges alike."""
+    rng = random.Random(0)
+
+    def curve(final, tau, steps):
+        return [(step, final + (1 - final) * math.exp(-step / tau) + rng.gauss(0, 0.05)) for step in steps]
+
+    finished = {0: curve(-1.0, 3, range(1, 28)), 1: curve(-2.0, 6, range(1, 28))}
+    pruner = make("extrapolate", 1, 27, 3)
+    fast, slow = curve(-0.5, 1, range(1, 10)), curve(-3.0, 8, range(1, 10))
+    assert all(pruner.observe(2, step, value) is None for step, value in fast[:5])  # nothing finished yet
+    for trial, points in finished.items():
+        assert all(pruner.observe(trial, step, value) is None for step, value in points)
+    assert pruner.finals == {0: finished[0][-1][1], 1: finished[1][-1][1]}
+    assert all(v_slow > v_fast for (_, v_slow), (_, v_fast) in zip(slow[:3], fast[:3]))  # the slow one looks worse
+    reasons = [pruner.observe(2, step, value) for step, value in fast[5:]]
+    stopped_at = next(step for (step, _), reason in zip(fast[5:], reasons) if reason)
+    assert 6 <= stopped_at <= 9
+    reason = next(r for r in reasons if r)
+    assert re.match(r"extrapolated: its curve ends at step 27 at -0\.\d+ at best, worse than the best finished "
+                    r"trial's -1\.9", reason), reason
+    assert all(pruner.observe(3, step, value) is None for step, value in slow)
+    rebuilt = make("extrapolate", 1, 27, 3)
+    for trial, points in [(2, fast), *finished.items(), (3, slow)]:  # another order, as a resume replays them
+        for step, value in points:
+            rebuilt.observe(trial, step, value)
+    assert (rebuilt.finals, rebuilt.dof) == (pruner.finals, pruner.dof)
+    assert rebuilt.squares == pytest.approx(pruner.squares)
+    assert rebuilt.fidelities(2) == pruner.fidelities(2) == [(level / 27, fast[level - 1][1]) for level in (1, 3, 9)]
+
+
+@pytest.mark.unit
 def test_median_rule_and_values_that_are_not_numbers():
     median = Median(2.0, 10.0, 3)
     for trial, values in enumerate([[1.0, 0.8, 0.6], [1.0, 0.7, 0.5]]):
@@ -86,7 +122,7 @@ def test_median_rule_and_values_that_are_not_numbers():
 
 @pytest.mark.unit
 @pytest.mark.parametrize("args, problem", [
-    (("hyperband", 1, 9, 3), "pruner=hyperband: one of none, median, asha"),
+    (("hyperband", 1, 9, 3), "pruner=hyperband: one of none, median, asha, extrapolate"),
     (("asha", 1, None, 3), "max_resource=null: asha needs the step at which a trial is done"),
     (("median", 1, None, 3), "max_resource=null: median needs the step at which a trial is done"),
     (("asha", 3, 2, 3), "max_resource=2: above min_resource=3"),
@@ -96,6 +132,8 @@ def test_median_rule_and_values_that_are_not_numbers():
     (("asha", 1, 27, 3, "always", 5), "brackets=5: 1 (ASHA) to 4 (one per rung, and one that stops nothing)"),
     (("asha", 1, 27, 3, "always", 0), "brackets=0: 1 (ASHA) to 4"),
     (("median", 1, 27, 3, "always", 2), "brackets=2: brackets are asha's (asynchronous Hyperband)"),
+    (("extrapolate", 1, None, 3), "max_resource=null: extrapolate needs the step at which a trial is done"),
+    (("extrapolate", 1, 27, 3, "measured"), "rungs=measured: rungs are asha's; leave it at always"),
 ])
 def test_pruner_settings_are_checked(args, problem):
     assert any(p.startswith(problem) for p in settings_problems(*args)), settings_problems(*args)
@@ -132,7 +170,7 @@ def run_sweep(tmp_path, env, *args):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("pruner, brackets", [("asha", 1), ("median", 1), ("asha", 2)])
+@pytest.mark.parametrize("pruner, brackets", [("asha", 1), ("median", 1), ("asha", 2), ("extrapolate", 1)])
 def test_pruners_stop_hopeless_trials_while_they_run(tmp_path, app_env, pruner, brackets):
     proc = run_sweep(tmp_path, app_env, f"hydra.sweeper.pruner={pruner}", "hydra.sweeper.max_resource=9",
                      "hydra.sweeper.min_resource=2", f"hydra.sweeper.brackets={brackets}")
@@ -144,7 +182,8 @@ def test_pruners_stop_hopeless_trials_while_they_run(tmp_path, app_env, pruner, 
     assert len(pruned) >= 2 and len(completed) >= 2 and len(pruned) + len(completed) == 9, trials
     assert all(int(t["last_step"]) < 9 and t["stop_reason"] for t in pruned)
     assert all(t["last_step"] == "9" for t in completed)
-    assert all(t["stop_reason"].startswith("ASHA" if pruner == "asha" else "median rule") for t in pruned)
+    assert all(t["stop_reason"].startswith({"asha": "ASHA", "median": "median rule", "extrapolate": "extrapolated"}
+                                           [pruner]) for t in pruned)
     if brackets == 2:  # rungs at steps 2 and 6: bracket 0 judges from step 2, bracket 1 from step 6 only
         assert all(re.search(r"at step (2|6) .* of bracket 0 there|at step 6 .* of bracket 1 there", t["stop_reason"])
                    for t in pruned), pruned

@@ -13,6 +13,16 @@ a step (its resource: an epoch, say) and says whether to stop it, and why.
   the best configs.
 - `median`: Optuna's median rule: from min_resource on, a trial whose value at a step is worse than the median
   of the other trials' values at that step (each trial's value at its first report at or past the step).
+- `extrapolate`: learning-curve extrapolation (Domhan et al., IJCAI 2015, in its simplest form): from
+  min_resource on, with MIN_REPORTS reports or more, a trial's curve so far is fitted by exponential decays
+  towards an asymptote, value = a + b * exp(-k * step / max_resource), one least-squares fit per rate k on a grid
+  (from k = 1, a decay as slow as the training, to a curve already flat at its first report). The fits the data
+  allow (their squared residuals within Z**2 noise variances of the best fit's; the noise variance pooled from
+  the finished trials' fits) give the value at max_resource, less Z of its standard errors; the trial stops when
+  even the lowest of these is worse than the best finished trial's final value. A fast starter that has
+  flattened out worse than the best stops early; a slow starter whose curve could still end better goes on,
+  since its slow decays fit as well as its fast ones. Nothing stops before a trial has finished and the
+  finished ones have MIN_NOISE_DOF residuals.
 - A value that is NaN or infinite stops its trial at once.
 
 Values are minimised here; the sweeper flips the sign of a maximised metric. `fidelities(trial)` gives what
@@ -25,10 +35,14 @@ from __future__ import annotations
 import math
 import statistics
 
-PRUNERS = ("none", "median", "asha")
+PRUNERS = ("none", "median", "asha", "extrapolate")
 RUNGS = ("always", "measured")
 MEASURED_TRIALS = 8  # rungs=measured: trials done before a rung's crossing counts
 MAX_REVERSED = 0.3  # rungs=measured: the share of reversed pairs above which a rung stops nothing
+MIN_REPORTS = 3  # extrapolate: the reports a curve needs before it is fitted (three parameters)
+MIN_NOISE_DOF = 10  # extrapolate: the finished trials' residuals (degrees of freedom) before the noise counts
+Z = 2.0  # extrapolate: the fits within Z**2 noise variances of the best, and their bounds Z standard errors low
+RATES = 60  # extrapolate: the decay rates fitted, log-spaced
 
 
 def settings_problems(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int,
@@ -38,6 +52,8 @@ def settings_problems(pruner: str, min_resource: float, max_resource: float | No
         problems.append(f"pruner={pruner}: one of {', '.join(PRUNERS)}")
     if rungs not in RUNGS:
         problems.append(f"rungs={rungs}: one of {', '.join(RUNGS)}")
+    elif rungs != "always" and pruner != "asha":
+        problems.append(f"rungs={rungs}: rungs are asha's; leave it at always")
     if int(brackets) != 1 and pruner != "asha":
         problems.append(f"brackets={brackets}: brackets are asha's (asynchronous Hyperband); leave it at 1")
     if pruner == "none":
@@ -158,6 +174,53 @@ class Asha(Pruner):
         return None
 
 
+class Extrapolate(Pruner):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.finals: dict[int, float] = {}  # finished trial -> its value at max_resource
+        self.squares, self.dof = 0.0, 0  # the finished trials' fits: squared residuals, degrees of freedom
+
+    def decide(self, trial: int, step: float, value: float) -> str | None:
+        curve = self.curves[trial]
+        if step >= self.max_resource:
+            if trial not in self.finals and len(curve) > MIN_REPORTS:
+                self.squares += float(self.fits(curve)[0].min())
+                self.dof += len(curve) - MIN_REPORTS
+            self.finals.setdefault(trial, value)
+            return None
+        if step < self.min_resource or len(curve) < MIN_REPORTS or not self.finals or self.dof < MIN_NOISE_DOF:
+            return None
+        squares, ends, variances = self.fits(curve)
+        noise = self.squares / self.dof
+        plausible = squares <= squares.min() + Z**2 * noise
+        bound = float((ends - Z * (noise * variances) ** 0.5)[plausible].min())
+        best = min(self.finals.values())
+        if bound > best:
+            return (f"extrapolated: its curve ends at step {self.max_resource:g} at {bound:.4g} at best, worse "
+                    f"than the best finished trial's {best:.4g}")
+        return None
+
+    def fits(self, curve: list[tuple[float, float]]):
+        """Least squares of value = a + b * exp(-k * step / max_resource), one fit per rate k: each fit's
+        squared residuals, its value at max_resource and that value's variance per unit noise variance."""
+        import numpy as np
+
+        s = np.array([step for step, _ in curve]) / self.max_resource
+        y = np.array([value for _, value in curve])
+        fastest = max(2.0, 12.0 / max(s.min(), 1e-9))  # exp(-12) at the first report: flat from there on
+        k = np.geomspace(1.0, fastest, RATES)[:, None]
+        e = np.exp(-k * s)  # rates x reports: the decay's column of each fit's design [1, e]
+        n, se, see = len(s), e.sum(1), (e * e).sum(1)
+        det = n * see - se**2
+        sy, sey = y.sum(), (e * y).sum(1)
+        a = (see * sy - se * sey) / det
+        b = (n * sey - se * sy) / det
+        squares = ((y - a[:, None] - b[:, None] * e) ** 2).sum(1)
+        end = np.exp(-k[:, 0])
+        variances = (see - 2 * se * end + n * end**2) / det  # [1, end] (A^T A)^-1 [1, end]^T
+        return squares, a + b * end, variances
+
+
 def make(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int,
          rungs: str = "always", brackets: int = 1) -> Pruner:
     """The pruner of these (checked) settings. `none` never stops a trial and has no levels: the GP then
@@ -167,4 +230,5 @@ def make(pruner: str, min_resource: float, max_resource: float | None, reduction
     if pruner == "asha":
         return Asha(float(min_resource), full, int(reduction_factor), measured=rungs == "measured",
                     brackets=brackets)
-    return {"none": Pruner, "median": Median}[pruner](float(min_resource), full, int(reduction_factor))
+    pruners = {"none": Pruner, "median": Median, "extrapolate": Extrapolate}
+    return pruners[pruner](float(min_resource), full, int(reduction_factor))

@@ -43,7 +43,8 @@ class ThompsonSweeperConf:
     max_minutes: Optional[float] = None
     # Failed trials in a row that stop the sweep
     max_failures: int = 5
-    # Early stopping from what trials report(): none, median or asha (asynchronous successive halving)
+    # Early stopping from what trials report(): none, median, asha (asynchronous successive halving) or
+    # extrapolate (a trial whose curve, extrapolated, cannot end better than the best finished trial)
     pruner: str = "none"
     # The reported metric the pruner compares (as report(step, NAME=...) names it); null: the objective's key
     metric: Optional[str] = None
