@@ -110,6 +110,51 @@ def test_extrapolation_stops_a_fast_starter_that_flattened_out_worse_and_lets_a_
 
 
 @pytest.mark.unit
+def test_extrapolation_knows_power_laws_and_takes_odd_reports_without_failing():
+    """Training curves often decay as power laws, slower than any exponential: a trial on the best one's curve,
+    0.05 lower, goes on, a trial 0.5 higher stops. Reports at one step several times, at step 0, or after a
+    NaN do not break the fits (a degenerate fit is never plausible)."""
+    pruner = make("extrapolate", 1, 27, 3)
+    for trial, offset in enumerate([0.05, 0.0]):  # the second ends better than the first, which has finished
+        for step in range(1, 28):
+            assert pruner.observe(trial, step, offset + step**-0.5) is None
+    assert all(pruner.observe(2, step, -0.05 + step**-0.5) is None for step in range(1, 27))
+    assert pruner.observe(3, 1, 1.5) is None and pruner.observe(3, 2, 0.5 + 2**-0.5) is None
+    assert pruner.observe(3, 3, 0.5 + 3**-0.5).startswith("extrapolated: its curve ends at step 27 at ")
+    assert all(pruner.observe(4, 1, 0.3) is None for _ in range(4))  # one step, four times: nothing to fit
+    assert pruner.observe(5, 0, 2.0) is None and pruner.observe(5, 1, math.nan).startswith("its value is nan")
+    assert pruner.observe(5, 2, 1.5) is None and pruner.observe(5, 3, 1.5) is None  # a curve of two points
+    assert pruner.observe(5, 4, 1.5) is not None  # three finite points after the NaN, flat: fitted, and hopeless
+    every_batch = make("extrapolate", 1, 10_000, 3)  # a task that reports every batch, 10,000 in all
+    for trial, offset in enumerate([0.01, 0.0]):
+        for step in [*range(1, 10_000, 50), 10_000]:
+            every_batch.observe(trial, step, offset + step**-0.5)
+    assert all(every_batch.observe(2, step, -0.01 + step**-0.5) is None for step in range(1, 10_000))
+    assert len(every_batch.fitted(2)) == 100  # its fits take 100 of its reports, spread from first to last
+    assert every_batch.fitted(2)[0][0] == 1 and every_batch.fitted(2)[-1][0] == 9_999
+    assert every_batch.observe(3, 1, 1.5) is None and every_batch.observe(3, 2, 0.5 + 2**-0.5) is None
+    assert every_batch.observe(3, 3, 0.5 + 3**-0.5) is not None
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("pruner", ["asha", "extrapolate"])
+def test_a_trial_run_again_is_judged_on_its_new_reports_only(pruner):
+    """A trial that died with an earlier sweeper runs again from its start (the sweeper's submit forgets it):
+    its old reports neither sit at a rung nor join its new curve."""
+    rule = make(pruner, 1, 9, 3)
+    for trial in range(3):
+        for step in range(1, 10):
+            rule.observe(trial, step, 1.0 + trial / 10 + 1 / step)
+    for step in (1, 2, 3):
+        rule.observe(3, step, 9.0 + 1 / step)  # hopeless, then it dies with the sweeper
+    rule.forget(3)
+    assert 3 not in rule.curves
+    assert all(3 not in here for here in getattr(rule, "at_rung", {}).values())
+    assert all(rule.observe(3, step, 0.5 + 1 / step) is None for step in range(1, 10))  # now the best
+    assert rule.curves[3] == [(step, 0.5 + 1 / step) for step in range(1, 10)]
+
+
+@pytest.mark.unit
 def test_median_rule_and_values_that_are_not_numbers():
     median = Median(2.0, 10.0, 3)
     for trial, values in enumerate([[1.0, 0.8, 0.6], [1.0, 0.7, 0.5]]):

@@ -16,7 +16,8 @@ a step (its resource: an epoch, say) and says whether to stop it, and why.
 - `extrapolate`: learning-curve extrapolation (Domhan et al., IJCAI 2015, in its simplest form): from
   min_resource on, with MIN_REPORTS reports or more, a trial's curve so far is fitted by exponential decays
   towards an asymptote, value = a + b * exp(-k * step / max_resource), one least-squares fit per rate k on a grid
-  (from k = 1, a decay as slow as the training, to a curve already flat at its first report). The fits the data
+  (from k = 1, a decay as slow as the training, to a curve already flat at its first report), and by power laws,
+  value = a + b * (step / max_resource)**-p (p from 0.05 to 3), which decay slower. The fits the data
   allow (their squared residuals within Z**2 noise variances of the best fit's; the noise variance pooled from
   the finished trials' fits) give the value at max_resource, less Z of its standard errors; the trial stops when
   even the lowest of these is worse than the best finished trial's final value. A fast starter that has
@@ -42,7 +43,9 @@ MAX_REVERSED = 0.3  # rungs=measured: the share of reversed pairs above which a 
 MIN_REPORTS = 3  # extrapolate: the reports a curve needs before it is fitted (three parameters)
 MIN_NOISE_DOF = 10  # extrapolate: the finished trials' residuals (degrees of freedom) before the noise counts
 Z = 2.0  # extrapolate: the fits within Z**2 noise variances of the best, and their bounds Z standard errors low
-RATES = 60  # extrapolate: the decay rates fitted, log-spaced
+RATES = 60  # extrapolate: the exponential decays' rates fitted, log-spaced
+POWERS = 30  # extrapolate: the power laws' exponents fitted, log-spaced
+MAX_POINTS = 100  # extrapolate: the reports of a curve fitted at most (evenly spread)
 
 
 def settings_problems(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int,
@@ -96,6 +99,10 @@ class Pruner:
     def decide(self, trial: int, step: float, value: float) -> str | None:
         return None
 
+    def forget(self, trial: int) -> None:
+        """The trial runs again from its start (it died with an earlier sweeper): what it reported is void."""
+        self.curves.pop(trial, None)
+
     def value_at(self, trial: int, step: float) -> float | None:
         """The trial's value at its first report at or past `step`."""
         return next((v for s, v in self.curves.get(trial, ()) if s >= step), None)
@@ -130,6 +137,11 @@ class Asha(Pruner):
         # Hyperband's shares, which Syne Tune and AutoGluon use, stop more trials from the first rung: measured
         # worse in bench/pruning.py)
         self.brackets = int(brackets)
+
+    def forget(self, trial: int) -> None:
+        super().forget(trial)
+        for here in self.at_rung.values():
+            here.pop(trial, None)
 
     def bracket(self, trial: int) -> int:
         """The trial's bracket, from its number alone (so the same after a resume): the golden-ratio sequence
@@ -179,12 +191,23 @@ class Extrapolate(Pruner):
         super().__init__(*args, **kwargs)
         self.finals: dict[int, float] = {}  # finished trial -> its value at max_resource
         self.squares, self.dof = 0.0, 0  # the finished trials' fits: squared residuals, degrees of freedom
+        self.judged: dict[int, int] = {}  # trial -> its reports when it was last judged
+
+    def forget(self, trial: int) -> None:
+        super().forget(trial)
+        self.finals.pop(trial, None)
+        self.judged.pop(trial, None)
 
     def decide(self, trial: int, step: float, value: float) -> str | None:
-        curve = self.curves[trial]
+        reports, last = len(self.curves[trial]), self.judged.get(trial, 0)
+        if step < self.max_resource and reports - last < max(1, last // 20):
+            return None  # judged at most once per 5 % more reports: a task reporting every batch costs little
+        self.judged[trial] = reports
+        curve = self.fitted(trial)
         if step >= self.max_resource:
-            if trial not in self.finals and len(curve) > MIN_REPORTS:
-                self.squares += float(self.fits(curve)[0].min())
+            squares = self.fits(curve)[0] if trial not in self.finals and len(curve) > MIN_REPORTS else None
+            if squares is not None and (squares == squares).any():  # not NaN: a fit that is not degenerate
+                self.squares += float(squares[squares == squares].min())
                 self.dof += len(curve) - MIN_REPORTS
             self.finals.setdefault(trial, value)
             return None
@@ -192,7 +215,10 @@ class Extrapolate(Pruner):
             return None
         squares, ends, variances = self.fits(curve)
         noise = self.squares / self.dof
-        plausible = squares <= squares.min() + Z**2 * noise
+        fitted = squares == squares  # not NaN: a fit that is not degenerate
+        if not fitted.any():
+            return None
+        plausible = fitted & (squares <= squares[fitted].min() + Z**2 * noise)
         bound = float((ends - Z * (noise * variances) ** 0.5)[plausible].min())
         best = min(self.finals.values())
         if bound > best:
@@ -200,24 +226,40 @@ class Extrapolate(Pruner):
                     f"than the best finished trial's {best:.4g}")
         return None
 
+    def fitted(self, trial: int) -> list[tuple[float, float]]:
+        """The trial's reports that a curve is fitted to: finite values at steps above 0, the last at a step
+        reported twice (a task may report several times a step); at most MAX_POINTS of them, evenly spread
+        from the first to the last (a task reporting every batch: a fit's cost stays bounded)."""
+        points = sorted({step: value for step, value in self.curves.get(trial, ())
+                         if step > 0 and math.isfinite(value)}.items())
+        if len(points) <= MAX_POINTS:
+            return points
+        return [points[round(i * (len(points) - 1) / (MAX_POINTS - 1))] for i in range(MAX_POINTS)]
+
     def fits(self, curve: list[tuple[float, float]]):
-        """Least squares of value = a + b * exp(-k * step / max_resource), one fit per rate k: each fit's
-        squared residuals, its value at max_resource and that value's variance per unit noise variance."""
+        """Least squares of value = a + b * basis(step / max_resource), one fit per basis: exp(-k s) for decay
+        rates k (from 1, as slow as the training, to a curve flat from its first report) and s**-p for power laws
+        (Domhan et al.'s pow3; training curves often decay so, slower than any exponential). Each fit's squared
+        residuals, its value at max_resource and that value's variance per unit noise variance (NaN where the
+        fit is degenerate)."""
         import numpy as np
 
         s = np.array([step for step, _ in curve]) / self.max_resource
         y = np.array([value for _, value in curve])
-        fastest = max(2.0, 12.0 / max(s.min(), 1e-9))  # exp(-12) at the first report: flat from there on
+        fastest = max(2.0, 12.0 / s.min())  # exp(-12) at the first report: flat from there on
         k = np.geomspace(1.0, fastest, RATES)[:, None]
-        e = np.exp(-k * s)  # rates x reports: the decay's column of each fit's design [1, e]
+        p = np.geomspace(0.05, 3.0, POWERS)[:, None]
+        e = np.concatenate([np.exp(-k * s), s ** -p])  # bases x reports: each fit's design is [1, e]
+        end = np.concatenate([np.exp(-k[:, 0]), np.ones(POWERS)])  # each basis at max_resource (s = 1)
         n, se, see = len(s), e.sum(1), (e * e).sum(1)
-        det = n * see - se**2
-        sy, sey = y.sum(), (e * y).sum(1)
-        a = (see * sy - se * sey) / det
-        b = (n * sey - se * sy) / det
-        squares = ((y - a[:, None] - b[:, None] * e) ** 2).sum(1)
-        end = np.exp(-k[:, 0])
-        variances = (see - 2 * se * end + n * end**2) / det  # [1, end] (A^T A)^-1 [1, end]^T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            det = n * see - se**2
+            det[~(det > 1e-12 * see * n)] = np.nan  # a basis nearly constant over the reports: no fit
+            sy, sey = y.sum(), (e * y).sum(1)
+            a = (see * sy - se * sey) / det
+            b = (n * sey - se * sy) / det
+            squares = ((y - a[:, None] - b[:, None] * e) ** 2).sum(1)
+            variances = (see - 2 * se * end + n * end**2) / det  # [1, end] (A^T A)^-1 [1, end]^T
         return squares, a + b * end, variances
 
 

@@ -265,6 +265,7 @@ class ThompsonSweeper(Sweeper):
             trial.job, trial.status, trial.submitted = first + i, TrialStatus.SUBMITTING, time.time()
             trial.started = trial.ended = None
             trial.curve, trial.stop_reason = [], ""  # a trial run again reports anew
+            self.pruner.forget(trial.number)
         trials.save()  # before submitting: a resume knows these job numbers were (maybe) used
         batch = [[*self.fixed, *(override(k, v) for k, v in t.params.items())] for t in new]
         self.validate_batch_is_legal(batch)
