@@ -203,15 +203,13 @@ class Extrapolate(Pruner):
         if step < self.max_resource and reports - last < max(1, last // 20):
             return None  # judged at most once per 5 % more reports: a task reporting every batch costs little
         self.judged[trial] = reports
-        curve = self.fitted(trial)
         if step >= self.max_resource:
-            squares = self.fits(curve)[0] if trial not in self.finals and len(curve) > MIN_REPORTS else None
-            if squares is not None and (squares == squares).any():  # not NaN: a fit that is not degenerate
-                self.squares += float(squares[squares == squares].min())
-                self.dof += len(curve) - MIN_REPORTS
-            self.finals.setdefault(trial, value)
+            self.finish(trial, value)
             return None
-        if step < self.min_resource or len(curve) < MIN_REPORTS or not self.finals or self.dof < MIN_NOISE_DOF:
+        if step < self.min_resource or not self.finals or self.dof < MIN_NOISE_DOF:
+            return None
+        curve = self.fitted(trial)
+        if len(curve) < MIN_REPORTS:
             return None
         squares, ends, variances = self.fits(curve)
         noise = self.squares / self.dof
@@ -225,6 +223,19 @@ class Extrapolate(Pruner):
             return (f"extrapolated: its curve ends at step {self.max_resource:g} at {bound:.4g} at best, worse "
                     f"than the best finished trial's {best:.4g}")
         return None
+
+    def finish(self, trial: int, value: float) -> None:
+        """A trial at max_resource: its final value, and its best fit's residuals to the pooled noise."""
+        if trial in self.finals:
+            return
+        self.finals[trial] = value
+        curve = self.fitted(trial)
+        if len(curve) > MIN_REPORTS:
+            squares = self.fits(curve)[0]
+            squares = squares[squares == squares]  # not NaN: the fits that are not degenerate
+            if len(squares):
+                self.squares += float(squares.min())
+                self.dof += len(curve) - MIN_REPORTS
 
     def fitted(self, trial: int) -> list[tuple[float, float]]:
         """The trial's reports that a curve is fitted to: finite values at steps above 0, the last at a step
