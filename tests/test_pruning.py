@@ -152,6 +152,10 @@ def test_a_trial_run_again_is_judged_on_its_new_reports_only(pruner):
     assert all(3 not in here for here in getattr(rule, "at_rung", {}).values())
     assert all(rule.observe(3, step, 0.5 + 1 / step) is None for step in range(1, 10))  # now the best
     assert rule.curves[3] == [(step, 0.5 + 1 / step) for step in range(1, 10)]
+    if pruner == "extrapolate":  # one that had reached its end before it died: its final value no longer counts
+        assert rule.best == 0.5 + 1 / 9
+        rule.forget(3)
+        assert rule.best == 1.0 + 1 / 9 and 3 not in rule.finals
 
 
 @pytest.mark.unit

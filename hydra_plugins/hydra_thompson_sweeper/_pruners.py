@@ -190,12 +190,14 @@ class Extrapolate(Pruner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.finals: dict[int, float] = {}  # finished trial -> its value at max_resource
+        self.best = math.inf  # the best of them (kept, not searched for at every report of a large sweep)
         self.squares, self.dof = 0.0, 0  # the finished trials' fits: squared residuals, degrees of freedom
         self.judged: dict[int, int] = {}  # trial -> its reports when it was last judged
 
     def forget(self, trial: int) -> None:
         super().forget(trial)
-        self.finals.pop(trial, None)
+        if self.finals.pop(trial, None) is not None:  # it had reached max_resource before it died
+            self.best = min(self.finals.values(), default=math.inf)
         self.judged.pop(trial, None)
 
     def decide(self, trial: int, step: float, value: float) -> str | None:
@@ -218,10 +220,9 @@ class Extrapolate(Pruner):
             return None
         plausible = fitted & (squares <= squares[fitted].min() + Z**2 * noise)
         bound = float((ends - Z * (noise * variances) ** 0.5)[plausible].min())
-        best = min(self.finals.values())
-        if bound > best:
+        if bound > self.best:
             return (f"extrapolated: its curve ends at step {self.max_resource:g} at {bound:.4g} at best, worse "
-                    f"than the best finished trial's {best:.4g}")
+                    f"than the best finished trial's {self.best:.4g}")
         return None
 
     def finish(self, trial: int, value: float) -> None:
@@ -229,6 +230,7 @@ class Extrapolate(Pruner):
         if trial in self.finals:
             return
         self.finals[trial] = value
+        self.best = min(self.best, value)
         curve = self.fitted(trial)
         if len(curve) > MIN_REPORTS:
             squares = self.fits(curve)[0]
