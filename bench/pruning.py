@@ -22,10 +22,11 @@ the worker-seconds spent by simulated time t are exactly M * t; the budget is 10
   asyTS       the sweeper's optimiser (algorithm asy_ts), no pruner: every trial runs its 27 epochs
   asyTS+ASHA  ours: asy_ts + _pruners.make("asha", min_resource=1, max_resource=27, reduction_factor=3) on every
               report; when a trial ends (done or stopped) the GP learns its values at the rungs it reached (1, 3,
-              9), each at its fraction of a full training, and its final value if done, exactly as the
-              sweeper's `record`/`observe_curve` do (the resource is one more input of the GP, as in MOBSTER);
-              with --pruner extrapolate, _pruners.make("extrapolate", ...) in ASHA's place (the same rungs go to
-              the GP), still under this method's name
+              9) and at its last epoch past them (stopped between rungs), each at its fraction of a full
+              training, and its final value if done, exactly as the sweeper's `record`/`observe_curve` do (the
+              resource is one more input of the GP, as in MOBSTER); with --pruner extrapolate,
+              _pruners.make("extrapolate", ...) in ASHA's place (the same rungs and last epochs go to the GP),
+              still under this method's name
   RAND+ASHA   asy_random proposals + the same ASHA: Li et al.'s ASHA as published
   TPE+SH      Optuna's TPESampler(seed) + SuccessiveHalvingPruner(min_resource=1, reduction_factor=3), driven
               asynchronously through ask/tell: trial.report(loss, epoch), trial.should_prune(), and

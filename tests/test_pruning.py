@@ -33,6 +33,30 @@ def test_asha_keeps_the_top_third_at_each_rung_without_waiting_for_it_to_fill():
 
 
 @pytest.mark.unit
+def test_the_gp_learns_a_trial_s_values_at_the_levels_and_its_last_report_between_them():
+    """What a trial's curve gives the GP (Syne Tune's rungs_and_last): each level it reached, and its last report
+    where no level took it, before max_resource; never twice the same report, never a value that is not finite."""
+    pruner = make("extrapolate", 1, 27, 3)
+    for step in range(1, 15):  # stopped at step 14, between the levels 9 and 27
+        pruner.observe(0, step, 1.0 / step)
+    assert pruner.fidelities(0) == [(1 / 27, 1.0), (3 / 27, 1 / 3), (9 / 27, 1 / 9), (14 / 27, 1 / 14)]
+    for step in (1, 2, 3):  # stopped at a level: nothing more
+        pruner.observe(1, step, 0.5)
+    assert pruner.fidelities(1) == [(1 / 27, 0.5), (3 / 27, 0.5)]
+    pruner.observe(2, 0.5, 0.9)
+    pruner.observe(2, 5, 0.4)  # one report taken by the levels 1 and 3: it is not its own point as well
+    assert pruner.fidelities(2) == [(1 / 27, 0.4), (3 / 27, 0.4)]
+    pruner.observe(3, 0.5, 0.9)  # before min_resource: no level, and not learnt
+    assert pruner.fidelities(3) == []
+    for step in (1, 27):  # done: its final value is learnt as a full training, not here
+        pruner.observe(4, step, 0.2)
+    assert pruner.fidelities(4) == [(1 / 27, 0.2), (3 / 27, 0.2), (9 / 27, 0.2)]
+    for step, value in ((1, 0.5), (5, math.nan)):
+        pruner.observe(5, step, value)
+    assert pruner.fidelities(5) == [(1 / 27, 0.5)]
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("crossing", [True, False])
 def test_measured_rungs_stop_nothing_until_done_trials_show_the_rung_ranks_them(crossing):
     """rungs=measured: no stop before 8 trials are done; then rung 1 stops trials only where the done trials'

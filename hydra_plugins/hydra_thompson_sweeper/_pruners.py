@@ -28,7 +28,8 @@ a step (its resource: an epoch, say) and says whether to stop it, and why.
 
 Values are minimised here; the sweeper flips the sign of a maximised metric. `fidelities(trial)` gives what
 the GP learns from a trial's curve: its values at the levels min_resource * reduction_factor**k below
-max_resource (ASHA's rungs), each at its fraction of a full training (MOBSTER, Klein et al. 2020).
+max_resource (ASHA's rungs) and its last value past them (a trial stopped between levels), each at its fraction
+of a full training (MOBSTER, Klein et al. 2020; Syne Tune's searcher_data=rungs_and_last).
 """
 
 from __future__ import annotations
@@ -108,9 +109,15 @@ class Pruner:
         return next((v for s, v in self.curves.get(trial, ()) if s >= step), None)
 
     def fidelities(self, trial: int) -> list[tuple[float, float]]:
-        """(fraction of a full training, value) at each level the trial reached with a finite value."""
-        return [(level / self.max_resource, value) for level in self.levels
-                for value in [self.value_at(trial, level)] if value is not None and math.isfinite(value)]
+        """(fraction of a full training, value) at each level the trial reached with a finite value, and at its
+        last report if no level took it and it is finite, from min_resource and before max_resource (Syne Tune's
+        rungs_and_last): a trial stopped between levels tells the GP how far it had got."""
+        curve = self.curves.get(trial, [])
+        taken = [next((i for i, (step, _) in enumerate(curve) if step >= level), None) for level in self.levels]
+        points = [(level / self.max_resource, curve[i][1]) for level, i in zip(self.levels, taken) if i is not None]
+        if curve and len(curve) - 1 not in taken and self.min_resource <= curve[-1][0] < self.max_resource:
+            points.append((curve[-1][0] / self.max_resource, curve[-1][1]))
+        return [(fraction, value) for fraction, value in points if math.isfinite(value)]
 
 
 class Median(Pruner):
