@@ -104,16 +104,21 @@ class Pruner:
         """The trial runs again from its start (it died with an earlier sweeper): what it reported is void."""
         self.curves.pop(trial, None)
 
+    def index_at(self, trial: int, step: float) -> int | None:
+        """Where in the trial's curve its first report at or past `step` is."""
+        return next((i for i, (s, _) in enumerate(self.curves.get(trial, ())) if s >= step), None)
+
     def value_at(self, trial: int, step: float) -> float | None:
         """The trial's value at its first report at or past `step`."""
-        return next((v for s, v in self.curves.get(trial, ()) if s >= step), None)
+        i = self.index_at(trial, step)
+        return None if i is None else self.curves[trial][i][1]
 
     def fidelities(self, trial: int) -> list[tuple[float, float]]:
         """(fraction of a full training, value) at each level the trial reached with a finite value, and at its
         last report if no level took it and it is finite, from min_resource and before max_resource (Syne Tune's
         rungs_and_last): a trial stopped between levels tells the GP how far it had got."""
         curve = self.curves.get(trial, [])
-        taken = [next((i for i, (step, _) in enumerate(curve) if step >= level), None) for level in self.levels]
+        taken = [self.index_at(trial, level) for level in self.levels]
         points = [(level / self.max_resource, curve[i][1]) for level, i in zip(self.levels, taken) if i is not None]
         if curve and len(curve) - 1 not in taken and self.min_resource <= curve[-1][0] < self.max_resource:
             points.append((curve[-1][0] / self.max_resource, curve[-1][1]))
