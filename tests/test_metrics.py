@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hydra_plugins.hydra_awsbatch_launcher import _metrics
@@ -46,8 +47,16 @@ def test_report_checks_what_it_is_given():
         reporter.report(3, {"accuracy": "high"})
     with pytest.raises(ValueError, match=r"report\(\): step 1 comes after step 2; steps never go back"):
         reporter.report(1, {"loss": 0.4})
+    for step, metrics, problem in [(3, {"loss": "0.5"}, r"loss='0.5' is not a number"),  # not converted
+                                   (3, {"best": True}, r"best=True is not a number"),
+                                   (float("nan"), {"loss": 0.4}, r"step=nan is not a finite number"),
+                                   ("4", {"loss": 0.4}, r"step='4' is not a number"),
+                                   (3, {"time": 5.0}, r"time= is the name of the time each report is made at")]:
+        with pytest.raises((TypeError, ValueError), match=r"report\(\): " + problem):
+            reporter.report(step, metrics)
     reporter.report(2.5, {"loss": float("nan")})  # a NaN is a value (a pruner stops such a trial)
-    assert [r["step"] for r in reporter.buffer] == [2, 2.5]
+    reporter.report(3, {"loss": np.float32(0.25)})  # numpy's scalars (and torch's 0-d tensors) are numbers
+    assert [r["step"] for r in reporter.buffer] == [2, 2.5, 3] and reporter.buffer[-1]["loss"] == 0.25
 
 
 @pytest.mark.unit

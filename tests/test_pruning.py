@@ -191,6 +191,22 @@ def test_median_rule_and_values_that_are_not_numbers():
     assert median.observe(2, 1, 5.0) is None  # before min_resource
     assert median.observe(2, 2, 0.9).startswith("median rule: 0.9 at step 2, worse than the median 0.75 of 2")
     assert make("none", 1, None, 3).observe(0, 1, math.nan) == "its value is nan at step 1"
+    assert median.observe(3, 2, math.nan) == "its value is nan at step 2"
+    # a NaN is no trial's value at a step: the others' median there is 0.8, of 0.7, 0.8 and 0.9
+    assert median.observe(4, 2, 0.84) == "median rule: 0.84 at step 2, worse than the median 0.8 of 3"
+
+
+@pytest.mark.unit
+def test_a_value_that_is_not_finite_at_a_rung_ranks_last_and_the_rung_goes_on_stopping():
+    """A trial whose value is NaN at a rung is stopped; what it reports before it hears must not leave a NaN
+    among the rung's values, where it would make every cut-off NaN and the rung stop nobody again."""
+    asha = Asha(1.0, 9.0, 3)
+    assert asha.observe(0, 1, math.nan) == "its value is nan at step 1"
+    assert asha.observe(0, 2, 0.5) is None  # reported before it heard: the rung counts it as the worst
+    assert asha.observe(1, 1, 0.5) is None and asha.observe(2, 1, 0.4) is None
+    assert asha.observe(3, 1, 0.45) == ("ASHA: 0.45 at step 1 is not in the top 1/3 of the 4 trials there "
+                                        "(cut-off 0.4)")
+    assert asha.observe(4, 1, 0.3) is None and asha.at_rung[(0, 1.0)][0] == math.inf
 
 
 @pytest.mark.unit

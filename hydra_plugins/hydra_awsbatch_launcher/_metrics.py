@@ -32,12 +32,16 @@ FILE = "metrics.jsonl"
 
 # ---------------------------------------------------------------------------------------------- the job
 def number(name: str, value) -> float:
-    """A metric's value as a float (a 0-d tensor or numpy scalar too); TypeError naming it otherwise."""
-    if isinstance(value, bool) or not isinstance(value, Real):
+    """A metric's value as a float (a 0-d tensor or numpy scalar too); TypeError naming it otherwise: a string
+    ("0.5") or a bool is a mistake in the task, not a value to convert."""
+    problem = TypeError(f"report(): {name}={value!r} is not a number")
+    if isinstance(value, (bool, str, bytes)):
+        raise problem
+    if not isinstance(value, Real):
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise TypeError(f"report(): {name}={value!r} is not a number") from None
+            raise problem from None
     return float(value)
 
 
@@ -56,6 +60,11 @@ class Reporter:
 
     def report(self, step, metrics: dict) -> bool:
         step = number("step", step)
+        if not math.isfinite(step):
+            raise ValueError(f"report(): step={step} is not a finite number; give the epoch or batch it is at")
+        if "time" in metrics:
+            raise TypeError("report(): time= is the name of the time each report is made at, which report() records; "
+                            "name the metric otherwise")
         if self.last_step is not None and step < self.last_step:
             raise ValueError(f"report(): step {step:g} comes after step {self.last_step:g}; steps never go back")
         record = {"step": int(step) if step.is_integer() else step, "time": time.time()}

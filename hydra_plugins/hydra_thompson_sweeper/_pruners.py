@@ -129,7 +129,8 @@ class Median(Pruner):
     def decide(self, trial: int, step: float, value: float) -> str | None:
         if step < self.min_resource or step >= self.max_resource:
             return None
-        others = [v for t in self.curves if t != trial for v in [self.value_at(t, step)] if v is not None]
+        others = [v for t in self.curves if t != trial for v in [self.value_at(t, step)]
+                  if v is not None and math.isfinite(v)]
         if len(others) < 2:
             return None
         median = statistics.median(others)
@@ -186,7 +187,8 @@ class Asha(Pruner):
             here = self.at_rung.setdefault((bracket, rung), {})
             if rung > step or trial in here:
                 continue
-            here[trial] = self.value_at(trial, rung)
+            value = self.value_at(trial, rung)  # one that is not finite ranks last (its trial is stopped)
+            here[trial] = value if math.isfinite(value) else math.inf
             if len(here) < self.eta or not self.stops_at(rung):
                 continue
             keep = max(1, len(here) // self.eta)
