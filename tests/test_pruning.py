@@ -237,6 +237,10 @@ CURVES = """
     @hydra.main(version_base=None, config_path=None)
     def main(cfg):
         loss = None
+        if cfg.x > cfg.get("diverge_above", 1.0):  # three hopeless values reported at once, then an error
+            for step in range(1, 4):
+                report(step, loss=100.0 * step)
+            raise RuntimeError(f"diverged at step {step}")
         for step in range(1, 10):
             time.sleep(0.3)
             loss = (cfg.x - 0.3) ** 2 + 0.5 / step  # the same order at every step: the pruners' easy case
@@ -301,6 +305,10 @@ def test_a_resumed_sweep_keeps_its_stopped_trials_and_its_rungs(tmp_path, app_en
     other = run_sweep(tmp_path, app_env, *asha, "hydra.sweeper.n_trials=9", "hydra.sweeper.resume=true",
                       "hydra.sweeper.brackets=2")  # the trials' brackets would move: refused
     assert other.returncode == 1 and "had another brackets: brackets=1" in other.stderr, other.stderr[-3000:]
+    other = run_sweep(tmp_path, app_env, *asha, "hydra.sweeper.n_trials=9", "hydra.sweeper.resume=true",
+                      "hydra.sweeper.pruner=median", "hydra.sweeper.max_resource=12")  # other levels and fractions
+    assert other.returncode == 1 and "had another pruner, max_resource: pruner=asha, max_resource=9" in other.stderr, \
+        other.stderr[-3000:]
     second = run_sweep(tmp_path, app_env, *asha, "hydra.sweeper.n_trials=9", "hydra.sweeper.resume=true")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     with open(tmp_path / "sweep/trials.csv") as stream:
@@ -316,11 +324,43 @@ def test_a_resumed_sweep_keeps_its_stopped_trials_and_its_rungs(tmp_path, app_en
 
 
 @pytest.mark.integration
-def test_a_metric_the_task_never_reports_is_said_when_the_first_trial_ends(tmp_path, app_env):
-    proc = run_sweep(tmp_path, app_env, "hydra.sweeper.pruner=median", "hydra.sweeper.metric=accuracy",
-                     "hydra.sweeper.max_resource=9")
+def test_a_trial_that_fails_on_its_own_is_failed_with_its_error_not_stopped_early(tmp_path, app_env):
+    """Trials above x=0.5 report three hopeless values at once and raise: the sweeper hears of their end and of
+    their reports in the same look, and must not take them for trials it stopped (their error would be lost,
+    and max_failures would not count them)."""
+    proc = run_sweep(tmp_path, app_env, "hydra.sweeper.pruner=asha", "hydra.sweeper.min_resource=2",
+                     "hydra.sweeper.max_resource=9", "hydra.sweeper.max_failures=9", "+diverge_above=0.5")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "sweep/trials.csv") as stream:
+        trials = list(csv.DictReader(stream))
+    diverged = [t for t in trials if float(t["+x"]) > 0.5]
+    assert len(diverged) >= 3, trials  # the seed's Sobol points: several, some after 3 trials reached step 2
+    assert all(t["status"] == "failed" and "RuntimeError: diverged at step 3" in t["error"]
+               and not t["stop_reason"] for t in diverged), diverged
+
+
+@pytest.mark.integration
+def test_what_the_sweep_says_when_its_settings_do_not_fit_its_trials(tmp_path, app_env):
+    """max_resource above the steps the task runs is said after the first trial (nothing would count as
+    finished for the pruner); a sweep whose every trial failed or was stopped says how many of each."""
+    short = ("hydra.sweeper.n_trials=3", "hydra.sweeper.n_initial=3", "hydra.sweeper.pruner=asha")
+    proc = run_sweep(tmp_path, app_env, *short, "hydra.sweeper.max_resource=20")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert said.count("returned at step 9, before hydra.sweeper.max_resource=20: set max_resource") == 1, said[-3000:]
+    proc = run_sweep(tmp_path, app_env, *short, "hydra.sweeper.max_resource=9", "+diverge_above=-1",
+                     "hydra.sweep.dir=failing")
+    assert proc.returncode == 1 and "no trial completed (3 failed): see trials.csv" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("setting", ["hydra.sweeper.metric=accuracy", "hydra.sweeper.objective=accuracy"])
+def test_a_metric_the_task_never_reports_is_said_when_the_first_trial_ends(tmp_path, app_env, setting):
+    """The metric the pruner compares is the objective unless hydra.sweeper.metric names another: the error
+    names the setting the user gave."""
+    proc = run_sweep(tmp_path, app_env, "hydra.sweeper.pruner=median", setting, "hydra.sweeper.max_resource=9")
     assert proc.returncode == 1
-    assert ("hydra.sweeper.metric=accuracy: trial" in proc.stderr
+    assert (f"{setting}: trial" in proc.stderr
             and "ended having reported only loss, so hydra.sweeper.pruner=median has nothing to compare"
             in proc.stderr), proc.stderr[-3000:]
     with open(tmp_path / "sweep/trials.csv") as stream:

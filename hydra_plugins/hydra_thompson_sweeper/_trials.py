@@ -53,6 +53,7 @@ class Trial:
     error: str = ""
     curve: list = field(default_factory=list)  # what the trial reported: {"step", "time", metric: value...}
     stop_reason: str = ""  # why the pruner stopped it
+    stop_asked: float | None = None  # when (epoch seconds) its job was asked to stop
     latency: dict = field(default_factory=dict)  # where its job's time went (async_api's optional job_latency)
 
     @property

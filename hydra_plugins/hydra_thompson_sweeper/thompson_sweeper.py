@@ -14,6 +14,7 @@ import logging
 import math
 import time
 import warnings
+from collections import Counter
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class ThompsonSweeper(Sweeper):
         self.asynchronous = False  # the launcher submits while others run (async_api.AsyncLauncher)
         self.pruner = Pruner()  # early stopping from what trials report (this one never stops a trial)
         self.metric = ""  # the reported metric the pruner compares
+        self.warned_steps = False  # a trial returned before max_resource (said once)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -69,7 +71,11 @@ class ThompsonSweeper(Sweeper):
                               resource_floor=floor, patience=c.patience, budget=c.n_trials)
         signature = {"space": {d.name: d.describe() for d in space.dimensions}, "fixed": fixed,
                      "direction": c.direction, "objective": c.objective, "algorithm": c.algorithm, "seed": c.seed,
-                     "brackets": c.brackets}  # a trial's bracket comes from its number and their count
+                     "brackets": c.brackets,  # a trial's bracket comes from its number and their count
+                     # the levels and fractions the pruner and the GP have taken the trials' curves at
+                     "pruner": c.pruner, **({"metric": c.metric or c.objective, "min_resource": c.min_resource,
+                                             "max_resource": c.max_resource, "reduction_factor": c.reduction_factor}
+                                            if c.pruner != "none" else {})}
         trials = self.open_log(signature)
         sweep_dir = trials.sweep_dir
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -102,7 +108,9 @@ class ThompsonSweeper(Sweeper):
             trials.save(final=True)
         best = trials.best()
         if best is None:
-            raise SweepError([f"no trial completed ({len(trials.trials)} failed): see trials.csv in {sweep_dir}"])
+            ended = Counter(str(t.status) for t in trials.trials)
+            raise SweepError([f"no trial completed ({', '.join(f'{n} {status}' for status, n in ended.items())}): "
+                              f"see trials.csv in {sweep_dir}"])
         log.info(f"Best {c.objective or 'value'}: {best.value:.6g} (trial {best.number}) with "
                  f"{' '.join(override(k, v) for k, v in best.params.items())}; results in "
                  f"{sweep_dir / 'optimization_results.yaml'}, trials.csv, convergence.png")
@@ -233,10 +241,12 @@ class ThompsonSweeper(Sweeper):
         if self.conf.pruner == "none":
             return False
         stopping = False
-        for trial in in_flight.values():
+        for future, trial in in_flight.items():
+            if future.done():  # it ended: record() takes what it reported, and it stops no more
+                continue
             reason = self.take_reports(trial, self.launcher.metrics(trial.job))
             if reason and not trial.stop_reason:
-                trial.stop_reason = reason
+                trial.stop_reason, trial.stop_asked = reason, time.time()
                 log.info(f"Trial {trial.number} (job #{trial.job}) stops early: {reason}")
                 self.launcher.stop([trial.job], f"stopped early by the thompson sweeper: {reason}",
                                    self.conf.stop_grace_s)
@@ -288,11 +298,13 @@ class ThompsonSweeper(Sweeper):
             self.take_reports(trial, self.launcher.metrics(trial.job) or trial.curve)
         if self.conf.pruner != "none":
             done = trial.curve and trial.last_step >= self.conf.max_resource
-            if trial.stop_reason and not done:
+            if trial.stop_reason and not done and self.ended_by_the_stop(trial, future):
                 return self.pruned(trial, optimizer)
-            trial.stop_reason = ""  # it ran to the end before it heard the request: its value is a final one
+            trial.stop_reason = ""  # it ran to the end before it heard the request (its value is a final one),
+            # or it failed on its own (its error is kept)
             if future.result().status.name == "COMPLETED":
                 self.check_reports(trial)
+                self.check_steps(trial)
         try:
             value = self.objective(future.result().return_value)  # a failed job's return_value raises its error
         except SweepError as error:
@@ -310,6 +322,15 @@ class ThompsonSweeper(Sweeper):
         optimizer.observe(trial.params, value, number=trial.number)
         self.observe_curve(trial, optimizer)
         return True
+
+    def ended_by_the_stop(self, trial: Trial, future: concurrent.futures.Future) -> bool:
+        """Whether a trial asked to stop ended because of it: it returned (it heard the request), or it failed
+        no sooner than the grace period after the request, when its launcher terminates it. One that failed
+        sooner failed on its own (an error in the task, reported before the sweeper looked): failed, with its
+        error, and counted by max_failures."""
+        if future.result().status.name == "COMPLETED" or trial.stop_asked is None:  # asked by an earlier sweeper
+            return True
+        return trial.ended is not None and trial.ended >= trial.stop_asked + self.conf.stop_grace_s - 1.0
 
     def pruned(self, trial: Trial, optimizer) -> bool:
         """A trial stopped early: its value is its last report, which is no final value."""
@@ -349,12 +370,24 @@ class ThompsonSweeper(Sweeper):
         if any(self.metric in r for r in trial.curve):
             return
         names = sorted({k for r in trial.curve for k in r} - {"step", "time"})
-        problem = (f"hydra.sweeper.metric={self.metric}: trial {trial.number} ended having reported "
+        setting = "metric" if self.conf.metric else "objective"  # the pruner's metric is the objective by default
+        problem = (f"hydra.sweeper.{setting}={self.metric}: trial {trial.number} ended having reported "
                    + (f"only {', '.join(names)}" if names else "nothing (its task never called report())")
                    + f", so hydra.sweeper.pruner={self.conf.pruner} has nothing to compare: report it, or set "
                    "hydra.sweeper.metric to what the task reports")
         trial.status, trial.error = TrialStatus.FAILED, problem
         raise SweepError([problem])
+
+    def check_steps(self, trial: Trial) -> None:
+        """A trial that returned, unasked, before reaching max_resource: said once (max_resource is likely above
+        the steps the task runs, and then no trial counts as finished for the pruner)."""
+        if self.warned_steps or not trial.curve or trial.last_step >= self.conf.max_resource:
+            return
+        self.warned_steps = True
+        log.warning(f"Trial {trial.number} returned at step {trial.last_step:g}, before hydra.sweeper.max_resource="
+                    f"{self.conf.max_resource:g}: set max_resource to the step at which a trial is done (its last "
+                    f"epoch, say). Until a trial reaches it, {self.conf.pruner} has no finished trial to compare with, "
+                    "and the GP counts such a trial's value as a full training's")
 
     def take_times(self, trial: Trial) -> None:
         """When the trial's job started and ended, where the launcher says (else: submitted, now)."""
@@ -475,13 +508,19 @@ class ThompsonSweeper(Sweeper):
         return in_flight, requeue
 
 
+def differences(earlier: dict, signature: dict) -> list[str]:
+    """The settings of a sweep's signature that an earlier sweep had otherwise (one saved before a setting joined
+    the signature is taken to have had it, beyond those of SIGNATURE_DEFAULTS)."""
+    return [k for k in signature if earlier.get(k, signature[k]) != signature[k]]
+
+
 def find_state(sweep_dir: Path, signature: dict) -> Path:
     """The state of the sweep to resume: in sweep_dir, or (a sweep dir made anew by ${now:}) the newest
     unfinished one beside it (multirun/DATE/TIME) with the same search space and settings."""
     here = sweep_dir / STATE
     if here.exists():
         earlier = TrialLog.load(here).signature
-        changed = [k for k in signature if earlier.get(k) != signature[k]]
+        changed = differences(earlier, signature)
         if changed:
             raise SweepError([f"hydra.sweeper.resume=true: the sweep in {sweep_dir} had another "
                               f"{', '.join(changed)}: {', '.join(f'{k}={earlier.get(k)}' for k in changed)}"
@@ -493,7 +532,7 @@ def find_state(sweep_dir: Path, signature: dict) -> Path:
             earlier = TrialLog.load(path)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if earlier.signature == signature and not all(t.done for t in earlier.trials):
+        if not differences(earlier.signature, signature) and not all(t.done for t in earlier.trials):
             found.append(path)
     if not found:
         raise SweepError([f"hydra.sweeper.resume=true: no unfinished thompson sweep with this search space in "
