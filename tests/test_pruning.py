@@ -379,6 +379,7 @@ def test_a_pruner_needs_a_launcher_that_reads_trials_while_they_run(tmp_path, ap
     assert "hydra.sweeper.rungs=sometimes: one of always, measured" in proc.stderr
     assert "hydra.sweeper.max_resource=null: asha needs the step at which a trial is done" in proc.stderr
     assert "hydra.sweeper.pruner=asha reads trials while they run, which BasicLauncher cannot" in proc.stderr
+    assert "Traceback" not in proc.stderr  # the problems alone, as Hydra prints its own errors in the config
     assert not (tmp_path / "sweep").exists()
 
 

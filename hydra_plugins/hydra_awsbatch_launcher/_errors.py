@@ -5,9 +5,12 @@ the scan would then miss the one raised after it). The package re-exports them:
 
 from __future__ import annotations
 
+from hydra.errors import CompactHydraException
 
-class LaunchError(Exception):
-    """Settings to fix before anything is staged or submitted: one line per problem."""
+
+class LaunchError(CompactHydraException):
+    """Settings to fix before anything is staged or submitted: one line per problem. Hydra prints its message
+    alone, without a traceback (a CompactHydraException, as Hydra's own errors in the config are)."""
 
     def __init__(self, problems: list[str]):
         super().__init__("cannot launch the sweep:\n  - " + "\n  - ".join(problems))

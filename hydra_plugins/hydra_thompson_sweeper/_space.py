@@ -4,9 +4,12 @@ module again (its classes anew) but leaves modules whose names start with "_" al
 
 from __future__ import annotations
 
+from hydra.errors import CompactHydraException
 
-class SweepError(Exception):
-    """Settings to fix before anything is submitted, or why the sweep stopped: one line per problem."""
+
+class SweepError(CompactHydraException):
+    """Settings to fix before anything is submitted, or why the sweep stopped: one line per problem (Hydra prints
+    it without a traceback)."""
 
     def __init__(self, problems: list[str]):
         super().__init__("thompson sweeper:\n  - " + "\n  - ".join(problems))
