@@ -244,7 +244,7 @@ CURVES = """
         for step in range(1, 10):
             time.sleep(0.3)
             loss = (cfg.x - 0.3) ** 2 + 0.5 / step  # the same order at every step: the pruners' easy case
-            if report(step, loss=loss):
+            if report(step, loss=loss) and not cfg.get("ignores_stop", False):
                 return {"loss": loss}
         return {"loss": loss}
 
@@ -337,6 +337,21 @@ def test_a_trial_that_fails_on_its_own_is_failed_with_its_error_not_stopped_earl
     assert len(diverged) >= 3, trials  # the seed's Sobol points: several, some after 3 trials reached step 2
     assert all(t["status"] == "failed" and "RuntimeError: diverged at step 3" in t["error"]
                and not t["stop_reason"] for t in diverged), diverged
+
+
+@pytest.mark.integration
+def test_a_trial_that_goes_on_after_the_request_is_terminated_and_counts_as_stopped(tmp_path, app_env):
+    """A task that ignores report()'s True is terminated after stop_grace_s: its job fails, and the trial is
+    pruned (its value its last report), not failed."""
+    proc = run_sweep(tmp_path, app_env, "hydra.sweeper.pruner=asha", "hydra.sweeper.min_resource=2",
+                     "hydra.sweeper.max_resource=9", "hydra.sweeper.stop_grace_s=1", "+ignores_stop=true")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "sweep/trials.csv") as stream:
+        trials = list(csv.DictReader(stream))
+    pruned = [t for t in trials if t["status"] == "pruned"]
+    assert pruned and all(t["stop_reason"].startswith("ASHA") and not t["error"] and int(t["last_step"]) < 9
+                          for t in pruned), trials
+    assert {t["status"] for t in trials} == {"pruned", "completed"}, trials
 
 
 @pytest.mark.integration

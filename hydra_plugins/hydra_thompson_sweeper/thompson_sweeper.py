@@ -324,13 +324,14 @@ class ThompsonSweeper(Sweeper):
         return True
 
     def ended_by_the_stop(self, trial: Trial, future: concurrent.futures.Future) -> bool:
-        """Whether a trial asked to stop ended because of it: it returned (it heard the request), or it failed
-        no sooner than the grace period after the request, when its launcher terminates it. One that failed
+        """Whether a trial asked to stop ended because of it: it returned (it heard the request), or its failure
+        came no sooner than the grace period after the request, when its launcher terminates it. One that failed
         sooner failed on its own (an error in the task, reported before the sweeper looked): failed, with its
-        error, and counted by max_failures."""
+        error, and counted by max_failures. Both times are this machine's (the job's end by Batch's clock could
+        be off by more than the margin)."""
         if future.result().status.name == "COMPLETED" or trial.stop_asked is None:  # asked by an earlier sweeper
             return True
-        return trial.ended is not None and trial.ended >= trial.stop_asked + self.conf.stop_grace_s - 1.0
+        return time.time() >= trial.stop_asked + self.conf.stop_grace_s - 1.0
 
     def pruned(self, trial: Trial, optimizer) -> bool:
         """A trial stopped early: its value is its last report, which is no final value."""
