@@ -49,6 +49,7 @@ def test_report_checks_what_it_is_given():
         reporter.report(1, {"loss": 0.4})
     for step, metrics, problem in [(3, {"loss": "0.5"}, r"loss='0.5' is not a number"),  # not converted
                                    (3, {"best": True}, r"best=True is not a number"),
+                                   (3, {"best": np.bool_(True)}, r"best=\S*True\S* is not a number"),
                                    (float("nan"), {"loss": 0.4}, r"step=nan is not a finite number"),
                                    ("4", {"loss": 0.4}, r"step='4' is not a number"),
                                    (3, {"time": 5.0}, r"time= is the name of the time each report is made at")]:

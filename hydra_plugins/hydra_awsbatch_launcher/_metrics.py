@@ -34,15 +34,14 @@ FILE = "metrics.jsonl"
 def number(name: str, value) -> float:
     """A metric's value as a float (a 0-d tensor or numpy scalar too); TypeError naming it otherwise: a string
     ("0.5") or a bool is a mistake in the task, not a value to convert."""
-    problem = TypeError(f"report(): {name}={value!r} is not a number")
-    if isinstance(value, (bool, str, bytes)):
-        raise problem
-    if not isinstance(value, Real):
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, (bool, str, bytes)) and str(getattr(value, "dtype", "")) not in ("bool", "torch.bool"):
         try:
-            value = float(value)
+            return float(value)
         except (TypeError, ValueError):
-            raise problem from None
-    return float(value)
+            pass
+    raise TypeError(f"report(): {name}={value!r} is not a number")
 
 
 class Reporter:

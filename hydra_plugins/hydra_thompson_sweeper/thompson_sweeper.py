@@ -274,7 +274,7 @@ class ThompsonSweeper(Sweeper):
         for i, trial in enumerate(new):
             trial.job, trial.status, trial.submitted = first + i, TrialStatus.SUBMITTING, time.time()
             trial.started = trial.ended = None
-            trial.curve, trial.stop_reason = [], ""  # a trial run again reports anew
+            trial.curve, trial.stop_reason, trial.stop_asked = [], "", None  # a trial run again reports anew
             self.pruner.forget(trial.number)
         trials.save()  # before submitting: a resume knows these job numbers were (maybe) used
         batch = [[*self.fixed, *(override(k, v) for k, v in t.params.items())] for t in new]
@@ -328,10 +328,10 @@ class ThompsonSweeper(Sweeper):
         came no sooner than the grace period after the request, when its launcher terminates it. One that failed
         sooner failed on its own (an error in the task, reported before the sweeper looked): failed, with its
         error, and counted by max_failures. Both times are this machine's (the job's end by Batch's clock could
-        be off by more than the margin)."""
+        be off), and the launcher's grace period starts after stop_asked."""
         if future.result().status.name == "COMPLETED" or trial.stop_asked is None:  # asked by an earlier sweeper
             return True
-        return time.time() >= trial.stop_asked + self.conf.stop_grace_s - 1.0
+        return time.time() >= trial.stop_asked + self.conf.stop_grace_s
 
     def pruned(self, trial: Trial, optimizer) -> bool:
         """A trial stopped early: its value is its last report, which is no final value."""
