@@ -4,7 +4,10 @@ module again (its classes anew) but leaves modules whose names start with "_" al
 
 from __future__ import annotations
 
-from hydra.errors import CompactHydraException
+try:
+    from hydra.errors import CompactHydraException
+except ImportError:  # the ask/tell core (_optimizer.py), which imports this package, runs without Hydra too
+    CompactHydraException = Exception
 
 
 class SweepError(CompactHydraException):
