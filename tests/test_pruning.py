@@ -8,9 +8,11 @@ import json
 import math
 import random
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -242,7 +244,7 @@ CURVES = """
                 report(step, loss=100.0 * step)
             raise RuntimeError(f"diverged at step {step}")
         for step in range(1, 10):
-            time.sleep(0.3)
+            time.sleep(cfg.get("step_s", 0.0) * (1 + abs(cfg.x - 0.3)) or 0.3)  # step_s: the worse, the slower
             loss = (cfg.x - 0.3) ** 2 + 0.5 / step  # the same order at every step: the pruners' easy case
             if report(step, loss=loss) and not cfg.get("ignores_stop", False):
                 return {"loss": loss}
@@ -253,13 +255,17 @@ CURVES = """
 """
 
 
-def run_sweep(tmp_path, env, *args):
+def sweep_command(tmp_path, *args):
     (tmp_path / "app.py").write_text(textwrap.dedent(CURVES))
-    return subprocess.run(
-        [sys.executable, "app.py", "-m", "hydra/sweeper=thompson", "+x=interval(0, 1)", "hydra.sweeper.objective=loss",
-         "hydra.sweeper.n_trials=9", "hydra.sweeper.n_workers=3", "hydra.sweeper.n_initial=9",
-         "hydra/launcher=aws_batch_local", "hydra.launcher.metrics_interval_s=0.2", "hydra.sweep.dir=sweep", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return [sys.executable, "app.py", "-m", "hydra/sweeper=thompson", "+x=interval(0, 1)",
+            "hydra.sweeper.objective=loss", "hydra.sweeper.n_trials=9", "hydra.sweeper.n_workers=3",
+            "hydra.sweeper.n_initial=9", "hydra/launcher=aws_batch_local", "hydra.launcher.metrics_interval_s=0.2",
+            "hydra.sweep.dir=sweep", *args]
+
+
+def run_sweep(tmp_path, env, *args):
+    return subprocess.run(sweep_command(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.mark.integration
@@ -321,6 +327,42 @@ def test_a_resumed_sweep_keeps_its_stopped_trials_and_its_rungs(tmp_path, app_en
     worse = [t for t in after[6:] if abs(float(t["+x"]) - 0.3) > third_best]
     assert worse, after  # the case that shows the rungs (the seed's Sobol points give it)
     assert all(t["status"] == "pruned" and "at step 2 is not in the top 1/3" in t["stop_reason"] for t in worse)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_a_trial_asked_to_stop_when_the_sweeper_ends_is_not_run_again_on_resume(tmp_path, app_env, sig):
+    """Ctrl-C (its jobs are terminated, their ends recorded) or a kill (its local jobs die unrecorded) while a
+    trial asked to stop still runs (it ignores the request, within a long stop_grace_s): the resumed sweep
+    records it stopped early, with what it reported, instead of training the config judged hopeless again in
+    full, or taking its termination for a failure; the others run again if they were in flight. (With step_s,
+    a worse trial's steps are slower: the last of the three to reach a rung, the one ASHA stops, is never the
+    best.)"""
+    settings = ("hydra.sweeper.pruner=asha", "hydra.sweeper.min_resource=2", "hydra.sweeper.max_resource=9",
+                "hydra.sweeper.stop_grace_s=120", "+ignores_stop=true", "+step_s=1", "hydra.sweeper.n_trials=3")
+    proc = subprocess.Popen(sweep_command(tmp_path, *settings), cwd=tmp_path, env=app_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    said = []
+    for line in proc.stdout:  # Hydra's log goes to stdout
+        said.append(line)
+        if "stops early: ASHA" in line:
+            time.sleep(1.0)  # the request made, and saved in the sweep's state
+            proc.send_signal(sig)
+            break
+    said += proc.stdout.readlines()
+    assert proc.wait(timeout=120) != 0, "".join(said)[-3000:]
+    stopped = int(re.search(r"Trial (\d+) \(job #\d+\) stops early", "".join(said)).group(1))
+
+    resumed = run_sweep(tmp_path, app_env, *settings, "hydra.sweeper.resume=true")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    if sig == signal.SIGKILL:
+        assert "1 that it had asked to stop are stopped early" in resumed.stdout, resumed.stdout[-3000:]
+    with open(tmp_path / "sweep/trials.csv") as stream:
+        trials = {int(t["number"]): t for t in csv.DictReader(stream)}
+    assert len(trials) == 3
+    assert trials[stopped]["status"] == "pruned" and int(trials[stopped]["last_step"]) < 9, trials[stopped]
+    assert trials[stopped]["stop_reason"].startswith("ASHA") and trials[stopped]["value"], trials[stopped]
+    assert all(t["status"] == "completed" and t["last_step"] == "9" for n, t in trials.items() if n != stopped)
 
 
 @pytest.mark.integration

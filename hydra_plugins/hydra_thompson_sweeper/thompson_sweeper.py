@@ -160,7 +160,7 @@ class ThompsonSweeper(Sweeper):
                     for trial in in_flight.values():
                         trial.status = TrialStatus.INTERRUPTED
                     log.warning(f"Interrupted with {len(in_flight)} trials in flight; continue the sweep with "
-                                "hydra.sweeper.resume=true (they run again)")
+                                "hydra.sweeper.resume=true (they run again, but those asked to stop early)")
                     raise
                 if not done and not stopping:
                     continue  # a look at what the trials in flight reported, and nothing to record
@@ -246,12 +246,17 @@ class ThompsonSweeper(Sweeper):
                 continue
             reason = self.take_reports(trial, self.launcher.metrics(trial.job))
             if reason and not trial.stop_reason:
-                trial.stop_reason, trial.stop_asked = reason, time.time()
+                trial.stop_reason = reason
                 log.info(f"Trial {trial.number} (job #{trial.job}) stops early: {reason}")
-                self.launcher.stop([trial.job], f"stopped early by the thompson sweeper: {reason}",
-                                   self.conf.stop_grace_s)
+                self.ask_to_stop(trial)
                 stopping = True
         return stopping
+
+    def ask_to_stop(self, trial: Trial) -> None:
+        """Its job is asked to stop (report() says so), and terminated after stop_grace_s if it runs on."""
+        trial.stop_asked = time.time()
+        self.launcher.stop([trial.job], f"stopped early by the thompson sweeper: {trial.stop_reason}",
+                           self.conf.stop_grace_s)
 
     def take_reports(self, trial: Trial, records: list[dict]) -> str | None:
         """The trial's records so far; those the pruner has not seen go to it (it minimises). The first
@@ -331,6 +336,8 @@ class ThompsonSweeper(Sweeper):
         be off), and the launcher's grace period starts after stop_asked."""
         if future.result().status.name == "COMPLETED" or trial.stop_asked is None:  # asked by an earlier sweeper
             return True
+        if trial.status in (TrialStatus.INTERRUPTED, TrialStatus.STOPPED):  # in flight when an earlier sweeper
+            return True  # stopped, its job ended with it, before the grace period was up: it is no failure of its own
         return time.time() >= trial.stop_asked + self.conf.stop_grace_s
 
     def pruned(self, trial: Trial, optimizer) -> bool:
@@ -503,9 +510,19 @@ class ThompsonSweeper(Sweeper):
             return {}, []
         futures = self.launcher.resume_async([t.job for t in unfinished]) if self.asynchronous else {}
         in_flight = {futures[t.job]: t for t in unfinished if t.job in futures}
-        requeue = [t for t in unfinished if t.job not in futures]
+        for future, trial in in_flight.items():  # asked to stop by the earlier sweeper, whose grace period went
+            if trial.stop_reason and not future.done():  # with it: asked again, or it would run to its end
+                self.ask_to_stop(trial)
+        requeue, stopped = [], []
+        for trial in unfinished:
+            if trial.job not in futures:  # it died with the earlier sweeper: run again, unless it was stopping
+                (stopped if trial.stop_reason else requeue).append(trial)
+        for trial in stopped:  # judged hopeless already: its curve so far is all it gives
+            trial.ended = trial.curve[-1]["time"] if trial.curve else trial.ended
+            self.pruned(trial, optimizer)
         log.info(f"Resumed: {len(in_flight)} trials in flight re-attached"
-                 + (f", {len(requeue)} that died with the earlier sweeper run again" if requeue else ""))
+                 + (f", {len(requeue)} that died with the earlier sweeper run again" if requeue else "")
+                 + (f", {len(stopped)} that it had asked to stop are stopped early" if stopped else ""))
         return in_flight, requeue
 
 
