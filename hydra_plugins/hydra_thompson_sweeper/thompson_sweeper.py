@@ -244,7 +244,10 @@ class ThompsonSweeper(Sweeper):
         for future, trial in in_flight.items():
             if future.done():  # it ended: record() takes what it reported, and it stops no more
                 continue
-            reason = self.take_reports(trial, self.launcher.metrics(trial.job))
+            records = self.launcher.metrics(trial.job)
+            if future.done():  # it ended while its reports were read: the same
+                continue
+            reason = self.take_reports(trial, records)
             if reason and not trial.stop_reason:
                 trial.stop_reason = reason
                 log.info(f"Trial {trial.number} (job #{trial.job}) stops early: {reason}")
