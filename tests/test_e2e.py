@@ -487,6 +487,55 @@ def test_a_trial_stopped_early_in_its_container_saves_and_ends(script, local_clo
     assert wait_for(lambda: not running_containers(image), timeout=60)
 
 
+STUBBORN = """
+    import time
+    import hydra
+    from hydra_plugins.hydra_awsbatch_launcher import report
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        for step in range(1, 61):
+            time.sleep(0.3 if cfg.x < 0.5 else 0.6)  # the better one reaches each rung first
+            report(step, loss=cfg.x + 1.0 / step)  # a request to stop is not heard: the job is terminated
+        return cfg.x
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_a_trial_asked_to_stop_is_asked_again_when_the_sweep_resumes(script, local_cloud):
+    """ASHA stops x=0.9, which does not listen, and the sweeper is killed within the grace period (600 s): its
+    Batch job runs on. The resumed sweeper re-attaches it and asks again (here with a 2 s grace period), so its
+    job is terminated and the trial is pruned, where it would otherwise train to its end."""
+    args = ("hydra/sweeper=thompson", "+x=choice(0.1, 0.9)", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_workers=2",
+            "hydra.sweeper.n_initial=2", "hydra.sweeper.objective=null", "hydra.sweeper.metric=loss",
+            "hydra.sweeper.pruner=asha", "hydra.sweeper.min_resource=4", "hydra.sweeper.max_resource=60",
+            "hydra.sweeper.reduction_factor=2", "hydra.launcher.metrics_interval_s=1")
+    parent = script.start(STUBBORN, *args, "hydra.sweeper.stop_grace_s=600")
+    state = script.app() / "sweep" / "thompson_state.json"
+
+    def asked():
+        trials = json.loads(state.read_text())["trials"] if state.exists() else []
+        return [t for t in trials if t["stop_reason"] and t["status"] == "running"]
+
+    (stopped,) = wait_for(asked, timeout=240) or [None]
+    assert stopped, parent.stdout.read() if parent.poll() is not None else "no trial was asked to stop"
+    parent.send_signal(signal.SIGKILL)
+    parent.communicate(timeout=30)
+    (job,) = [j for j in manifest(script.app() / "sweep")["jobs"] if j["num"] == stopped["job"]]
+    assert batch_states([job["job_id"]]) in (["STARTING"], ["RUNNING"])  # its job runs on without the sweeper
+
+    resumed = script(STUBBORN, *args, "hydra.sweeper.resume=true", "hydra.sweeper.stop_grace_s=2")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    with open(script.app() / "sweep" / "trials.csv") as stream:
+        trials = {float(t["+x"]): t for t in csv.DictReader(stream)}
+    assert trials[0.9]["status"] == "pruned" and int(trials[0.9]["last_step"]) < 60, trials[0.9]
+    assert trials[0.9]["job"] == str(stopped["job"])  # re-attached, not run again
+    assert trials[0.1]["status"] == "completed" and trials[0.1]["last_step"] == "60", trials[0.1]
+    assert batch_states([job["job_id"]]) == ["FAILED"]  # terminated
+
+
 # ------------------------------------------------------------------------------------------ multi-node trials
 NODES = ["hydra.launcher.nodes=2", "hydra.launcher.procs_per_node=1"]
 
