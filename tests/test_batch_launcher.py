@@ -235,6 +235,26 @@ def test_status_and_attach_bring_back_what_the_jobs_made(sweep, app, aws_env):
         assert (job_dir / ".hydra/overrides.yaml").read_text().strip() == f"- +x={num + 1}"
 
 
+def test_attach_does_not_count_a_job_staged_but_never_heard_submitted(sweep, app, aws_env):
+    """A launcher killed after it recorded a batch and before Batch's answer came leaves a job with no job id:
+    attach follows the others and says what to do about it, instead of counting it completed."""
+    assert sweep("hydra.launcher.wait=false", values="1,2").returncode == 0
+    batch = boto3.client("batch")
+    for job in manifest(app / "sweep")["jobs"]:
+        assert run_like_a_container(batch.describe_jobs(jobs=[job["job_id"]])["jobs"][0], aws_env).returncode == 0
+    path = app / "sweep" / "manifest.json"
+    record = json.loads(path.read_text())  # what a launcher killed between recording and hearing leaves
+    record["jobs"].append({"num": 2, "overrides": ["+x=3"], "subdir": "2", "state": "STAGED"})
+    record["batches"].append({"first": 2, "size": 1, "payload_uri": record["batches"][-1]["payload_uri"],
+                              "staged_at": time.time()})
+    path.write_text(json.dumps(record))
+
+    attach = cli("attach", "sweep", env=aws_env, cwd=app)
+    assert attach.returncode == 1, attach.stdout + attach.stderr
+    assert "2 jobs completed, 0 failed" in attach.stdout, attach.stdout
+    assert "1 jobs were staged but not known to be submitted" in attach.stdout
+
+
 def test_a_job_without_a_result_says_why_and_shows_its_log_tail(sweep, app, aws_env, monkeypatch):
     monkeypatch.setenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")  # the server runs in this process
     assert sweep("hydra.launcher.wait=false", values="1,2").returncode == 0

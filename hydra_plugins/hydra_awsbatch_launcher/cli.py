@@ -139,12 +139,15 @@ def attach(args) -> int:
         sys.path.insert(0, code_root)
     returns = sweep.wait(sweep.follow([job.num for job in m.jobs if job.job_id]))
     failed = sum(r.status != JobStatus.COMPLETED for r in returns)
-    print(f"sweep {m.sweep_id}: {len(m.jobs) - failed} jobs completed, {failed} failed; "
+    print(f"sweep {m.sweep_id}: {len(returns) - failed} jobs completed, {failed} failed; "
           f"job dirs in {shlex.quote(m.sweep_dir)}")
+    unheard = len(m.jobs) - len(returns)  # staged, and its launcher stopped before Batch's answer came
+    if unheard:
+        print(f"{unheard} jobs were staged but not known to be submitted (the launcher stopped before Batch "
+              "answered): run the sweep again, which finds those that went out and submits the others")
     if m.unsubmitted():
         print(f"{m.unsubmitted()}: run the sweep again to run them")
-        return 1
-    return 1 if failed else 0
+    return 1 if failed or unheard or m.unsubmitted() else 0
 
 
 def local_cloud(args) -> int:
