@@ -21,10 +21,12 @@ the worker-seconds spent by simulated time t are exactly M * t; the budget is 10
 
   asyTS       the sweeper's optimiser (algorithm asy_ts), no pruner: every trial runs its 27 epochs
   asyTS+ASHA  ours: asy_ts + _pruners.make("asha", min_resource=1, max_resource=27, reduction_factor=3) on every
-              report; when a trial ends (done or stopped) the GP learns its values at the rungs it reached (1, 3,
-              9) and at its last epoch past them (stopped between rungs), each at its fraction of a full
-              training, and its final value if done, exactly as the sweeper's `record`/`observe_curve` do (the
-              resource is one more input of the GP, as in MOBSTER); with --pruner extrapolate,
+              report; the GP learns a trial's value at each rung (1, 3, 9) the moment the trial reaches it, and
+              when the trial ends (done or stopped) its last epoch past them (stopped between rungs), each at its
+              fraction of a full training, and its final value if done, exactly as the sweeper's `prune` and
+              `record`/`observe_curve` do (the resource is one more input of the GP, as in MOBSTER); each
+              proposal's sample believes the trials in flight at the posterior mean of a full training (the
+              optimiser's `_sample_path`, where the resource is modelled); with --pruner extrapolate,
               _pruners.make("extrapolate", ...) in ASHA's place (the same rungs and last epochs go to the GP),
               still under this method's name
   RAND+ASHA   asy_random proposals + the same ASHA: Li et al.'s ASHA as published
@@ -218,16 +220,33 @@ def policy(method: str, dim: int, seed: int, full_trials: int | None = None):
     pruner = _pruners.make((setup.pruner if ours else "asha") if asha else "none", setup.min_resource, setup.epochs,
                            setup.reduction_factor, setup.rungs if ours else "always", setup.brackets if ours else 1)
 
-    def report(handle, number, step, value, done):
-        return pruner.observe(number, step, value) is not None
+    params_of: dict[int, dict] = {}  # proposal -> its params
+    observed: dict[int, set] = {}  # trial -> the fractions of its curve the GP has learnt
+
+    def ask(pending):
+        params = optimizer.propose(pending)
+        params_of[optimizer.proposed - 1] = params
+        return params, optimizer.proposed - 1
+
+    def learn(params, proposal, number, points):  # as the sweeper's observe_points
+        seen = observed.setdefault(number, set())
+        for fraction, value in points:
+            if fraction not in seen:
+                seen.add(fraction)
+                optimizer.observe(params, value, fraction, number=proposal)
+
+    def report(handle, number, step, value, done):  # as the sweeper's prune: the pruner, then the levels reached
+        stop = pruner.observe(number, step, value) is not None
+        if asha and not done:
+            learn(params_of[handle], handle, number, pruner.levels_reached(number))
+        return stop
 
     def tell(params, proposal, number, value):  # as the sweeper's record/pruned/observe_curve
         if value is not None:
             optimizer.observe(params, value, number=proposal)
-        for fraction, at_level in pruner.fidelities(number):
-            optimizer.observe(params, at_level, fraction, number=proposal)
+        learn(params, proposal, number, pruner.fidelities(number))
 
-    return (lambda pending: (optimizer.propose(pending), optimizer.proposed - 1)), report, tell, optimizer.prefit
+    return ask, report, tell, optimizer.prefit
 
 
 def regret_at(run: dict, spent: float, optimum: float, true_best: bool = False) -> float:

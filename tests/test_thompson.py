@@ -194,6 +194,69 @@ def test_values_after_part_of_a_training_do_not_mislead_the_gp():
 
 
 @pytest.mark.unit
+def test_trials_in_flight_are_believed_at_the_posterior_mean_where_the_resource_is_modelled():
+    """A trial in flight at x=0.3, of which the GP knows only short trainings: a proposal's posterior sample is
+    drawn as if it had ended at the posterior mean there (kriging believer), so samples vary there far less and
+    do not keep proposing next to it; without a resource model (no pruner) the sample is drawn as before."""
+    import statistics
+
+    import torch
+
+    def spread(resource_floor, believe: bool) -> float:
+        torch.manual_seed(0)  # the sample paths' draws
+        opt = Optimizer(Space([Dimension.interval("x", 0, 1)]), n_initial=1, seed=0, resource_floor=resource_floor)
+        opt.propose()
+        for x in (0.02, 0.1, 0.55, 0.7, 0.85, 0.98):
+            opt.observe({"x": x}, (x - 0.3) ** 2)
+        for fraction in (1 / 27, 3 / 27, 9 / 27) if resource_floor else ():
+            opt.observe({"x": 0.3}, 0.5 * (1 - fraction), fraction)
+        at = opt._inputs(torch.tensor([[0.3]], dtype=torch.float64))
+        return statistics.stdev(float(opt._sample_path(at if believe else None)(at)) for _ in range(64))
+
+    assert spread(1 / 27, believe=True) < 0.75 * spread(1 / 27, believe=False)  # 0.45 to 0.6 over six seeds
+    assert spread(None, believe=True) == spread(None, believe=False)
+
+
+class Reporting:
+    """The launcher's side of the async contract that `prune` and `record` use, for a sweeper's unit tests: what
+    each job reported so far (the integration tests run the real launchers)."""
+
+    def __init__(self):
+        self.reports: dict[int, list[dict]] = {}
+
+    def metrics(self, num):
+        return list(self.reports.get(num, []))
+
+    def stop(self, nums, reason, grace_s=0.0):
+        pass
+
+    def job_times(self, num):
+        return None
+
+
+@pytest.mark.unit
+def test_the_gp_learns_a_running_trial_s_levels_as_it_reaches_them_and_each_value_once():
+    """MOBSTER's searcher learns at each rung: the sweeper's watch round gives the GP a trial's value at each
+    level (1, 3, 9 of 27 epochs) the moment the trial reports it, and at the trial's end only what is new (its
+    final value), so that the proposals made while it trains know where it stands."""
+    from hydra_plugins.hydra_thompson_sweeper._pruners import make
+
+    sweeper = a_sweeper(objective="loss", pruner="asha", min_resource=1, max_resource=27)
+    sweeper.pruner, sweeper.metric, sweeper.asynchronous = make("asha", 1, 27, 3), "loss", True
+    sweeper.launcher = Reporting()
+    opt = Optimizer(Space([Dimension.interval("x", 0, 1)]), resource_floor=1 / 27)
+    trial, future = Trial(0, 0, {"x": 0.5}), concurrent.futures.Future()
+    for last, learnt in ((2, [1 / 27]), (5, [1 / 27, 3 / 27]), (12, [1 / 27, 3 / 27, 9 / 27])):
+        sweeper.launcher.reports[0] = [{"step": s, "time": 0.0, "loss": 1.0 / s} for s in range(1, last + 1)]
+        sweeper.prune({future: trial}, opt)
+        assert [(o.fraction, o.value) for o in opt.observations] == [(f, 1.0 / round(f * 27)) for f in learnt]
+    sweeper.launcher.reports[0] = [{"step": s, "time": 0.0, "loss": 1.0 / s} for s in range(1, 28)]
+    sweeper.record(trial, finished_job("COMPLETED", {"loss": 1.0 / 27}), opt)
+    assert sorted((o.fraction, o.value) for o in opt.observations) == [(1 / 27, 1.0), (3 / 27, 1 / 3),
+                                                                        (9 / 27, 1 / 9), (1.0, 1 / 27)]
+
+
+@pytest.mark.unit
 def test_prefit_makes_the_fit_a_proposal_would_make_so_the_proposal_makes_none(monkeypatch):
     """The sweeper calls prefit() while every worker is busy: the GP's hyperparameters are fitted then, where the
     next proposal (or the one after the next result) would fit them, and not again in that proposal."""

@@ -476,10 +476,10 @@ class Optimizer:
         ones seen, then refined twice around the winner."""
         import torch
 
-        path = self._sample_path()
         columns = sum(d.columns for d in self.space.dimensions)
         taken = self._inputs(torch.tensor([self.space.encode(p) for p in pending], dtype=torch.float64)
                              .reshape(len(pending), columns))
+        path = self._sample_path(taken)
         d = len(self.space.dimensions)
         latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
         latent = latent.draw(self.n_candidates, dtype=torch.float64)
@@ -526,12 +526,22 @@ class Optimizer:
             rows.append(row)
         return torch.tensor(rows, dtype=torch.float64)
 
-    def _sample_path(self):
-        """One sample of the GP posterior, as a function (BoTorch's pathwise Matheron sample), to maximise."""
+    def _sample_path(self, pending=None):
+        """One sample of the GP posterior, as a function (BoTorch's pathwise Matheron sample), to maximise.
+        Where the GP models the resource, it is first told that the trials in flight (`pending`: their inputs at
+        a full training) end at its posterior mean there (the kriging believer; Syne Tune's MOBSTER fantasizes
+        them): with early stopping, the trials in flight are those that went on past their rungs, where the search
+        believes the best is, and the GP knows only their short trainings there; believed, they no longer draw
+        proposal after proposal next to them. Measured in bench/pruning.py."""
         import torch
         from botorch.sampling.pathwise import draw_matheron_paths
 
-        return draw_matheron_paths(self._model(), sample_shape=torch.Size([1]))
+        model = self._model()
+        if pending is not None and len(pending) and self.resource_floor is not None:
+            with torch.no_grad():
+                believed = model.posterior(pending).mean
+            model = model.condition_on_observations(pending, believed)
+        return draw_matheron_paths(model, sample_shape=torch.Size([1]))
 
     def _model(self, ahead: int = 0, refit: bool = False):
         """The GP of the current search's observations, with its hyperparameters fitted anew where due (`ahead`:

@@ -29,7 +29,8 @@ a step (its resource: an epoch, say) and says whether to stop it, and why.
 Values are minimised here; the sweeper flips the sign of a maximised metric. `fidelities(trial)` gives what
 the GP learns from a trial's curve: its values at the levels min_resource * reduction_factor**k below
 max_resource (ASHA's rungs) and its last value past them (a trial stopped between levels), each at its fraction
-of a full training (MOBSTER, Klein et al. 2020; Syne Tune's searcher_data=rungs_and_last).
+of a full training (MOBSTER, Klein et al. 2020; Syne Tune's searcher_data=rungs_and_last). The levels' values
+(`levels_reached`) are final once reached: the sweeper gives them to the GP while the trial runs.
 """
 
 from __future__ import annotations
@@ -113,16 +114,26 @@ class Pruner:
         i = self.index_at(trial, step)
         return None if i is None else self.curves[trial][i][1]
 
-    def fidelities(self, trial: int) -> list[tuple[float, float]]:
-        """(fraction of a full training, value) at each level the trial reached with a finite value, and at its
-        last report if no level took it and it is finite, from min_resource and before max_resource (Syne Tune's
-        rungs_and_last): a trial stopped between levels tells the GP how far it had got."""
+    def levels_reached(self, trial: int) -> list[tuple[float, float]]:
+        """(fraction of a full training, value) at each level the trial reached, where the value is finite: its
+        first report at or past the level, which no later report changes, so the GP may learn it while the trial
+        runs (as MOBSTER's searcher does at each rung)."""
         curve = self.curves.get(trial, [])
-        taken = [self.index_at(trial, level) for level in self.levels]
-        points = [(level / self.max_resource, curve[i][1]) for level, i in zip(self.levels, taken) if i is not None]
-        if curve and len(curve) - 1 not in taken and self.min_resource <= curve[-1][0] < self.max_resource:
-            points.append((curve[-1][0] / self.max_resource, curve[-1][1]))
-        return [(fraction, value) for fraction, value in points if math.isfinite(value)]
+        taken = [(level, self.index_at(trial, level)) for level in self.levels]
+        return [(level / self.max_resource, curve[i][1]) for level, i in taken
+                if i is not None and math.isfinite(curve[i][1])]
+
+    def fidelities(self, trial: int) -> list[tuple[float, float]]:
+        """What the GP learns of a trial that ended: its levels_reached, and its last report if no level took it
+        and it is finite, from min_resource and before max_resource (Syne Tune's rungs_and_last): a trial stopped
+        between levels tells the GP how far it had got."""
+        curve, points = self.curves.get(trial, []), self.levels_reached(trial)
+        taken = {self.index_at(trial, level) for level in self.levels}
+        last = curve[-1] if curve else None
+        if (last and len(curve) - 1 not in taken and self.min_resource <= last[0] < self.max_resource
+                and math.isfinite(last[1])):
+            points.append((last[0] / self.max_resource, last[1]))
+        return points
 
 
 class Median(Pruner):

@@ -46,6 +46,7 @@ class ThompsonSweeper(Sweeper):
         self.pruner = Pruner()  # early stopping from what trials report (this one never stops a trial)
         self.metric = ""  # the reported metric the pruner compares
         self.warned_steps = False  # a trial returned before max_resource (said once)
+        self.observed: dict[int, set[float]] = {}  # trial -> the fractions of its curve the GP has learnt
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -155,7 +156,7 @@ class ThompsonSweeper(Sweeper):
                     timeout = max(0.0, min(math.inf if timeout is None else timeout, deadline - time.time()))
                 try:
                     done, _ = wait(list(in_flight), timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
-                    stopping = self.prune(in_flight)
+                    stopping = self.prune(in_flight, optimizer)
                 except KeyboardInterrupt:
                     for trial in in_flight.values():
                         trial.status = TrialStatus.INTERRUPTED
@@ -235,9 +236,10 @@ class ThompsonSweeper(Sweeper):
         """How often the event loop looks at what running trials reported (None: only when one ends)."""
         return 0.25 if self.conf.pruner != "none" else None
 
-    def prune(self, in_flight: dict) -> bool:
-        """What the trials in flight reported since the last look goes to the pruner; those it finds hopeless
-        are asked to stop (report() says so; their jobs end after stop_grace_s at the latest). Whether any was."""
+    def prune(self, in_flight: dict, optimizer) -> bool:
+        """What the trials in flight reported since the last look goes to the pruner, and their values at the
+        levels they reached to the GP; those the pruner finds hopeless are asked to stop (report() says so;
+        their jobs end after stop_grace_s at the latest). Whether any was."""
         if self.conf.pruner == "none":
             return False
         stopping = False
@@ -248,6 +250,7 @@ class ThompsonSweeper(Sweeper):
             if future.done():  # it ended while its reports were read: the same
                 continue
             reason = self.take_reports(trial, records)
+            self.observe_points(trial, self.pruner.levels_reached(trial.number), optimizer)
             if reason and not trial.stop_reason:
                 trial.stop_reason = reason
                 log.info(f"Trial {trial.number} (job #{trial.job}) stops early: {reason}")
@@ -283,7 +286,7 @@ class ThompsonSweeper(Sweeper):
             trial.job, trial.status, trial.submitted = first + i, TrialStatus.SUBMITTING, time.time()
             trial.started = trial.ended = None
             trial.curve, trial.stop_reason, trial.stop_asked = [], "", None  # a trial run again reports anew
-            self.pruner.forget(trial.number)
+            self.pruner.forget(trial.number)  # (what the GP learnt of its earlier run stays: real values)
         trials.save()  # before submitting: a resume knows these job numbers were (maybe) used
         batch = [[*self.fixed, *(override(k, v) for k, v in t.params.items())] for t in new]
         self.validate_batch_is_legal(batch)
@@ -353,8 +356,18 @@ class ThompsonSweeper(Sweeper):
     def observe_curve(self, trial: Trial, optimizer) -> None:
         """The GP learns from every trial's curve, stopped or not, each value at its fraction of a full training:
         a stopped trial's values then say what they are, values after less training (as in MOBSTER)."""
-        for fraction, value in self.pruner.fidelities(trial.number):
-            optimizer.observe(trial.params, self.sign * value, fraction, number=trial.number)
+        self.observe_points(trial, self.pruner.fidelities(trial.number), optimizer)
+        self.observed.pop(trial.number, None)
+
+    def observe_points(self, trial: Trial, points: list[tuple[float, float]], optimizer) -> None:
+        """These (fraction, value) of the trial's curve to the GP, each once: a level's value is learnt while the
+        trial runs, the moment it is reached, so that the proposals made meanwhile know where the trials in
+        flight stand (MOBSTER's searcher learns at each rung)."""
+        observed = self.observed.setdefault(trial.number, set())
+        for fraction, value in points:
+            if fraction not in observed:
+                observed.add(fraction)
+                optimizer.observe(trial.params, self.sign * value, fraction, number=trial.number)
 
     @staticmethod
     def keep_searches(trials: TrialLog, optimizer) -> None:
