@@ -118,22 +118,22 @@ class Pruner:
         """(fraction of a full training, value) at each level the trial reached, where the value is finite: its
         first report at or past the level, which no later report changes, so the GP may learn it while the trial
         runs (as MOBSTER's searcher does at each rung)."""
-        curve = self.curves.get(trial, [])
-        taken = [(level, self.index_at(trial, level)) for level in self.levels]
-        return [(level / self.max_resource, curve[i][1]) for level, i in taken
-                if i is not None and math.isfinite(curve[i][1])]
+        return self._points(trial, with_last=False)
 
     def fidelities(self, trial: int) -> list[tuple[float, float]]:
         """What the GP learns of a trial that ended: its levels_reached, and its last report if no level took it
         and it is finite, from min_resource and before max_resource (Syne Tune's rungs_and_last): a trial stopped
         between levels tells the GP how far it had got."""
-        curve, points = self.curves.get(trial, []), self.levels_reached(trial)
-        taken = {self.index_at(trial, level) for level in self.levels}
-        last = curve[-1] if curve else None
-        if (last and len(curve) - 1 not in taken and self.min_resource <= last[0] < self.max_resource
-                and math.isfinite(last[1])):
-            points.append((last[0] / self.max_resource, last[1]))
-        return points
+        return self._points(trial, with_last=True)
+
+    def _points(self, trial: int, with_last: bool) -> list[tuple[float, float]]:
+        curve = self.curves.get(trial, [])
+        taken = [(level, self.index_at(trial, level)) for level in self.levels]
+        points = [(level / self.max_resource, curve[i][1]) for level, i in taken if i is not None]
+        if (with_last and curve and len(curve) - 1 not in {i for _, i in taken}
+                and self.min_resource <= curve[-1][0] < self.max_resource):
+            points.append((curve[-1][0] / self.max_resource, curve[-1][1]))
+        return [(fraction, value) for fraction, value in points if math.isfinite(value)]
 
 
 class Median(Pruner):

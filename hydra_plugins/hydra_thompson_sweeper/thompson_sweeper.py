@@ -249,6 +249,8 @@ class ThompsonSweeper(Sweeper):
             records = self.launcher.metrics(trial.job)
             if future.done():  # it ended while its reports were read: the same
                 continue
+            if len(records) <= len(trial.curve):
+                continue  # nothing new since the last look: nothing to judge or learn
             reason = self.take_reports(trial, records)
             self.observe_points(trial, self.pruner.levels_reached(trial.number), optimizer)
             if reason and not trial.stop_reason:
@@ -339,11 +341,12 @@ class ThompsonSweeper(Sweeper):
         came no sooner than the grace period after the request, when its launcher terminates it. One that failed
         sooner failed on its own (an error in the task, reported before the sweeper looked): failed, with its
         error, and counted by max_failures. Both times are this machine's (the job's end by Batch's clock could
-        be off), and the launcher's grace period starts after stop_asked."""
-        if future.result().status.name == "COMPLETED" or trial.stop_asked is None:  # asked by an earlier sweeper
+        be off), and the launcher's grace period starts after stop_asked. A trial asked by an earlier sweeper and
+        in flight when it ended (its job ended with that sweeper, before the grace period was up) ended by the
+        stop too."""
+        earlier = trial.stop_asked is None or trial.status in (TrialStatus.INTERRUPTED, TrialStatus.STOPPED)
+        if future.result().status.name == "COMPLETED" or earlier:
             return True
-        if trial.status in (TrialStatus.INTERRUPTED, TrialStatus.STOPPED):  # in flight when an earlier sweeper
-            return True  # stopped, its job ended with it, before the grace period was up: it is no failure of its own
         return time.time() >= trial.stop_asked + self.conf.stop_grace_s
 
     def pruned(self, trial: Trial, optimizer) -> bool:
