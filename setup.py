@@ -8,9 +8,12 @@ HERE = Path(__file__).parent
 INIT = (HERE / "hydra_plugins/hydra_awsbatch_launcher/__init__.py").read_text()
 VERSION = re.search(r'__version__ = "([^"]+)"', INIT)[1]
 
+# Upper bounds sit at the newest release the tests ran on, for the libraries whose internals we patch or call
+# (listed in hydra_plugins/hydra_awsbatch_launcher/_hooks.py): hydra-core, moto, torch's elastic launcher.
+# tools/newest.sh tries the newest releases past them.
 # What the example app (train_model.py) needs; the container image installs these too.
 # s3fs[boto3] brings a boto3 that fits the botocore which s3fs's aiobotocore pins.
-EXAMPLE = ["torch>=2.1", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2023.6", "s3fs[boto3]>=2023.6"]
+EXAMPLE = ["torch>=2.1,<2.15", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2023.6", "s3fs[boto3]>=2023.6"]
 # The thompson sweeper (hydra/sweeper=thompson): BoTorch's Gaussian processes, matplotlib for its plot.
 BO = ["botorch>=0.11", "matplotlib>=3.7"]
 TEST = EXAMPLE + BO + [
@@ -18,7 +21,7 @@ TEST = EXAMPLE + BO + [
     "pytest-timeout>=2.2",
     "hydra-optuna-sweeper>=1.2",  # installed on the launching side only, as a user's other plugins are
     "hydra-joblib-launcher>=1.2",  # the baseline of bench/warm_workers.py
-    "moto[server]>=5.0",
+    "moto[server]>=5.2.5,<=5.2.6",  # the local cloud patches moto's Batch (tested 5.2.5-5.2.6)
     "ruff>=0.5",
 ]
 
