@@ -12,11 +12,17 @@ VERSION = re.search(r'__version__ = "([^"]+)"', INIT)[1]
 # (listed in hydra_plugins/hydra_awsbatch_launcher/_hooks.py): hydra-core, moto, torch's elastic launcher.
 # tools/newest.sh tries the newest releases past them.
 # What the example app (train_model.py) needs; the container image installs these too.
-# s3fs[boto3] brings a boto3 that fits the botocore which s3fs's aiobotocore pins.
-EXAMPLE = ["torch>=2.1,<2.15", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2023.6", "s3fs[boto3]>=2023.6"]
+# s3fs's aiobotocore pins botocore to a few patch releases; boto3 follows botocore release for release. Declared
+# together at the releases tested, pip resolves them at once (unbounded, it backtracks through dozens of boto3s).
+S3 = ["s3fs>=2026.9,<2026.10", "aiobotocore>=3.10,<3.11", "botocore>=1.43.115,<1.43.118", "boto3>=1.43.115,<1.43.118"]
+EXAMPLE = ["torch>=2.1,<2.15", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2026.9,<2026.10", *S3]
 # The thompson sweeper (hydra/sweeper=thompson): BoTorch's Gaussian processes, matplotlib for its plot.
 BO = ["botorch>=0.11", "matplotlib>=3.7"]
-TEST = EXAMPLE + BO + [
+# The local cloud (hydra-awsbatch local-cloud up): moto's server plays CloudFormation, Batch, S3, ECR and Logs.
+CLOUD = ["moto[server]>=5.2.5,<=5.2.6"]
+# The docs site (mkdocs.yml, docs/): tests/test_docs.py builds it with --strict.
+DOCS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10"]
+TEST = EXAMPLE + BO + DOCS + [
     "pytest>=7.4",
     "pytest-timeout>=2.2",
     "hydra-optuna-sweeper>=1.2",  # installed on the launching side only, as a user's other plugins are
@@ -45,7 +51,7 @@ setup(
         "rich>=14.1",  # 14.1: live displays nest (the thompson sweeper's line over the launcher's)
         "pathspec>=0.12",
     ],
-    extras_require={"example": EXAMPLE, "bo": BO, "test": TEST},
+    extras_require={"example": EXAMPLE, "bo": BO, "cloud": CLOUD, "docs": DOCS, "test": TEST},
     entry_points={"console_scripts": ["hydra-awsbatch = hydra_plugins.hydra_awsbatch_launcher.cli:main"]},
     classifiers=[
         "Framework :: Hydra",
