@@ -7,6 +7,8 @@ real container of our image, on a Docker engine that has no bridge and uses the 
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -33,6 +35,20 @@ class LocalCloudError(Exception):
 
 def say(message: str) -> None:
     print(f"[local-cloud] {message}", flush=True)
+
+
+def took(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+@contextlib.contextmanager
+def step(what: str, announce: bool = True):
+    """Says how long a step of `up` took as it ends (the base image alone takes minutes on a small machine)."""
+    if announce:
+        say(f"{what}...")
+    start = time.monotonic()
+    yield
+    say(f"{what}: {took(time.monotonic() - start)}")
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -265,28 +281,43 @@ def exports(state: dict) -> str:
     return "\n".join(f"export {k}={v}" for k, v in environment(state["endpoint"]).items())
 
 
+def cloud_extra_missing() -> str | None:
+    """Why moto's server cannot start (its package or its server's web framework is not installed), or None."""
+    missing = [name for name in ("moto", "flask", "flask_cors") if importlib.util.find_spec(name) is None]
+    if missing:
+        return (f"the local cloud runs moto's server, and {', '.join(missing)} is not installed: "
+                "pip install 'hydra-awsbatch-launcher[cloud]' (from a checkout: pip install -e '.[cloud]')")
+    return None
+
+
 def up(stack: str = STACK) -> dict:
     state = read_state()
     if state and alive(state) and state.get("outputs"):
         say(f"already up: moto's server pid {state['pid']} at {state['endpoint']}")
         print_usage(state)
         return state
+    if missing := cloud_extra_missing():
+        raise LocalCloudError(missing)
     problem = docker_answers()
     if problem:
         raise LocalCloudError(problem)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    say("starting moto's server on 127.0.0.1...")
-    pid, endpoint = start_moto(STATE_DIR)
+    started = time.monotonic()
+    with step("starting moto's server on 127.0.0.1"):
+        pid, endpoint = start_moto(STATE_DIR)
     state = {"pid": pid, "pid_start": process_start(pid), "endpoint": endpoint, "stack": stack,
              "started": time.time()}
     state_file().write_text(json.dumps(state))
-    say(f"deploying template.yaml as stack {stack}...")
-    outputs = deploy_stack(endpoint, stack)
+    with step(f"deploying template.yaml as stack {stack}"):
+        outputs = deploy_stack(endpoint, stack)
     image = outputs["RepositoryUri"] + ":latest"
-    build_image(image, base_image())
+    with step("base image"):
+        base = base_image()
+    with step("job image", announce=False):
+        build_image(image, base)
     state.update(outputs=outputs, image=image)
     state_file().write_text(json.dumps(state))
-    say("up.")
+    say(f"up in {took(time.monotonic() - started)}.")
     print_usage(state)
     return state
 
@@ -327,12 +358,35 @@ def job_containers(state: dict) -> list[str]:
     return [c["Name"].lstrip("/") for c in found if port in (c.get("Config") or {}).get("Env") or []]
 
 
-def down() -> int:
+def images_kept(state: dict | None, remove: bool) -> None:
+    """Say what disk the images that `up` built keep (the job image, the debootstrapped base), or remove them."""
+    if docker_answers() is not None:
+        return
+    found = {}
+    for tag in filter(None, [(state or {}).get("image"), BASE_TAG]):
+        proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", tag], capture_output=True,
+                              text=True)
+        if proc.returncode == 0:
+            found[tag] = f"{int(proc.stdout.strip() or 0) / 1e9:.1f} GB"
+    if not found:
+        return
+    listed = ", ".join(f"{tag} ({size})" for tag, size in found.items())
+    if remove:
+        run(["docker", "image", "rm", "--force", *found], capture_output=True)
+        say(f"removed the images {listed}")
+    else:
+        overlap = " (sizes overlap: the job image holds its base's layers)" if len(found) > 1 else ""
+        say(f"the images {listed} stay on disk{overlap}, so the next up takes seconds; "
+            "hydra-awsbatch local-cloud down --images removes them")
+
+
+def down(images: bool = False) -> int:
     """Stop what `up` started (the job containers moto's server started, and the server, by its pid) and nothing
-    else."""
+    else; say what disk its images keep, or remove them (`images`)."""
     state = read_state()
     if not state:
         say("nothing to stop")
+        images_kept(None, images)
         return 0
     containers = job_containers(state)
     if containers:  # moto's job threads would have removed them; they die with the server
@@ -351,4 +405,5 @@ def down() -> int:
     elif process_start(state["pid"]) is not None:
         say(f"pid {state['pid']} is another process now (moto's server ended earlier); left alone")
     state_file().unlink()
+    images_kept(state, images)
     return 0

@@ -157,7 +157,7 @@ def local_cloud(args) -> int:
         if args.action == "up":
             _local_cloud.up(args.stack)
             return 0
-        return _local_cloud.status() if args.action == "status" else _local_cloud.down()
+        return _local_cloud.status() if args.action == "status" else _local_cloud.down(args.images)
     except (_local_cloud.LocalCloudError, OSError) as error:
         raise SystemExit(f"hydra-awsbatch local-cloud {args.action}: {error}") from None
 
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "status: what runs; down: stop what up started")
     cloud.add_argument("action", choices=["up", "status", "down"])
     cloud.add_argument("--stack", default="hydra-batch", help="stack name (default hydra-batch)")
+    cloud.add_argument("--images", action="store_true", help="down: also remove the images up built")
     cloud.set_defaults(function=local_cloud)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
