@@ -80,6 +80,23 @@ def test_report_writes_at_most_once_an_interval_and_never_raises_a_storage_error
     assert len(blocked.buffer) == 3  # nothing lost: the next write tries again
 
 
+@pytest.mark.unit
+def test_a_metrics_file_read_while_the_job_appends_to_it_gives_whole_records_only(tmp_path):
+    """aws_batch_local with in_place=true: the sweep reads the job's metrics.jsonl as the job appends to it. Half
+    a record is left for the next read; with the rest written, it is there. A record cut by a job killed
+    mid-write is skipped, never raised out of the watch, and the record appended after it is kept."""
+    channel = _metrics.Channel(staging=None)
+    path = tmp_path / _metrics.FILE
+    whole, half = '{"step": 1, "time": 5.0, "loss": 0.5}\n', '{"step": 2, "time": 6.0, "loss": 0.4}\n'
+    path.write_text(whole + half[:15])
+    assert channel.records(7, tmp_path) == [{"step": 1, "time": 5.0, "loss": 0.5}]
+    path.write_text(whole + half)
+    assert [r["step"] for r in channel.records(7, tmp_path)] == [1, 2]
+    path.write_text(whole + half[:15] + half + '{"step": 3')  # killed mid-write, run again, being written
+    assert [r["step"] for r in channel.records(7, tmp_path)] == [1, 2]
+    assert _metrics.parse('{"step": 1, "lo\n{"step"\n') == []  # nothing whole: nothing, and no error
+
+
 @pytest.mark.integration
 def test_a_plain_run_and_hydras_basic_launcher_write_metrics_jsonl(tmp_path, app_env):
     (tmp_path / "app.py").write_text(textwrap.dedent(REPORTING_APP))

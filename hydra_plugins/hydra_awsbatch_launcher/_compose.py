@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hydra.core.utils import filter_overrides
+
+from hydra_plugins.hydra_awsbatch_launcher._hooks import hook
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
@@ -69,8 +71,7 @@ def build(config: DictConfig, recipe: Recipe, sweep_dir: str, parsed: tuple | No
 def composed(config: DictConfig, recipe: Recipe, parsed: tuple | None = None) -> DictConfig:
     """In place of the recipe's base: what Hydra's `load_sweep_config` makes of the job's overrides. `parsed`: the
     recipe's values and task overrides parsed already."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-
+    get_overrides_dirname = hook("hydra._internal.config_loader_impl.get_overrides_dirname")
     values, task = parsed or (parse_overrides(recipe.values), parse_overrides(recipe.task))
     apply_values(config, values)
     hydra = config.hydra
@@ -87,12 +88,11 @@ def apply_values(config: DictConfig, values: list) -> DictConfig:
     already: applied again, it sets it)."""
     import dataclasses
 
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.types import OverrideType
 
     if values:
         again = [dataclasses.replace(o, type=OverrideType.FORCE_ADD) if o.is_add() else o for o in values]
-        ConfigLoaderImpl._apply_overrides_to_config(again, config)
+        hook("hydra._internal.config_loader_impl.ConfigLoaderImpl._apply_overrides_to_config")(again, config)
     return config
 
 
@@ -272,9 +272,7 @@ class ComposeOnce:
 
 
 def _validate_code():
-    from hydra.plugins.sweeper import Sweeper
-
-    return Sweeper.validate_batch_is_legal.__code__
+    return hook("hydra.plugins.sweeper.Sweeper.validate_batch_is_legal")
 
 
 class ComposedBatch(NamedTuple):

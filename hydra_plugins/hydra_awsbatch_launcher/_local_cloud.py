@@ -192,6 +192,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_moto() -> None:
+    """A moto whose internals the server's patches (_moto_server.py) do not find is refused here, in the terminal,
+    before anything starts."""
+    from hydra_plugins.hydra_awsbatch_launcher import _hooks
+
+    try:
+        _hooks.check(_hooks.MOTO)
+    except _hooks.HookMissing as exc:
+        raise LocalCloudError(str(exc)) from None
+
+
 def start_moto(state_dir: Path) -> tuple[int, str]:
     """moto's server on 127.0.0.1, in the background; its Batch runs jobs in host-network containers."""
     port = free_port()
@@ -207,7 +218,9 @@ def start_moto(state_dir: Path) -> tuple[int, str]:
             return proc.pid, endpoint
         except OSError:
             if proc.poll() is not None:
-                raise LocalCloudError(f"moto's server exited; see {state_dir / 'moto.log'}") from None
+                last = (state_dir / "moto.log").read_text(errors="replace").strip().splitlines()[-1:]
+                raise LocalCloudError(f"moto's server exited{': ' + last[0] if last else ''}; see "
+                                      f"{state_dir / 'moto.log'}") from None
             time.sleep(0.2)
     raise LocalCloudError(f"moto's server did not answer on {endpoint}; see {state_dir / 'moto.log'}")
 
@@ -298,6 +311,7 @@ def up(stack: str = STACK) -> dict:
         return state
     if missing := cloud_extra_missing():
         raise LocalCloudError(missing)
+    check_moto()
     problem = docker_answers()
     if problem:
         raise LocalCloudError(problem)

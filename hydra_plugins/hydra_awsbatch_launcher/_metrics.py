@@ -229,7 +229,21 @@ class Channel:
 
 
 def parse(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The whole records of a metrics file. The job may be appending to it as it is read (`in_place`): a last line
+    without its newline is being written and is left for the next read. Where a job killed mid-write left a cut
+    record, the next run's first record follows it on the same line: that one is kept, the cut one skipped."""
+    records = []
+    for line in text[:text.rfind("\n") + 1].splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            try:
+                record = json.loads(line[line.rfind('{"step"'):])
+            except ValueError:
+                continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def summary(record: dict | None) -> str:

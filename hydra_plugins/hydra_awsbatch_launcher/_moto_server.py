@@ -1,5 +1,6 @@
 """moto's server as the local cloud runs it: moto's own, with what its Batch lacks for multi-node parallel jobs
-added (patches of moto 5.2.5, each tested in tests/test_e2e.py; drop one when moto does the same):
+added (patches of moto 5.2.5-5.2.6, each through a hook of _hooks.py, checked in tests/test_hooks.py and used in
+tests/test_e2e.py; drop one when moto does the same):
 
 - CloudFormation registers an AWS::Batch::JobDefinition of `Type: multinode` as one (moto registers every job
   definition as `container`, and then refuses its NodeProperties);
@@ -25,12 +26,16 @@ _submitting = threading.local()  # the SubmitJob request being served: its nodeO
 
 
 def patch() -> None:
-    from moto.batch import models, responses
-    from moto.batch.utils import lowercase_first_key
+    """moto's Batch with the patches above; fails at once, naming the hook, where this moto is not one we test."""
+    from moto.batch import models
 
-    from hydra_plugins.hydra_awsbatch_launcher import _nodes
+    from hydra_plugins.hydra_awsbatch_launcher import _hooks, _nodes
+    from hydra_plugins.hydra_awsbatch_launcher._hooks import hook
 
-    original_create = models.JobDefinition.create_from_cloudformation_json.__func__
+    _hooks.check(_hooks.MOTO)
+    lowercase_first_key = hook("moto.batch.utils.lowercase_first_key")
+    original_create = hook("moto.batch.models.JobDefinition.create_from_cloudformation_json")
+    backends = hook("moto.batch.models.batch_backends")
 
     def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
         properties = cloudformation_json["Properties"]
@@ -38,7 +43,7 @@ def patch() -> None:
             return original_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
         nodes = lowercase_first_key(properties["NodeProperties"])
         nodes.update(numNodes=int(nodes["numNodes"]), mainNode=int(nodes.get("mainNode", 0)))
-        return models.batch_backends[account_id][region_name].register_job_definition(
+        return backends[account_id][region_name].register_job_definition(
             def_name=resource_name, parameters=lowercase_first_key(properties.get("Parameters", {})),
             _type="multinode", tags=lowercase_first_key(properties.get("Tags", {})),
             retry_strategy=lowercase_first_key(properties.get("RetryStrategy", {})), container_properties=None,
@@ -47,7 +52,7 @@ def patch() -> None:
 
     models.JobDefinition.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)
 
-    original_describe = models.JobDefinition.describe
+    original_describe = hook("moto.batch.models.JobDefinition.describe")
 
     def describe(self):
         described = original_describe(self)
@@ -57,18 +62,19 @@ def patch() -> None:
 
     models.JobDefinition.describe = describe
 
-    original_submit = responses.BatchResponse.submitjob
+    responses, handler = hook("moto.batch.responses.BatchResponse.submit_job")
+    original_submit = getattr(responses, handler)
 
-    def submitjob(self):
+    def submit_job(self):
         _submitting.node_overrides = self._get_param("nodeOverrides")
         try:
             return original_submit(self)
         finally:
             _submitting.node_overrides = None
 
-    responses.BatchResponse.submitjob = submitjob
+    setattr(responses, handler, submit_job)
 
-    original_init = models.Job.__init__
+    original_init = hook("moto.batch.models.Job.__init__")
 
     def __init__(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
@@ -85,7 +91,8 @@ def patch() -> None:
 
     models.Job.__init__ = __init__
 
-    plain_client = models.DockerModel.docker_client
+    plain_client = hook("moto.batch.models.DockerModel.docker_client")
+    hook("moto.batch.models.Job.run")  # _NodeContainers.run reads the name
 
     def docker_client(self):
         client = plain_client.fget(self)
@@ -140,10 +147,10 @@ class _NodeContainers:
 
 
 def main(argv: list[str] | None = None) -> None:
-    patch()
-    from moto.server import main as serve
+    from hydra_plugins.hydra_awsbatch_launcher._hooks import hook
 
-    serve(argv if argv is not None else sys.argv[1:])
+    patch()
+    hook("moto.server.main")(argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":

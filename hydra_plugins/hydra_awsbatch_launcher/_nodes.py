@@ -215,11 +215,11 @@ def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseExceptio
     for them (the elastic agent runs in this process). The main node takes rank 0's ending (the dict that
     rank_main returns) as the job's; a child node's ending says whether its own ranks ended well. A SIGTERM that
     stops the ranks raises `interrupted`."""
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     from hydra_plugins.hydra_awsbatch_launcher import _wire
+    from hydra_plugins.hydra_awsbatch_launcher._hooks import hook
+
+    LaunchConfig, elastic_launch = hook("torch.distributed.launcher.api.elastic_launch")
+    SignalException, ChildFailedError = hook("torch.distributed.elastic.multiprocessing.errors.ChildFailedError")
 
     config = LaunchConfig(
         min_nodes=node.nodes, max_nodes=node.nodes, nproc_per_node=node.procs, run_id=f"hydra-awsbatch-{job.num}",

@@ -169,9 +169,11 @@ def _set_hydra_state(state: dict) -> None:
     """Hydra's singletons as the launching process had them. Hydra's own set_state scans every plugin module
     anew (a tenth of a second or more); a trial forked from a warm worker keeps the worker's scan (warm_up)."""
     from hydra.core.plugins import Plugins
-    from hydra.core.singleton import Singleton
 
-    Singleton.set_state({**state, "instances": {**state["instances"], Plugins: Plugins.instance()}})
+    from hydra_plugins.hydra_awsbatch_launcher._hooks import hook
+
+    set_state = hook("hydra.core.singleton.Singleton.set_state")
+    set_state({**state, "instances": {**state["instances"], Plugins: Plugins.instance()}})
 
 
 def execute(job: Job, ending: Ending) -> None:
