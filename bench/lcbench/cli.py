@@ -1,0 +1,182 @@
+"""bench/lcbench.py's driver: methods side by side on the LCBench surrogate and one simulated clock, regret
+tables and the plot. See bench/lcbench.py for how to run it."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.lcbench import stats  # noqa: E402
+from bench.lcbench.surrogate import TASKS  # noqa: E402
+from bench.lcbench.syne import METHODS as SYNE_METHODS  # noqa: E402
+from bench.lcbench.syne import SYNE_TUNE_VERSION  # noqa: E402
+
+OWN_METHODS = ("random", "ours", "ours-asha")
+DEFAULT_METHODS = ("ours", "ours-asha", *SYNE_METHODS)
+REFERENCE = ROOT / "bench" / "lcbench_reference.json"
+REQUIREMENTS = Path(__file__).with_name("syne-requirements.txt")
+DEFAULT_VENV = Path(os.environ.get("LCBENCH_SYNE_VENV",
+                                   Path.home() / ".cache" / "lcbench" / f"syne-tune-{SYNE_TUNE_VERSION}"))
+
+
+def ensure_venv(venv: Path, python: str = "python3.11") -> Path:
+    """Syne Tune 0.14.2's venv (its numpy<1.27 and scipy pins clash with ours): built from syne-requirements.txt
+    on first use, reused after. Returns its python."""
+    exe = venv / "bin" / "python"
+    probe = [str(exe), "-c", "import syne_tune, onnxruntime, sklearn, huggingface_hub; print(syne_tune.__version__)"]
+    if exe.exists() and subprocess.run(probe, capture_output=True, text=True).stdout.strip() == SYNE_TUNE_VERSION:
+        return exe
+    print(f"building Syne Tune {SYNE_TUNE_VERSION}'s venv at {venv} (once; a few minutes)", flush=True)
+    subprocess.run([shutil.which(python) or sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(exe), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True)
+    return exe
+
+
+def parse_seeds(default: int, overrides: list[str]) -> dict:
+    """--seeds N and --seeds-for METHOD=N ...: the seeds (0..N-1) each method runs."""
+    per = {}
+    for item in overrides:
+        method, _, n = item.partition("=")
+        per[method] = int(n)
+    return lambda method: list(range(per.get(method, default)))
+
+
+def jobs(args, seeds_of, workdir: Path, syne_python: Path | None):
+    """One subprocess a (task, method): its runs appended to a jsonl of its own."""
+    out = []
+    for task in args.tasks:
+        for method in args.methods:
+            seeds = [str(s) for s in seeds_of(method)]
+            if not seeds:
+                continue
+            jsonl = workdir / f"{method}-{task}.jsonl"
+            common = ["--task", task, "--methods", method, "--seeds", *seeds, "--budget", str(args.budget),
+                      "--workers", str(args.workers), "--out", str(jsonl)]
+            if method in SYNE_METHODS:
+                cmd = [str(syne_python), "-m", "bench.lcbench.syne", *common]
+            else:
+                cmd = [sys.executable, "-m", "bench.lcbench.own", *common]
+            if args.nice:
+                cmd = ["nice", "-n", str(args.nice), *cmd]
+            out.append((method, task, cmd, jsonl))
+    return out
+
+
+def run_jobs(todo, parallel: int) -> list[dict]:
+    def one(job):
+        method, task, cmd, jsonl = job
+        t0 = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                                       OPENBLAS_NUM_THREADS="1"))
+        tail = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-3:]
+        print(f"[{time.time() - t0:6.0f}s] {method} {task}: " + " | ".join(tail), flush=True)
+        if proc.returncode:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return []
+        return [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return [run for runs in pool.map(one, todo) for run in runs]
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip() or None
+    except OSError:
+        return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/lcbench.py", description=(
+        "LCBench (YAHPO Gym's surrogate): ours through Study against Syne Tune 0.14.2's schedulers on one "
+        "simulated clock; normalised regret IQMs with bootstrap 95 %% intervals, and a plot."))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                        help=f"of {OWN_METHODS + SYNE_METHODS} (ours-<pruner> for any pruner of Study)")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds a method runs on each task (default 10)")
+    parser.add_argument("--seeds-for", nargs="*", default=["MOBSTER=5", "HyperTune=5"], metavar="METHOD=N",
+                        help="fewer (or more) seeds for some methods (default MOBSTER=5 HyperTune=5)")
+    parser.add_argument("--budget", type=float, default=7200.0, help="simulated seconds (default 7200)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=2, help="processes at once (default 2: this machine's cores)")
+    parser.add_argument("--nice", type=int, default=19)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "lcbench.json"))
+    parser.add_argument("--plot", default=None, help="PNG (default: --out with .png)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the runs already in --out of the (method, task) pairs not run now")
+    parser.add_argument("--syne-venv", default=str(DEFAULT_VENV),
+                        help=f"Syne Tune's venv, built here if missing (default {DEFAULT_VENV}; env LCBENCH_SYNE_VENV)")
+    parser.add_argument("--reference", default=str(REFERENCE))
+    args = parser.parse_args(argv)
+
+    unknown = [m for m in args.methods if m not in OWN_METHODS + SYNE_METHODS and not m.startswith("ours-")]
+    if unknown:
+        parser.error(f"unknown methods {unknown}")
+    reference = json.loads(Path(args.reference).read_text())
+    missing = [t for t in args.tasks if t not in reference["tasks"]]
+    if missing:
+        parser.error(f"no regret reference for tasks {missing}: run python -m bench.lcbench.reference --tasks ...")
+    seeds_of = parse_seeds(args.seeds, args.seeds_for)
+    syne_python = ensure_venv(Path(args.syne_venv)) if any(m in SYNE_METHODS for m in args.methods) else None
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="lcbench-") as tmp:
+        runs = run_jobs(jobs(args, seeds_of, Path(tmp), syne_python), args.jobs)
+    wall = time.time() - t0
+    skipped = sorted({r["method"] + ": " + r["skipped"] for r in runs if "skipped" in r})
+    runs = [r for r in runs if "skipped" not in r]
+    out = Path(args.out)
+    if args.merge and out.exists():
+        done = {(r["method"], r["task"]) for r in runs}
+        runs = [r for r in json.loads(out.read_text())["runs"] if (r["method"], r["task"]) not in done] + runs
+
+    summary = stats.summarise(runs, reference)
+    result = {
+        "what": "LCBench (YAHPO Gym 1.0.2's surrogate, bench/lcbench/surrogate.py): normalised regret "
+                "(best - incumbent) / (best - worst) of val_accuracy, IQM over seeds with bootstrap 95 % intervals "
+                "(pooled: seeds resampled within each task), at each checkpoint of simulated time",
+        "measured_at": {"commit": git_commit(), "date": datetime.date.today().isoformat(),
+                        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "wall_s": round(wall, 1)},
+        "settings": {"tasks": args.tasks, "methods": args.methods, "budget_s": args.budget,
+                     "n_workers": args.workers, "checkpoints_s": list(stats.CHECKPOINTS),
+                     "seeds": {m: len(seeds_of(m)) for m in args.methods}, "syne_tune": SYNE_TUNE_VERSION},
+        "skipped": skipped,
+        "table": stats.table(summary),
+        "summary": summary,
+        "reference": reference,
+        "runs": runs,
+    }
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(result["table"])
+    for line in skipped:
+        print("SKIPPED", line)
+    png = args.plot or str(out.with_suffix(".png"))
+    try:
+        import matplotlib  # noqa: F401
+
+        stats.plot(runs, reference, png, args.budget)
+    except ImportError:  # the main interpreter may have no matplotlib; Syne Tune's venv has it
+        if syne_python is None and Path(args.syne_venv, "bin", "python").exists():
+            syne_python = Path(args.syne_venv, "bin", "python")
+        if syne_python is None:
+            print("no plot: pip install matplotlib", file=sys.stderr)
+        else:
+            subprocess.run([str(syne_python), "-m", "bench.lcbench.stats", str(out), "--plot", png], cwd=ROOT,
+                           check=True)
+    print(f"wrote {out} and {png} in {wall:.0f}s")
+    return 0
