@@ -75,7 +75,7 @@ def jobs(args, seeds_of, workdir: Path, syne_python: Path | None):
     return out
 
 
-def run_jobs(todo, parallel: int) -> list[dict]:
+def run_jobs(todo, parallel: int, failed: list) -> list[dict]:
     def one(job):
         method, task, cmd, jsonl = job
         t0 = time.time()
@@ -86,7 +86,7 @@ def run_jobs(todo, parallel: int) -> list[dict]:
         print(f"[{time.time() - t0:6.0f}s] {method} {task}: " + " | ".join(tail), flush=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
-            return []
+            failed.append(f"{method} {task}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
         return [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -136,7 +136,8 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="lcbench-") as tmp:
-        runs = run_jobs(jobs(args, seeds_of, Path(tmp), syne_python), args.jobs)
+        failed = []
+        runs = run_jobs(jobs(args, seeds_of, Path(tmp), syne_python), args.jobs, failed)
     wall = time.time() - t0
     skipped = sorted({r["method"] + ": " + r["skipped"] for r in runs if "skipped" in r})
     runs = [r for r in runs if "skipped" not in r]
@@ -156,13 +157,16 @@ def main(argv=None) -> int:
                      "n_workers": args.workers, "checkpoints_s": list(stats.CHECKPOINTS),
                      "seeds": {m: len(seeds_of(m)) for m in args.methods}, "syne_tune": SYNE_TUNE_VERSION},
         "skipped": skipped,
+        "failed": failed,
         "table": stats.table(summary),
+        "task_tables": {str(t): stats.task_table(summary, t) for t in stats.CHECKPOINTS},
         "summary": summary,
         "reference": reference,
         "runs": runs,
     }
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(result["table"])
+    print(result["task_tables"][str(stats.CHECKPOINTS[-1])])
     for line in skipped:
         print("SKIPPED", line)
     png = args.plot or str(out.with_suffix(".png"))
@@ -179,4 +183,6 @@ def main(argv=None) -> int:
             subprocess.run([str(syne_python), "-m", "bench.lcbench.stats", str(out), "--plot", png], cwd=ROOT,
                            check=True)
     print(f"wrote {out} and {png} in {wall:.0f}s")
-    return 0
+    for line in failed:
+        print("FAILED", line, file=sys.stderr)
+    return 1 if failed else 0

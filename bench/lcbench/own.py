@@ -82,7 +82,7 @@ def study_factory(method: str, seed: int):
 
     ===== THE SLOT FOR "OURS" =====
     The API coded against (hydra_plugins/hydra_thompson_sweeper/study.py):
-      Study(space, direction="maximize", seed=s, pruner="asha" | None, min_resource=1, max_resource=52)
+      Study(space, direction="maximize", seed=s, pruner="asha" | "none", min_resource=1, max_resource=52)
       trial = study.ask()                     # trial.number, trial.params (dict name -> value)
       stop = study.report(trial, step, value) # True: stop the trial
       study.tell(trial, value) / study.tell(trial, state="pruned")
@@ -92,7 +92,7 @@ def study_factory(method: str, seed: int):
     except ImportError as error:
         raise Skip(f"{method}: `from hydra_plugins.hydra_thompson_sweeper import Study` fails ({error}); "
                    "the study is not there yet") from error
-    pruner = method.split("-", 1)[1] if "-" in method else None
+    pruner = method.split("-", 1)[1] if "-" in method else "none"  # Study's word for no pruner
     return Study(dict(SPACE), direction="maximize", seed=seed, pruner=pruner, min_resource=1, max_resource=EPOCHS)
 
 

@@ -110,6 +110,21 @@ def table(summary: dict, checkpoints=CHECKPOINTS) -> str:
     return "\n".join(lines)
 
 
+def task_table(summary: dict, t: int) -> str:
+    """IQM regret [95 % interval] at simulated time t: one line a method, one column a task, and pooled."""
+    tasks = sorted({task for e in summary.values() for task in e["tasks"]}, key=_task_order)
+    lines = [f"| {t} s | " + " | ".join(f"{task} {TASK_NAMES.get(task, '')}".strip() for task in tasks)
+             + " | pooled |", "|" + " --- |" * (len(tasks) + 2)]
+    for method, entry in summary.items():
+        cells = []
+        for task in tasks:
+            c = entry["tasks"].get(task, {}).get(str(t))
+            cells.append("-" if c is None else f"{c['iqm']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}] ({c['n']})")
+        p = entry["pooled"][str(t)]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {p['iqm']:.4f} [{p['lo']:.4f}, {p['hi']:.4f}] |")
+    return "\n".join(lines)
+
+
 def _ms(seconds) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.1f} ms"
 

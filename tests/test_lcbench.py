@@ -1,0 +1,124 @@
+"""The LCBench bench (bench/lcbench.py) at a reduced size, so that it cannot rot: the surrogate wrapper against
+values yahpo-gym 1.0.2 gave, the simulated clock of our loop, the regret statistics, and a short run of the bench
+itself (one task, two seeds, 900 simulated seconds; random search on our loop, and ours through Study where it
+exists). Syne Tune's methods need their own venv and are left to the bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+pytest.importorskip("onnxruntime", reason="the LCBench surrogate runs on onnxruntime (the test extra installs it)")
+
+from bench.lcbench import own, stats  # noqa: E402
+from bench.lcbench.surrogate import DATA, EPOCHS, OBJECTIVES, TASKS, LCBench  # noqa: E402
+
+# yahpo-gym 1.0.2's BenchmarkSet("lcbench").objective_function for these rows (one row a call), in OBJECTIVES order.
+YAHPO = [
+    (dict(OpenML_task_id="189908", epoch=52, batch_size=91, learning_rate=0.0031622777, momentum=0.545,
+          weight_decay=0.050005, num_layers=3, max_units=256, max_dropout=0.5),
+     [872.860595703125, 82.24858093261719, 0.5436476469039917, 0.8262728452682495, 1.7655824422836304,
+      0.8283668160438538]),
+    (dict(OpenML_task_id="7593", epoch=1, batch_size=512, learning_rate=0.1, momentum=0.99, weight_decay=1e-5,
+          num_layers=5, max_units=1024, max_dropout=0.0),
+     [53.0220947265625, 14.683881759643555, 1.311725378036499, 0.3465624153614044, 1.7213953733444214,
+      0.3381083905696869]),
+    (dict(OpenML_task_id="168908", epoch=20, batch_size=16, learning_rate=0.0002, momentum=0.1, weight_decay=0.09,
+          num_layers=1, max_units=64, max_dropout=1.0),
+     [92.48422241210938, 69.53942108154297, 0.5919319987297058, 0.69571852684021, 0.6164793968200684,
+      0.6748204231262207]),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    assert (DATA / "model.onnx").exists(), f"the LCBench surrogate is missing: {DATA} (shared/data/yahpo_lcbench)"
+    return LCBench()
+
+
+def test_wrapper_answers_as_yahpo_gym(model):
+    for config, expected in YAHPO:
+        got = model.evaluate(config["OpenML_task_id"], [config], [config["epoch"]])[0, 0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=str(config))
+    assert len(OBJECTIVES) == 6 and set(TASKS) <= set(model.tasks)
+
+
+def test_curves_are_a_clock(model):
+    times, acc = model.curves("189908", model.sample(np.random.default_rng(0), 20))
+    assert times.shape == acc.shape == (20, EPOCHS)
+    assert (times[:, 0] >= 0.01).all() and (np.diff(times, axis=1) >= 0.01 - 1e-9).all()
+    assert (acc > 0).all() and (acc <= 100).all()
+
+
+class StopAtTwo(own.RandomSearch):
+    """Stops every trial at its second epoch; records what the loop tells it."""
+
+    def __init__(self):
+        super().__init__(seed=0)
+        self.told = []
+
+    def report(self, trial, step, value):
+        return step >= 2
+
+    def tell(self, trial, value=None, state=None):
+        self.told.append((trial.number, value, state))
+
+
+def test_loop_keeps_four_workers_busy_on_the_simulated_clock(model):
+    optimiser = StopAtTwo()
+    record = own.simulate(model, "189908", optimiser, budget=600.0, workers=4)
+    # every trial but those running at the end was stopped at epoch 2 and told "pruned"
+    assert record["results"] >= 2 * len(optimiser.told)
+    assert all(state == "pruned" for _, _, state in optimiser.told)
+    assert record["trials"] == len(optimiser.told) + 4
+    # the incumbent only improves, within the budget
+    t, best = record["incumbent"]["t"], record["incumbent"]["best"]
+    assert all(0 < a <= 600.0 for a in t) and best == sorted(best) and t == sorted(t)
+    # the simulated time the trials took, added up, is about 4 workers x 600 s
+    total = 0.0
+    rng = np.random.default_rng(0)
+    for _ in range(len(optimiser.told)):
+        u = rng.random(7)
+        params = {p.name: float(p.from_unit(np.array([u[j]]))[0]) for j, p in enumerate(own.PARAMS)}
+        total += model.curves("189908", [params])[0][0, 1]
+    assert total <= 4 * 600.0
+
+
+def test_iqm_and_regret():
+    assert stats.iqm([1, 2, 3, 4, 5, 6, 7, 100]) == pytest.approx(4.5)
+    run = {"incumbent": {"t": [10.0, 50.0], "best": [60.0, 80.0]}}
+    ref = {"best": 90.0, "worst": 50.0}
+    assert stats.regret(run, 5.0, ref) == 1.0
+    assert stats.regret(run, 10.0, ref) == pytest.approx(0.75)
+    assert stats.regret(run, 900.0, ref) == pytest.approx(0.25)
+
+
+def test_reference_covers_the_five_tasks():
+    from bench.lcbench.cli import REFERENCE
+
+    reference = json.loads(REFERENCE.read_text())
+    for task in TASKS:
+        entry = reference["tasks"][task]
+        assert 0 < entry["worst"] < entry["best"] <= 100
+
+
+def test_reduced_bench_runs(tmp_path, capsys):
+    from bench.lcbench import cli
+
+    out = tmp_path / "lcbench.json"
+    cli.main(["--tasks", "189908", "--methods", "random", "ours", "--seeds", "2", "--seeds-for",
+              "--budget", "900", "--jobs", "1", "--nice", "0", "--out", str(out), "--plot", str(tmp_path / "p.png")])
+    result = json.loads(out.read_text())
+    random = result["summary"]["random"]
+    assert random["seeds"] == {"189908": 2}
+    for t in ("900", "1800", "3600", "7200"):
+        entry = random["pooled"][t]
+        assert entry["lo"] <= entry["iqm"] <= entry["hi"] and 0 <= entry["iqm"] < 1
+    assert random["host"]["new_config_median_s"] is not None
+    # ours runs where Study exists, and is skipped with its reason where it does not
+    assert "ours" in result["summary"] or any(line.startswith("ours:") for line in result["skipped"])
+    assert "| random | 2 |" in result["table"]
