@@ -4,7 +4,9 @@ when stdout is not one), and a table of every job at the end."""
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -56,8 +58,10 @@ class Progress(LiveText):
     def __init__(self, sweep_id: str, order=(), live: bool | None = None):
         super().__init__(live)
         self.sweep_id, self.order = sweep_id, order
+        self._counts, self._reports_at = None, -math.inf
 
     SHOWN = 5  # running jobs whose last report the live line shows
+    REPORTS_EVERY_S = 30.0  # without a terminal, the reports are logged at most this often between count changes
 
     def update(self, states, stuck: dict | None = None, reports: dict | None = None) -> None:
         """`states`: the Batch state of every job; `stuck`: reason -> count for jobs held in RUNNABLE; `reports`:
@@ -70,15 +74,30 @@ class Progress(LiveText):
         notes += [f"  #{num} {summary(report)}" for num, report in shown[:self.SHOWN]]
         if len(shown) > self.SHOWN:
             notes.append(f"  ... and {len(shown) - self.SHOWN} more running jobs that report")
-        self.show("\n".join([line, *notes]))
+        text = "\n".join([line, *notes])
+        if self.live:
+            self.show(text)
+            return
+        # in a log: the counts when they change; the running jobs' reports with them, or at most every 30 s
+        counts, now = "\n".join([line, *notes[:len(stuck or {})]]), time.monotonic()
+        due = bool(shown) and now - self._reports_at >= self.REPORTS_EVERY_S
+        if counts != self._counts or due:
+            self._counts, self._reports_at = counts, now if shown else self._reports_at
+            self.logger.info(text)
+
+    def close(self) -> None:
+        super().close()
+        self._counts, self._reports_at = None, -math.inf
 
     @staticmethod
     def row(job, sweep_dir: str) -> dict:
         """The summary table's row of a job's manifest record (_manifest.JobRecord)."""
         from hydra.core.utils import filter_overrides
 
+        from hydra_plugins.hydra_awsbatch_launcher._report import sig
+
         return {"num": job.num, "overrides": " ".join(filter_overrides(job.overrides)), "state": job.state,
-                "result": job.result[:60], "job_dir": str(Path(sweep_dir) / job.subdir),
+                "result": sig(job.result)[:60], "job_dir": str(Path(sweep_dir) / job.subdir),
                 "duration": f"{job.stopped - job.started:.1f}s" if job.started and job.stopped else "-"}
 
     @staticmethod

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from hydra_plugins.hydra_awsbatch_launcher import _collect, _manifest, _metrics
+from hydra_plugins.hydra_awsbatch_launcher import _collect, _manifest, _metrics, _report
 from hydra_plugins.hydra_awsbatch_launcher._executor import Executor, JobInfo
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, BatchState, Manifest
 from hydra_plugins.hydra_awsbatch_launcher._progress import Progress
@@ -41,6 +41,7 @@ class Sweep:
         self.lock = threading.RLock()  # the executor and the manifest: one thread at a time
         self.watcher: threading.Thread | None = None
         self.progress = Progress(manifest.sweep_id, list(BatchState), live)
+        self.page = _report.LivePage(manifest.sweep_dir)  # report.html, rewritten while it runs and at its end
         self.rounds = 0
         self.stopped: dict[int, str] = {}  # jobs stopped on purpose (Ctrl-C, a sweeper's stop), and why
         self.channel = _metrics.Channel(manifest.staging, metrics_interval_s)  # reports in, stop requests out
@@ -134,6 +135,7 @@ class Sweep:
                 self.progress.update([s.state for s in seen], stuck,
                                      {num: self.manifest.job(num).last_report for num in running})
                 self._resolve(ended)
+                self.page.tick()
                 time.sleep(self.executor.poll_interval_s)
         except BaseException as error:  # an AWS error, say: every waiting caller hears of it
             with self.lock:
@@ -229,6 +231,7 @@ class Sweep:
         returns = [future.result() for future in futures]
         Progress.summary([Progress.row(self.manifest.job(self.num_of[id(f)]), self.manifest.sweep_dir)
                           for f in futures])
+        log.info(self.page.final())
         return returns
 
     def interrupted(self) -> None:

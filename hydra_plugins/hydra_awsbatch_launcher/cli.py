@@ -1,7 +1,8 @@
 """hydra-awsbatch: follow, inspect, cancel or collect a sweep from its manifest.
 
     hydra-awsbatch status SWEEP          per-job state, duration and result
-    hydra-awsbatch logs SWEEP JOB_NUM    the tail of a job's CloudWatch log stream
+    hydra-awsbatch logs SWEEP JOB_NUM    the tail of a job's log (-f: follow it while the job runs)
+    hydra-awsbatch report SWEEP          the sweep's page, report.html (-o FILE: elsewhere)
     hydra-awsbatch cancel SWEEP          terminate every unfinished job
     hydra-awsbatch attach SWEEP          watch until done, then bring results and job dirs home
     hydra-awsbatch local-cloud up|status|down   the AWS path on this machine (moto + Docker)
@@ -15,6 +16,7 @@ import argparse
 import logging
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from hydra_plugins.hydra_awsbatch_launcher.config import DEFAULT_LOG_GROUP
@@ -77,21 +79,67 @@ def open_sweep(sweep: str, on_batch: bool = True):
     return manifest, _sweep.Sweep(manifest, executor, **options)
 
 
+def varying(jobs) -> dict[int, str]:
+    """Each job's overrides that differ between the jobs (all of them for a single job), in full."""
+    pairs = [dict(o.partition("=")[::2] for o in job.overrides) for job in jobs]
+    keys = [k for k in dict.fromkeys(k for p in pairs for k in p) if len({p.get(k) for p in pairs}) > 1]
+    keys = keys or list(dict.fromkeys(k for p in pairs for k in p))
+    return {job.num: " ".join(f"{k}={p[k]}" for k in keys if k in p) for job, p in zip(jobs, pairs)}
+
+
+def last_report(record: dict | None) -> str:
+    """"step 5: val_loss=0.312346 acc=0.9": a record's one line, numbers to 6 significant digits."""
+    from hydra_plugins.hydra_awsbatch_launcher._report import sig
+
+    if not record:
+        return ""
+    values = " ".join(f"{k}={sig(v)}" for k, v in record.items() if k not in ("step", "time"))
+    return f"step {sig(record.get('step'))}: {values}"
+
+
+def outcomes(m) -> dict[int, str]:
+    """Each job's state as status shows it: PRUNED where the thompson sweeper's state says its trial was stopped
+    early (the job itself SUCCEEDED: it returned when asked), else the job's state."""
+    import json
+
+    from hydra_plugins.hydra_awsbatch_launcher import _report, _storage
+
+    shown = {job.num: str(job.state) for job in m.jobs}
+    where = Path(m.sweep_dir) / _report.STATE
+    try:
+        text = where.read_text() if where.is_file() else _storage.read_bytes(
+            _storage.join(m.staging.sweep, _report.STATE)).decode()
+        trials = json.loads(text).get("trials") or []
+    except Exception:  # no thompson sweep, or its state being written: the jobs' states
+        trials = []
+    for trial in trials:
+        if trial.get("status") == "pruned" and trial.get("job") in shown:
+            shown[trial["job"]] = "PRUNED"
+    for job in m.jobs:
+        if shown[job.num] == "SUCCEEDED" and not trials and job.stop_request and "interrupted" not in job.stop_request:
+            shown[job.num] = "PRUNED"
+    return shown
+
+
 def status(args) -> int:
     from hydra_plugins.hydra_awsbatch_launcher import _manifest
-    from hydra_plugins.hydra_awsbatch_launcher._metrics import summary
+    from hydra_plugins.hydra_awsbatch_launcher._report import sig
 
     m, sweep = open_sweep(args.sweep, on_batch=False)
     if sweep is not None:
         running = [info.num for info in sweep.refresh() if info.state == "RUNNING"]
         sweep.take_reports(sweep.channel.poll(running, limit=len(running)))  # what the running jobs reported
     print(f"sweep {m.sweep_id} ({m.launcher}), created {m.created}, staging {m.staging_uri}")
-    print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<40} result / last report / where the time went")
+    overrides, states = varying(m.jobs), outcomes(m)
+    width = max([9, *map(len, overrides.values())])
+    print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<{width}}  "
+          "result / last report / where the time went")
     for job in m.jobs:
         duration = f"{job.stopped - job.started:.0f}s" if job.started and job.stopped else "-"
         latency = " ".join(f"{name} {seconds:.1f}s" for name, seconds in job.latency().items())
-        print(f"{job.num:>4}  {job.state:<10} {duration:>9}  {' '.join(job.overrides)[:40]:<40} "
-              + "  ".join(text for text in (job.result or job.reason, summary(job.last_report), latency) if text))
+        print(f"{job.num:>4}  {states[job.num]:<10} {duration:>9}  {overrides[job.num]:<{width}}  "
+              + "  ".join(text for text in (sig(job.result) if job.result else job.reason, last_report(job.last_report),
+                                            latency) if text))
     if m.unsubmitted() and not _manifest.held_by(Path(m.sweep_dir)):
         print(m.unsubmitted())
     return 0
@@ -99,21 +147,92 @@ def status(args) -> int:
 
 def logs(args) -> int:
     m, sweep = open_sweep(args.sweep, on_batch=False)
-    if m.launcher != "AwsBatchLauncher":
-        path = Path(m.sweep_dir) / ".logs" / f"{args.job_num}.log"
-        raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} ran its jobs locally; job #{args.job_num}'s output is "
-                         f"in {shlex.quote(str(path))}" + ("" if path.is_file() else " (not written)"))
     job = next((j for j in m.jobs if j.num == args.job_num), None)
+    if m.launcher != "AwsBatchLauncher":
+        return local_log(m, job, args)
     if job is None or not job.job_id:
         raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} has no submitted job #{args.job_num}")
-    api = sweep.executor.api
-    described = api.describe([job.job_id])
-    found = api.job_log_tail(described[0], m.settings.get("log_group", DEFAULT_LOG_GROUP), args.lines) \
-        if described else None
-    if not found:
-        raise SystemExit(f"hydra-awsbatch: job #{args.job_num} ({job.job_id}) has no log stream yet; "
-                         f"it is {described[0]['status'] if described else 'unknown to Batch'}")
-    print("\n".join(found[1]))
+    api, group = sweep.executor.api, m.settings.get("log_group", DEFAULT_LOG_GROUP)
+    printed: list[str] = []
+    while True:
+        described = api.describe([job.job_id])
+        found = api.job_log_tail(described[0], group, 10_000 if args.follow else args.lines) if described else None
+        ended = not described or described[0].get("status") in ("SUCCEEDED", "FAILED")
+        if not found and (not args.follow or ended):
+            raise SystemExit(f"hydra-awsbatch: job #{args.job_num} ({job.job_id}) has no log stream yet; "
+                             f"it is {described[0]['status'] if described else 'unknown to Batch'}")
+        lines = found[1] if found else []
+        new = lines[overlap(printed, lines):] if printed else lines[-args.lines:]
+        if new:
+            print("\n".join(new), flush=True)
+            printed = (printed + new)[-10_000:]
+        if not args.follow or ended:
+            return 0
+        time.sleep(args.interval)
+
+
+def overlap(printed: list[str], lines: list[str]) -> int:
+    """How many of `lines` (a newer tail of the same log) were printed already: the longest start of `lines`
+    that ends what was printed."""
+    for k in range(min(len(printed), len(lines)), 0, -1):
+        if printed[-k:] == lines[:k]:
+            return k
+    return 0
+
+
+def local_log(m, job, args) -> int:
+    """A local job's log file (SWEEP/.logs/N.log): its last lines; with -f, what it writes until the job ends."""
+    from hydra_plugins.hydra_awsbatch_launcher import _manifest
+
+    path = Path(m.sweep_dir) / ".logs" / f"{args.job_num}.log"
+    if job is None:
+        raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} has no job #{args.job_num}")
+    if not path.is_file() and not args.follow:
+        raise SystemExit(f"hydra-awsbatch: job #{args.job_num} of sweep {m.sweep_id} has written no log yet "
+                         f"({shlex.quote(str(path))})")
+    position = 0
+    if path.is_file():
+        data = path.read_bytes()
+        lines = data.decode(errors="replace").splitlines()
+        if lines:
+            print("\n".join(lines[-args.lines:]), flush=True)
+        elif not args.follow:
+            print(f"(job #{args.job_num}'s log {shlex.quote(str(path))} is empty)", file=sys.stderr)
+        position = len(data)
+    while args.follow:
+        done = job.state in _manifest.FINAL or not _manifest.held_by(Path(m.sweep_dir))
+        if path.is_file():
+            with open(path, "rb") as file:
+                file.seek(position)
+                chunk = file.read()
+            cut = chunk.rfind(b"\n") + 1 if not done else len(chunk)  # a line being written waits for its end
+            if cut:
+                sys.stdout.write(chunk[:cut].decode(errors="replace"))
+                sys.stdout.flush()
+                position += cut
+        if done:
+            return 0
+        time.sleep(min(args.interval, 0.5))
+        m = load_manifest(args.sweep)
+        job = m.job(args.job_num)
+    return 0
+
+
+def report(args) -> int:
+    from hydra_plugins.hydra_awsbatch_launcher import _report
+
+    load_manifest(args.sweep)  # says what is wrong with SWEEP, as every command does
+    try:
+        path, data = _report.write(args.sweep, args.output, args.price_table)
+    except OSError as error:
+        raise SystemExit(f"hydra-awsbatch report: {error}") from None
+    counts = {}
+    for trial in data.trials:
+        counts[trial.status] = counts.get(trial.status, 0) + 1
+    spent = _report.cost(data, _report.price_table(args.price_table) if args.price_table else None)
+    print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB): sweep {data.sweep_id}, "
+          + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs yet")
+          + ("" if spent is None else f"; {spent.line()}"))
     return 0
 
 
@@ -176,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hydra-awsbatch", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, function, text in [("status", status, "per-job state, duration and result"),
-                                 ("logs", logs, "the tail of a job's CloudWatch log stream"),
+                                 ("logs", logs, "the tail of a job's log (CloudWatch, or the local file)"),
+                                 ("report", report, "write the sweep's page (report.html), finished or not"),
                                  ("cancel", cancel, "terminate every unfinished job of the sweep"),
                                  ("attach", attach, "watch until done, then collect results and job dirs")]:
         command = commands.add_parser(name, help=text, description=text)
@@ -185,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "logs":
             command.add_argument("job_num", type=int, help="the job's number (#N in the sweep)")
             command.add_argument("-n", "--lines", type=positive, default=50, help="lines to show (default 50)")
+            command.add_argument("-f", "--follow", action="store_true", help="go on printing what the job writes "
+                                                                            "until it ends")
+            command.add_argument("--interval", type=float, default=5.0, help=argparse.SUPPRESS)
+        if name == "report":
+            command.add_argument("-o", "--output", help="where to write the page (default SWEEP/report.html)")
+            command.add_argument("--price-table", help="a price table of prices.yaml's shape, for the cost estimate")
     cloud = commands.add_parser("local-cloud", help="the AWS path on this machine: moto's server + Docker",
                                 description="up: start moto's server, deploy template.yaml, build the job image; "
                                             "status: what runs; down: stop what up started")
@@ -193,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     cloud.add_argument("--images", action="store_true", help="down: also remove the images up built")
     cloud.set_defaults(function=local_cloud)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # no INFO from botocore and the like
+    log.setLevel(logging.INFO)
     return args.function(args)
 
 
