@@ -1,5 +1,5 @@
 """Asynchronous against synchronous parallel Bayesian optimisation, on a simulated clock (Kandasamy et al.,
-AISTATS 2018): the thompson sweeper's own optimiser (hydra_thompson_sweeper._optimizer) proposes every point,
+AISTATS 2018): the thompson sweeper's own Study (hydra_plugins.hydra_thompson_sweeper.Study) proposes every point,
 M simulated workers evaluate a synthetic function with random run times, and nothing sleeps.
 
   asyTS    a worker is refilled the moment it ends, with the maximiser of a fresh GP posterior sample
@@ -146,14 +146,18 @@ def policy(method: str, dim: int, seed: int, budget: int | None = None):
 
         return ask, tell, lambda: None
 
-    from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
+    from hydra_plugins.hydra_thompson_sweeper import Study
 
     algorithm = {"asyTS": "asy_ts", "asyTS+1": "asy_ts", "synTS": "syn_ts", "asyRAND": "asy_random",
                  "synRAND": "syn_random"}[method]
-    space = Space([Dimension.interval(f"x{i}", 0.0, 1.0) for i in range(dim)])
-    optimizer = Optimizer(space, direction="maximize", algorithm=algorithm, seed=seed, budget=budget)
-    return ((lambda: (optimizer.propose(), optimizer.proposed - 1)),  # the handle: the proposal's number
-            (lambda point, number, value: optimizer.observe(point, value, number=number)), optimizer.prefit)
+    study = Study({f"x{i}": "interval(0, 1)" for i in range(dim)}, direction="maximize", algorithm=algorithm,
+                  seed=seed, n_trials=budget)  # as the sweeper drives it: ask a trial, tell its value
+
+    def ask():
+        trial = study.ask()
+        return trial.params, trial
+
+    return ask, (lambda point, trial, value: study.tell(trial, value)), study.optimizer.prefit
 
 
 def regret_at(run: dict, t: float, optimum: float) -> float:

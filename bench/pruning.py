@@ -19,17 +19,17 @@ a lognormal of mean 1 (sigma 0.5): run time is proportional to the resource used
 the worker-seconds spent by simulated time t are exactly M * t; the budget is 100 full trials' worth
 (100 * 27 worker-seconds on average). The noise sd is async_bo's.
 
-  asyTS       the sweeper's optimiser (algorithm asy_ts), no pruner: every trial runs its 27 epochs
-  asyTS+ASHA  ours: asy_ts + _pruners.make("asha", min_resource=1, max_resource=27, reduction_factor=3) on every
-              report; the GP learns a trial's value at each rung (1, 3, 9) the moment the trial reaches it, and
-              when the trial ends (done or stopped) its last epoch past them (stopped between rungs), each at its
-              fraction of a full training, and its final value if done, exactly as the sweeper's `prune` and
-              `record`/`observe_curve` do (the resource is one more input of the GP, as in MOBSTER); each
-              proposal's sample believes the trials in flight at the posterior mean of a full training (the
-              optimiser's `_sample_path`, where the resource is modelled); with --pruner extrapolate,
-              _pruners.make("extrapolate", ...) in ASHA's place (the same rungs and last epochs go to the GP),
-              still under this method's name
-  RAND+ASHA   asy_random proposals + the same ASHA: Li et al.'s ASHA as published
+  asyTS       the sweeper's Study (hydra_plugins.hydra_thompson_sweeper.Study, algorithm asy_ts), no pruner:
+              every trial runs its 27 epochs
+  asyTS+ASHA  ours: the same Study with pruner=asha, min_resource=1, max_resource=27, reduction_factor=3, as the
+              sweeper drives it: study.ask() for a freed worker, study.report(trial, epoch, loss) at every report
+              (the pruner judges it; the GP learns the trial's value at each rung, 1, 3, 9, the moment it is
+              reached), study.tell(trial, loss) or study.tell(trial, state="pruned") at its end (the GP learns its
+              last epoch past the rungs, and its final value if done, each at its fraction of a full training:
+              MOBSTER's model); each proposal's sample believes the trials in flight at the posterior mean of a
+              full training; with --pruner extrapolate, pruner=extrapolate in ASHA's place, still under this
+              method's name. Nothing here re-implements a decision of the sweeper
+  RAND+ASHA   the Study with algorithm asy_random + the same ASHA: Li et al.'s ASHA as published
   TPE+SH      Optuna's TPESampler(seed) + SuccessiveHalvingPruner(min_resource=1, reduction_factor=3), driven
               asynchronously through ask/tell: trial.report(loss, epoch), trial.should_prune(), and
               study.tell(trial, loss) or study.tell(trial, state=PRUNED); the running trials stay RUNNING. No
@@ -207,46 +207,31 @@ def policy(method: str, dim: int, seed: int, full_trials: int | None = None):
 
         return ask, report, tell, lambda: None
 
-    from hydra_plugins.hydra_thompson_sweeper import _pruners
-    from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
+    from hydra_plugins.hydra_thompson_sweeper import Study
 
-    algorithm = "asy_random" if method.startswith("RAND") else "asy_ts"
     asha = method.endswith("ASHA")
-    optimizer = Optimizer(Space([Dimension.interval(f"x{i}", 0.0, 1.0) for i in range(dim)]),
-                          direction="minimize", algorithm=algorithm, seed=seed,
-                          resource_floor=setup.min_resource / setup.epochs if asha else None,
-                          budget=None if asha else full_trials)  # n_trials as a user would set it; ASHA's: unknown
     ours = method == OURS
-    pruner = _pruners.make((setup.pruner if ours else "asha") if asha else "none", setup.min_resource, setup.epochs,
-                           setup.reduction_factor, setup.rungs if ours else "always", setup.brackets if ours else 1)
+    study = Study({f"x{i}": "interval(0, 1)" for i in range(dim)}, "minimize", seed=seed,
+                  algorithm="asy_random" if method.startswith("RAND") else "asy_ts",
+                  n_trials=None if asha else full_trials,  # n_trials as a user would set it; ASHA's: unknown
+                  pruner=(setup.pruner if ours else "asha") if asha else "none", min_resource=setup.min_resource,
+                  max_resource=setup.epochs, reduction_factor=setup.reduction_factor,
+                  rungs=setup.rungs if ours else "always", brackets=setup.brackets if ours else 1)
 
-    params_of: dict[int, dict] = {}  # proposal -> its params
-    observed: dict[int, set] = {}  # trial -> the fractions of its curve the GP has learnt
+    def ask(pending):  # the study knows its trials in flight
+        trial = study.ask()
+        return trial.params, trial
 
-    def ask(pending):
-        params = optimizer.propose(pending)
-        params_of[optimizer.proposed - 1] = params
-        return params, optimizer.proposed - 1
+    def report(trial, number, step, value, done):
+        return study.report(trial, step, value)
 
-    def learn(params, proposal, number, points):  # as the sweeper's observe_points
-        seen = observed.setdefault(number, set())
-        for fraction, value in points:
-            if fraction not in seen:
-                seen.add(fraction)
-                optimizer.observe(params, value, fraction, number=proposal)
+    def tell(params, trial, number, value):
+        if value is None:
+            study.tell(trial, state="pruned")
+        else:
+            study.tell(trial, value)
 
-    def report(handle, number, step, value, done):  # as the sweeper's prune: the pruner, then the levels reached
-        stop = pruner.observe(number, step, value) is not None
-        if asha and not done:
-            learn(params_of[handle], handle, number, pruner.levels_reached(number))
-        return stop
-
-    def tell(params, proposal, number, value):  # as the sweeper's record/pruned/observe_curve
-        if value is not None:
-            optimizer.observe(params, value, number=proposal)
-        learn(params, proposal, number, pruner.fidelities(number))
-
-    return ask, report, tell, optimizer.prefit
+    return ask, report, tell, study.optimizer.prefit
 
 
 def regret_at(run: dict, spent: float, optimum: float, true_best: bool = False) -> float:

@@ -346,13 +346,13 @@ def test_a_trial_asked_to_stop_when_the_sweeper_ends_is_not_run_again_on_resume(
     said = []
     for line in proc.stdout:  # Hydra's log goes to stdout
         said.append(line)
-        if "stops early: ASHA" in line:
+        if "asked to stop: ASHA" in line:
             time.sleep(1.0)  # the request made, and saved in the sweep's state
             proc.send_signal(sig)
             break
     said += proc.stdout.readlines()
     assert proc.wait(timeout=120) != 0, "".join(said)[-3000:]
-    stopped = int(re.search(r"Trial (\d+) \(job #\d+\) stops early", "".join(said)).group(1))
+    stopped = int(re.search(r"Trial (\d+) \(job #\d+\) asked to stop", "".join(said)).group(1))
 
     resumed = run_sweep(tmp_path, app_env, *settings, "hydra.sweeper.resume=true")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

@@ -93,7 +93,7 @@ CONTRACT_LAUNCHER = """
         def stop(self, nums, reason):
             note("stop", *nums)
 
-        def metrics(self, num):
+        def metrics(self, num, since=0):
             return []
 """
 QUADRATIC = """

@@ -18,9 +18,9 @@ import yaml
 
 from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
 from hydra_plugins.hydra_thompson_sweeper._space import SweepError, search_space
-from hydra_plugins.hydra_thompson_sweeper._trials import STATE, Trial, TrialStatus
+from hydra_plugins.hydra_thompson_sweeper._trials import STATE, TrialStatus
 from hydra_plugins.hydra_thompson_sweeper.config import ThompsonSweeperConf
-from hydra_plugins.hydra_thompson_sweeper.thompson_sweeper import ThompsonSweeper
+from hydra_plugins.hydra_thompson_sweeper.study import Study
 from tests.conftest import manifest, refill_gaps
 
 THOMPSON = ["hydra/sweeper=thompson", "hydra.sweeper.n_initial=4"]
@@ -218,14 +218,14 @@ def test_trials_in_flight_are_believed_at_the_posterior_mean_where_the_resource_
 
 
 class Reporting:
-    """The launcher's side of the async contract that `prune` and `record` use, for a sweeper's unit tests: what
+    """The launcher's side of the async contract that the sweeper's watch and record use, for unit tests: what
     each job reported so far (the integration tests run the real launchers)."""
 
     def __init__(self):
         self.reports: dict[int, list[dict]] = {}
 
-    def metrics(self, num):
-        return list(self.reports.get(num, []))
+    def metrics(self, num, since=0):
+        return list(self.reports.get(num, []))[since:]
 
     def stop(self, nums, reason, grace_s=0.0):
         pass
@@ -234,26 +234,41 @@ class Reporting:
         return None
 
 
+def trial_jobs(study, launcher=None, **settings):
+    """The sweeper's TrialJobs over this study and launcher, with these hydra.sweeper settings."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.hydra_thompson_sweeper._jobs import TrialJobs
+
+    conf = {k: v for k, v in dict(asdict(ThompsonSweeperConf()), **settings).items() if k not in ("_target_", "params")}
+    return TrialJobs(launcher, study, OmegaConf.create(conf), None, [], lambda batch: None)
+
+
 @pytest.mark.unit
 def test_the_gp_learns_a_running_trial_s_levels_as_it_reaches_them_and_each_value_once():
-    """MOBSTER's searcher learns at each rung: the sweeper's watch round gives the GP a trial's value at each
-    level (1, 3, 9 of 27 epochs) the moment the trial reports it, and at the trial's end only what is new (its
-    final value), so that the proposals made while it trains know where it stands."""
-    from hydra_plugins.hydra_thompson_sweeper._pruners import make
-
-    sweeper = a_sweeper(objective="loss", pruner="asha", min_resource=1, max_resource=27)
-    sweeper.pruner, sweeper.metric, sweeper.asynchronous = make("asha", 1, 27, 3), "loss", True
-    sweeper.launcher = Reporting()
-    opt = Optimizer(Space([Dimension.interval("x", 0, 1)]), resource_floor=1 / 27)
-    trial, future = Trial(0, 0, {"x": 0.5}), concurrent.futures.Future()
+    """MOBSTER's searcher learns at each rung: the sweeper's watch round hands the study a trial's new reports,
+    and the GP learns its value at each level (1, 3, 9 of 27 epochs) the moment the trial reports it, and at the
+    trial's end only what is new (its final value), so that the proposals made while it trains know where it
+    stands. The launcher is read from the trial's cursor on: the curve is kept once, in the study."""
+    settings = dict(pruner="asha", min_resource=1, max_resource=27)
+    study = Study(Space([Dimension.interval("x", 0, 1)]), metric="loss", **settings)
+    jobs = trial_jobs(study, Reporting(), objective="loss", **settings)
+    jobs.asynchronous = True
+    trial, future = study.ask(), concurrent.futures.Future()
+    trial.job = 0
     for last, learnt in ((2, [1 / 27]), (5, [1 / 27, 3 / 27]), (12, [1 / 27, 3 / 27, 9 / 27])):
-        sweeper.launcher.reports[0] = [{"step": s, "time": 0.0, "loss": 1.0 / s} for s in range(1, last + 1)]
-        sweeper.prune({future: trial}, opt)
-        assert [(o.fraction, o.value) for o in opt.observations] == [(f, 1.0 / round(f * 27)) for f in learnt]
-    sweeper.launcher.reports[0] = [{"step": s, "time": 0.0, "loss": 1.0 / s} for s in range(1, 28)]
-    sweeper.record(trial, finished_job("COMPLETED", {"loss": 1.0 / 27}), opt)
-    assert sorted((o.fraction, o.value) for o in opt.observations) == [(1 / 27, 1.0), (3 / 27, 1 / 3),
-                                                                        (9 / 27, 1 / 9), (1.0, 1 / 27)]
+        jobs.launcher.reports[0] = [{"step": s, "time": 0.0, "loss": 1.0 / s} for s in range(1, last + 1)]
+        jobs.prune({future: trial})
+        assert [(o.fraction, o.value) for o in study.optimizer.observations] == [
+            (f, 1.0 / round(f * 27)) for f in learnt]
+        assert [r["step"] for r in trial.curve] == list(range(1, last + 1))  # each record once
+    jobs.launcher.reports[0] = [{"step": s, "time": 0.0, "loss": 1.0 / s} for s in range(1, 28)]
+    jobs.record(trial, finished_job("COMPLETED", {"loss": 1.0 / 27}))
+    assert sorted((o.fraction, o.value) for o in study.optimizer.observations) == [
+        (1 / 27, 1.0), (3 / 27, 1 / 3), (9 / 27, 1 / 9), (1.0, 1 / 27)]
+    assert trial.status == TrialStatus.COMPLETED and len(trial.curve) == 27
 
 
 @pytest.mark.unit
@@ -453,14 +468,6 @@ def test_the_ask_tell_core_runs_without_hydra(tmp_path):
 
 
 # -------------------------------------------------------------------------------------- failed trials
-def a_sweeper(**settings) -> ThompsonSweeper:
-    from dataclasses import asdict
-
-    conf = dict(asdict(ThompsonSweeperConf()), **settings)
-    conf.pop("_target_")
-    return ThompsonSweeper(**conf)
-
-
 def finished_job(status, value):
     from hydra.core.utils import JobReturn, JobStatus
 
@@ -477,14 +484,14 @@ def finished_job(status, value):
     ("COMPLETED", {"loss": math.nan}, "ValueError: the objective is nan"),
 ])
 def test_a_failed_trial_is_recorded_and_not_observed(status, value, error):
-    sweeper = a_sweeper(objective="loss")
-    opt = Optimizer(MIXED)
-    trial = Trial(0, 0, {"lr": 0.01, "hidden": 64, "frac": 0.1, "model": "mlp"})
-    sweeper.record(trial, finished_job(status, value), opt)
+    study = Study(MIXED)
+    jobs = trial_jobs(study, objective="loss")
+    trial = study.ask()
+    jobs.record(trial, finished_job(status, value))
     assert (trial.status, trial.error, trial.value) == (TrialStatus.FAILED, error, None)
-    assert opt.observations == []
-    sweeper.record(trial, finished_job("COMPLETED", {"loss": 0.5}), opt)
-    assert [o.value for o in opt.observations] == [0.5]
+    assert study.optimizer.observations == []
+    jobs.record(study.ask(), finished_job("COMPLETED", {"loss": 0.5}))
+    assert [o.value for o in study.optimizer.observations] == [0.5]
 
 
 @pytest.mark.unit
@@ -494,9 +501,9 @@ def test_a_failed_trial_is_recorded_and_not_observed(status, value, error):
     (None, "fine", "the thompson sweeper needs a number"),
 ])
 def test_an_objective_that_does_not_fit_the_return_value_stops_the_sweep(objective, returned, expected):
+    study = Study(Space([Dimension.interval("x", 0, 2)]))
     with pytest.raises(SweepError, match=re.escape(expected)):
-        a_sweeper(objective=objective).record(Trial(0, 0, {"x": 1}), finished_job("COMPLETED", returned),
-                                              Optimizer(Space([Dimension.interval("x", 0, 2)])))
+        trial_jobs(study, objective=objective).record(study.ask(), finished_job("COMPLETED", returned))
 
 
 # ---------------------------------------------------------------------- Hydra's basic launcher, resume
@@ -572,7 +579,7 @@ def test_a_stalled_sweep_restarts_says_so_and_a_resume_keeps_its_searches(sweep_
     proc = sweep_app("hydra.sweeper.n_trials=24", "hydra.sweeper.n_workers=2", "hydra.sweeper.patience=3",
                      "hydra.sweep.dir=sweep")
     said = proc.stdout + proc.stderr
-    assert "(hydra.sweeper.patience): the search restarts from trial" in said, said[-3000:]
+    assert "(patience): the search restarts from trial" in said, said[-3000:]
     state = json.loads((sweep_app.app / "sweep" / STATE).read_text())
     assert len(state["searches"]) >= 2 and state["searches"][0] == [0, 0, []]
     fresh = state["searches"][1]

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hydra.core.utils import filter_overrides
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.hydra_awsbatch_launcher._hooks import hook
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 

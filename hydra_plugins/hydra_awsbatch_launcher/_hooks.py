@@ -54,9 +54,10 @@ class Hook:
             return self.find()
         except (ImportError, AttributeError, KeyError, TypeError, ValueError, AssertionError) as exc:
             lib = self.library
-            why = f": {exc}" if str(exc) else ""
+            why, shape = f": {exc}" if str(exc) else "", f" ({self.shape})" if self.shape else ""
             raise HookMissing(f"{lib.user} supports {lib.distribution} {lib.tested}; this is {lib.distribution} "
-                              f"{lib.installed()}, where {self.name}{f' ({self.shape})' if self.shape else ''} is gone or changed{why}. {lib.install}") from None
+                              f"{lib.installed()}, where {self.name}{shape} is gone or changed{why}. "
+                              f"{lib.install}") from None
 
 
 HOOKS: dict[str, Hook] = {}
@@ -70,7 +71,7 @@ def _hook(library: Library, name: str, shape: str = ""):
     return register
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hook(name: str) -> Any:
     """What the named hook finds (looked up and checked once per process)."""
     return HOOKS[name].resolve()
@@ -213,7 +214,6 @@ def _hydra_validate_frame():
 def _hydra_set_state():
     from hydra.core.plugins import Plugins
     from hydra.core.singleton import Singleton
-
     from omegaconf.basecontainer import BaseContainer
 
     probe = object.__new__(Plugins)  # never scanned: a set_state that makes its own instance replaces it

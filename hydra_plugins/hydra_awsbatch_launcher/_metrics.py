@@ -169,7 +169,7 @@ class Channel:
 
     def __init__(self, staging, interval_s: float = DEFAULT_INTERVAL_S, per_round: int = 8):
         self.staging, self.interval_s, self.per_round = staging, interval_s, per_round
-        self.seen: dict[int, list[dict]] = {}
+        self.unread: dict[int, tuple[int, list[dict]]] = {}  # job -> (index of its first, records not yet taken)
         self.parts: dict[int, int] = {}
         self.read_at: dict[int, float] = {}
         self.deadlines: dict[int, tuple[float, str]] = {}  # jobs asked to stop: by when, and why
@@ -217,15 +217,21 @@ class Channel:
         for rel in parts[self.parts.get(num, 0):]:
             new += parse(_storage.read_bytes(_storage.join(folder, rel)).decode())
         self.parts[num] = len(parts)
-        self.seen.setdefault(num, []).extend(new)
+        self.unread.setdefault(num, (0, []))[1].extend(new)
         return new
 
-    def records(self, num: int, job_dir: Path | None = None) -> list[dict]:
-        """Everything job `num` reported: its job dir's metrics.jsonl once that is home, else what was read."""
+    def records(self, num: int, job_dir: Path | None = None, since: int = 0) -> list[dict]:
+        """What job `num` reported from its record `since` on (a cursor: the records a caller has): its job dir's
+        metrics.jsonl once that is home (all of it), else what was read from staging. Records before `since` are
+        the caller's from then on: the channel keeps only what no one took yet."""
         path = job_dir / FILE if job_dir is not None else None
         if path is not None and path.is_file():
-            return parse(path.read_text())
-        return list(self.seen.get(num, []))
+            return parse(path.read_text())[since:]
+        first, kept = self.unread.get(num, (0, []))
+        if since > first:
+            first, kept = since, kept[since - first:]
+            self.unread[num] = (first, kept)
+        return kept[since - first:] if since >= first else list(kept)
 
 
 def parse(text: str) -> list[dict]:

@@ -145,10 +145,10 @@ class Sweep:
                 self.pending.clear()
                 self.progress.close()
 
-    def metrics(self, num: int) -> list[dict]:
-        """What job `num` reported so far (all of it once it ended and its job dir is home)."""
+    def metrics(self, num: int, since: int = 0) -> list[dict]:
+        """What job `num` reported from its record `since` on (all of it once it ended and its job dir is home)."""
         job = self.manifest.jobs_by_num().get(num)
-        return self.channel.records(num, Path(self.manifest.sweep_dir) / job.subdir if job else None)
+        return self.channel.records(num, Path(self.manifest.sweep_dir) / job.subdir if job else None, since)
 
     def take_reports(self, newest: dict[int, dict]) -> None:
         """Jobs' newest reports into their records (hydra-awsbatch status shows them)."""

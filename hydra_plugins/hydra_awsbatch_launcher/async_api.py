@@ -47,9 +47,12 @@ class AsyncLauncher(Protocol):
         True, the task may save and return (its future resolves with what it returned), and a job still running
         after `grace_s` is terminated; this returns at once. Jobs stopped on purpose are not logged one by one."""
 
-    def metrics(self, num: int) -> list[dict]:
-        """What job `num` reported with `report(step, **metrics)` so far, oldest first: {"step", "time", metric:
-        value...} a record. Read while the job runs, every `metrics_interval_s` or so; complete once it ended."""
+    def metrics(self, num: int, since: int = 0) -> list[dict]:
+        """What job `num` reported with `report(step, **metrics)` from its record `since` on, oldest first:
+        {"step", "time", metric: value...} a record. `since` is a cursor, the records the caller has taken: a
+        sweeper keeps the one copy of a curve, and a check of a running job costs its new records only (a
+        launcher may forget what a caller has taken). Read while the job runs, every `metrics_interval_s` or
+        so; complete once it ended."""
 
     # Optional, beside the six: capacity() -> int | None, how many of its jobs run at once (warm workers, a cap
     # on parallel jobs); None where it runs every job it is given. A sweeper that keeps more in flight than that

@@ -175,8 +175,8 @@ class BaseAwsBatchLauncher(Launcher):
         if self.sweep is not None:
             self.sweep.stop(reason, nums=set(nums), grace_s=grace_s)
 
-    def metrics(self, num: int) -> list[dict]:
-        return self.sweep.metrics(num) if self.sweep is not None else []
+    def metrics(self, num: int, since: int = 0) -> list[dict]:
+        return self.sweep.metrics(num, since) if self.sweep is not None else []
 
     # ------------------------------------------------------------------------------------------- check
     def check_settings(self) -> None:

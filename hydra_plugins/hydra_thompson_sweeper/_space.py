@@ -63,6 +63,109 @@ def search_space(params: dict | None, arguments: list[str]):
     return Space(dimensions), fixed
 
 
+def parse_space(spec: dict):
+    """The Space of {name: sweep}, each sweep written in Hydra's override grammar as on a command line
+    (`tag(log, interval(1e-5, 1e-1))`, `range(1, 9)`, `choice(relu, gelu)`, `a,b,c`), read without Hydra: the
+    forms search_space reads with Hydra's own parser (tests/test_study.py holds the two to the same spaces)."""
+    from hydra_plugins.hydra_thompson_sweeper._optimizer import Space
+
+    dimensions, problems = [], []
+    for name, text in flat(spec):
+        try:
+            dimensions.append(_dimension(name, str(text).strip(), log=False))
+        except ValueError as error:
+            problems.append(f"{name}={text}: {error}" if not str(error).startswith(name) else str(error))
+    if problems:
+        raise SweepError(problems)
+    return Space(dimensions)
+
+
+def _dimension(name: str, text: str, log: bool):
+    from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension
+
+    function, args = _call(text)
+    if function == "tag":
+        return _dimension(name, args[-1], log=log or "log" in args[:-1])
+    if function == "interval":
+        low, high = (_scalar(a) for a in _two(args, 2))
+        return Dimension.interval(name, low, high, log=log)
+    if function == "range":
+        numbers = [_scalar(a) for a in _two(args, 3)]
+        start, stop, step = (numbers + [1])[:3]
+        values = list(_range(start, stop, step))
+        if not values:
+            raise ValueError("it holds no value")
+        return (Dimension.integers(name, min(values), max(values), abs(step), log=log) if len(values) > 1
+                else Dimension.choice(name, values))
+    choices = args if function == "choice" else _split(text)
+    if function is None and len(choices) < 2:
+        raise ValueError("a single value is no search: interval(a, b), range(a, b), choice(a, b) or a,b")
+    return Dimension.choice(name, [_scalar(c) for c in choices])
+
+
+def _call(text: str) -> tuple[str | None, list[str]]:
+    """("interval", ["0", "1"]) of "interval(0, 1)"; (None, []) of anything else."""
+    for function in ("tag", "interval", "range", "choice"):
+        if text.startswith(function) and text[len(function):].lstrip().startswith("(") and text.endswith(")"):
+            inner = text[len(function):].lstrip()[1:-1]
+            return function, _split(inner)
+    return None, []
+
+
+def _split(text: str) -> list[str]:
+    """Comma-separated items at the top level (not inside parentheses or quotes)."""
+    items, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+            continue
+        current += char
+    return [*items, current.strip()] if current.strip() or items else []
+
+
+def _two(args: list[str], most: int) -> list[str]:
+    if not 2 <= len(args) <= most:
+        raise ValueError(f"takes 2{' or 3' if most == 3 else ''} numbers")
+    return args
+
+
+def _range(start, stop, step):
+    if step == 0:
+        raise ValueError("the step must not be 0")
+    value, count = start, 0
+    while (value < stop if step > 0 else value > stop) and count < 100_000:
+        yield value
+        count += 1
+        value = start + count * step
+
+
+def _scalar(text: str):
+    """A value as Hydra's grammar reads it: a number, true/false/null, a quoted or a plain string."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "null":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def flat(params: dict, prefix: str = ""):
     """(dotted name, value): `hydra.sweeper.params.model.hidden=...` on a command line nests `model`."""
     for name, value in params.items():

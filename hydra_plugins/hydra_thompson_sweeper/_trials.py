@@ -1,6 +1,6 @@
-"""What a thompson sweep leaves in its sweep dir, rewritten after every event: its state
-(thompson_state.json, also copied to staging: what a resume starts from), trials.csv,
-optimization_results.yaml (as Hydra's Optuna sweeper writes it) and convergence.png."""
+"""The trials, their state file, and what a thompson sweep leaves in its sweep dir, rewritten after every event:
+its state (thompson_state.json, the Study's, also copied to staging: what a resume starts from), trials.csv,
+metrics.csv, optimization_results.yaml (as Hydra's Optuna sweeper writes it), convergence.png and curves.png."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("hydra_plugins.hydra_thompson_sweeper")
 
@@ -68,40 +69,75 @@ class Trial:
 SIGNATURE_DEFAULTS = {"brackets": 1}  # what the signature of a sweep saved before a key joined it had
 
 
+def read_state(path: Path) -> dict:
+    """A state file as a Study saved it: its trials made Trials, its signature with the keys that joined later."""
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a state file of this version of the thompson sweeper")
+    trials = [Trial(**dict(t, status=TrialStatus(t["status"]))) for t in data["trials"]]
+    return dict(data, trials=trials, signature={**SIGNATURE_DEFAULTS, **data["signature"]},
+                searches=data.get("searches", []))
+
+
+def differences(earlier: dict, signature: dict) -> list[str]:
+    """The settings of a sweep's signature that an earlier sweep had otherwise."""
+    return [k for k in signature if earlier.get(k, signature[k]) != signature[k]]
+
+
+def find_state(sweep_dir: Path, signature: dict) -> Path:
+    """The state of the sweep to resume: in sweep_dir, or (a sweep dir made anew by ${now:}) the newest
+    unfinished one beside it (multirun/DATE/TIME) with the same search space and settings."""
+    from hydra_plugins.hydra_thompson_sweeper._space import SweepError
+
+    here = sweep_dir / STATE
+    if here.exists():
+        earlier = read_state(here)["signature"]
+        changed = differences(earlier, signature)
+        if changed:
+            raise SweepError([f"hydra.sweeper.resume=true: the sweep in {sweep_dir} had another "
+                              f"{', '.join(changed)}: {', '.join(f'{k}={earlier.get(k)}' for k in changed)}"
+                              "; resume it with the same settings, or start a new sweep in another hydra.sweep.dir"])
+        return here
+    found = []
+    for path in sweep_dir.parent.parent.glob("*/*/" + STATE):  # multirun/*/*: sweep_dir's siblings among them
+        try:
+            earlier = read_state(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not differences(earlier["signature"], signature) and not all(t.done for t in earlier["trials"]):
+            found.append(path)
+    if not found:
+        raise SweepError([f"hydra.sweeper.resume=true: no unfinished thompson sweep with this search space in "
+                          f"{sweep_dir} or beside it: set hydra.sweep.dir to the sweep dir to resume"])
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
 @dataclass
-class TrialLog:
-    """Every trial of one sweep, and the files that show them."""
+class SweepFiles:
+    """The files of one sweep's study in its sweep dir."""
 
     sweep_dir: Path
-    signature: dict  # what a resumed sweep must share with this one: space, fixed overrides, objective...
-    trials: list[Trial] = field(default_factory=list)
-    created: float = field(default_factory=time.time)
+    study: Any  # the Study
     mirror: Callable[[str, bytes], None] | None = None  # the launcher's copy of the state (async_api), if any
-    metric: str = ""  # the reported metric that curves.png draws (the pruner's)
-    searches: list = field(default_factory=list)  # the optimiser's searches, as Search.state() gives them
     _plotted: float = 0.0
 
-    # ------------------------------------------------------------------------------------------ state
-    def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "signature": self.signature, "created": self.created,
-                           "searches": self.searches, "trials": [asdict(t) for t in self.trials]}, indent=1)
+    @property
+    def trials(self) -> list[Trial]:
+        return self.study.trials
 
-    @classmethod
-    def load(cls, path: Path) -> TrialLog:
-        data = json.loads(path.read_text())
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a state file of this version of the thompson sweeper")
-        trials = [Trial(**dict(t, status=TrialStatus(t["status"]))) for t in data["trials"]]
-        signature = {**SIGNATURE_DEFAULTS, **data["signature"]}
-        return cls(path.parent, signature, trials, data["created"], searches=data.get("searches", []))
+    @property
+    def signature(self) -> dict:
+        return self.study.signature
+
+    @property
+    def metric(self) -> str:
+        """The reported metric that curves.png draws (the pruner's)."""
+        return self.study.metric
 
     def save(self, final: bool = False) -> None:
         """The state (to the sweep dir, and to staging), trials.csv, the best so far (and at the end the plots):
         after every event, so that nothing is lost when the sweeper's machine dies."""
-        text = self.to_json()
-        tmp = self.sweep_dir / (STATE + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(self.sweep_dir / STATE)
+        text = self.study.save(self.sweep_dir / STATE)
         if self.mirror is not None:
             self.mirror(STATE, text.encode())
         self.write_csv()
@@ -130,17 +166,6 @@ class TrialLog:
     def direction(self) -> str:
         return self.signature["direction"]
 
-    def completed(self) -> list[Trial]:
-        """Completed trials in the order their results came in."""
-        done = (t for t in self.trials if t.status == TrialStatus.COMPLETED)
-        return sorted(done, key=lambda t: (t.ended or 0, t.number))
-
-    def best(self) -> Trial | None:
-        done = self.completed()
-        if not done:
-            return None
-        return (min if self.direction == "minimize" else max)(done, key=lambda t: t.value)
-
     def ended(self) -> int:
         return sum(t.done for t in self.trials)
 
@@ -154,13 +179,13 @@ class TrialLog:
         """The live line, and its part without the clock (what is worth a log line when it changes)."""
         failed = sum(t.status == TrialStatus.FAILED for t in self.trials)
         pruned = sum(t.status == TrialStatus.PRUNED for t in self.trials)
-        best = self.best()
+        best = self.study.best
         notes = [f"{failed} failed"] * bool(failed) + [f"{pruned} stopped early"] * bool(pruned)
         text = f"thompson: {self.ended()} trials done" + (f" ({', '.join(notes)})" if notes else "")
         text += f", {in_flight} in flight"
         if best is not None:
             text += f", best {objective}={best.value:.6g} (trial {best.number})"
-        return text + f", {(time.time() - self.created) / 60:.1f} min", text
+        return text + f", {(time.time() - self.study.created) / 60:.1f} min", text
 
     # ------------------------------------------------------------------------------------------- files
     def write_csv(self) -> None:
@@ -195,7 +220,7 @@ class TrialLog:
     def write_results(self) -> None:
         from omegaconf import OmegaConf
 
-        best = self.best()
+        best = self.study.best
         if best is None:
             return
         results = {"name": "thompson", "best_params": best.params, "best_value": best.value}
@@ -203,7 +228,7 @@ class TrialLog:
 
     def plot(self) -> None:
         """Best value so far against wall time and against completed trials (convergence.png)."""
-        done = self.completed()
+        done = self.study.completed()
         if not done:
             return
         import matplotlib
@@ -216,7 +241,7 @@ class TrialLog:
         for t in done:
             running = t.value if running is None else pick(running, t.value)
             best.append(running)
-        minutes = [((t.ended or self.created) - self.created) / 60 for t in done]
+        minutes = [((t.ended or self.study.created) - self.study.created) / 60 for t in done]
         fig, (by_time, by_trial) = plt.subplots(1, 2, figsize=(10, 3.8))
         for ax, x, label in ((by_time, minutes, "wall time (min)"), (by_trial, range(1, len(done) + 1),
                                                                    "completed trials")):

@@ -1,0 +1,120 @@
+"""Study, the thompson sweeper's mind on its own: ask / report / tell / save / load as a notebook, a simulation or
+another launcher uses it, with Hydra absent; its space read from Hydra's override grammar as Hydra reads it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hydra_plugins.hydra_thompson_sweeper import Study, SweepError
+from hydra_plugins.hydra_thompson_sweeper._space import parse_space, search_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Four workers on a simulated clock: each trial trains 27 epochs of a curve that decays towards its final loss
+# (x's distance from 0.3, times 10, plus the choice's offset), an epoch taking 0.5-1.5 s of simulated time; the
+# study's pruner may stop it at any report; a freed worker gets the study's next trial at once.
+SIMULATION = """
+    import heapq, json, math, random, sys
+    from hydra_plugins.hydra_thompson_sweeper import Study
+
+    study = Study({"x": "interval(0, 1)", "depth": "range(1, 5)", "act": "choice(relu, gelu)"},
+                  direction="minimize", seed=0, n_initial=6, pruner="asha", min_resource=1, max_resource=27)
+    rng, clock, events, running = random.Random(0), 0.0, [], {}
+
+    def final(params):
+        return 10 * (params["x"] - 0.3) ** 2 + 0.1 * params["depth"] + (0.0 if params["act"] == "gelu" else 0.5)
+
+    def start(now):
+        trial = study.ask()
+        running[trial.number] = (trial, rng.uniform(0.5, 1.5), 0)
+        heapq.heappush(events, (now + running[trial.number][1], trial.number))
+
+    for _ in range(4):
+        start(0.0)
+    told = 0
+    while told < 40:
+        now, number = heapq.heappop(events)
+        trial, epoch_s, step = running.pop(number)
+        step += 1
+        loss = final(trial.params) + 5 * math.exp(-step / 4) + rng.gauss(0, 0.01)
+        stop = study.report(trial, step, loss)
+        if step == 27 or stop:
+            study.tell(trial, loss) if step == 27 else study.tell(trial, state="pruned")
+            told += 1
+            start(now)
+        else:
+            running[number] = (trial, epoch_s, step)
+            heapq.heappush(events, (now + epoch_s, number))
+    study.save(sys.argv[1])
+    print(json.dumps({"told": told, "in_flight": len(study.running()), "best": study.best.value,
+                      "best_params": study.best.params,
+                      "statuses": sorted({t.status.value for t in study.trials}),
+                      "pruned": sum(t.status.value == "pruned" for t in study.trials),
+                      "hydra": "hydra" in sys.modules}))
+"""
+
+
+@pytest.mark.integration
+def test_a_study_drives_a_whole_asynchronous_simulation_without_hydra(tmp_path):
+    """Hydra made unimportable: the study asks, judges reports and learns from what it is told, on a simulated
+    clock with four workers; ASHA stops hopeless trials; the best is near the optimum; the state it saves loads
+    (with Hydra there) into a study with the same trials and best."""
+    (tmp_path / "hydra").mkdir()
+    (tmp_path / "hydra" / "__init__.py").write_text("raise ImportError('no Hydra here')")
+    (tmp_path / "sim.py").write_text(textwrap.dedent(SIMULATION))
+    proc = subprocess.run([sys.executable, "sim.py", str(tmp_path / "state.json")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["told"] == 40 and result["in_flight"] == 4 and not result["hydra"]
+    assert result["statuses"] == ["completed", "pruned", "running"] and result["pruned"] >= 10
+    assert result["best"] < 0.8 and result["best_params"]["act"] == "gelu", result  # optimum 0.1 at x=0.3, depth 1
+
+    loaded = Study.load(tmp_path / "state.json")
+    assert len(loaded.trials) == 44 and loaded.best.value == result["best"]
+    assert len(loaded.running()) == 4 and loaded.trials[0].curve  # the curves, kept once, come back
+    assert loaded.optimizer.observations  # what the GP had learnt, learnt again
+    trial = loaded.ask()
+    assert trial.number == 44 and set(trial.params) == {"x", "depth", "act"}
+
+
+@pytest.mark.unit
+def test_asha_in_a_study_stops_a_hopeless_trial_and_the_gp_learns_its_levels():
+    study = Study({"x": "interval(0, 1)"}, seed=0, n_initial=4, pruner="asha", min_resource=1, max_resource=9,
+                  reduction_factor=3)
+    good, fair, bad = study.ask(), study.ask(), study.ask()
+    for trial, value in ((good, 0.1), (fair, 0.5)):
+        assert not study.report(trial, 1, value)
+    assert study.report(bad, 1, 0.9)  # the third at rung 1, worse than the top third
+    assert bad.stop_reason.startswith("ASHA") and study.report(bad, 2, 0.8)  # it goes on saying so
+    study.tell(bad, state="pruned")
+    assert bad.value == 0.8 and bad.status.value == "pruned"
+    # each one's level 1, and the stopped one's last report past it (Syne Tune's rungs_and_last)
+    assert sorted(o.fraction for o in study.optimizer.observations) == [1 / 9] * 3 + [2 / 9]
+    study.tell(good, 0.05)
+    assert study.best is good and [o.fraction for o in study.optimizer.observations].count(1.0) == 1
+
+
+@pytest.mark.unit
+def test_bad_settings_and_a_bad_space_are_refused_naming_each_problem():
+    with pytest.raises(SweepError) as raised:
+        Study({"lr": "tag(log, interval(0, 1))", "n": "range(3, 3)"}, direction="up")
+    assert raised.value.problems == ["lr: a log scale needs a lower bound above 0, not 0.0",
+                                     "n=range(3, 3): it holds no value", "direction=up: minimize or maximize"]
+    with pytest.raises(SweepError, match="max_resource=null: asha needs the step at which a trial is done"):
+        Study({"x": "interval(0, 1)"}, pruner="asha")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sweep", ["interval(0, 1)", "tag(log, interval(1e-5, 1e-1))", "range(1, 9)",
+                                   "range(0.1, 0.5, 0.1)", "tag(log, range(1, 64, 8))", "choice(relu, gelu)",
+                                   "16,32,64", "choice(1, 2.5, true, 'a b')", "range(5, 1, -2)", "range(7, 8)"])
+def test_the_space_reads_the_override_grammar_as_hydra_reads_it(sweep):
+    assert parse_space({"p": sweep}) == search_space({"p": sweep}, [])[0]
