@@ -117,8 +117,9 @@ def _read_text(uri: str) -> str | None:
         return None
 
 
-def read(where: str) -> SweepData:
-    """What the page shows of the sweep at `where` (a sweep dir or a manifest's URI, as the CLI takes them).
+def read(where: str, running: bool | None = None) -> SweepData:
+    """What the page shows of the sweep at `where` (a sweep dir or a manifest's URI, as the CLI takes them);
+    `running`: whether the sweep still runs (None: a process holds its sweep dir, or, in S3, a job is unfinished).
     FileNotFoundError or ValueError where no manifest is there."""
     from hydra_plugins.hydra_awsbatch_launcher import _manifest, _storage
 
@@ -160,8 +161,9 @@ def read(where: str) -> SweepData:
         metric = _first_metric(trials)
     if objective == "objective":
         objective = _name_of_value(trials, metric)
-    running = bool(_manifest.held_by(Path(sweep_dir))) if local else any(
-        j.state not in _manifest.FINAL for j in manifest.jobs)
+    if running is None:
+        running = bool(_manifest.held_by(Path(sweep_dir))) if local else any(
+            j.state not in _manifest.FINAL for j in manifest.jobs)
     return SweepData(manifest.sweep_id, sweep_dir, launcher, sweeper, _command(config, manifest.settings), direction,
                      objective, metric, params, trials, running or state_running, manifest.settings, config, pruner,
                      manifest.created)
@@ -592,9 +594,11 @@ def render(data: SweepData, spent: Cost | None = None) -> str:
             f"<script type='application/json' id='data'>{blob}</script><script>{SCRIPT}</script></body></html>")
 
 
-def write(where: str, out: str | Path | None = None, price_file: str | None = None) -> tuple[Path, SweepData]:
-    """Write the page of the sweep at `where` to `out` (default: SWEEP_DIR/report.html) atomically; the path."""
-    data = read(where)
+def write(where: str, out: str | Path | None = None, price_file: str | None = None,
+          running: bool | None = None) -> tuple[Path, SweepData]:
+    """Write the page of the sweep at `where` to `out` (default: SWEEP_DIR/report.html) atomically; the path, and
+    what it showed."""
+    data = read(where, running)
     table = price_table(price_file) if price_file else None
     spent = cost(data, table)
     text = render(data, spent)
@@ -616,7 +620,9 @@ class LivePage:
         self.last = -math.inf
         self.thread: threading.Thread | None = None
         self.failed = False
-        self.seen: tuple = ()
+        self.seen: tuple = ()  # the sweep dir's files as the last page saw them
+        self.ran = False  # whether the last page said the sweep runs
+        self.said = False  # whether the end's line (where the page is, what it cost) was logged
         self._at_exit = False
 
     def _stamp(self) -> tuple:
@@ -628,11 +634,11 @@ class LivePage:
                 stamps.append(None)
         return tuple(stamps)
 
-    def _write(self) -> Cost | None:
+    def _write(self, running: bool | None = True) -> Cost | None:
         stamp = self._stamp()
         try:
-            _, data = write(self.sweep_dir)
-            self.seen = stamp
+            _, data = write(self.sweep_dir, running=running)
+            self.seen, self.ran = stamp, data.running
             return cost(data)
         except Exception as error:  # the page never stops a sweep
             if not self.failed:
@@ -660,15 +666,26 @@ class LivePage:
         if not self._at_exit:
             self._at_exit = True
             atexit.register(self.at_exit)
-        spent = self._write()
-        where = Path(self.sweep_dir) / PAGE
+        spent = self._write(running=None if self._unfinished() else False)
+        where, self.said = Path(self.sweep_dir) / PAGE, True
         return f"The sweep's page: {where}" + (f"; {spent.line()}" if spent else "")
 
     def at_exit(self) -> None:
         if self.thread is not None:
             self.thread.join()
-        if Path(self.sweep_dir).is_dir() and self._stamp() != self.seen:
-            self._write()
+        if Path(self.sweep_dir).is_dir() and (self._stamp() != self.seen or self.ran):
+            spent = self._write(running=False)
+            if not self.said:  # a sweeper that never waited on a whole batch (thompson): said once, at the end
+                log.info(f"The sweep's page: {Path(self.sweep_dir) / PAGE}" + (f"; {spent.line()}" if spent else ""))
+
+    def _unfinished(self) -> bool:
+        from hydra_plugins.hydra_awsbatch_launcher import _manifest
+
+        try:
+            return any(j.state not in _manifest.FINAL for j in _manifest.read(
+                str(Path(self.sweep_dir) / _manifest.MANIFEST)).jobs)
+        except (OSError, ValueError):
+            return False
 
 
 CSS = """
