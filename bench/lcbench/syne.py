@@ -81,11 +81,13 @@ def make_blackbox(model: LCBench, task: str):
     return LCBenchBlackbox()
 
 
-def make_scheduler(method: str, seed: int):
+def make_scheduler(method: str, seed: int, points=None):
     from syne_tune.optimizer import legacy_baselines as lb
 
     common = dict(config_space=config_space(), metric=METRIC, mode=MODE, random_seed=seed,
                   search_options={"debug_log": False})
+    if points is not None:  # configs to evaluate first, in order (check_clock.py)
+        common["points_to_evaluate"] = points
     multi = dict(common, resource_attr=RESOURCE, max_resource_attr=MAX_RESOURCE_ATTR)
     if method == "RS":
         return lb.RandomSearch(**common)
@@ -131,7 +133,13 @@ class Timed:
         scheduler.suggest, scheduler.on_trial_result = suggest, on_trial_result
 
 
-def run_one(model: LCBench, task: str, method: str, seed: int, budget: float, n_workers: int) -> dict:
+def run_one(model: LCBench, task: str, method: str, seed: int, budget: float, n_workers: int, points=None,
+            poll: float = 0.1, charge_host_time: bool = False) -> dict:
+    """One tuning run on the simulated clock. `poll`: the simulated seconds between the tuner's looks at its
+    workers (Syne Tune's `tuner_sleep_time`, 5 s by default: a free worker idles until the next look; 0.1 s here
+    keeps that idling below the surrogate's own resolution). `charge_host_time`: Syne Tune's simulator adds the
+    host time its scheduler spends to the simulated clock; off, the clock is the surrogate's alone (the
+    scheduler's time is reported beside it), as in our loop by default."""
     from syne_tune import StoppingCriterion, Tuner
     from syne_tune.backend.simulator_backend.simulator_callback import SimulatorCallback
     from syne_tune.blackbox_repository.simulated_tabular_backend import UserBlackboxBackend
@@ -140,26 +148,25 @@ def run_one(model: LCBench, task: str, method: str, seed: int, budget: float, n_
 
     np.random.seed(seed)
     backend = UserBlackboxBackend(blackbox=make_blackbox(model, task), elapsed_time_attr=TIME_ATTR,
-                                  max_resource_attr=MAX_RESOURCE_ATTR)
-    scheduler = make_scheduler(method, seed)
+                                  max_resource_attr=MAX_RESOURCE_ATTR, tuner_sleep_time=poll)
+    if not charge_host_time:
+        backend.time_keeper.real_time_since_last_recent_exit = lambda: 0.0
+    scheduler = make_scheduler(method, seed, points)
     timed = Timed(scheduler)
-    curve = {"t": [], "best": []}
+    seen = []  # (simulated time, val_accuracy) of every result within the budget
     trials = set()
 
-    class Incumbent(TunerCallback):
+    class Results(TunerCallback):
         def on_trial_result(self, trial, status, result, decision):
-            t, y = float(result[ST_TUNER_TIME]), float(result[METRIC])
-            if t > budget:
-                return
-            trials.add(trial.trial_id)
-            if not curve["best"] or y > curve["best"][-1]:
-                curve["t"].append(t)
-                curve["best"].append(y)
+            t = float(result[ST_TUNER_TIME])
+            if t <= budget:
+                trials.add(trial.trial_id)
+                seen.append((t, float(result[METRIC])))
 
     t0 = time.perf_counter()
     tuner = Tuner(trial_backend=backend, scheduler=scheduler,
                   stop_criterion=StoppingCriterion(max_wallclock_time=budget), n_workers=n_workers, sleep_time=0,
-                  callbacks=[SimulatorCallback(), Incumbent()],
+                  callbacks=[SimulatorCallback(), Results()],
                   results_update_interval=1e9, print_update_interval=1e9, save_tuner=False,
                   tuner_name=f"lcbench-{method}-{task}-{seed}", metadata={})
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # its status tables
@@ -168,13 +175,25 @@ def run_one(model: LCBench, task: str, method: str, seed: int, budget: float, n_
     decisions = np.array(timed.suggest + timed.result)
     return {
         "method": method, "task": task, "seed": seed, "budget_s": budget, "n_workers": n_workers,
-        "incumbent": curve, "trials": len(trials), "results": timed.results_seen,
+        "incumbent": incumbent(seen), "trials": len(trials), "results": len(seen),
         "host_s": host,
         "suggest_s": suggest_stats(timed.suggest, timed.suggest_at, timed.suggest_new),
         "result_s": {"n": len(timed.result), "median": _median(timed.result), "total": float(sum(timed.result))},
         "decision_median_s": _median(decisions), "decision_mean_s": float(decisions.mean()) if len(decisions) else None,
+        "clock": {"poll_s": poll, "host_time_charged": charge_host_time},
         "syne_tune": SYNE_TUNE_VERSION,
     }
+
+
+def incumbent(seen) -> dict:
+    """The best value so far at each simulated time it improved. Results are sorted by time first: Syne Tune's
+    tuner takes in the results of one look at its workers trial by trial, not in time order."""
+    curve = {"t": [], "best": []}
+    for t, y in sorted(seen):
+        if not curve["best"] or y > curve["best"][-1]:
+            curve["t"].append(t)
+            curve["best"].append(y)
+    return curve
 
 
 def suggest_stats(durations, results_before, new) -> dict:
@@ -199,7 +218,12 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=7200.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--points", help="a json list of configs the scheduler evaluates first, in order")
+    parser.add_argument("--poll", type=float, default=0.1, help="simulated seconds between the tuner's looks")
+    parser.add_argument("--charge-host-time", action="store_true",
+                        help="add the scheduler's host time to the simulated clock (Syne Tune's default)")
     args = parser.parse_args(argv)
+    points = json.loads(Path(args.points).read_text()) if args.points else None
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)  # pandas' notice about its random state
     for name in ("syne_tune", "syne_tune.tuner"):
@@ -208,7 +232,8 @@ def main(argv=None) -> int:
     model = LCBench()
     for method in args.methods:
         for seed in args.seeds:
-            record = run_one(model, args.task, method, seed, args.budget, args.workers)
+            record = run_one(model, args.task, method, seed, args.budget, args.workers, points, args.poll,
+                             args.charge_host_time)
             with open(args.out, "a") as f:
                 f.write(json.dumps(record) + "\n")
             print(f"{method} task {args.task} seed {seed}: best {record['incumbent']['best'][-1]:.3f} "
