@@ -610,6 +610,18 @@ def write(where: str, out: str | Path | None = None, price_file: str | None = No
     return target, data
 
 
+def _import_now() -> None:
+    """What a page imports, imported early: at the program's end a first import of scikit-learn fails (it
+    registers exit hooks of its own)."""
+    import plotly.offline  # noqa: F401
+
+    try:
+        import sklearn.ensemble
+        import sklearn.inspection  # noqa: F401
+    except ImportError:
+        pass
+
+
 class LivePage:
     """The page of a sweep the engine runs: rewritten at most every `every_s` from a thread of its own (the watcher
     only looks at the clock), once when the sweep's jobs are all in, and at the program's end where the sweep dir
@@ -655,8 +667,12 @@ class LivePage:
         if not self._at_exit:
             self._at_exit = True
             atexit.register(self.at_exit)
-        self.thread = threading.Thread(target=self._write, name="report-page", daemon=True)
+        self.thread = threading.Thread(target=self._warm_then_write, name="report-page", daemon=True)
         self.thread.start()
+
+    def _warm_then_write(self) -> None:
+        _import_now()
+        self._write()
 
     def final(self) -> str:
         """Write it now (the jobs are in); the line that says where it is and what the sweep cost."""
@@ -697,7 +713,8 @@ white-space:nowrap;color:#555}table.head td{padding:.3em 0}
 pre.cmd{background:#f4f4f4;padding:.4em .6em;margin:.2em 0;white-space:pre-wrap;word-break:break-all;
 user-select:all}
 .dot{display:inline-block;width:.7em;height:.7em;border-radius:50%;margin:0 .3em 0 .6em}
-.views{display:flex;flex-wrap:wrap;gap:.5em}.plot{flex:1 1 520px;min-height:360px}.note{color:#666}
+.views{display:flex;flex-wrap:wrap;gap:.5em}.plot{flex:0 0 calc(50% - .25em);min-height:360px}
+.plot.wide{flex:0 0 100%}.note{color:#666}
 table.grid{border-collapse:collapse;font-size:13px}table.grid td,table.grid th{border:1px solid #ddd;
 padding:.25em .5em;text-align:left;vertical-align:top}
 """
@@ -713,8 +730,10 @@ const label = t => 'trial ' + t.n + (t.job !== null && t.job !== undefined ? ' (
   ', ' + t.s +
   (t.v !== null && t.v !== undefined ? ', ' + D.objective + ' ' + fmt(t.v) : '') + '<br>' +
   P.map((p, i) => p.name + '=' + fmt(t.p[i])).join('<br>');
+const WIDE = ['parallel', 'curves', 'timeline', 'rungs', 'importance'];
 function view(section, id) {
-  const div = document.createElement('div'); div.className = 'plot'; if (id) div.id = id;
+  const div = document.createElement('div'); div.className = WIDE.includes(section) ? 'plot wide' : 'plot';
+  if (id) div.id = id;
   document.getElementById('v-' + section).appendChild(div); return div;
 }
 function note(section, text) {
@@ -723,6 +742,7 @@ function note(section, text) {
 }
 function plot(section, traces, layout, id) {
   const div = view(section, id);
+  if (layout.title) layout.title = Object.assign({x: 0.01, xanchor: 'left'}, layout.title);  // clear of the tools
   Plotly.newPlot(div, traces, Object.assign({margin: {t: 40, r: 20, b: 50, l: 60}, hovermode: 'closest',
     legend: {orientation: 'h', y: -0.2}}, layout), CFG);
   return div;
