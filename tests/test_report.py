@@ -334,3 +334,15 @@ def test_rank_correlation_at_each_rung():
         curve = [{"step": 1, "loss": n}, {"step": 3, "loss": -n}, {"step": 9, "loss": n}]
         data.trials.append(_report.Trial(n, n, {}, "completed", float(n), curve=curve))
     assert [(r["level"], r["rho"]) for r in _report.rungs(data)] == [(1, 1.0), (3, -1.0)]
+
+
+def test_report_of_a_sweep_in_s3_staging(app_folder, aws_env, bucket, tmp_path):
+    staging = f"s3://{bucket}/staging"
+    run(app_folder, aws_env, LOCAL, "+lr=1e-3,1e-2", "+width=16", "+opt=adam", "+pause=0.01",
+        "hydra.launcher.in_place=false", f"hydra.launcher.staging_uri={staging}", "hydra.sweep.dir=sweep")
+    sweep_id = json.loads((app_folder / "sweep/manifest.json").read_text())["sweep_id"]
+    page = tmp_path / "from-s3.html"
+    made = cli("report", f"{staging}/sweeps/{sweep_id}", "-o", str(page), env=aws_env)
+    assert made.returncode == 0 and "2 completed" in made.stdout, made.stdout + made.stderr
+    data = json.loads(page.read_text().split("id='data'>")[1].split("</script>")[0])
+    assert [len(t["cx"]) for t in data["trials"]] == [9, 9]  # each curve, from the metrics parts in staging

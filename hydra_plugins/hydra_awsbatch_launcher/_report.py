@@ -230,6 +230,18 @@ def _curve(job, manifest, local: bool) -> list:
             return _metrics.parse(path.read_text())
         except OSError:
             pass
+    else:  # a sweep read from staging: what the job wrote there (one listing and a read a part)
+        from hydra_plugins.hydra_awsbatch_launcher import _storage
+
+        folder = manifest.staging.metrics(job.num)
+        try:
+            parts = sorted(rel for rel, _ in _storage.list_files(folder) if rel.startswith("part-"))
+            records = [record for rel in parts
+                       for record in _metrics.parse(_storage.read_bytes(_storage.join(folder, rel)).decode())]
+        except Exception:  # unreachable, or nothing there: the last report the manifest keeps
+            records = []
+        if records:
+            return records
     return [job.last_report] if job.last_report else []
 
 
