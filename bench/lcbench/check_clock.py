@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         (Path(tmp) / "points.json").write_text(json.dumps(points))
         python = ensure_venv(Path(args.venv))
         subprocess.run([str(python), "-m", "bench.lcbench.syne", "--task", args.task, "--methods", "RS",
-                        "--budget", str(args.budget), "--points", str(Path(tmp) / "points.json"),
+                        "--budget", str(args.budget), "--poll", "0.1", "--points", str(Path(tmp) / "points.json"),
                         "--out", str(Path(tmp) / "syne.jsonl")], cwd=ROOT, check=True, capture_output=True)
         theirs = json.loads((Path(tmp) / "syne.jsonl").read_text().splitlines()[0])
     ours = own.simulate(model, args.task, Replay(points), args.budget, 4)
@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     same_values = a["best"] == b["best"]
     dt = np.subtract(a["t"], b["t"]) if same_values else None
     # Syne Tune's simulator adds 0.05 s latencies (trial start, each result, completion) and looks at its workers
-    # every --poll 0.1 s: its trials start a little later, more so for each trial a worker has run before.
+    # every 0.1 s here (--poll; the bench's 0.5 s default leaves up to 0.5 s more a trial): its trials start a
+    # little later, more so for each trial a worker has run before.
     tolerance = 2e-4 * args.budget
     # (a result within that much of the budget's end may fall on either side of it)
     ok = bool(same_values and abs(theirs["results"] - ours["results"]) <= 4 and np.abs(dt).max() <= tolerance)

@@ -97,8 +97,8 @@ def _median_of(values):
 def table(summary: dict, checkpoints=CHECKPOINTS) -> str:
     """The pooled IQM regret [95 % interval] at each checkpoint, seeds and host time, one line a method."""
     head = ("| method | seeds/task | " + " | ".join(f"{t} s" for t in checkpoints)
-            + " | new config: median / mean | at 400-600 results | trials/run |")
-    lines = [head, "|" + " --- |" * (len(checkpoints) + 5)]
+            + " | new config: median / mean | at 400-600 results | trials/run | host s/run |")
+    lines = [head, "|" + " --- |" * (len(checkpoints) + 6)]
     for method, entry in summary.items():
         seeds = sorted(set(entry["seeds"].values()))
         cells = [f"{entry['pooled'][str(t)]['iqm']:.4f} [{entry['pooled'][str(t)]['lo']:.4f}, "
@@ -106,7 +106,8 @@ def table(summary: dict, checkpoints=CHECKPOINTS) -> str:
         host = entry["host"]
         lines.append(f"| {method} | {'/'.join(map(str, seeds))} | " + " | ".join(cells)
                      + f" | {_ms(host['new_config_median_s'])} / {_ms(host['new_config_mean_s'])} | "
-                     + f"{_ms(host['new_config_median_at_400_600_results_s'])} | {host['trials_per_run_median']:.0f} |")
+                     + f"{_ms(host['new_config_median_at_400_600_results_s'])} | {host['trials_per_run_median']:.0f} | "
+                     + f"{host['host_s_per_run_median']:.1f} |")
     return "\n".join(lines)
 
 
