@@ -88,23 +88,34 @@ def sig(value, digits: int = 6) -> str:
     return f"{number:.{digits}g}"
 
 
-def _hydra_config(sweep_dir: str) -> dict:
-    """multirun.yaml's hydra node: the command's overrides, the sweeper's and launcher's settings."""
+def _hydra_config(sweep_dir: str, first_job: str | None = None) -> dict:
+    """multirun.yaml's hydra node: the command's overrides, the sweeper's and launcher's settings. A sweeper that
+    writes no multirun.yaml (Optuna's): the first job's .hydra/hydra.yaml, whose task overrides are that job's
+    values, not the command's (marked "from_job")."""
     import yaml
 
-    try:
-        with open(Path(sweep_dir) / "multirun.yaml") as file:
-            return (yaml.safe_load(file) or {}).get("hydra") or {}
-    except (OSError, ValueError, yaml.YAMLError, AttributeError):
-        return {}
+    for path, from_job in ((Path(sweep_dir) / "multirun.yaml", False),
+                           (Path(sweep_dir) / (first_job or "0") / ".hydra" / "hydra.yaml", True)):
+        try:
+            with open(path) as file:
+                found = (yaml.safe_load(file) or {}).get("hydra") or {}
+        except (OSError, ValueError, yaml.YAMLError, AttributeError):
+            continue
+        return dict(found, from_job=True) if from_job else found
+    return {}
 
 
-def _command(config: dict, settings: dict) -> str:
+def _command(config: dict, settings: dict, searched=()) -> str:
     overrides = config.get("overrides") or {}
-    words = [o for o in overrides.get("hydra", []) if o != "hydra.mode=MULTIRUN"] + list(overrides.get("task", []))
+    task = list(overrides.get("task", []))
+    if config.get("from_job"):  # a job's values: the searched ones are the sweeper's to choose
+        task = [o for o in task if o.partition("=")[0] not in set(searched)]
+    words = [o for o in overrides.get("hydra", []) if o != "hydra.mode=MULTIRUN"] + task
     script = settings.get("script") or f"{(config.get('job') or {}).get('name') or 'app'}.py"
     cwd = (config.get("runtime") or {}).get("cwd") or settings.get("code_root")
     line = " ".join(["python", shlex.quote(script), "--multirun", *map(shlex.quote, words)])
+    if config.get("from_job") and searched:
+        line += f"  # and the search space of {', '.join(searched)} (this sweeper keeps no record of it)"
     return f"cd {shlex.quote(cwd)} && {line}" if cwd else line
 
 
@@ -126,7 +137,7 @@ def read(where: str, running: bool | None = None) -> SweepData:
     manifest = _manifest.read(_manifest.location(where))
     local = not _storage.is_s3(_manifest.location(where))
     sweep_dir = manifest.sweep_dir
-    config = _hydra_config(sweep_dir) if local else {}
+    config = _hydra_config(sweep_dir, manifest.jobs[0].subdir if manifest.jobs else None) if local else {}
     state_text = _read_text(str(Path(sweep_dir) / STATE)) if local else None
     if state_text is None:
         state_text = _read_text(_storage.join(manifest.staging.sweep, STATE))
@@ -156,6 +167,12 @@ def read(where: str, running: bool | None = None) -> SweepData:
         objective_key = sweeper_conf.get("objective")
         trials = [_trial_of_job(job, manifest, local, objective_key) for job in manifest.jobs]
         params = _params_of_overrides(trials)
+        specs = {} if config.get("from_job") else dict(
+            o.partition("=")[::2] for o in (config.get("overrides") or {}).get("task", []))
+        specs.update((str(k), str(v)) for k, v in (sweeper_conf.get("params") or {}).items())
+        for p in params:  # a log scale the command asked for: tag(log, ...), Optuna's and Nevergrad's too
+            spec = specs.get(p.name) or specs.get(p.name.lstrip("+~")) or ""
+            p.log = p.log or (p.kind != "choice" and "log" in spec)
         objective, metric, pruner, state_running = objective_key or "objective", objective_key, {}, False
     if metric is None or not any(metric in r for t in trials for r in t.curve):
         metric = _first_metric(trials)
@@ -164,7 +181,8 @@ def read(where: str, running: bool | None = None) -> SweepData:
     if running is None:
         running = bool(_manifest.held_by(Path(sweep_dir))) if local else any(
             j.state not in _manifest.FINAL for j in manifest.jobs)
-    return SweepData(manifest.sweep_id, sweep_dir, launcher, sweeper, _command(config, manifest.settings), direction,
+    command = _command(config, manifest.settings, [p.name for p in params])
+    return SweepData(manifest.sweep_id, sweep_dir, launcher, sweeper, command, direction,
                      objective, metric, params, trials, running or state_running, manifest.settings, config, pruner,
                      manifest.created)
 
@@ -451,7 +469,7 @@ def price_table(path: str | None = None) -> dict:
 
 
 def dollars(amount: float) -> str:
-    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.2g}"
+    return f"${amount:,.2f}" if amount >= 0.01 else "under $0.01"
 
 
 @dataclass
