@@ -54,27 +54,34 @@ def parse_seeds(default: int, overrides: list[str]) -> dict:
     return lambda method: list(range(per.get(method, default)))
 
 
+SLOW = ("MOBSTER", "HyperTune")  # minutes a run: one process a seed, started first
+
+
+def slow(method: str) -> bool:
+    return method in SLOW or method.startswith("ours")
+
+
 def jobs(args, seeds_of, workdir: Path, syne_python: Path | None):
-    """One subprocess a (task, method): its runs appended to a jsonl of its own."""
+    """Subprocesses, slow methods first and one a seed (the two processes at once then end together), the others
+    one a (task, method): each appends its runs to a jsonl of its own."""
     out = []
     for task in args.tasks:
         for method in args.methods:
             seeds = [str(s) for s in seeds_of(method)]
-            if not seeds:
-                continue
-            jsonl = workdir / f"{method}-{task}.jsonl"
-            common = ["--task", task, "--methods", method, "--seeds", *seeds, "--budget", str(args.budget),
-                      "--workers", str(args.workers), "--out", str(jsonl)]
-            if args.charge_host_time:
-                common.append("--charge-host-time")
-            if method in SYNE_METHODS:
-                cmd = [str(syne_python), "-m", "bench.lcbench.syne", *common, "--poll", str(args.poll)]
-            else:
-                cmd = [sys.executable, "-m", "bench.lcbench.own", *common]
-            if args.nice:
-                cmd = ["nice", "-n", str(args.nice), *cmd]
-            out.append((method, task, cmd, jsonl))
-    return out
+            for group in ([[s] for s in seeds] if slow(method) else [seeds] if seeds else []):
+                jsonl = workdir / f"{method}-{task}-{group[0]}.jsonl"
+                common = ["--task", task, "--methods", method, "--seeds", *group, "--budget", str(args.budget),
+                          "--workers", str(args.workers), "--out", str(jsonl)]
+                if args.charge_host_time:
+                    common.append("--charge-host-time")
+                if method in SYNE_METHODS:
+                    cmd = [str(syne_python), "-m", "bench.lcbench.syne", *common, "--poll", str(args.poll)]
+                else:
+                    cmd = [sys.executable, "-m", "bench.lcbench.own", *common]
+                if args.nice:
+                    cmd = ["nice", "-n", str(args.nice), *cmd]
+                out.append((method, task, cmd, jsonl))
+    return sorted(out, key=lambda job: not slow(job[0]))  # stable: tasks and methods in order otherwise
 
 
 def run_jobs(todo, parallel: int, failed: list) -> list[dict]:
