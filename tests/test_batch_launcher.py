@@ -282,6 +282,9 @@ def test_a_job_without_a_result_says_why_and_shows_its_log_tail(sweep, app, aws_
 
     tail = cli("logs", "sweep", "1", "-n", "5", env=aws_env, cwd=app)
     assert tail.returncode == 0 and tail.stdout.splitlines() == [f"log line {i}" for i in range(56, 61)]
+    assert "Found credentials" not in tail.stderr  # botocore's INFO lines stay out
+    follow = cli("logs", "sweep", "1", "-n", "5", "-f", env=aws_env, cwd=app)  # the job ended: its tail, and done
+    assert follow.returncode == 0 and follow.stdout.splitlines() == [f"log line {i}" for i in range(56, 61)]
 
 
 def test_cli_names_a_missing_manifest(tmp_path, aws_env):
