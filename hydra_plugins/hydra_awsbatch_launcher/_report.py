@@ -179,11 +179,11 @@ def read(where: str, running: bool | None = None) -> SweepData:
     if objective == "objective":
         objective = _name_of_value(trials, metric)
     if running is None:
-        running = bool(_manifest.held_by(Path(sweep_dir))) if local else any(
-            j.state not in _manifest.FINAL for j in manifest.jobs)
+        running = state_running or (bool(_manifest.held_by(Path(sweep_dir))) if local else any(
+            j.state not in _manifest.FINAL for j in manifest.jobs))
     command = _command(config, manifest.settings, [p.name for p in params])
     return SweepData(manifest.sweep_id, sweep_dir, launcher, sweeper, command, direction,
-                     objective, metric, params, trials, running or state_running, manifest.settings, config, pruner,
+                     objective, metric, params, trials, running, manifest.settings, config, pruner,
                      manifest.created)
 
 
@@ -490,6 +490,16 @@ class Cost:
                 f"{self.resources}")
 
 
+def worker_seconds(data: SweepData) -> float:
+    """The time the jobs ran (started to stopped; still running: to now), in all."""
+    seconds = 0.0
+    for trial in data.trials:
+        start, end = trial.marks.get("started"), trial.marks.get("stopped") or trial.marks.get("home")
+        if start is not None:
+            seconds += max(0.0, (end or time.time()) - start)
+    return seconds
+
+
 def cost(data: SweepData, table: dict | None = None) -> Cost | None:
     """The sweep's cost at the table's prices: each job's vCPUs, memory and GPUs times the time it ran."""
     try:
@@ -504,11 +514,7 @@ def cost(data: SweepData, table: dict | None = None) -> Cost | None:
     gpus = _number(launcher.get("gpus")) or _number(default.get("gpus")) or 0.0
     nodes = _number(launcher.get("nodes")) or 1.0
     family = table["families"][table["gpu_family"] if gpus else table["cpu_family"]]
-    seconds = 0.0
-    for trial in data.trials:
-        start, end = trial.marks.get("started"), trial.marks.get("stopped") or trial.marks.get("home")
-        if start is not None:
-            seconds += max(0.0, (end or time.time()) - start) * nodes
+    seconds = worker_seconds(data) * nodes
 
     def price(kind: str) -> float:
         rates = family[kind]
@@ -569,7 +575,7 @@ def _header(data: SweepData, spent: Cost | None) -> str:
     t0 = min((t.marks.get("submitted") or math.inf for t in data.trials), default=math.inf)
     ends = [_end(t) for t in data.trials if _end(t)]
     wall = ((time.time() if data.running else max(ends, default=t0)) - t0) if math.isfinite(t0) else 0.0
-    busy = spent.worker_s if spent else 0.0
+    busy = worker_seconds(data)
     state = "running (this page is rewritten every 30 s while it runs: reload)" if data.running else "ended"
     rows = [("sweep", f"<code>{e(data.sweep_id)}</code>, {e(state)}, written {e(time.strftime('%Y-%m-%d %H:%M:%S'))}"),
             ("run it again", f"<pre class=cmd>{e(data.command)}</pre>"),
