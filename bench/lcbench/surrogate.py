@@ -19,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(os.environ.get("LCBENCH_DATA", Path(__file__).resolve().parents[3] / "shared" / "data" / "yahpo_lcbench"))
+_HERE = Path(__file__).resolve()
+# shared/ beside the checkout (developers, CI) or inside it; LCBENCH_DATA overrides.
+DATA = Path(os.environ.get("LCBENCH_DATA", next(
+    (p for p in (_HERE.parents[3] / "shared" / "data" / "yahpo_lcbench",
+                 _HERE.parents[2] / "shared" / "data" / "yahpo_lcbench") if p.exists()),
+    _HERE.parents[3] / "shared" / "data" / "yahpo_lcbench")))
 OBJECTIVES = ("time", "val_accuracy", "val_cross_entropy", "val_balanced_accuracy", "test_cross_entropy",
               "test_balanced_accuracy")
 EPOCHS = 52
