@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import html
+import importlib
 import json
 import logging
 import math
@@ -617,7 +618,10 @@ SECTIONS = [("best", "Best so far"), ("params", "Objective against each paramete
 
 def render(data: SweepData, spent: Cost | None = None) -> str:
     """The page: the header and tables in HTML, the plots drawn by Plotly (inlined) from the data."""
-    from plotly.offline import get_plotlyjs
+    try:
+        from plotly.offline import get_plotlyjs
+    except ImportError:
+        raise ImportError("the sweep page draws with Plotly, which is not installed: pip install plotly") from None
 
     blob = json.dumps(page_data(data), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     sections = "".join(f"<section id='{key}'><h2>{title}</h2><div class=views id='v-{key}'></div></section>"
@@ -649,13 +653,11 @@ def write(where: str, out: str | Path | None = None, price_file: str | None = No
 def _import_now() -> None:
     """What a page imports, imported early: at the program's end a first import of scikit-learn fails (it
     registers exit hooks of its own)."""
-    import plotly.offline  # noqa: F401
-
-    try:
-        import sklearn.ensemble
-        import sklearn.inspection  # noqa: F401
-    except ImportError:
-        pass
+    for name in ("plotly.offline", "sklearn.ensemble", "sklearn.inspection"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # said where it is needed
+            pass
 
 
 class LivePage:
