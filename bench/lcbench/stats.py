@@ -82,6 +82,7 @@ def summarise(runs: list[dict], reference: dict, checkpoints=CHECKPOINTS, reps: 
             "new_config_median_at_400_600_results_s": _median_of(r["suggest_s"]["median_new_at_400_600_results"]
                                                                  for r in all_runs),
             "host_s_per_run_median": float(np.median([r["host_s"] for r in all_runs])),
+            "cpu_s_per_run_median": _median_of(r.get("cpu_s") for r in all_runs),
             "trials_per_run_median": float(np.median([r["trials"] for r in all_runs])),
             "results_per_run_median": float(np.median([r["results"] for r in all_runs])),
         }
@@ -97,7 +98,7 @@ def _median_of(values):
 def table(summary: dict, checkpoints=CHECKPOINTS) -> str:
     """The pooled IQM regret [95 % interval] at each checkpoint, seeds and host time, one line a method."""
     head = ("| method | seeds/task | " + " | ".join(f"{t} s" for t in checkpoints)
-            + " | new config: median / mean | at 400-600 results | trials/run | host s/run |")
+            + " | new config: median / mean | at 400-600 results | trials/run | host s/run (CPU s) |")
     lines = [head, "|" + " --- |" * (len(checkpoints) + 6)]
     for method, entry in summary.items():
         seeds = sorted(set(entry["seeds"].values()))
@@ -107,7 +108,7 @@ def table(summary: dict, checkpoints=CHECKPOINTS) -> str:
         lines.append(f"| {method} | {'/'.join(map(str, seeds))} | " + " | ".join(cells)
                      + f" | {_ms(host['new_config_median_s'])} / {_ms(host['new_config_mean_s'])} | "
                      + f"{_ms(host['new_config_median_at_400_600_results_s'])} | {host['trials_per_run_median']:.0f} | "
-                     + f"{host['host_s_per_run_median']:.1f} |")
+                     + f"{host['host_s_per_run_median']:.1f} ({_s(host['cpu_s_per_run_median'])}) |")
     return "\n".join(lines)
 
 
@@ -124,6 +125,10 @@ def task_table(summary: dict, t: int) -> str:
         p = entry["pooled"][str(t)]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {p['iqm']:.4f} [{p['lo']:.4f}, {p['hi']:.4f}] |")
     return "\n".join(lines)
+
+
+def _s(seconds) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}"
 
 
 def _ms(seconds) -> str:

@@ -170,7 +170,7 @@ def run_one(model: LCBench, task: str, method: str, seed: int, budget: float, n_
                 trials.add(trial.trial_id)
                 seen.append((t, float(result[METRIC])))
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     tuner = Tuner(trial_backend=backend, scheduler=scheduler,
                   stop_criterion=StoppingCriterion(max_wallclock_time=budget), n_workers=n_workers, sleep_time=0,
                   callbacks=[SimulatorCallback(), Results()],
@@ -178,12 +178,12 @@ def run_one(model: LCBench, task: str, method: str, seed: int, budget: float, n_
                   tuner_name=f"lcbench-{method}-{task}-{seed}", metadata={})
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # its status tables
         tuner.run()
-    host = time.perf_counter() - t0
+    host, cpu = time.perf_counter() - t0, time.process_time() - c0
     decisions = np.array(timed.suggest + timed.result)
     return {
         "method": method, "task": task, "seed": seed, "budget_s": budget, "n_workers": n_workers,
         "incumbent": incumbent(seen), "trials": len(trials), "results": len(seen),
-        "host_s": host,
+        "host_s": host, "cpu_s": cpu,
         "suggest_s": suggest_stats(timed.suggest, timed.suggest_at, timed.suggest_new),
         "result_s": {"n": len(timed.result), "median": _median(timed.result), "total": float(sum(timed.result))},
         "decision_median_s": _median(decisions), "decision_mean_s": float(decisions.mean()) if len(decisions) else None,
