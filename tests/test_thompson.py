@@ -210,8 +210,9 @@ def test_trials_in_flight_are_believed_at_the_posterior_mean_where_the_resource_
             opt.observe({"x": x}, (x - 0.3) ** 2)
         for fraction in (1 / 27, 3 / 27, 9 / 27) if resource_floor else ():
             opt.observe({"x": 0.3}, 0.5 * (1 - fraction), fraction)
-        at = opt._inputs(torch.tensor([[0.3]], dtype=torch.float64))
-        return statistics.stdev(float(opt._sample_path(at if believe else None)(at)) for _ in range(64))
+        at = opt.gp.inputs(torch.tensor([[0.3]], dtype=torch.float64))
+        return statistics.stdev(float(opt.gp.sample_path(opt.seen(), at if believe else None)(at))
+                                for _ in range(64))
 
     assert spread(1 / 27, believe=True) < 0.75 * spread(1 / 27, believe=False)  # 0.45 to 0.6 over six seeds
     assert spread(None, believe=True) == spread(None, believe=False)
@@ -276,8 +277,10 @@ def test_prefit_makes_the_fit_a_proposal_would_make_so_the_proposal_makes_none(m
     """The sweeper calls prefit() while every worker is busy: the GP's hyperparameters are fitted then, where the
     next proposal (or the one after the next result) would fit them, and not again in that proposal."""
     fits = []
-    real = Optimizer._fit
-    monkeypatch.setattr(Optimizer, "_fit", staticmethod(lambda model: (fits.append(1), real(model))))
+    from hydra_plugins.hydra_thompson_sweeper._gp import GP
+
+    real = GP.fit
+    monkeypatch.setattr(GP, "fit", staticmethod(lambda model: (fits.append(1), real(model))))
     opt = Optimizer(Space([Dimension.interval("x", 0.0, 1.0)]), n_initial=4, refit_every=5, seed=3)
     for _ in range(4):  # the Sobol design: nothing to fit before it ends
         opt.prefit()

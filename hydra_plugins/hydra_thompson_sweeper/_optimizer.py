@@ -38,6 +38,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra_plugins.hydra_thompson_sweeper._gp import GP, inside
+
 ALGORITHMS = ("asy_ts", "syn_ts", "asy_random", "syn_random")  # asynchronous or in batches; GP or random
 FLOAT, INT, GRID, CHOICE = "float", "int", "grid", "choice"  # GRID: a float start and step
 
@@ -273,8 +275,7 @@ class Optimizer:
             raise ValueError("; ".join(problems))
         if self.patience is None:
             self.patience = max(40, 5 * len(self.space.dimensions))
-        self._hyper: dict | None = None  # the GP's fitted hyperparameters
-        self._fitted_at = 0  # observations when they were fitted
+        self.gp = GP(self.space, self.direction, self.refit_every, self.resource_floor, self.n_candidates)
         self._replaying = False  # observations given back after a resume (replay)
 
     @property
@@ -363,7 +364,7 @@ class Optimizer:
         now, search = self.proposed, self.search
         avoid = search.avoid + tuple(self._basin())
         self.searches.append(Search(0, now, avoid) if search.fresh else Search(now, now, avoid))
-        self._hyper, self._fitted_at = None, 0
+        self.gp.reset()
 
     def _basin(self) -> list[Basin]:
         """The basin of the current search: its own best trial, in the lengthscales of its GP fitted now."""
@@ -371,7 +372,7 @@ class Optimizer:
         if best is None or len(self.seen()) < 2:
             return []
         with self._random(self.proposed):
-            model = self._model(refit=True)
+            model = self.gp.model(self.seen(), refit=True)
         scales = next(m.lengthscale for m in model.covar_module.modules() if getattr(m, "lengthscale", None)
                       is not None).detach().reshape(-1)
         centre = self.space.encode(best.params)
@@ -388,18 +389,6 @@ class Optimizer:
             return None
         pick = min if self.direction == "minimize" else max
         return pick(full, key=lambda o: o.value)
-
-    def _inputs(self, features, fractions=None):
-        """The GP's inputs: the space's columns, and the fraction's where a resource is modelled (full
-        trainings when fractions is None)."""
-        import torch
-
-        if self.resource_floor is None:
-            return features
-        if fractions is None:
-            fractions = torch.ones(len(features), dtype=features.dtype)
-        column = 1.0 - fractions.log() / math.log(self.resource_floor) if self.resource_floor < 1 else fractions
-        return torch.cat([features, column[:, None]], dim=1)
 
     # ------------------------------------------------------------------------------------------- ask
     def propose(self, pending: list[dict] = ()) -> dict:
@@ -421,9 +410,9 @@ class Optimizer:
         """Fit the GP's hyperparameters now where the next proposal would fit them, or would once one more
         result is in. A caller whose workers are all busy calls this after it submitted, so that the fit (and
         the first time, BoTorch's import) is not paid between a trial's end and the next trial's start."""
-        if self._gp_next() and self._fit_due(len(self.seen()) + 1):
+        if self._gp_next() and self.gp.fit_due(len(self.seen()) + 1):
             with self._random(self.proposed):  # a fit that retries draws
-                self._model(ahead=1)
+                self.gp.model(self.seen(), ahead=1)
 
     @contextlib.contextmanager
     def _random(self, number: int):
@@ -440,10 +429,6 @@ class Optimizer:
         return (self.thompson and self.proposed - self.search.since >= self.n_initial
                 and len(self.seen()) >= 2)
 
-    def _fit_due(self, n: int) -> bool:
-        """Whether a GP of n observations has its hyperparameters fitted anew."""
-        return self._hyper is None or n - self._fitted_at >= self.refit_every
-
     def _sobol(self, number: int, seed: int, avoid: tuple = ()) -> dict:
         """Point `number` of a scrambled Sobol sequence, counting only the points outside these basins."""
         import torch
@@ -453,131 +438,16 @@ class Optimizer:
             engine.fast_forward(number)
             return self.space.decode(engine.draw(1, dtype=torch.float64)[0].tolist())
         drawn = engine.draw(8 * max(128, self.n_initial), dtype=torch.float64)  # the same for every number
-        inside = self._inside(self.space.features(drawn), avoid)
-        ordered = torch.cat([drawn[~inside], drawn[inside]])  # basins that hold nearly all: their points last
+        held = inside(self.space.features(drawn), avoid)
+        ordered = torch.cat([drawn[~held], drawn[held]])  # basins that hold nearly all: their points last
         return self.space.decode(ordered[number].tolist())
 
     def _avoided(self) -> tuple:
         """The basins the current search proposes nothing in: those of the searches before, if it is fresh."""
         return self.search.avoid if self.search.fresh else ()
 
-    @staticmethod
-    def _inside(columns, basins: tuple):
-        """Which of these points (the space's columns, as `Space.features` gives them) lie in one of the basins."""
-        import torch
-
-        inside = torch.zeros(len(columns), dtype=torch.bool)
-        for basin in basins:
-            inside |= basin.holds(columns)
-        return inside
-
     def _thompson(self, pending) -> dict:
-        """The maximiser of one posterior sample: scored on Sobol candidates and on points near the best
-        ones seen, then refined twice around the winner."""
-        import torch
-
-        columns = sum(d.columns for d in self.space.dimensions)
-        taken = self._inputs(torch.tensor([self.space.encode(p) for p in pending], dtype=torch.float64)
-                             .reshape(len(pending), columns))
-        path = self._sample_path(taken)
-        d = len(self.space.dimensions)
-        latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
-        latent = latent.draw(self.n_candidates, dtype=torch.float64)
-        latent = torch.cat([latent, self._near(self._top_latent(5), 0.1, self.n_candidates // 2)])
-        avoid = self._avoided()
-        best = None
-        for scale in (None, 0.03, 0.01):
-            if scale is not None:
-                latent = torch.cat([best[None], self._near(best[None], scale, 256)])
-            columns = self.space.features(latent)
-            features = self._inputs(columns)
-            with torch.no_grad():
-                scores = path(features).reshape(-1)
-            if len(taken):
-                scores[(torch.cdist(features, taken) < 1e-9).any(dim=1)] = -math.inf
-            if avoid:
-                inside = self._inside(columns, avoid)
-                if not inside.all():  # as in the design: points in a basin only where there are no others
-                    scores[inside] = -math.inf
-            best = latent[int(scores.argmax())]
-        return self.space.decode(best.tolist())
-
-    def _near(self, centres, scale: float, n: int):
-        import torch
-
-        picks = centres[torch.randint(len(centres), (n,))]
-        return (picks + scale * torch.randn(picks.shape, dtype=torch.float64)).clamp(0, 1)
-
-    def _top_latent(self, k: int):
-        """Latent coordinates of the k best observations (the middle of a discrete value's cell)."""
-        import torch
-
+        """The maximiser of one sample of the current search's GP, away from the basins it avoids."""
         seen = self.seen()
-        ranked = sorted(self.full(seen) or seen, key=lambda o: o.value,
-                        reverse=self.direction == "maximize")[:k]
-        rows = []
-        for obs in ranked:
-            row = []
-            for dim in self.space.dimensions:
-                if dim.kind == CHOICE:
-                    row.append((dim.index(obs.params[dim.name]) + 0.5) / len(dim.choices))
-                else:
-                    row.append(dim.encode(obs.params[dim.name])[0])
-            rows.append(row)
-        return torch.tensor(rows, dtype=torch.float64)
-
-    def _sample_path(self, pending=None):
-        """One sample of the GP posterior, as a function (BoTorch's pathwise Matheron sample), to maximise.
-        Where the GP models the resource, it is first told that the trials in flight (`pending`: their inputs at
-        a full training) end at its posterior mean there (the kriging believer; Syne Tune's MOBSTER fantasizes
-        them): with early stopping, the trials in flight are those that went on past their rungs, where the search
-        believes the best is, and the GP knows only their short trainings there; believed, they no longer draw
-        proposal after proposal next to them. Measured in bench/pruning.py."""
-        import torch
-        from botorch.sampling.pathwise import draw_matheron_paths
-
-        model = self._model()
-        if pending is not None and len(pending) and self.resource_floor is not None:
-            with torch.no_grad():
-                believed = model.posterior(pending).mean
-            model = model.condition_on_observations(pending, believed)
-        return draw_matheron_paths(model, sample_shape=torch.Size([1]))
-
-    def _model(self, ahead: int = 0, refit: bool = False):
-        """The GP of the current search's observations, with its hyperparameters fitted anew where due (`ahead`:
-        where due once that many more results are in) or asked (`refit`)."""
-        import warnings
-
-        import torch
-        from botorch.exceptions import InputDataWarning
-        from botorch.models import SingleTaskGP
-        from botorch.models.transforms import Standardize
-
-        seen = self.seen()
-        X = self._inputs(torch.tensor([self.space.encode(o.params) for o in seen], dtype=torch.float64),
-                         torch.tensor([o.fraction for o in seen], dtype=torch.float64))
-        sign = -1.0 if self.direction == "minimize" else 1.0  # the sample is maximised
-        Y = sign * torch.tensor([[o.value] for o in seen], dtype=torch.float64)
-        with warnings.catch_warnings():  # "not standardized" while every value so far is the same: it is
-            warnings.simplefilter("ignore", InputDataWarning)
-            model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
-        n = len(seen)
-        if self._hyper is not None:  # the last fit's hyperparameters: a refit starts from them
-            model.load_state_dict(self._hyper, strict=False)
-        if refit or self._fit_due(n + ahead):
-            self._fit(model)
-            self._fitted_at = n if self._fit_due(n) else n + ahead  # a fit ahead stands for the one it replaces
-            self._hyper = {k: v for k, v in model.state_dict().items() if not k.startswith("outcome_transform")}
-        model.eval()
-        return model
-
-    @staticmethod
-    def _fit(model) -> None:
-        import warnings
-
-        from botorch.fit import fit_gpytorch_mll
-        from gpytorch.mlls import ExactMarginalLogLikelihood
-
-        with warnings.catch_warnings():  # a fit that stops early keeps its best hyperparameters
-            warnings.simplefilter("ignore")
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        best = sorted(self.full(seen) or seen, key=lambda o: o.value, reverse=self.direction == "maximize")[:5]
+        return self.gp.propose(seen, best, pending, self._avoided())

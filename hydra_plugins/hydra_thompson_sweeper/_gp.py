@@ -1,0 +1,159 @@
+"""The thompson optimiser's Gaussian process (BoTorch, GPyTorch): its inputs (the space's columns, and the
+fraction of a training where the resource is modelled, log-scaled from the floor), its fit (hyperparameters
+fitted anew every `refit_every` observations, from the last fit's), and a proposal: the maximiser of one
+posterior sample (Thompson sampling), drawn pathwise so that it can be scored on thousands of candidates."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class GP:
+    space: Any  # _optimizer.Space
+    direction: str = "minimize"
+    refit_every: int = 25
+    resource_floor: float | None = None  # the smallest fraction of a training observed; None: full ones only
+    n_candidates: int = 2048  # Sobol candidates a posterior sample is scored on, besides local ones
+    hyper: dict | None = field(default=None, repr=False)  # the fitted hyperparameters
+    fitted_at: int = 0  # observations when they were fitted
+
+    def reset(self) -> None:
+        """A fresh search: its GP knows nothing of the last one's hyperparameters."""
+        self.hyper, self.fitted_at = None, 0
+
+    def fit_due(self, n: int) -> bool:
+        """Whether a GP of n observations has its hyperparameters fitted anew."""
+        return self.hyper is None or n - self.fitted_at >= self.refit_every
+
+    def inputs(self, features, fractions=None):
+        """The GP's inputs: the space's columns, and the fraction's where a resource is modelled (full
+        trainings when fractions is None)."""
+        import torch
+
+        if self.resource_floor is None:
+            return features
+        if fractions is None:
+            fractions = torch.ones(len(features), dtype=features.dtype)
+        column = 1.0 - fractions.log() / math.log(self.resource_floor) if self.resource_floor < 1 else fractions
+        return torch.cat([features, column[:, None]], dim=1)
+
+    def propose(self, seen: list, best: list, pending, avoid: tuple) -> dict:
+        """The maximiser of one posterior sample of the GP of `seen`: scored on Sobol candidates and on points
+        near the `best` observations, then refined twice around the winner; never one of the `pending` points,
+        and in none of the basins to `avoid` where there are other points."""
+        import torch
+
+        columns = sum(d.columns for d in self.space.dimensions)
+        taken = self.inputs(torch.tensor([self.space.encode(p) for p in pending], dtype=torch.float64)
+                            .reshape(len(pending), columns))
+        path = self.sample_path(seen, taken)
+        d = len(self.space.dimensions)
+        latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
+        latent = latent.draw(self.n_candidates, dtype=torch.float64)
+        latent = torch.cat([latent, self.near(self.latent(best), 0.1, self.n_candidates // 2)])
+        chosen = None
+        for scale in (None, 0.03, 0.01):
+            if scale is not None:
+                latent = torch.cat([chosen[None], self.near(chosen[None], scale, 256)])
+            columns = self.space.features(latent)
+            features = self.inputs(columns)
+            with torch.no_grad():
+                scores = path(features).reshape(-1)
+            if len(taken):
+                scores[(torch.cdist(features, taken) < 1e-9).any(dim=1)] = -math.inf
+            if avoid:
+                held = inside(columns, avoid)
+                if not held.all():  # as in the design: points in a basin only where there are no others
+                    scores[held] = -math.inf
+            chosen = latent[int(scores.argmax())]
+        return self.space.decode(chosen.tolist())
+
+    @staticmethod
+    def near(centres, scale: float, n: int):
+        import torch
+
+        picks = centres[torch.randint(len(centres), (n,))]
+        return (picks + scale * torch.randn(picks.shape, dtype=torch.float64)).clamp(0, 1)
+
+    def latent(self, observations: list):
+        """Latent coordinates of these observations (the middle of a discrete value's cell)."""
+        import torch
+
+        rows = []
+        for obs in observations:
+            row = []
+            for dim in self.space.dimensions:
+                if dim.kind == "choice":
+                    row.append((dim.index(obs.params[dim.name]) + 0.5) / len(dim.choices))
+                else:
+                    row.append(dim.encode(obs.params[dim.name])[0])
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.float64)
+
+    def sample_path(self, seen: list, pending=None):
+        """One sample of the GP posterior, as a function (BoTorch's pathwise Matheron sample), to maximise.
+        Where the GP models the resource, it is first told that the trials in flight (`pending`: their inputs at
+        a full training) end at its posterior mean there (the kriging believer; Syne Tune's MOBSTER fantasizes
+        them): with early stopping, the trials in flight are those that went on past their rungs, where the search
+        believes the best is, and the GP knows only their short trainings there; believed, they no longer draw
+        proposal after proposal next to them. Measured in bench/pruning.py."""
+        import torch
+        from botorch.sampling.pathwise import draw_matheron_paths
+
+        model = self.model(seen)
+        if pending is not None and len(pending) and self.resource_floor is not None:
+            with torch.no_grad():
+                believed = model.posterior(pending).mean
+            model = model.condition_on_observations(pending, believed)
+        return draw_matheron_paths(model, sample_shape=torch.Size([1]))
+
+    def model(self, seen: list, ahead: int = 0, refit: bool = False):
+        """The GP of these observations (the current search's), with its hyperparameters fitted anew where due (`ahead`:
+        where due once that many more results are in) or asked (`refit`)."""
+        import warnings
+
+        import torch
+        from botorch.exceptions import InputDataWarning
+        from botorch.models import SingleTaskGP
+        from botorch.models.transforms import Standardize
+
+        X = self.inputs(torch.tensor([self.space.encode(o.params) for o in seen], dtype=torch.float64),
+                         torch.tensor([o.fraction for o in seen], dtype=torch.float64))
+        sign = -1.0 if self.direction == "minimize" else 1.0  # the sample is maximised
+        Y = sign * torch.tensor([[o.value] for o in seen], dtype=torch.float64)
+        with warnings.catch_warnings():  # "not standardized" while every value so far is the same: it is
+            warnings.simplefilter("ignore", InputDataWarning)
+            model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
+        n = len(seen)
+        if self.hyper is not None:  # the last fit's hyperparameters: a refit starts from them
+            model.load_state_dict(self.hyper, strict=False)
+        if refit or self.fit_due(n + ahead):
+            self.fit(model)
+            self.fitted_at = n if self.fit_due(n) else n + ahead  # a fit ahead stands for the one it replaces
+            self.hyper = {k: v for k, v in model.state_dict().items() if not k.startswith("outcome_transform")}
+        model.eval()
+        return model
+
+    @staticmethod
+    def fit(model) -> None:
+        import warnings
+
+        from botorch.fit import fit_gpytorch_mll
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        with warnings.catch_warnings():  # a fit that stops early keeps its best hyperparameters
+            warnings.simplefilter("ignore")
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+
+
+def inside(columns, basins: tuple):
+    """Which of these points (the space's columns, as `Space.features` gives them) lie in one of the basins."""
+    import torch
+
+    held = torch.zeros(len(columns), dtype=torch.bool)
+    for basin in basins:
+        held |= basin.holds(columns)
+    return held
