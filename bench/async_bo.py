@@ -166,29 +166,27 @@ def regret_at(run: dict, t: float, optimum: float) -> float:
 
 
 def latency_at_300(decisions: int, seed: int = 0) -> list[float]:
-    """Wall time of observe + propose, decision after decision, from 300 observations in 6-D on (the GP
-    refits every 25, as in the sweep)."""
-    import random
-
+    """Wall time of tell + ask, decision after decision, from 300 observations in 6-D on (the GP refits every
+    25, as in the sweep): the study's first 300 trials are its Sobol design (n_initial=300), the rest the GP's."""
     import torch
 
-    from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Space
+    from hydra_plugins.hydra_thompson_sweeper import Study
 
     function, dim, _ = problem("Hartmann6")
-    rng = random.Random(seed)
-    optimizer = Optimizer(Space([Dimension.interval(f"x{i}", 0.0, 1.0) for i in range(dim)]),
-                          direction="maximize", seed=seed)
+    study = Study({f"x{i}": "interval(0, 1)" for i in range(dim)}, direction="maximize", seed=seed, n_initial=300)
+
+    def value(trial) -> float:
+        return float(function(torch.tensor([[trial.params[f"x{i}"] for i in range(dim)]], dtype=torch.float64)))
+
     for _ in range(300):
-        point = optimizer.propose() if optimizer.proposed < optimizer.n_initial else \
-            {f"x{i}": rng.random() for i in range(dim)}
-        optimizer.observe(point, float(function(torch.tensor([list(point.values())]))))
-    optimizer.propose()  # the first fit, on 300 observations
+        trial = study.ask()
+        study.tell(trial, value(trial))
+    trial = study.ask()  # the first fit, on 300 observations
     times = []
     for _ in range(decisions):
-        point = {f"x{i}": rng.random() for i in range(dim)}
         start = time.perf_counter()
-        optimizer.observe(point, float(function(torch.tensor([list(point.values())]))))
-        optimizer.propose()
+        study.tell(trial, value(trial))
+        trial = study.ask()
         times.append(time.perf_counter() - start)
     return times
 

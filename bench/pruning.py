@@ -305,12 +305,13 @@ def main(argv=None) -> int:
     parser.add_argument("--pruner", choices=("asha", "extrapolate"), default=SETUP.pruner,
                         help="ours' hydra.sweeper.pruner (default asha)")
     args = parser.parse_args(argv)
-    from hydra_plugins.hydra_thompson_sweeper._pruners import settings_problems
+    from hydra_plugins.hydra_thompson_sweeper import Study, SweepError
 
-    problems = settings_problems(args.pruner, args.min_resource, SETUP.epochs, SETUP.reduction_factor, args.rungs,
-                                 args.brackets)
-    if problems:
-        parser.error("; ".join(problems))
+    try:  # the settings ours runs with, refused as the study refuses them
+        Study({"x0": "interval(0, 1)"}, pruner=args.pruner, min_resource=args.min_resource, max_resource=SETUP.epochs,
+              reduction_factor=SETUP.reduction_factor, rungs=args.rungs, brackets=args.brackets)
+    except SweepError as error:
+        parser.error("; ".join(error.problems))
     use(replace(SETUP, tau_slow=args.tau[0], tau_fast=args.tau[1], min_resource=args.min_resource,
                 rungs=args.rungs, brackets=args.brackets, pruner=args.pruner))
 

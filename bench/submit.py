@@ -128,10 +128,8 @@ def main() -> None:
     from hydra_plugins.hydra_awsbatch_launcher import _batch
 
     api = _batch.BatchApi()
-    (first, size, request), = _batch.submit_requests(
-        job_name="watch", queue=resources["queue"], job_definition=resources["job_definition"],
-        payload_uri="s3://b/p.pkl", sweep_id="s", first=0, size=1000, environment={}, resources={}, timeout_s=None,
-        attempts=1, tags={}, share_identifier=None, scheduling_priority=None)
+    (first, size, request), = _batch.SubmitSpec(
+        "watch", resources["queue"], resources["job_definition"]).requests("s3://b/p.pkl", "s", 0, 1000)
     (job_id,) = api.submit([request])
     executor = _batch.BatchExecutor(api, poll_interval_s=0.01)
     executor.add([_batch.Array(job_id, first, size)])

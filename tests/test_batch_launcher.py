@@ -176,10 +176,8 @@ def test_one_config_is_a_plain_job(sweep, app):
 
 
 def test_more_than_10000_configs_make_two_arrays(batch_resources, aws_env):
-    requests = _batch.submit_requests(
-        job_name="big", queue=batch_resources["queue"], job_definition=batch_resources["job_definition"],
-        payload_uri="s3://b/p.pkl", sweep_id="s", first=5, size=10_001, environment={}, resources={},
-        timeout_s=None, attempts=1, tags={}, share_identifier=None, scheduling_priority=None)
+    requests = _batch.SubmitSpec(
+        "big", batch_resources["queue"], batch_resources["job_definition"]).requests("s3://b/p.pkl", "s", 5, 10_001)
     assert [(first, size) for first, size, _ in requests] == [(5, 10_000), (10_005, 1)]
     ids = _batch.BatchApi().submit([request for _, _, request in requests])
     big, plain = boto3.client("batch").describe_jobs(jobs=ids)["jobs"]
@@ -312,10 +310,8 @@ class CallCounter:
 
 
 def submit_array(api, resources, size: int) -> _batch.Array:
-    (request,) = [r for _, _, r in _batch.submit_requests(
-        job_name="watch", queue=resources["queue"], job_definition=resources["job_definition"],
-        payload_uri="s3://b/p.pkl", sweep_id="s", first=0, size=size, environment={}, resources={},
-        timeout_s=None, attempts=1, tags={}, share_identifier=None, scheduling_priority=None)]
+    (request,) = [r for _, _, r in _batch.SubmitSpec(
+        "watch", resources["queue"], resources["job_definition"]).requests("s3://b/p.pkl", "s", 0, size)]
     (job_id,) = api.submit([request])
     return _batch.Array(job_id, 0, size)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hydra_plugins.hydra_awsbatch_launcher import _batch, _nodes
+from hydra_plugins.hydra_awsbatch_launcher import _batch, _job, _nodes
 from tests.conftest import ROOT, manifest, wait_for
 
 pytestmark = pytest.mark.integration
@@ -193,15 +193,15 @@ def test_batch_refuses_what_cannot_run_a_multi_node_trial(nodes, envs, definitio
 
 def test_node_layout_follows_batchs_variables():
     assert _nodes.layout({}) is None  # one process: the plain path
-    assert _nodes.layout({_nodes.ENV_PROCS_PER_NODE: "1"}) is None
+    assert _nodes.layout(_job.JobSettings(procs_per_node=1).environment()) is None
     child = _nodes.layout({"AWS_BATCH_JOB_NUM_NODES": "3", "AWS_BATCH_JOB_NODE_INDEX": "2",
-                           "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", _nodes.ENV_PROCS_PER_NODE: "2",
+                           "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", **_job.JobSettings(procs_per_node=2).environment(),
                            "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS": "10.0.0.5", "AWS_BATCH_JOB_ID": "ab#2"})
     assert child == _nodes.Layout(3, 2, 2, "10.0.0.5", _nodes.DEFAULT_PORT, _nodes.DEFAULT_PORT + 1, "ab#2")
     assert not child.main
     main = _nodes.layout({"AWS_BATCH_JOB_NUM_NODES": "2", "AWS_BATCH_JOB_NODE_INDEX": "0",
-                          "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", _nodes.ENV_MASTER_PORT: "1234",
-                          _nodes.ENV_WATCH_PORT: "1300"})
+                          "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", _job.MASTER_PORT: "1234",
+                          _job.WATCH_PORT: "1300"})
     assert main.main and main.main_address == _nodes.own_address() and main.port == 1234 and main.procs >= 1
     assert main.watch_port == 1300
     with pytest.raises(RuntimeError, match="AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"):

@@ -291,6 +291,44 @@ def test_the_import_graph_has_no_cycles_and_each_concern_one_owner():
     assert boto in ([], ["_batch"])  # Batch is called from _batch.py alone
 
 
+def class_sizes() -> dict[str, int]:
+    """Every class of the plugin packages: its lines."""
+    import ast
+
+    sizes = {}
+    for path in [*PACKAGE.glob("*.py"), *SWEEPER.glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                sizes[f"{path.stem}.{node.name}"] = node.end_lineno - node.lineno + 1
+    return sizes
+
+
+def test_no_class_outgrows_the_house_and_the_hydra_faces_stay_thin():
+    sizes = class_sizes()
+    assert not {name: n for name, n in sizes.items() if n > 250}, "classes over 250 lines"
+    assert sizes["thompson_sweeper.ThompsonSweeper"] <= 250  # Hydra's face of the Study
+    assert sizes["awsbatch_launcher.BaseAwsBatchLauncher"] <= 150  # Hydra's adapter: the story of a launch
+
+
+def test_what_a_job_is_told_is_named_in_one_place():
+    """Every HYDRA_AWSBATCH_ variable between the launching process and its jobs is named in _job.py (the local
+    cloud's own folder setting aside): a new option that reaches the job is a field there."""
+    import re
+
+    named = {path.stem: set(re.findall(r'"(HYDRA_AWSBATCH_[A-Z_]+)', path.read_text()))
+             for path in PACKAGE.glob("*.py")}
+    assert {stem: names for stem, names in named.items() if names and stem != "_job"} == {
+        "_local_cloud": {"HYDRA_AWSBATCH_LOCAL_CLOUD_DIR"}}
+
+
+def test_the_benchmarks_drive_the_shipped_study_and_copy_none_of_its_decisions():
+    bench = PACKAGE.parent.parent / "bench"
+    for name in ("pruning.py", "async_bo.py"):
+        text = (bench / name).read_text()
+        assert "from hydra_plugins.hydra_thompson_sweeper import Study" in text
+        assert "_pruners" not in text and ".observe(" not in text and "levels_reached" not in text, name
+
+
 def test_the_thompson_sweeper_reaches_launchers_through_the_public_contract_only():
     private = {path.name: sorted(m for m in imports_of(path) if m.startswith("_")) for path in SWEEPER.glob("*.py")}
     assert not any(private.values()), private
@@ -324,10 +362,8 @@ def requests_for(batch_resources: dict, job_name: str):
     from hydra_plugins.hydra_awsbatch_launcher import _batch
 
     def request_for(payload_uri, first, size):
-        return _batch.submit_requests(
-            job_name=job_name, queue=batch_resources["queue"], job_definition=batch_resources["job_definition"],
-            payload_uri=payload_uri, sweep_id="s1", first=first, size=size, environment={}, resources={},
-            timeout_s=None, attempts=1, tags={}, share_identifier=None, scheduling_priority=None)
+        return _batch.SubmitSpec(
+        job_name, batch_resources["queue"], batch_resources["job_definition"]).requests(payload_uri, "s1", first, size)
 
     return request_for
 

@@ -12,10 +12,11 @@ import logging
 import os
 import random
 import re
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from hydra_plugins.hydra_awsbatch_launcher import worker
+from hydra_plugins.hydra_awsbatch_launcher import _job, worker
 from hydra_plugins.hydra_awsbatch_launcher._executor import JobInfo
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, Array, BatchState
 from hydra_plugins.hydra_awsbatch_launcher.config import DEFAULT_LOG_GROUP
@@ -63,7 +64,7 @@ def retry_strategy(attempts: int) -> dict:
     """Retry host loss (Spot reclaim) and the app's SIGTERM exit code; give up on anything else."""
     return {"attempts": attempts, "evaluateOnExit": [
         {"onStatusReason": "Host EC2*", "action": "RETRY"},
-        {"onExitCode": str(worker.EXIT_INTERRUPTED), "action": "RETRY"},
+        {"onExitCode": str(_job.EXIT_INTERRUPTED), "action": "RETRY"},
         {"onReason": "*", "action": "EXIT"},
     ]}
 
@@ -252,44 +253,57 @@ def _log_groups(job: dict, configured: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ requests
-def submit_requests(*, job_name: str, queue: str, job_definition: str, payload_uri: str, sweep_id: str,
-                    first: int, size: int, environment: dict, resources: dict, timeout_s: int | None,
-                    attempts: int, tags: dict, share_identifier: str | None,
-                    scheduling_priority: int | None, nodes: int = 1) -> list[tuple[int, int, dict]]:
-    """(first job number, size, SubmitJob request) for each array of at most 10,000 jobs; a lone job is a
-    plain job. The command is fixed; the payload URI and the index offset travel as environment variables.
-    `nodes` > 1: one multi-node parallel job per config (Batch has no arrays of them), its overrides on every
-    node (`nodeOverrides`, targetNodes 0:), the index offset naming the config."""
-    step = MAX_ARRAY if nodes <= 1 else 1
-    requests = []
-    for offset in range(0, size, step):
-        n = min(step, size - offset)
-        env = dict(environment, **{worker.ENV_PAYLOAD_URI: payload_uri, worker.ENV_SWEEP_ID: sweep_id,
-                                   worker.ENV_INDEX_OFFSET: str(offset)})
-        overrides: dict[str, Any] = {"command": WORKER_COMMAND,
-                                     "environment": [{"name": k, "value": str(v)} for k, v in sorted(env.items())]}
-        requirements = [{"type": t, "value": _number(v)} for t, v in resources.items() if v is not None]
-        if requirements:
-            overrides["resourceRequirements"] = requirements
-        request: dict[str, Any] = {
-            "jobName": job_name, "jobQueue": queue, "jobDefinition": job_definition,
-            "retryStrategy": retry_strategy(attempts), "tags": dict(tags), "propagateTags": True,
-        }
-        if nodes > 1:
-            request["nodeOverrides"] = {"numNodes": nodes, "nodePropertyOverrides": [
-                {"targetNodes": "0:", "containerOverrides": overrides}]}
-        else:
-            request["containerOverrides"] = overrides
-        if n > 1:
-            request["arrayProperties"] = {"size": n}
-        if timeout_s is not None:
-            request["timeout"] = {"attemptDurationSeconds": int(timeout_s)}
-        if share_identifier is not None:
-            request["shareIdentifier"] = share_identifier
-        if scheduling_priority is not None:
-            request["schedulingPriorityOverride"] = int(scheduling_priority)
-        requests.append((first + offset, n, request))
-    return requests
+@dataclass(frozen=True)
+class SubmitSpec:
+    """What every SubmitJob of a sweep carries: hydra.launcher's Batch options, resolved and checked."""
+
+    job_name: str
+    queue: str
+    job_definition: str
+    environment: dict = field(default_factory=dict)  # what every job is told (_job.py), besides its payload
+    resources: dict = field(default_factory=dict)  # VCPU, MEMORY, GPU; None: the job definition's
+    timeout_s: int | None = None
+    attempts: int = 1
+    tags: dict = field(default_factory=dict)
+    share_identifier: str | None = None
+    scheduling_priority: int | None = None
+    nodes: int = 1
+
+    def requests(self, payload_uri: str, sweep_id: str, first: int, size: int) -> list[tuple[int, int, dict]]:
+        """(first job number, size, SubmitJob request) for each array of at most 10,000 jobs of one payload; a
+        lone job is a plain job. The command is fixed; the payload URI and the index offset travel as environment
+        variables. `nodes` > 1: one multi-node parallel job per config (Batch has no arrays of them), its
+        overrides on every node (`nodeOverrides`, targetNodes 0:), the index offset naming the config."""
+        step = MAX_ARRAY if self.nodes <= 1 else 1
+        requests = []
+        for offset in range(0, size, step):
+            n = min(step, size - offset)
+            env = dict(self.environment, **{_job.PAYLOAD_URI: payload_uri, _job.SWEEP_ID: sweep_id,
+                                            _job.INDEX_OFFSET: str(offset)})
+            overrides: dict[str, Any] = {"command": WORKER_COMMAND, "environment": [
+                {"name": k, "value": str(v)} for k, v in sorted(env.items())]}
+            requirements = [{"type": t, "value": _number(v)} for t, v in self.resources.items() if v is not None]
+            if requirements:
+                overrides["resourceRequirements"] = requirements
+            request: dict[str, Any] = {
+                "jobName": self.job_name, "jobQueue": self.queue, "jobDefinition": self.job_definition,
+                "retryStrategy": retry_strategy(self.attempts), "tags": dict(self.tags), "propagateTags": True,
+            }
+            if self.nodes > 1:
+                request["nodeOverrides"] = {"numNodes": self.nodes, "nodePropertyOverrides": [
+                    {"targetNodes": "0:", "containerOverrides": overrides}]}
+            else:
+                request["containerOverrides"] = overrides
+            if n > 1:
+                request["arrayProperties"] = {"size": n}
+            if self.timeout_s is not None:
+                request["timeout"] = {"attemptDurationSeconds": int(self.timeout_s)}
+            if self.share_identifier is not None:
+                request["shareIdentifier"] = self.share_identifier
+            if self.scheduling_priority is not None:
+                request["schedulingPriorityOverride"] = int(self.scheduling_priority)
+            requests.append((first + offset, n, request))
+        return requests
 
 
 def _number(value) -> str:
@@ -410,7 +424,7 @@ class BatchExecutor:
                       if s.get("jobName") in named]
         for job in self.api.describe(candidates) if candidates else []:
             environment = {e["name"]: e["value"] for e in _environment(job)}
-            went_out[environment.get(worker.ENV_PAYLOAD_URI), environment.get(worker.ENV_INDEX_OFFSET)] = job["jobId"]
+            went_out[environment.get(_job.PAYLOAD_URI), environment.get(_job.INDEX_OFFSET)] = job["jobId"]
         found, missing = [], []
         for n_first, n, request in requests:
             job_id = went_out.get((payload_uri, str(n_first - first)))

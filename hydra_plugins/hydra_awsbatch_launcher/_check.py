@@ -1,5 +1,6 @@
 """The check step: what every launcher refuses before anything is staged or submitted, one line per problem,
-each naming the setting to change. (Batch's own checks, which ask AWS, live in _batch.py.)"""
+each naming the setting to change; for aws_batch, Batch's settings resolved from the stack first (`resolve`),
+then checked (`batch`). (The checks that ask AWS live in _batch.py.)"""
 
 from __future__ import annotations
 
@@ -60,4 +61,50 @@ def processes(params) -> list[str]:
         value = params.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             problems.append(f"hydra.launcher.{name}={value}: a whole number, at least 1 (default {default})")
+    return problems
+
+
+def resolve(params, api) -> None:
+    """Batch's settings that the stack of hydra.launcher.stack_name gives (queue, job definition, staging, log
+    group, ...), set in `params` where the user left them unset (explicit settings win): before anything is
+    checked. Raises _batch.BatchError where the stack cannot be read."""
+    from hydra_plugins.hydra_awsbatch_launcher import _batch
+
+    if not params.stack_name:
+        return
+    outputs = api.stack_outputs(params.stack_name, multinode=int(params.get("nodes", 1)) > 1)
+    for setting, value in outputs.items():
+        if params.get(setting) in (None, "", _batch.DEFAULT_LOG_GROUP if setting == "log_group" else None):
+            params[setting] = value
+
+
+def batch(p, api, sweeper: str, dry_run: bool) -> list[str]:
+    """Everything Batch would refuse of these (resolved) settings, and staging, before anything is uploaded.
+    `sweeper`: the sweeper's _target_ (only the basic one goes on without results)."""
+    from hydra_plugins.hydra_awsbatch_launcher import _batch
+
+    problems = []
+    if not p.wait and p.get("workers"):
+        problems.append(f"hydra.launcher.workers={p.workers} with wait=false: warm workers run only while the "
+                        "launcher feeds them; use wait=true, or workers=0")
+    elif not p.wait and "BasicSweeper" not in sweeper:
+        problems.append("hydra.launcher.wait=false hands no results to the sweeper; only the basic sweeper "
+                        "can go on without them: use wait=true with this sweeper")
+    problems += _batch.check_tags(dict(p.tags))
+    nodes = int(p.get("nodes", 1))
+    queue_problems, compute_environments = api.check_queue(p.job_queue)
+    definition_problems, definition = api.check_job_definition(p.job_definition)
+    problems += queue_problems + definition_problems
+    if not queue_problems and not definition_problems and nodes > 1:
+        problems += _batch.check_multinode(nodes, p.job_queue, compute_environments, definition)
+    problems += _batch.check_resources(p.vcpus, p.memory_mib, p.gpus, p.timeout_min, p.attempts,
+                                       compute_environments)
+    if not _batch.JOB_NAME.match(_batch.sanitize_job_name(p.job_name)):
+        problems.append(f"hydra.launcher.job_name='{p.job_name}' has no letter or digit to start a Batch job "
+                        "name: set hydra.launcher.job_name")
+    if not p.staging_uri or not _storage.is_s3(p.staging_uri):
+        problems.append(f"hydra.launcher.staging_uri={p.staging_uri}: Batch jobs need an s3://bucket/prefix "
+                        "(or set hydra.launcher.stack_name)")
+    elif not problems:  # last: it writes (and deletes) one object; a dry run only looks
+        problems = staging(p.staging_uri, p.staging_uri, dry_run)
     return problems

@@ -17,15 +17,16 @@ from pathlib import Path
 
 from hydra_plugins.hydra_awsbatch_launcher import _nodes
 from hydra_plugins.hydra_awsbatch_launcher._executor import JobInfo
-from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, Array, BatchState
-from hydra_plugins.hydra_awsbatch_launcher.worker import (
-    ENV_IN_PLACE,
-    ENV_INDEX_OFFSET,
-    ENV_PARENT_PID,
-    ENV_PAYLOAD_URI,
-    MODULE,
-    scratch_prefix,
+from hydra_plugins.hydra_awsbatch_launcher._job import (
+    IN_PLACE,
+    INDEX_OFFSET,
+    MASTER_PORT,
+    PARENT_PID,
+    PAYLOAD_URI,
+    WATCH_PORT,
 )
+from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, Array, BatchState
+from hydra_plugins.hydra_awsbatch_launcher.worker import MODULE, scratch_prefix
 
 
 @dataclass
@@ -69,7 +70,7 @@ class LocalExecutor:
                                           log_path=self._log(num, node)),
                                   dict(env, AWS_BATCH_JOB_ID=f"{job_id}#{node}", AWS_BATCH_JOB_NODE_INDEX=str(node),
                                        AWS_BATCH_JOB_NUM_NODES=str(self.nodes), AWS_BATCH_JOB_MAIN_NODE_INDEX="0",
-                                       **{ENV_INDEX_OFFSET: str(index)}))
+                                       **{INDEX_OFFSET: str(index)}))
                          for node in range(self.nodes)]
                 for child in nodes[1:]:
                     child.env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = "127.0.0.1"
@@ -93,11 +94,11 @@ class LocalExecutor:
         env.update(self.environment)
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env.setdefault(name, threads)
-        env.pop(ENV_IN_PLACE, None)
-        env[ENV_PARENT_PID] = str(os.getpid())  # the job stops with this process, even after a SIGKILL
+        env.pop(IN_PLACE, None)
+        env[PARENT_PID] = str(os.getpid())  # the job stops with this process, even after a SIGKILL
         if self.in_place:
-            env[ENV_IN_PLACE] = "1"
-        env.update({ENV_PAYLOAD_URI: payload_uri, "AWS_BATCH_JOB_ATTEMPT": "1", "PYTHONUNBUFFERED": "1"})
+            env[IN_PLACE] = "1"
+        env.update({PAYLOAD_URI: payload_uri, "AWS_BATCH_JOB_ATTEMPT": "1", "PYTHONUNBUFFERED": "1"})
         return env
 
     def _log(self, num: int, node: int = 0) -> str:
@@ -150,9 +151,9 @@ class LocalExecutor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ports = {}
         if self.nodes > 1 or (self.procs_per_node or 1) > 1:
-            ports[_nodes.ENV_MASTER_PORT] = str(_nodes.free_port())
+            ports[MASTER_PORT] = str(_nodes.free_port())
         if self.nodes > 1:
-            ports[_nodes.ENV_WATCH_PORT] = str(_nodes.free_port())
+            ports[WATCH_PORT] = str(_nodes.free_port())
         for node in job.nodes():
             node.env.update(ports)  # the rendezvous of this job's processes and their watch, on the main node
             node.log = open(node.info.log_path, "wb")
@@ -221,7 +222,7 @@ class LocalExecutor:
 
     @staticmethod
     def adopt(arrays) -> bool:
-        return False  # a job process stops when the process that started it dies (ENV_PARENT_PID)
+        return False  # a job process stops when the process that started it dies (PARENT_PID)
 
     @staticmethod
     def forced_stop_note(sweep: str) -> str:

@@ -23,10 +23,6 @@ from pathlib import Path
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
-ENV_METRICS_URI = "HYDRA_AWSBATCH_METRICS_URI"  # set by the worker: the job's metrics folder in staging
-ENV_STOP_URI = "HYDRA_AWSBATCH_STOP_URI"  # set by the worker: where the sweep asks the job to stop
-ENV_INTERVAL = "HYDRA_AWSBATCH_METRICS_INTERVAL_S"
-DEFAULT_INTERVAL_S = 10.0
 FILE = "metrics.jsonl"
 
 
@@ -146,9 +142,10 @@ def report(step, **metrics) -> bool:
         if not _exit_hook:
             _at_exit()
         local_file = Path(output_dir) / FILE
-        interval = float(os.environ.get(ENV_INTERVAL) or DEFAULT_INTERVAL_S)
-        _current = (config, Reporter(local_file, os.environ.get(ENV_METRICS_URI) or None, interval,
-                                     os.environ.get(ENV_STOP_URI) or None))
+        from hydra_plugins.hydra_awsbatch_launcher._job import METRICS_URI, STOP_URI, JobSettings
+
+        _current = (config, Reporter(local_file, os.environ.get(METRICS_URI) or None,
+                                     JobSettings.read().metrics_interval_s, os.environ.get(STOP_URI) or None))
     return _current[1].report(step, metrics)
 
 
@@ -167,7 +164,7 @@ class Channel:
     only parts not read yet, per round at most `per_round` running jobs, each at most once per `interval_s`.
     And the other way, a request to stop, which the job's report() sees at its next write."""
 
-    def __init__(self, staging, interval_s: float = DEFAULT_INTERVAL_S, per_round: int = 8):
+    def __init__(self, staging, interval_s: float = 10.0, per_round: int = 8):
         self.staging, self.interval_s, self.per_round = staging, interval_s, per_round
         self.unread: dict[int, tuple[int, list[dict]]] = {}  # job -> (index of its first, records not yet taken)
         self.parts: dict[int, int] = {}

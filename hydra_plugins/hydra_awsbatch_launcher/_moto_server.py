@@ -29,7 +29,7 @@ def patch() -> None:
     """moto's Batch with the patches above; fails at once, naming the hook, where this moto is not one we test."""
     from moto.batch import models
 
-    from hydra_plugins.hydra_awsbatch_launcher import _hooks, _nodes
+    from hydra_plugins.hydra_awsbatch_launcher import _hooks, _job, _nodes
     from hydra_plugins.hydra_awsbatch_launcher._hooks import hook
 
     _hooks.check(_hooks.MOTO)
@@ -86,8 +86,7 @@ def patch() -> None:
             self.job_definition = copy.copy(self.job_definition)
             self.job_definition.node_properties = dict(self.job_definition.node_properties,
                                                        numNodes=int(self.node_overrides["numNodes"]))
-        self.node_ports = {_nodes.ENV_MASTER_PORT: str(_nodes.free_port()),
-                           _nodes.ENV_WATCH_PORT: str(_nodes.free_port())}
+        self.node_ports = {_job.MASTER_PORT: str(_nodes.free_port()), _job.WATCH_PORT: str(_nodes.free_port())}
 
     models.Job.__init__ = __init__
 

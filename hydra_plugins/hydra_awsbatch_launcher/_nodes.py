@@ -24,9 +24,8 @@ import threading
 import time
 from typing import NamedTuple
 
-ENV_PROCS_PER_NODE = "HYDRA_AWSBATCH_PROCS_PER_NODE"  # processes per node; unset: the node's GPUs, or 1
-ENV_MASTER_PORT = "HYDRA_AWSBATCH_MASTER_PORT"  # the main node's rendezvous port; unset: DEFAULT_PORT
-ENV_WATCH_PORT = "HYDRA_AWSBATCH_WATCH_PORT"  # the main node's NodeWatch port; unset: the rendezvous port + 1
+from hydra_plugins.hydra_awsbatch_launcher._job import MASTER_PORT, WATCH_PORT, JobSettings
+
 DEFAULT_PORT = 29500  # torchrun's
 RENDEZVOUS_TIMEOUT_S = 900  # how long the nodes wait for each other (Batch starts them one by one)
 HEARTBEAT_S = 5.0  # a child node's worker tells the main node's it is alive this often
@@ -52,7 +51,7 @@ class Layout(NamedTuple):
 def layout(env=os.environ) -> Layout | None:
     """This node's place in a trial of several processes; None for a trial of one process (the plain path)."""
     nodes = int(env.get("AWS_BATCH_JOB_NUM_NODES") or 1)
-    procs = int(env.get(ENV_PROCS_PER_NODE) or 0)
+    procs = JobSettings.read(env).procs_per_node or 0
     if nodes <= 1 and procs <= 1:
         return None
     if procs < 1:
@@ -68,8 +67,8 @@ def layout(env=os.environ) -> Layout | None:
                                "only in a multi-node parallel job")
     else:
         address = own_address()
-    port = int(env.get(ENV_MASTER_PORT) or DEFAULT_PORT)
-    return Layout(nodes, node_rank, procs, address, port, int(env.get(ENV_WATCH_PORT) or port + 1),
+    port = int(env.get(MASTER_PORT) or DEFAULT_PORT)  # unset: torchrun's
+    return Layout(nodes, node_rank, procs, address, port, int(env.get(WATCH_PORT) or port + 1),
                   env.get("AWS_BATCH_JOB_ID", ""))
 
 

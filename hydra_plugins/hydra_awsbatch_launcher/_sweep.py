@@ -32,7 +32,7 @@ class Sweep:
 
     def __init__(self, manifest: Manifest, executor: Executor, *, writes_in_place: bool = False,
                  terminate_on_interrupt: bool = True, live: bool | None = None, held=None,
-                 metrics_interval_s: float = _metrics.DEFAULT_INTERVAL_S):
+                 metrics_interval_s: float = 10.0):
         self.manifest, self.executor = manifest, executor
         self.writes_in_place, self.terminate_on_interrupt = writes_in_place, terminate_on_interrupt
         self.composed: dict[int, object] = {}  # job number -> its batch as composed (none when opened from a manifest)
@@ -71,11 +71,6 @@ class Sweep:
         """`count` more jobs are on their way, submitted a chunk at a time (saved with the first of them)."""
         with self.lock:
             self.manifest.announced = len(self.manifest.jobs) + count
-
-    def not_waiting(self) -> None:
-        where = shlex.quote(self.manifest.sweep_dir)
-        log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status {where}; collect it "
-                 f"with: hydra-awsbatch attach {where}")
 
     def follow(self, nums: list[int]) -> list[concurrent.futures.Future]:
         """Futures for jobs submitted earlier (a sweep opened from its manifest), collected as they end."""
@@ -174,15 +169,7 @@ class Sweep:
             outcomes = [(future, None, error) for future, _, _ in outcomes]
             raise
         finally:
-            self._settle(outcomes)
-
-    @staticmethod
-    def _settle(outcomes: list) -> None:
-        for future, ret, error in outcomes:
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(ret)
+            _settle(outcomes)
 
     def collect(self, info: JobInfo):
         """The job's JobReturn (_collect.py), and its manifest record closed (saved by the caller)."""
@@ -358,3 +345,12 @@ def interrupts_kept():
             seen.add(id(cause))
             cause = cause.__context__
         raise
+
+
+def _settle(outcomes: list) -> None:
+    """Resolve these futures with their JobReturns or errors."""
+    for future, ret, error in outcomes:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(ret)

@@ -37,20 +37,17 @@ import threading
 import time
 from pathlib import Path
 
-from hydra_plugins.hydra_awsbatch_launcher import _storage
+from hydra_plugins.hydra_awsbatch_launcher import _job, _storage
 from hydra_plugins.hydra_awsbatch_launcher._executor import JobInfo
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, Array, BatchState
 
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
-ENV_IDLE_TIMEOUT = "HYDRA_AWSBATCH_IDLE_TIMEOUT_S"
-ENV_FRESH = "HYDRA_AWSBATCH_FRESH_INTERPRETER"  # "1": a new Python per trial, not a fork of the warm worker
-ENV_TRIAL_TIMEOUT = "HYDRA_AWSBATCH_TRIAL_TIMEOUT_S"  # a trial running longer is stopped (hydra.launcher.timeout_min)
 PARENT_BEAT_S = 5.0  # the launcher's heartbeat
 PARENT_SILENCE_S = 60.0  # a worker whose launcher was silent this long exits (after stopping its trial)
 STOP_WAIT_S = 60.0  # how long stopping a trial waits for its worker to say it ended
 KILL_AFTER_S = 30.0  # a trial asked to stop (SIGTERM) is killed this long after, as Batch does
-WORKER_LIFE_S = 14 * 24 * 3600  # a worker job's own Batch timeout: trials have theirs (ENV_TRIAL_TIMEOUT)
+WORKER_LIFE_S = 14 * 24 * 3600  # a worker job's own Batch timeout: trials have theirs (JobSettings.trial_timeout_s)
 MAX_LOSSES = 3  # a trial whose worker died this many times fails
 
 
@@ -116,12 +113,12 @@ def _signal(trial, sig: int) -> None:
 def _start(plain, assign: dict, fresh: bool, scratch: Path):
     """The trial of `assign` (`plain`: the worker module): forked from this process (warmed up with its
     payload the first time), or a new Python."""
-    env = {plain.ENV_PAYLOAD_URI: assign["payload_uri"], plain.ENV_INDEX_OFFSET: str(assign["index"]),
+    env = {_job.PAYLOAD_URI: assign["payload_uri"], _job.INDEX_OFFSET: str(assign["index"]),
            "AWS_BATCH_JOB_ARRAY_INDEX": "0"}
     if fresh:
         return subprocess.Popen([sys.executable, "-m", plain.MODULE], start_new_session=True,
-                                env=dict(os.environ, **env, **{plain.ENV_PARENT_PID: str(os.getpid()),
-                                                               plain.ENV_ORPHAN_KILL: "1"}))
+                                env=dict(os.environ, **env, **{_job.PARENT_PID: str(os.getpid()),
+                                                               _job.ORPHAN_KILL: "1"}))
     plain.warm_up(assign["payload_uri"], scratch)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -153,8 +150,9 @@ class _Worker:
         self.idle_timeout_s, self.scratch = idle_timeout_s, scratch
         self.mine = _storage.join(pool, f"w{worker}")
         self.every = _interval(pool)
-        self.fresh = os.environ.get(ENV_FRESH) == "1" or not hasattr(os, "fork")
-        self.trial_timeout_s = float(os.environ.get(ENV_TRIAL_TIMEOUT) or 0)
+        settings = _job.JobSettings.read()
+        self.fresh = settings.fresh_interpreter or not hasattr(os, "fork")
+        self.trial_timeout_s = float(settings.trial_timeout_s or 0)
         last = _read(_storage.join(self.mine, "state")) or {}  # an earlier attempt (Batch retried this job)
         if last.get("state") == "running":  # a trial it did not finish runs again
             last = {"seq": last["seq"] - 1}
@@ -197,7 +195,7 @@ class _Worker:
             if why:
                 return self.exited(why)
             if self.stopping:
-                return self.exited("stopped by SIGTERM", self.plain.EXIT_INTERRUPTED)
+                return self.exited("stopped by SIGTERM", _job.EXIT_INTERRUPTED)
             assign = _read(_storage.join(self.mine, "assign")) or {}
             if assign.get("seq", 0) > self.last.get("seq", 0):
                 if assign.get("stop"):  # taken back before it started

@@ -7,12 +7,11 @@ _stage.py, and the engine that owns the sweep and its manifest from there on, _s
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
+import shlex
 from collections.abc import Sequence
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, configure_log, setup_globals
@@ -21,6 +20,7 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.hydra_awsbatch_launcher._errors import LaunchError
+from hydra_plugins.hydra_awsbatch_launcher._settings import LaunchSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,18 @@ class BaseAwsBatchLauncher(Launcher):
         self.sweep = None  # the sweep engine (_sweep.Sweep), from the first jobs on
         self.stager = None  # the stage step (_stage.Stager) of that sweep
         self.claimed = (None, None)  # (the sweep dir, its lock), taken at setup where the dir exists
+        self.settings: LaunchSettings | None = None  # hydra.launcher's options as the steps need them
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.hydra_awsbatch_launcher._compose import ComposeOnce
         from hydra_plugins.hydra_awsbatch_launcher._sweep import claim
 
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self.settings = LaunchSettings(self.params, config, task_function, self.conf_class, self.writes_in_place,
+                                       self.checks_staging)
         self.composer = ComposeOnce.install(hydra_context.config_loader) if hydra_context.config_loader else None
         if config.hydra.mode == RunMode.MULTIRUN:  # before the sweeper writes multirun.yaml into a busy dir
-            self.claimed = (self.sweep_dir, claim(self.sweep_dir))
+            self.claimed = (self.settings.sweep_dir, claim(self.settings.sweep_dir))
 
     # ---------------------------------------------------------------------------------------- the story
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -62,7 +65,7 @@ class BaseAwsBatchLauncher(Launcher):
             if self.sweep is not None:
                 self.sweep.interrupted()
             raise
-        if not futures or self.dry_run or not self.watching:  # nothing to wait for
+        if not futures or self.settings.dry_run or not self.watching:  # nothing to wait for
             return [future.result() for future in futures]
         return self.sweep.wait(futures)
 
@@ -82,26 +85,28 @@ class BaseAwsBatchLauncher(Launcher):
                 return []
             if self.sweep is None:  # the sweep's first jobs: check everything before anything is spent
                 self.check_settings()
-                self.sweep_dir.mkdir(parents=True, exist_ok=True)
-                self.open(_sweep.create(self.staging_root(), self.sweep_dir, self.executor,
+                self.settings.sweep_dir.mkdir(parents=True, exist_ok=True)
+                self.open(_sweep.create(self.settings.staging_root(), self.settings.sweep_dir, self.executor,
                                         launcher=type(self).__name__, settings=self.manifest_settings(),
                                         **self.engine_options()))
             log.info(f"Launching {len(job_overrides)} jobs {self.where}")
             self.composer.check(self.config, job_overrides)  # all of them, before the first chunk goes out
-            if not self.dry_run:
+            if not self.settings.dry_run:
                 self.sweep.announce(len(job_overrides))
             futures = []
             # the first jobs go out at once
-            for start, stop in _compose.chunks(len(job_overrides), whole=self.dry_run):
+            for start, stop in _compose.chunks(len(job_overrides), whole=self.settings.dry_run):
                 jobs = _compose.compose_batch(self.composer, self.config, job_overrides[start:stop],
-                                              initial_job_idx + start, self.sweep_dir)
+                                              initial_job_idx + start, self.settings.sweep_dir)
                 staged = self.stager.stage(jobs)
-                if self.dry_run:
+                if self.settings.dry_run:
                     self.show_dry_run(staged)
                     return [finished(_collect.unfinished_return(recipe.task)) for recipe in jobs.recipes]
                 futures += self.sweep.submit(staged, watch=self.watching)
             if not self.watching:
-                self.sweep.not_waiting()
+                where = shlex.quote(str(self.settings.sweep_dir))
+                log.info(f"Not waiting (wait=false). Follow the sweep with: hydra-awsbatch status {where}; collect "
+                         f"it with: hydra-awsbatch attach {where}")
             return futures
 
     def resume_async(self, nums: Sequence[int]) -> dict[int, Future]:
@@ -110,7 +115,7 @@ class BaseAwsBatchLauncher(Launcher):
         died with that process, or were never submitted."""
         from hydra_plugins.hydra_awsbatch_launcher import _sweep
 
-        sweep = _sweep.reopen(self.sweep_dir, self.executor, **self.engine_options())
+        sweep = _sweep.reopen(self.settings.sweep_dir, self.executor, **self.engine_options())
         if sweep is None:
             return {}  # the earlier process died before it submitted anything
         self.check_settings()
@@ -122,38 +127,13 @@ class BaseAwsBatchLauncher(Launcher):
         from hydra_plugins.hydra_awsbatch_launcher._stage import Stager
 
         self.sweep = sweep
-        self.stager = Stager(sweep.manifest.staging, self.sweep_dir, self.code_root(), self.task_function,
-                             self.hydra_context.callbacks, self.params, dry_run=self.dry_run)
+        settings = self.settings
+        self.stager = Stager(sweep.manifest.staging, settings.sweep_dir, settings.code_root(), self.task_function,
+                             self.hydra_context.callbacks, self.params, dry_run=settings.dry_run)
 
     def engine_options(self) -> dict:
-        held = self.claimed[1] if self.claimed[0] == self.sweep_dir else None  # a sweeper may move the sweep dir
-        return {"writes_in_place": self.writes_in_place, "held": held,
-                "metrics_interval_s": float(self.params.metrics_interval_s),
-                "terminate_on_interrupt": bool(self.params.get("terminate_on_interrupt", True))}
-
-    def job_environment(self) -> dict[str, str]:
-        from hydra_plugins.hydra_awsbatch_launcher._metrics import ENV_INTERVAL
-        from hydra_plugins.hydra_awsbatch_launcher._nodes import ENV_PROCS_PER_NODE
-
-        environment = dict(self.params.environment, **{ENV_INTERVAL: str(self.params.metrics_interval_s)})
-        if self.params.get("procs_per_node"):  # the worker starts them (_nodes.py)
-            environment[ENV_PROCS_PER_NODE] = str(self.params.procs_per_node)
-        if self.params.get("workers"):
-            from hydra_plugins.hydra_awsbatch_launcher._workers import ENV_FRESH, ENV_IDLE_TIMEOUT, ENV_TRIAL_TIMEOUT
-
-            environment[ENV_IDLE_TIMEOUT] = str(self.params.idle_timeout_s)
-            environment[ENV_FRESH] = "1" if self.params.fresh_interpreter else "0"
-            if self.params.get("timeout_min"):  # each trial's, kept by its worker (the worker job lives on)
-                environment[ENV_TRIAL_TIMEOUT] = str(max(60, int(self.params.timeout_min * 60)))
-        return environment
-
-    def warm(self, workers, staging):
-        """The executor of the sweep's trials: `workers` itself, or warm workers that it runs (workers=M)."""
-        if not self.params.get("workers"):
-            return workers
-        from hydra_plugins.hydra_awsbatch_launcher._workers import WarmPool
-
-        return WarmPool(workers, staging.pool, int(self.params.workers))
+        held = self.claimed[1] if self.claimed[0] == self.settings.sweep_dir else None  # a sweeper may move it
+        return self.settings.engine_options(held)
 
     # ----------------------------------------------------------------------------------- async_api.py
     def job_times(self, num: int) -> tuple[float | None, float | None] | None:
@@ -178,49 +158,12 @@ class BaseAwsBatchLauncher(Launcher):
     def metrics(self, num: int, since: int = 0) -> list[dict]:
         return self.sweep.metrics(num, since) if self.sweep is not None else []
 
-    # ------------------------------------------------------------------------------------------- check
-    def check_settings(self) -> None:
-        """What every executor refuses before anything is staged: one line per problem."""
-        from hydra_plugins.hydra_awsbatch_launcher import _check
-
-        problems = self.check_options()
-        if not problems and self.checks_staging:
-            problems = _check.staging(self.staging_root(), self.params.staging_uri, self.dry_run)
-        if problems:
-            raise LaunchError(problems)
-
-    def check_options(self) -> list[str]:
-        from hydra_plugins.hydra_awsbatch_launcher import _check
-
-        return _check.options(self.params, self.conf_class, self.code_root())
-
     # -------------------------------------------------------------------------------------- settings
-    @property
-    def sweep_dir(self) -> Path:
-        return Path(str(self.config.hydra.sweep.dir)).absolute()
-
-    @property
-    def dry_run(self) -> bool:
-        return bool(self.params.get("dry_run", False))
-
-    def staging_root(self) -> str:
-        from hydra_plugins.hydra_awsbatch_launcher._manifest import staging_root
-
-        return staging_root(self.params.staging_uri, self.sweep_dir)
-
-    def code_root(self) -> Path:
-        if self.params.code_root:
-            return Path(self.params.code_root).expanduser().resolve()
-        try:
-            return Path(inspect.getsourcefile(self.task_function)).resolve().parent
-        except (TypeError, OSError):
-            return Path(self.config.hydra.runtime.cwd).resolve()
+    def check_settings(self) -> None:
+        self.settings.check()
 
     def manifest_settings(self) -> dict:
-        """What `hydra-awsbatch` needs to find this sweep's jobs and outputs again."""
-        from hydra_plugins.hydra_awsbatch_launcher import _manifest
-
-        return _manifest.settings_of(OmegaConf.to_container(self.params), self.code_root())
+        return self.settings.manifest_settings()
 
     def executor(self, staging):
         """What runs this sweep's jobs (an _executor.Executor); `staging`: the sweep's (_manifest.Staging)."""
@@ -241,11 +184,10 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
 
         return AwsBatchLocalLauncherConf
 
-    def check_options(self) -> list[str]:
-        problems = super().check_options()
-        if self.params.get("max_parallel") is not None and int(self.params.max_parallel) < 1:
-            problems.append(f"hydra.launcher.max_parallel={self.params.max_parallel}: at least 1 (null: one per CPU)")
-        return problems
+    def check_settings(self) -> None:
+        parallel = self.params.get("max_parallel")
+        self.settings.check([f"hydra.launcher.max_parallel={parallel}: at least 1 (null: one per CPU)"]
+                            if parallel is not None and int(parallel) < 1 else [])
 
     def capacity(self) -> int | None:  # warm workers, or local processes (max_parallel; null: one per CPU)
         return super().capacity() or max(1, self.params.max_parallel or os.cpu_count() or 1)
@@ -258,11 +200,11 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
         from hydra_plugins.hydra_awsbatch_launcher._local import LocalExecutor
 
         warm = int(self.params.get("workers") or 0)  # warm workers: all of them at once, logging apart
-        logs = self.sweep_dir / ".logs" / ("workers" if warm else "")
-        return self.warm(LocalExecutor(warm or self.params.max_parallel, logs, cwd=os.getcwd(),
-                                       in_place=self.params.in_place, environment=self.job_environment(),
-                                       nodes=int(self.params.get("nodes", 1)),
-                                       procs_per_node=self.params.get("procs_per_node")), staging)
+        logs = self.settings.sweep_dir / ".logs" / ("workers" if warm else "")
+        executor = LocalExecutor(warm or self.params.max_parallel, logs, cwd=os.getcwd(), in_place=self.params.in_place,
+                                 environment=self.settings.job_environment(), nodes=int(self.params.get("nodes", 1)),
+                                 procs_per_node=self.params.get("procs_per_node"))
+        return self.settings.warm(executor, staging)
 
 
 class AwsBatchLauncher(BaseAwsBatchLauncher):
@@ -297,50 +239,23 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         return self._api
 
     def check_settings(self) -> None:
-        """Everything Batch would refuse, and what the stack gives, before anything is uploaded."""
-        from hydra_plugins.hydra_awsbatch_launcher import _batch, _check, _storage
+        """The shared options; then Batch's settings, resolved from the stack, then checked (_check.py), before
+        anything is uploaded."""
+        from hydra_plugins.hydra_awsbatch_launcher import _batch, _check
 
         try:
             super().check_settings()
             problems = []
         except LaunchError as error:
             problems = list(error.problems)
-        p = self.params
-        if not p.wait and p.get("workers"):
-            problems.append(f"hydra.launcher.workers={p.workers} with wait=false: warm workers run only while the "
-                            "launcher feeds them; use wait=true, or workers=0")
-        elif not p.wait and "BasicSweeper" not in str(self.config.hydra.sweeper.get("_target_", "")):
-            problems.append("hydra.launcher.wait=false hands no results to the sweeper; only the basic sweeper "
-                            "can go on without them: use wait=true with this sweeper")
-        problems += _batch.check_tags(dict(p.tags))
-        session_problems = self.api.check_session()
-        if session_problems:
-            raise LaunchError(problems + session_problems)
-        nodes = int(p.get("nodes", 1))
-        if p.stack_name:
-            try:
-                outputs = self.api.stack_outputs(p.stack_name, multinode=nodes > 1)
-            except _batch.BatchError as error:
-                raise LaunchError([*problems, str(error)]) from None
-            for setting, value in outputs.items():  # explicit settings win
-                if p.get(setting) in (None, "", _batch.DEFAULT_LOG_GROUP if setting == "log_group" else None):
-                    p[setting] = value
-        queue_problems, compute_environments = self.api.check_queue(p.job_queue)
-        definition_problems, definition = self.api.check_job_definition(p.job_definition)
-        problems += queue_problems + definition_problems
-        if not queue_problems and not definition_problems and nodes > 1:
-            problems += _batch.check_multinode(nodes, p.job_queue, compute_environments, definition)
-        problems += _batch.check_resources(p.vcpus, p.memory_mib, p.gpus, p.timeout_min, p.attempts,
-                                           compute_environments)
-        name = _batch.sanitize_job_name(p.job_name)
-        if not _batch.JOB_NAME.match(name):
-            problems.append(f"hydra.launcher.job_name='{p.job_name}' has no letter or digit to start a Batch job "
-                            "name: set hydra.launcher.job_name")
-        if not p.staging_uri or not _storage.is_s3(p.staging_uri):
-            problems.append(f"hydra.launcher.staging_uri={p.staging_uri}: Batch jobs need an s3://bucket/prefix "
-                            "(or set hydra.launcher.stack_name)")
-        elif not problems:  # last: it writes (and deletes) one object; a dry run only looks
-            problems = _check.staging(p.staging_uri, p.staging_uri, self.dry_run)
+        p, session = self.params, self.api.check_session()
+        if session:  # nothing else can be asked of AWS
+            raise LaunchError(problems + session)
+        try:
+            _check.resolve(p, self.api)
+        except _batch.BatchError as error:
+            raise LaunchError([*problems, str(error)]) from None
+        problems += _check.batch(p, self.api, str(self.config.hydra.sweeper.get("_target_", "")), self.settings.dry_run)
         if problems:
             raise LaunchError(problems)
         if _batch.loopback_endpoint() and (p.memory_mib is not None or p.vcpus is not None):
@@ -355,25 +270,22 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
     def watching(self) -> bool:
         return bool(self.params.wait)
 
-    def requests(self, sweep_id: str, payload_uri: str, first_num: int, size: int) -> list[tuple[int, int, dict]]:
-        """The SubmitJob request(s) of one staged payload of sweep `sweep_id`."""
+    def submit_spec(self, sweep_id: str):
+        """What every SubmitJob of sweep `sweep_id` carries (_batch.SubmitSpec)."""
         from hydra_plugins.hydra_awsbatch_launcher import _batch
-        from hydra_plugins.hydra_awsbatch_launcher.worker import ENV_IN_PLACE
+        from hydra_plugins.hydra_awsbatch_launcher._job import IN_PLACE
 
         p = self.params
-        environment = dict(self.job_environment(), **({ENV_IN_PLACE: "1"} if self.writes_in_place else {}))
+        environment = dict(self.settings.job_environment(), **({IN_PLACE: "1"} if self.writes_in_place else {}))
         endpoint = _batch.loopback_endpoint()
         if endpoint:  # the local cloud: containers reach moto on this machine with dummy credentials
             environment.update(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=self.api.session.region_name,
                                **_batch.DUMMY_CREDENTIALS)
-        return _batch.submit_requests(
-            job_name=_batch.sanitize_job_name(p.job_name), queue=p.job_queue, job_definition=p.job_definition,
-            payload_uri=payload_uri, sweep_id=sweep_id, first=first_num, size=size,
-            environment=environment, resources={"VCPU": p.vcpus, "MEMORY": p.memory_mib, "GPU": p.gpus},
-            timeout_s=self.timeout_s(), attempts=p.attempts,
-            tags={**_batch.automatic_tags(sweep_id, p.job_name), **p.tags},
-            share_identifier=p.share_identifier, scheduling_priority=p.scheduling_priority,
-            nodes=int(p.get("nodes", 1)))
+        return _batch.SubmitSpec(
+            _batch.sanitize_job_name(p.job_name), p.job_queue, p.job_definition, environment,
+            {"VCPU": p.vcpus, "MEMORY": p.memory_mib, "GPU": p.gpus}, self.timeout_s(), p.attempts,
+            {**_batch.automatic_tags(sweep_id, p.job_name), **p.tags}, p.share_identifier, p.scheduling_priority,
+            int(p.get("nodes", 1)))
 
     def timeout_s(self) -> int | None:
         """A job's Batch timeout: the trial's (timeout_min); a warm worker's is WORKER_LIFE_S (its trials keep
@@ -387,15 +299,16 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
     def show_dry_run(self, staged) -> None:
         import json
 
-        for _, _, request in self.requests(self.sweep.manifest.sweep_id, staged.payload_uri, staged.first,
-                                           len(staged.nums)):
+        sweep_id = self.sweep.manifest.sweep_id
+        for _, _, request in self.submit_spec(sweep_id).requests(staged.payload_uri, sweep_id, staged.first,
+                                                                 len(staged.nums)):
             print(f"SubmitJob request (dry run, nothing submitted):\n{json.dumps(request, indent=2)}")
         log.info("Dry run: nothing was uploaded or submitted")
 
     def executor(self, staging):
-        import functools
-
         from hydra_plugins.hydra_awsbatch_launcher import _batch
 
-        return self.warm(_batch.BatchExecutor(self.api, self.params.poll_interval_s,
-                                              request_for=functools.partial(self.requests, staging.sweep_id)), staging)
+        spec, sweep_id = self.submit_spec(staging.sweep_id), staging.sweep_id
+        executor = _batch.BatchExecutor(self.api, self.params.poll_interval_s, request_for=lambda payload, first, size:
+                                        spec.requests(payload, sweep_id, first, size))
+        return self.settings.warm(executor, staging)

@@ -24,18 +24,20 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-ENV_PAYLOAD_URI = "HYDRA_AWSBATCH_PAYLOAD_URI"
-ENV_SWEEP_ID = "HYDRA_AWSBATCH_SWEEP_ID"
-# Added to the array index: a batch larger than Batch's 10,000-job arrays is split into several arrays.
-ENV_INDEX_OFFSET = "HYDRA_AWSBATCH_INDEX_OFFSET"
-# Set by aws_batch_local (and aws_batch with shared_sweep_dir): the job sees the parent's disk, so it runs
-# in the parent's own paths.
-ENV_IN_PLACE = "HYDRA_AWSBATCH_IN_PLACE"
-# Set by aws_batch_local: the launching process, with which the job stops.
-ENV_PARENT_PID = "HYDRA_AWSBATCH_PARENT_PID"
-# Set for a warm worker's trial in a new Python: when its worker dies, it is killed (it runs again elsewhere).
-ENV_ORPHAN_KILL = "HYDRA_AWSBATCH_ORPHAN_KILL"
-EXIT_FAILED, EXIT_NO_PAYLOAD, EXIT_INTERRUPTED = 1, 2, 75
+from hydra_plugins.hydra_awsbatch_launcher._job import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_PAYLOAD,
+    IN_PLACE,
+    INDEX_OFFSET,
+    METRICS_URI,
+    ORPHAN_KILL,
+    PARENT_PID,
+    PAYLOAD_URI,
+    STOP_URI,
+    JobSettings,
+)
+
 MODULE = "hydra_plugins.hydra_awsbatch_launcher.worker"  # run as `python -m MODULE`
 
 
@@ -156,7 +158,7 @@ def prepare(payload_uri: str, index: int, scratch: Path, ending: Ending, unpacke
     _compose.build(config, recipe, header["sweep_dir"])
     _set_hydra_state(shared.singleton_state)
     setup_globals()
-    in_place = bool(os.environ.get(ENV_IN_PLACE))
+    in_place = bool(os.environ.get(IN_PLACE))
     if not in_place:
         _place_remotely(config, header, scratch, code_dir)
     elif Path(config.hydra.runtime.cwd).is_dir():  # a shared file system: where the sweep was launched
@@ -253,12 +255,11 @@ def settle(ending: Ending, steps) -> None:
 def run(payload_uri: str, index: int) -> int:
     from hydra_plugins.hydra_awsbatch_launcher import _nodes
     from hydra_plugins.hydra_awsbatch_launcher._manifest import Staging
-    from hydra_plugins.hydra_awsbatch_launcher._metrics import ENV_METRICS_URI, ENV_STOP_URI
 
     staging, first = Staging.of_payload(payload_uri)
     ending = Ending(first + index)
-    os.environ[ENV_METRICS_URI] = staging.metrics(ending.num)  # where report() writes, for the parent to read
-    os.environ[ENV_STOP_URI] = staging.stop(ending.num)  # where report() looks whether the sweep asks it to stop
+    os.environ[METRICS_URI] = staging.metrics(ending.num)  # where report() writes, for the parent to read
+    os.environ[STOP_URI] = staging.stop(ending.num)  # where report() looks whether the sweep asks it to stop
     scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(ending.num, os.getpid())))
     signal.signal(signal.SIGTERM, on_sigterm)
     job = None
@@ -327,7 +328,7 @@ def run_forked(payload_uri: str, index: int, parent: int) -> None:
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the warm worker's handler is not this process's
         os.setsid()
-        os.environ.pop(ENV_PARENT_PID, None)
+        os.environ.pop(PARENT_PID, None)
         threading.Thread(target=_watch_parent, args=(parent, signal.SIGKILL), daemon=True).start()
         code = run(payload_uri, index)
     finally:
@@ -348,7 +349,7 @@ def rank_main(payload_uri: str, index: int, scratch: str) -> dict:
     rank = int(os.environ["RANK"])
     os.environ["NODE_RANK"] = os.environ.get("GROUP_RANK", "0")  # torchrun's name for it is GROUP_RANK
     if rank:
-        os.environ.pop(_metrics.ENV_METRICS_URI, None)  # rank 0 reports for the job
+        os.environ.pop(METRICS_URI, None)  # rank 0 reports for the job
     signal.signal(signal.SIGTERM, on_sigterm)
     ending = Ending(Staging.of_payload(payload_uri)[1] + index)
 
@@ -396,22 +397,22 @@ def _watch_parent(parent: int, sig: int = signal.SIGTERM) -> None:
 def main() -> int:
     if sys.path and sys.path[0] in ("", os.getcwd()):  # `python -m` puts the working directory first: the
         sys.path.pop(0)  # job must import only what the code package and the image hold, as on Batch
-    payload_uri = os.environ.get(ENV_PAYLOAD_URI)
+    payload_uri = os.environ.get(PAYLOAD_URI)
     if not payload_uri:
-        sys.stderr.write(f"hydra-awsbatch worker: {ENV_PAYLOAD_URI} is not set. This image runs jobs that "
+        sys.stderr.write(f"hydra-awsbatch worker: {PAYLOAD_URI} is not set. This image runs jobs that "
                          "the hydra/launcher=aws_batch launcher submits; it is not meant to be run alone.\n")
         return EXIT_NO_PAYLOAD
-    if os.environ.get(ENV_PARENT_PID, "").isdigit():
-        orphan = signal.SIGKILL if os.environ.get(ENV_ORPHAN_KILL) else signal.SIGTERM
-        threading.Thread(target=_watch_parent, args=(int(os.environ[ENV_PARENT_PID]), orphan), daemon=True).start()
-    index = int(os.environ.get(ENV_INDEX_OFFSET) or 0) + array_index()
+    if os.environ.get(PARENT_PID, "").isdigit():
+        orphan = signal.SIGKILL if os.environ.get(ORPHAN_KILL) else signal.SIGTERM
+        threading.Thread(target=_watch_parent, args=(int(os.environ[PARENT_PID]), orphan), daemon=True).start()
+    index = int(os.environ.get(INDEX_OFFSET) or 0) + array_index()
     from hydra_plugins.hydra_awsbatch_launcher import _workers
 
     if _workers.is_pool(payload_uri):  # a warm worker: trial after trial, each the plain worker in a process
         pool, first = _workers.parse(payload_uri)
         from hydra_plugins.hydra_awsbatch_launcher import worker  # this module proper, even run as __main__
 
-        return _workers.serve(worker, pool, first + index, float(os.environ.get(_workers.ENV_IDLE_TIMEOUT) or 60))
+        return _workers.serve(worker, pool, first + index, JobSettings.read().idle_timeout_s)
     return run(payload_uri, index)
 
 
