@@ -19,15 +19,15 @@ EXAMPLE = ["torch>=2.1,<2.15", "scikit-learn>=1.3", "numpy>=1.24", "fsspec>=2026
 # The thompson sweeper (hydra/sweeper=thompson): BoTorch's Gaussian processes, matplotlib for its plot.
 BO = ["botorch>=0.11", "matplotlib>=3.7"]
 # The local cloud (hydra-awsbatch local-cloud up): moto's server plays CloudFormation, Batch, S3, ECR and Logs.
-CLOUD = ["moto[server]>=5.2.5,<=5.2.6"]
+CLOUD = ["moto[server]>=5.2.5,<=5.2.6"]  # its Batch patched (_hooks.py): tested 5.2.5-5.2.6
 # The docs site (mkdocs.yml, docs/): tests/test_docs.py builds it with --strict.
 DOCS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10"]
-TEST = EXAMPLE + BO + DOCS + [
+TEST = EXAMPLE + BO + DOCS + CLOUD + [
     "pytest>=7.4",
     "pytest-timeout>=2.2",
     "hydra-optuna-sweeper>=1.2",  # installed on the launching side only, as a user's other plugins are
     "hydra-joblib-launcher>=1.2",  # the baseline of bench/warm_workers.py
-    "moto[server]>=5.2.5,<=5.2.6",  # the local cloud patches moto's Batch (tested 5.2.5-5.2.6)
+    "selenium>=4.20",  # the sweep page opened in a real headless Chromium (Debian's chromium-driver)
     "ruff>=0.5",
 ]
 
@@ -50,6 +50,7 @@ setup(
         "cloudpickle>=2.2",
         "rich>=14.1",  # 14.1: live displays nest (the thompson sweeper's line over the launcher's)
         "pathspec>=0.12",
+        "plotly>=7.1",  # the sweep page (report.html), its JavaScript inlined
     ],
     extras_require={"example": EXAMPLE, "bo": BO, "cloud": CLOUD, "docs": DOCS, "test": TEST},
     entry_points={"console_scripts": ["hydra-awsbatch = hydra_plugins.hydra_awsbatch_launcher.cli:main"]},

@@ -62,7 +62,7 @@ def test_hadolint_is_clean(lint_bin):
 def test_shellcheck_is_clean():
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck is missing: apt-get install shellcheck (.ci/run does)"
-    proc = run(shellcheck, "container_shell_script.sh")
+    proc = run(shellcheck, "container_shell_script.sh", "tools/newest.sh")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -702,9 +702,7 @@ class LivePage:
         if now - self.last < self.every_s or (self.thread is not None and self.thread.is_alive()):
             return
         self.last = now
-        if not self._at_exit:
-            self._at_exit = True
-            atexit.register(self.at_exit)
+        self.register()
         self.thread = threading.Thread(target=self._warm_then_write, name="report-page", daemon=True)
         self.thread.start()
 
@@ -717,12 +715,19 @@ class LivePage:
         if self.thread is not None:
             self.thread.join()
         self.last = time.monotonic()
-        if not self._at_exit:
-            self._at_exit = True
-            atexit.register(self.at_exit)
+        self.register()
         spent = self._write(running=None if self._unfinished() else False)
         where, self.said = Path(self.sweep_dir) / PAGE, True
         return f"The sweep's page: {where}" + (f"; {spent.line()}" if spent else "")
+
+    def register(self) -> None:
+        """The last page written at exit (once). What a write imports that cannot be imported once the interpreter
+        shuts down (joblib, under scikit-learn, imports concurrent.futures.process) is imported now."""
+        if not self._at_exit:
+            import concurrent.futures.process  # noqa: F401
+
+            self._at_exit = True
+            atexit.register(self.at_exit)
 
     def at_exit(self) -> None:
         if self.thread is not None:

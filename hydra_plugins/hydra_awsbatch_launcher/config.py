@@ -35,6 +35,9 @@ class BaseAwsBatchLauncherConf:
     environment: Dict[str, str] = field(default_factory=dict)
     # Seconds between two writes of what a job's report() calls recorded (and between two reads of them here)
     metrics_interval_s: float = 10.0
+    # The price table of the sweep page's cost estimate (a YAML file like the package's prices.yaml); null: the
+    # package's own, dated
+    price_table: Optional[str] = None
     # Nodes per trial: above 1, each trial is a multi-node parallel job whose nodes each run procs_per_node
     # processes, started as torchrun does (RANK, WORLD_SIZE, MASTER_ADDR... set; rank 0's return is the trial's)
     nodes: int = 1
