@@ -178,6 +178,21 @@ def test_launch_async_offers_what_a_running_job_reported(inprocess_launcher, tmp
 
 
 @pytest.mark.unit
+def test_report_hears_a_request_to_stop_within_seconds_whatever_the_metrics_interval(tmp_path, monkeypatch):
+    """A task reporting every batch with metrics written once an hour: report() looks for a request at most every
+    STOP_LOOK_S, not only when it writes (the sweep's request reached the task only at its next write)."""
+    monkeypatch.setattr(_metrics, "STOP_LOOK_S", 0.2)
+    stop = tmp_path / "stop"
+    reporter = _metrics.Reporter(None, str(tmp_path / "metrics"), interval_s=3600, stop_uri=str(stop))
+    assert reporter.report(1, {"loss": 1.0}) is False
+    stop.write_text("pruned")
+    started, step = time.monotonic(), 1
+    while not reporter.report(step := step + 1, {"loss": 1.0}) and time.monotonic() - started < 5:
+        time.sleep(0.01)
+    assert reporter.stop_requested and time.monotonic() - started < 1.0 and reporter.writes == 0
+
+
+@pytest.mark.unit
 def test_report_says_when_the_sweep_asks_the_job_to_stop(tmp_path):
     stop = tmp_path / "stop"
     reporter = _metrics.Reporter(None, str(tmp_path / "metrics"), interval_s=0, stop_uri=str(stop))

@@ -684,3 +684,34 @@ def test_the_async_bo_benchmark_runs_at_a_reduced_size(tmp_path):
     assert rows["asyTS+1"]["evaluations"] > rows["synTS"]["evaluations"]
     assert summary["latency_300"]["median"] < 3.0
     assert (tmp_path / "abo.png").stat().st_size > 10_000
+
+
+@pytest.mark.unit
+def test_a_botorch_that_fails_to_import_is_said_with_its_own_error(monkeypatch):
+    """Not a missing module (a broken shared library, say): the problem names the libraries and the import's own
+    error, never `needs None`."""
+    import builtins
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.hydra_thompson_sweeper import _check
+
+    real = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name.startswith("botorch"):
+            raise ImportError("libtorch_cpu.so: cannot open shared object file")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    conf = OmegaConf.create({k: v for k, v in asdict_conf().items() if k not in ("_target_", "params")})
+    problems = _check.settings(conf, launcher=None)
+    assert ("hydra/sweeper=thompson needs BoTorch and matplotlib, which failed to import (libtorch_cpu.so: cannot "
+            "open shared object file): pip install 'hydra-awsbatch-launcher[bo]'") in problems
+    assert not any("None" in p for p in problems)
+
+
+def asdict_conf() -> dict:
+    from dataclasses import asdict
+
+    return asdict(ThompsonSweeperConf())

@@ -24,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger("hydra_plugins.hydra_awsbatch_launcher")
 
 FILE = "metrics.jsonl"
+STOP_LOOK_S = 2.0  # report() looks whether the sweep asked the job to stop at most this often
 
 
 # ---------------------------------------------------------------------------------------------- the job
@@ -45,7 +46,8 @@ class Reporter:
 
     def __init__(self, local_file: Path | None, remote: str | None, interval_s: float, stop_uri: str | None = None):
         self.local_file, self.remote, self.interval_s, self.stop_uri = local_file, remote, interval_s, stop_uri
-        self.stop_requested = False  # the sweep asked this job to stop (it looks at each write)
+        self.stop_requested = False  # the sweep asked this job to stop (it looks at most every STOP_LOOK_S)
+        self.looked = time.monotonic()
         self.buffer: list[dict] = []
         self.last_step: float | None = None
         self.written = time.monotonic()
@@ -68,21 +70,28 @@ class Reporter:
         self.buffer.append(record)
         if time.monotonic() - self.written >= self.interval_s:
             self.flush()
+        elif self.stop_uri and time.monotonic() - self.looked >= STOP_LOOK_S:  # a request heard within seconds,
+            self.look()  # whatever the metrics interval
         return self.stop_requested
 
-    def flush(self) -> None:
-        """Write what is buffered (appended to the local file, a new part in staging), and look whether the sweep
-        asked the job to stop."""
-        self.written = time.monotonic()
+    def look(self) -> None:
+        """Whether the sweep asked this job to stop (one stat, or one HEAD request in S3)."""
+        self.looked = time.monotonic()
         if self.stop_uri and not self.stop_requested:
             from hydra_plugins.hydra_awsbatch_launcher import _storage
 
             try:
                 self.stop_requested = _storage.exists(self.stop_uri)
-            except Exception:  # asked again at the next write
+            except Exception:  # asked again at the next look
                 pass
             if self.stop_requested:
                 log.warning("report(): the sweep asks this job to stop; report() returns True from now on")
+
+    def flush(self) -> None:
+        """Write what is buffered (appended to the local file, a new part in staging), and look whether the sweep
+        asked the job to stop."""
+        self.written = time.monotonic()
+        self.look()
         if not self.buffer:
             return
         text = "".join(json.dumps(record, allow_nan=True) + "\n" for record in self.buffer)

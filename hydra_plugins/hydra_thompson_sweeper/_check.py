@@ -25,8 +25,10 @@ def settings(c, launcher) -> list[str]:
             import botorch.models
             import botorch.sampling.pathwise  # noqa: F401
             import matplotlib.pyplot  # noqa: F401
-    except ImportError as error:
-        problems.append(f"hydra/sweeper=thompson needs {error.name}: pip install 'hydra-awsbatch-launcher[bo]'")
+    except ImportError as error:  # a missing module, or one that fails to import (error.name is then None)
+        problems.append(f"hydra/sweeper=thompson needs {error.name or 'BoTorch and matplotlib'}, which "
+                        + ("is not installed" if error.name else f"failed to import ({error})")
+                        + ": pip install 'hydra-awsbatch-launcher[bo]'")
     for name in ("n_trials", "n_workers", "max_failures"):
         if int(c[name]) < 1:
             problems.append(f"hydra.sweeper.{name}={c[name]}: at least 1")
