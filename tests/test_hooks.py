@@ -5,6 +5,7 @@ release and the range we test. A release of moto, Hydra or torch that moves one 
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -62,9 +63,9 @@ def test_a_hook_taken_away_fails_naming_itself_and_the_release(name, monkeypatch
     for part in filter(None, owner_path.split(".")):
         owner = getattr(owner, part)
     if replacement is None:
-        monkeypatch.delattr(owner, attribute)
-        if attribute == "submit_job" and hasattr(owner, "submitjob"):  # moto before 5.2.6 names it so
-            monkeypatch.delattr(owner, "submitjob")
+        names = [attribute, *(["submitjob"] if attribute == "submit_job" else [])]  # moto before 5.2.6: submitjob
+        for gone in [n for n in names if n in vars(owner)] or [attribute]:
+            monkeypatch.delattr(owner, gone)
     else:
         monkeypatch.setattr(owner, attribute, replacement)
     hook = _hooks.HOOKS[name]
@@ -95,7 +96,8 @@ def test_local_cloud_up_refuses_a_moto_without_the_hooks_in_the_terminal_before_
     """As a moto release that renames SubmitJob's handler would: `local-cloud up` exits at once, saying which moto
     it is, the range it supports and what to install; no server is started, no state written."""
     (tmp_path / "sitecustomize.py").write_text(BROKEN_MOTO)
-    env = {"PATH": f"{sys.prefix}/bin:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(tmp_path)}
+    env = {"PATH": f"{sys.prefix}/bin:/usr/bin:/bin", "HOME": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "local-cloud", "up"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
