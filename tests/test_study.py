@@ -100,6 +100,8 @@ def test_asha_in_a_study_stops_a_hopeless_trial_and_the_gp_learns_its_levels():
     assert sorted(o.fraction for o in study.optimizer.observations) == [1 / 9] * 3 + [2 / 9]
     study.tell(good, 0.05)
     assert study.best is good and [o.fraction for o in study.optimizer.observations].count(1.0) == 1
+    with pytest.raises(ValueError, match="trial 0 was told already"):
+        study.tell(good, 0.01)  # told once: a second value would be learnt twice
 
 
 @pytest.mark.unit

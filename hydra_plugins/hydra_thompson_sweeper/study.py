@@ -86,7 +86,8 @@ class Study:
     def report(self, trial: Trial, step: float, value: float | None = None, **metrics) -> bool:
         """The trial's `value` of the pruner's metric after `step` (its resource: an epoch, say), and any other
         metrics to keep with it. True once the pruner asks the trial to stop (trial.stop_reason says why)."""
-        record = {"step": step, "time": metrics.pop("time", None) or time.time(),
+        at = metrics.pop("time", None)
+        record = {"step": step, "time": time.time() if at is None else at,
                   **({self.metric: value} if value is not None else {}), **metrics}
         reason = self.take(trial, record)
         if reason and not trial.stop_reason:
@@ -116,6 +117,8 @@ class Study:
         """How the trial ended: completed with its final `value`, pruned (its value is its last report, no final
         one: the GP learns its curve at the fractions of a training it reached) or failed (nothing learnt)."""
         state = TrialStatus(state)
+        if trial.done:
+            raise ValueError(f"trial {trial.number} was told already ({trial.status}): a trial is told once")
         if trial.ended is None:
             trial.ended = time.time()
         if state == TrialStatus.COMPLETED:
