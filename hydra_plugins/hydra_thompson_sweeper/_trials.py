@@ -248,8 +248,8 @@ class SweepFiles:
             ax.plot(list(x), [t.value for t in done], ".", color="0.6", label="trial")
             ax.step(list(x), best, where="post", label="best so far")
             ax.set_xlabel(label)
-            ax.set_ylabel(self.signature.get("objective") or "objective")
-            if all(v > 0 for v in best) and max(best) / min(best) > 20:
+            ax.set_ylabel(self.signature.get("objective") or "the task's return value")
+            if _spans_decades([t.value for t in done]):
                 ax.set_yscale("log")
         by_time.legend()
         failed = sum(t.status == TrialStatus.FAILED for t in self.trials)
@@ -267,17 +267,27 @@ class SweepFiles:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for trial, points in curves:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        sign = 1.0 if self.direction == "minimize" else -1.0  # ranked by their last value, the best first
+        ranked = sorted(curves, key=lambda item: sign * item[1][-1][1] if math.isfinite(item[1][-1][1]) else math.inf)
+        colours = plt.cm.viridis([i / max(1, len(ranked) - 1) * 0.9 for i in range(len(ranked))])
+        for rank, ((trial, points), colour) in enumerate(zip(ranked, colours)):
             pruned = trial.status == TrialStatus.PRUNED
             steps, values = zip(*points)
-            ax.plot(steps, values, "--" if pruned else "-", color="0.6" if pruned else None, linewidth=1)
+            label = f"{trial.number}: " + " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+            ax.plot(steps, values, "--" if pruned else "-", color=colour, linewidth=2.2 if rank == 0 else 1,
+                    label=label if rank < LEGEND else None)
             if pruned:
                 ax.plot(steps[-1], values[-1], "x", color="tab:red")
+        if _spans_decades([v for _, points in curves for _, v in points]):
+            ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel(self.metric)
+        ax.legend(title=f"trial: params (the best {min(LEGEND, len(ranked))})", fontsize=7, title_fontsize=7,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
         stopped = sum(t.status == TrialStatus.PRUNED for t, _ in curves)
-        ax.set_title(f"{len(curves)} trials" + (f", {stopped} stopped early (dashed, x)" if stopped else ""))
+        ax.set_title(f"{len(curves)} trials, the best thick" + (f", {stopped} stopped early (dashed, x)"
+                                                               if stopped else ""))
         self.save_figure(fig, "curves.png")
 
     def save_figure(self, fig, name: str) -> None:
@@ -295,3 +305,16 @@ def _iso(epoch: float | None) -> str:
     if epoch is None or not math.isfinite(epoch):
         return ""
     return datetime.datetime.fromtimestamp(epoch).isoformat(timespec="seconds")
+
+
+LEGEND = 10  # curves.png names the best trials' params in its legend
+
+
+def _spans_decades(values: list) -> bool:
+    """Positive values whose largest is over 20 times their smallest: drawn on a log axis."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 20
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
