@@ -703,8 +703,9 @@ class LivePage:
             return
         self.last = now
         self.register()
-        self.thread = threading.Thread(target=self._warm_then_write, name="report-page", daemon=True)
-        self.thread.start()
+        thread = threading.Thread(target=self._warm_then_write, name="report-page", daemon=True)
+        thread.start()
+        self.thread = thread  # published started: final() and at_exit() may join it from another thread
 
     def _warm_then_write(self) -> None:
         _import_now()
