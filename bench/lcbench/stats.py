@@ -144,6 +144,7 @@ def plot(runs: list[dict], reference: dict, path: str, budget: float, reps: int 
 
     rng = np.random.default_rng(seed)
     grid = np.geomspace(30.0, budget, 60)
+    colors: dict[str, str] = {}
     by_method: dict[str, dict[str, list[dict]]] = {}
     for run in runs:
         if "skipped" not in run:
@@ -169,13 +170,16 @@ def plot(runs: list[dict], reference: dict, path: str, budget: float, reps: int 
                 hi.append(b)
             style = "-" if method.startswith("ours") else ("--" if method == "random" else "-")
             width = 2.2 if method.startswith("ours") else 1.2
-            (line,) = ax.plot(grid, np.maximum(mid, 1e-4), style, lw=width, label=method)
-            ax.fill_between(grid, np.maximum(lo, 1e-4), np.maximum(hi, 1e-4), color=line.get_color(), alpha=0.15)
+            color = colors.setdefault(method, f"C{len(colors) % 10}")
+            ax.plot(grid, mid, style, lw=width, color=color, label=method)
+            ax.fill_between(grid, lo, hi, color=color, alpha=0.15)
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        # symlog: a method past the reference (the random search's best) has a negative regret, shown below 0
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.axhline(0.0, color="black", lw=0.6)
         ax.set_title(f"{panel} ({TASK_NAMES.get(panel, '')})" if panel != "pooled" else "pooled (all tasks)")
         ax.set_xlabel("simulated time (s), 4 workers")
-        ax.set_ylabel("normalised regret (IQM)")
+        ax.set_ylabel("normalised regret, IQM (< 0: past ref.)")
         for t in CHECKPOINTS:
             if t <= budget:
                 ax.axvline(t, color="grey", lw=0.5, alpha=0.5)
