@@ -60,7 +60,8 @@ class RandomSearch:
 
     def ask(self):
         u = self.rng.random(len(PARAMS))
-        params = {p.name: float(p.from_unit(np.array([u[j]]))[0]) for j, p in enumerate(PARAMS)}
+        params = {p.name: p.from_unit(np.array([u[j]]))[0] for j, p in enumerate(PARAMS)}
+        params = {p.name: int(params[p.name]) if p.integer else float(params[p.name]) for p in PARAMS}
         self.number += 1
         return _Trial(self.number - 1, params)
 
@@ -138,6 +139,7 @@ def simulate(model: LCBench, task: str, optimiser, budget: float, workers: int,
         return {"trial": trial, "start": busy[0], "times": times[0], "acc": acc[0], "epoch": 0}
 
     incumbent = {"t": [], "best": []}
+    best = {"value": None}
     trials = 0
     events = []  # (time the next epoch ends, worker)
     running = {}
@@ -156,6 +158,7 @@ def simulate(model: LCBench, task: str, optimiser, budget: float, workers: int,
         if not incumbent["best"] or value > incumbent["best"][-1]:
             incumbent["t"].append(now)
             incumbent["best"].append(value)
+            best = {"value": value, "epoch": e + 1, "config": config_of(run["trial"].params)}
         stop = timed("report", now, optimiser.report, run["trial"], e + 1, value)
         if e + 1 == EPOCHS:
             timed("tell", now, optimiser.tell, run["trial"], value)
@@ -174,7 +177,7 @@ def simulate(model: LCBench, task: str, optimiser, budget: float, workers: int,
     at = np.array(ask_at[:len(asks)])
     decisions = np.array(timing["ask"] + timing["report"] + timing["tell"])
     return {
-        "incumbent": incumbent, "trials": trials, "results": results_seen[0],
+        "incumbent": incumbent, "trials": trials, "results": results_seen[0], "best": best,
         "suggest_s": suggest_stats(asks, at, np.ones(len(asks), dtype=bool)),
         "result_s": {"n": len(timing["report"]), "median": _median(timing["report"]),
                      "total": float(sum(timing["report"]))},

@@ -161,6 +161,7 @@ def run_one(model: LCBench, task: str, method: str, seed: int, budget: float, n_
     scheduler = make_scheduler(method, seed, points)
     timed = Timed(scheduler)
     seen = []  # (simulated time, val_accuracy) of every result within the budget
+    best_config = {"value": None}
     trials = set()
 
     class Results(TunerCallback):
@@ -169,6 +170,9 @@ def run_one(model: LCBench, task: str, method: str, seed: int, budget: float, n_
             if t <= budget:
                 trials.add(trial.trial_id)
                 seen.append((t, float(result[METRIC])))
+                if best_config["value"] is None or seen[-1][1] > best_config["value"]:
+                    config = {k: v for k, v in trial.config.items() if k != MAX_RESOURCE_ATTR}
+                    best_config.update(value=seen[-1][1], epoch=int(result[RESOURCE]), config=config)
 
     t0, c0 = time.perf_counter(), time.process_time()
     tuner = Tuner(trial_backend=backend, scheduler=scheduler,
@@ -182,7 +186,7 @@ def run_one(model: LCBench, task: str, method: str, seed: int, budget: float, n_
     decisions = np.array(timed.suggest + timed.result)
     return {
         "method": method, "task": task, "seed": seed, "budget_s": budget, "n_workers": n_workers,
-        "incumbent": incumbent(seen), "trials": len(trials), "results": len(seen),
+        "incumbent": incumbent(seen), "trials": len(trials), "results": len(seen), "best": best_config,
         "host_s": host, "cpu_s": cpu,
         "suggest_s": suggest_stats(timed.suggest, timed.suggest_at, timed.suggest_new),
         "result_s": {"n": len(timed.result), "median": _median(timed.result), "total": float(sum(timed.result))},
