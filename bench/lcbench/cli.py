@@ -199,8 +199,10 @@ def main(argv=None) -> int:
         if syne_python is None:
             print("no plot: pip install matplotlib", file=sys.stderr)
         else:
-            subprocess.run([str(syne_python), "-m", "bench.lcbench.stats", str(out), "--plot", png], cwd=ROOT,
-                           check=True)
+            drawn = subprocess.run([str(syne_python), "-m", "bench.lcbench.stats", str(out), "--plot", png],
+                                   cwd=ROOT, capture_output=True, text=True)
+            if drawn.returncode:
+                print(f"no plot: {syne_python} could not draw it: {drawn.stderr.strip()[-500:]}", file=sys.stderr)
     print(f"wrote {out} and {png} in {wall:.0f}s")
     for line in failed:
         print("FAILED", line, file=sys.stderr)
