@@ -28,6 +28,7 @@ TEST = EXAMPLE + BO + DOCS + CLOUD + [
     "hydra-optuna-sweeper>=1.2",  # installed on the launching side only, as a user's other plugins are
     "hydra-joblib-launcher>=1.2",  # the baseline of bench/warm_workers.py
     "selenium>=4.20",  # the sweep page opened in a real headless Chromium (Debian's chromium-driver)
+    "onnxruntime>=1.17",  # bench/lcbench.py: YAHPO Gym's LCBench surrogate (../shared/data/yahpo_lcbench)
     "ruff>=0.5",
 ]
 
