@@ -715,3 +715,47 @@ def asdict_conf() -> dict:
     from dataclasses import asdict
 
     return asdict(ThompsonSweeperConf())
+
+
+class InterruptedWhileSubmitting(Reporting):
+    """An asynchronous launcher whose second submission is cut by a Ctrl-C (as one landing while the sweeper
+    proposes or submits, not while it waits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.launches = 0
+
+    def launch_async(self, job_overrides, initial_job_idx):
+        self.launches += 1
+        if self.launches == 2:
+            raise KeyboardInterrupt
+        return [concurrent.futures.Future() for _ in job_overrides]  # running on
+
+    def resume_async(self, nums):
+        return {}
+
+    def mirror(self, name, data):
+        pass
+
+
+@pytest.mark.unit
+def test_a_ctrl_c_outside_the_wait_leaves_every_unfinished_trial_interrupted_to_run_again(tmp_path, caplog):
+    from hydra_plugins.hydra_thompson_sweeper._jobs import TrialJobs
+    from hydra_plugins.hydra_thompson_sweeper._trials import SweepFiles
+    from hydra_plugins.hydra_thompson_sweeper.thompson_sweeper import ThompsonSweeper
+
+    conf = {k: v for k, v in asdict_conf().items() if k not in ("_target_", "params")}
+    sweeper = ThompsonSweeper(**dict(conf, n_workers=2, n_queued=0, n_trials=6))
+    sweeper.launcher, sweeper.asynchronous = InterruptedWhileSubmitting(), True
+    sweeper.study = Study(Space([Dimension.interval("x", 0, 1)]), n_initial=2)
+    sweeper.files = SweepFiles(tmp_path, sweeper.study)
+    sweeper.jobs = TrialJobs(sweeper.launcher, sweeper.study, sweeper.conf, sweeper.files, [], lambda batch: None)
+    first = sweeper.study.ask()  # in flight, then a freed worker's trial is cut mid-submission
+    first.job, first.status = 0, TrialStatus.RUNNING
+    done = concurrent.futures.Future()
+    done.set_result(finished_job("COMPLETED", 0.5).result())
+    with pytest.raises(KeyboardInterrupt):
+        sweeper.run({done: first}, [])
+    unfinished = [t for t in sweeper.study.trials if not t.done]
+    assert unfinished and all(t.status == TrialStatus.INTERRUPTED for t in unfinished), sweeper.study.trials
+    assert "continue the sweep with hydra.sweeper.resume=true" in caplog.text

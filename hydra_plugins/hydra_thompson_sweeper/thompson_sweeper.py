@@ -143,15 +143,8 @@ class ThompsonSweeper(Sweeper):
                 timeout = watch_s if tidied else min(watch_s or QUIET_S, QUIET_S)
                 if deadline < math.inf:  # woken when time is up, to stop the trials still waiting for a worker
                     timeout = max(0.0, min(math.inf if timeout is None else timeout, deadline - time.time()))
-                try:
-                    done, _ = wait(list(in_flight), timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
-                    stopping = self.jobs.prune(in_flight)
-                except KeyboardInterrupt:
-                    for trial in in_flight.values():
-                        trial.status = TrialStatus.INTERRUPTED
-                    log.warning(f"Interrupted with {len(in_flight)} trials in flight; continue the sweep with "
-                                "hydra.sweeper.resume=true (they run again, but those asked to stop early)")
-                    raise
+                done, _ = wait(list(in_flight), timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+                stopping = self.jobs.prune(in_flight)
                 if not done and not stopping:
                     continue  # a look at what the trials in flight reported, and nothing to record
                 quiet_since, tidied = time.monotonic(), False
@@ -166,12 +159,24 @@ class ThompsonSweeper(Sweeper):
                     raise SweepError([f"{c.max_failures} trials failed in a row (hydra.sweeper.max_failures); the "
                                       f"last, trial {last.number}: {last.error}. Every trial is in "
                                       f"{files.sweep_dir / 'trials.csv'}"])
+        except KeyboardInterrupt:  # wherever it lands (a wait, a proposal, a submission, a plot)
+            self.interrupted()
+            raise
         except SweepError:  # its message is the last thing said: the trials in flight are stopped first
             live.close()
             self.jobs.stop(in_flight)
             raise
         finally:
             live.close()
+
+    def interrupted(self) -> None:
+        """Ctrl-C: every trial asked and not told (in flight, being submitted, proposed, to run again) is recorded
+        interrupted, so that a resume runs it again (or re-attaches it) instead of taking it for a failure."""
+        unfinished = self.study.running()
+        for trial in unfinished:
+            trial.status = TrialStatus.INTERRUPTED
+        log.warning(f"Interrupted with {len(unfinished)} trials unfinished; continue the sweep with "
+                    "hydra.sweeper.resume=true (they run again, but those asked to stop early)")
 
     def in_flight_target(self) -> int:
         """Trials kept in flight: n_workers, and n_queued more waiting for a worker where the launcher runs at
