@@ -308,7 +308,8 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
     def executor(self, staging):
         from hydra_plugins.hydra_awsbatch_launcher import _batch
 
-        spec, sweep_id = self.submit_spec(staging.sweep_id), staging.sweep_id
+        sweep_id = staging.sweep_id  # the spec made at each submission: a resumed sweep's executor is made before
+        # its settings are resolved from the stack (resume_async)
         executor = _batch.BatchExecutor(self.api, self.params.poll_interval_s, request_for=lambda payload, first, size:
-                                        spec.requests(payload, sweep_id, first, size))
+                                        self.submit_spec(sweep_id).requests(payload, sweep_id, first, size))
         return self.settings.warm(executor, staging)
