@@ -735,7 +735,7 @@ class LivePage:
             self.thread.join()
         if Path(self.sweep_dir).is_dir() and (self._stamp() != self.seen or self.ran):
             spent = self._write(running=False)
-            if not self.said:  # a sweeper that never waited on a whole batch (thompson): said once, at the end
+            if not self.said and _can_log():  # a sweeper that never waited on a whole batch (thompson): said once
                 log.info(f"The sweep's page: {Path(self.sweep_dir) / PAGE}" + (f"; {spent.line()}" if spent else ""))
 
     def _unfinished(self) -> bool:
@@ -746,6 +746,17 @@ class LivePage:
                 str(Path(self.sweep_dir) / _manifest.MANIFEST)).jobs)
         except (OSError, ValueError):
             return False
+
+
+def _can_log() -> bool:
+    """Whether the package's log still has somewhere to go at exit (a test runner may have closed its streams)."""
+    logger = log
+    while logger is not None:
+        for handler in logger.handlers:
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                return False
+        logger = logger.parent if logger.propagate else None
+    return True
 
 
 CSS = """

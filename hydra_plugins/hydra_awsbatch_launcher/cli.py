@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     cloud.set_defaults(function=local_cloud)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # no INFO from botocore and the like
+    logging.getLogger().setLevel(logging.WARNING)  # also where logging was configured before (main() in-process)
     log.setLevel(logging.INFO)
     return args.function(args)
 
