@@ -173,8 +173,9 @@ def test_stopping_thousands_of_jobs_writes_the_manifest_once(make_sweep, monkeyp
     with sweep.lock:  # between two watch rounds
         assert sweep.stop(_sweep.INTERRUPTED_REASON) == jobs
     assert all(f.result(timeout=10).status == JobStatus.FAILED for f in futures)
-    # a watch round's refresh, stop's own and the collection's: a few saves, not one a job; reads: the two that ran
-    assert len(saves) <= 3 and len(reads) <= 2
+    # a watch round's refresh, stop's own and the collection's: a few saves, not one a job; results read: the two
+    # that ran (the sweep page's writer may read the manifest meanwhile)
+    assert len(saves) <= 3 and len([uri for uri in reads if uri.endswith("result.pkl")]) <= 2, reads
     assert "stopped before it started" in str(futures[-1].result()._return_value)
     assert {job.reason for job in sweep.manifest.jobs} == {_sweep.INTERRUPTED_REASON}
 

@@ -12,6 +12,7 @@ venv=${VENV:-.venv-newest}
 python=${PYTHON:-python3.11}
 
 "$python" -m venv --clear "$venv"
+venv=$(cd "$venv" && pwd)
 "$venv/bin/pip" install -q -U pip
 "$venv/bin/pip" install -q --no-deps -e . --config-settings editable_mode=compat
 # Every requirement of the package and its test extra, by name and extras only: no version bounds.
@@ -30,6 +31,7 @@ echo "::: the newest releases of: $(tr '\n' ' ' < "$venv/newest.txt")"
 "$venv/bin/pip" install -q -U --upgrade-strategy eager $(cat "$venv/newest.txt")
 "$venv/bin/pip" list 2> /dev/null | grep -iE '^(hydra-core|moto|torch|botorch|gpytorch|boto3|omegaconf) ' || true
 
+export PATH="$venv/bin:$PATH"  # as an activated venv: the tests run hydra-awsbatch as a user types it
 "$venv/bin/python" -m pytest -q -m "unit or integration" -p no:cacheprovider
 if [[ "${E2E:-1}" != 0 ]]; then
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_e2e.py -k test_a_two_node_trial_runs_in_two_containers
