@@ -30,7 +30,7 @@ Values are minimised here; the sweeper flips the sign of a maximised metric. `fi
 the GP learns from a trial's curve: its values at the levels min_resource * reduction_factor**k below
 max_resource (ASHA's rungs) and its last value past them (a trial stopped between levels), each at its fraction
 of a full training (MOBSTER, Klein et al. 2020; Syne Tune's searcher_data=rungs_and_last). The levels' values
-(`levels_reached`) are final once reached: the sweeper gives them to the GP while the trial runs.
+are final once reached: the study gives them to the GP while the trial runs (study.Study.take).
 """
 
 from __future__ import annotations
@@ -114,27 +114,19 @@ class Pruner:
         i = self.index_at(trial, step)
         return None if i is None else self.curves[trial][i][1]
 
-    def levels_reached(self, trial: int) -> list[tuple[float, float]]:
-        """(fraction of a full training, value) at each level the trial reached, where the value is finite: its
-        first report at or past the level, which no later report changes, so the GP may learn it while the trial
-        runs (as MOBSTER's searcher does at each rung)."""
-        return self._points(trial, with_last=False)
-
     def fidelities(self, trial: int) -> list[tuple[float, float]]:
-        """What the GP learns of a trial that ended: its levels_reached, and its last report if no level took it
-        and it is finite, from min_resource and before max_resource (Syne Tune's rungs_and_last): a trial stopped
-        between levels tells the GP how far it had got."""
-        return self._points(trial, with_last=True)
-
-    def _points(self, trial: int, with_last: bool) -> list[tuple[float, float]]:
+        """What the GP learns of a trial that ended, each at its fraction of a full training where its value is
+        finite: its value at each level it reached (its first report at or past the level, which no later report
+        changes: the study gives it to the GP the moment it is reported), and its last report if no level took it,
+        from min_resource and before max_resource (Syne Tune's rungs_and_last): a trial stopped between levels
+        tells the GP how far it had got."""
         curve = self.curves.get(trial, [])
         taken = [(level, self.index_at(trial, level)) for level in self.levels]
         points = [(level / self.max_resource, curve[i][1]) for level, i in taken if i is not None]
-        if (with_last and curve and len(curve) - 1 not in {i for _, i in taken}
+        if (curve and len(curve) - 1 not in {i for _, i in taken}
                 and self.min_resource <= curve[-1][0] < self.max_resource):
             points.append((curve[-1][0] / self.max_resource, curve[-1][1]))
         return [(fraction, value) for fraction, value in points if math.isfinite(value)]
-
 
 class Median(Pruner):
     def decide(self, trial: int, step: float, value: float) -> str | None:
