@@ -22,7 +22,7 @@ import threading
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
 from example_app import distributed
@@ -81,7 +81,8 @@ def train(cfg: DictConfig, dist: distributed.Context) -> float:
     x_train, y_train = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
     x_val, y_val = torch.from_numpy(x_val).to(device), torch.from_numpy(y_val).to(device)
 
-    model = instantiate(cfg.model).to(device)
+    # model.resources: what a job of this model asks of its machine (read by the launcher, not the model)
+    model = instantiate(OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "resources"])).to(device)
     net = dist.wrap(model)  # DistributedDataParallel where several processes train
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     shuffle = torch.Generator().manual_seed(cfg.seed)

@@ -40,3 +40,23 @@ class CNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features(x.view(len(x), 1, 8, 8))
         return self.head(features.flatten(1))
+
+
+class ResNet(nn.Module):
+    """A small residual network: a stem, `blocks` residual blocks of two convolutions each, a linear head. The
+    example's GPU model (conf/model/resnet.yaml asks a GPU for it); it trains on a CPU too, more slowly."""
+
+    def __init__(self, channels: int = 32, blocks: int = 2):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+                          nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels))
+            for _ in range(blocks))
+        self.head = nn.Linear(channels, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x.view(len(x), 1, 8, 8))
+        for block in self.blocks:
+            h = torch.relu(h + block(h))
+        return self.head(h.mean((2, 3)))

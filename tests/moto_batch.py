@@ -33,7 +33,7 @@ def moto_api(endpoint: str, path: str, body: dict | None = None) -> bytes:
 
 def create_batch_resources(endpoint: str) -> dict:
     """moto's Batch in its no-container mode (jobs end at once), with an EC2 queue and job definition, a
-    Fargate-only queue, a disabled queue, and a staging bucket."""
+    Fargate-only queue, a disabled queue, a queue of GPU instances, and a staging bucket."""
     moto_api(endpoint, "config", {"batch": {"use_docker": False}})
     iam, ec2, batch = (moto_client(endpoint, s) for s in ("iam", "ec2", "batch"))
     role = iam.create_role(RoleName="batch-test", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
@@ -57,10 +57,13 @@ def create_batch_resources(endpoint: str) -> dict:
     ec2_env = compute_environment("test-ec2", {"type": "EC2", "minvCpus": 0, "maxvCpus": 64,
                                                "instanceTypes": ["optimal"], "instanceRole": profile})
     fargate_env = compute_environment("test-fargate", {"type": "FARGATE", "maxvCpus": 16})
+    gpu_env = compute_environment("test-gpu", {"type": "EC2", "minvCpus": 0, "maxvCpus": 64,
+                                               "instanceTypes": ["g4dn.xlarge"], "instanceRole": profile})
     batch.register_job_definition(jobDefinitionName="test-job", type="container", containerProperties={
         "image": "hydra-awsbatch:latest", "command": ["python", "-m", "hydra_plugins.hydra_awsbatch_launcher.worker"],
         "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]})
     moto_client(endpoint, "s3").create_bucket(Bucket="batch-staging")
     return {"queue": queue("test-queue", ec2_env), "fargate_queue": queue("test-fargate-queue", fargate_env),
             "disabled_queue": queue("test-disabled-queue", ec2_env, state="DISABLED"),
+            "gpu_queue": queue("test-gpu-queue", gpu_env),
             "job_definition": "test-job", "bucket": "batch-staging", "staging": "s3://batch-staging/staging"}

@@ -362,9 +362,9 @@ def requests_for(batch_resources: dict, job_name: str):
     """A BatchExecutor's request_for: plain SubmitJob requests into the moto queue, named `job_name`."""
     from hydra_plugins.hydra_awsbatch_launcher import _batch
 
-    def request_for(payload_uri, first, size):
-        return _batch.SubmitSpec(
-        job_name, batch_resources["queue"], batch_resources["job_definition"]).requests(payload_uri, "s1", first, size)
+    def request_for(payload_uri, first, size, offset=0):
+        return _batch.SubmitSpec(job_name, batch_resources["queue"], batch_resources["job_definition"]).requests(
+            payload_uri, "s1", first, size, offset)
 
     return request_for
 

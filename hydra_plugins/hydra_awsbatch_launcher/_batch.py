@@ -118,9 +118,8 @@ class BatchApi:
         return {region for partition in self.session.get_available_partitions()
                 for region in self.session.get_available_regions("batch", partition_name=partition)}
 
-    def stack_outputs(self, stack_name: str, multinode: bool = False) -> dict[str, str]:
-        """The launcher settings that the stack's outputs give (job_queue, job_definition, staging_uri...);
-        `multinode`: its multi-node queue and job definition."""
+    def outputs_of(self, stack_name: str) -> dict[str, str]:
+        """The stack's outputs: OutputKey -> OutputValue (JobQueue, GpuJobQueue, JobDefinition...)."""
         from botocore.exceptions import ClientError
 
         try:
@@ -128,7 +127,12 @@ class BatchApi:
         except ClientError as error:
             raise BatchError(f"stack '{stack_name}' not found ({error.response['Error']['Message']}): deploy "
                              "template.yaml or fix hydra.launcher.stack_name") from None
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+        return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+
+    def stack_outputs(self, stack_name: str, multinode: bool = False) -> dict[str, str]:
+        """The launcher settings that the stack's outputs give (job_queue, job_definition, staging_uri...);
+        `multinode`: its multi-node queue and job definition."""
+        outputs = self.outputs_of(stack_name)
         wanted = MULTINODE_OUTPUTS if multinode else STACK_OUTPUTS
         return {setting: outputs[key] for setting, key in wanted.items() if key in outputs}
 
@@ -269,17 +273,19 @@ class SubmitSpec:
     scheduling_priority: int | None = None
     nodes: int = 1
 
-    def requests(self, payload_uri: str, sweep_id: str, first: int, size: int) -> list[tuple[int, int, dict]]:
-        """(first job number, size, SubmitJob request) for each array of at most 10,000 jobs of one payload; a
-        lone job is a plain job. The command is fixed; the payload URI and the index offset travel as environment
-        variables. `nodes` > 1: one multi-node parallel job per config (Batch has no arrays of them), its
-        overrides on every node (`nodeOverrides`, targetNodes 0:), the index offset naming the config."""
+    def requests(self, payload_uri: str, sweep_id: str, first: int, size: int,
+                 offset: int = 0) -> list[tuple[int, int, dict]]:
+        """(first job number, size, SubmitJob request) for each array of at most 10,000 jobs of one payload, job
+        `first` at position `offset` of it; a lone job is a plain job. The command is fixed; the payload URI and
+        the index offset travel as environment variables. `nodes` > 1: one multi-node parallel job per config
+        (Batch has no arrays of them), its overrides on every node (`nodeOverrides`, targetNodes 0:), the index
+        offset naming the config."""
         step = MAX_ARRAY if self.nodes <= 1 else 1
         requests = []
-        for offset in range(0, size, step):
-            n = min(step, size - offset)
+        for start in range(0, size, step):
+            n = min(step, size - start)
             env = dict(self.environment, **{_job.PAYLOAD_URI: payload_uri, _job.SWEEP_ID: sweep_id,
-                                            _job.INDEX_OFFSET: str(offset)})
+                                            _job.INDEX_OFFSET: str(offset + start)})
             overrides: dict[str, Any] = {"command": WORKER_COMMAND, "environment": [
                 {"name": k, "value": str(v)} for k, v in sorted(env.items())]}
             requirements = [{"type": t, "value": _number(v)} for t, v in self.resources.items() if v is not None]
@@ -302,7 +308,7 @@ class SubmitSpec:
                 request["shareIdentifier"] = self.share_identifier
             if self.scheduling_priority is not None:
                 request["schedulingPriorityOverride"] = int(self.scheduling_priority)
-            requests.append((first + offset, n, request))
+            requests.append((first + start, n, request))
         return requests
 
 
@@ -361,6 +367,30 @@ def check_resources(vcpus, memory_mib, gpus, timeout_min, attempts, compute_envi
     return problems
 
 
+GPU_FAMILIES = re.compile(r"^(p\d|g\d|gr\d)")  # EC2's GPU instance families: p3, p4d, p5, g4dn, g5, g6e, gr6...
+
+
+def has_gpus(compute_environment: dict) -> bool:
+    """Whether a compute environment can start instances with GPUs (a GPU family among its instance types;
+    "optimal" picks from C, M and R, which have none)."""
+    types = compute_environment.get("computeResources", {}).get("instanceTypes") or []
+    return any(GPU_FAMILIES.match(str(t)) for t in types)
+
+
+def check_gpus(gpus, queue: str, compute_environments: list[dict]) -> list[str]:
+    """A job asking GPUs on a queue none of whose compute environments has GPU instances: it would wait in
+    RUNNABLE forever."""
+    fargate = all(ce.get("computeResources", {}).get("type", "").startswith("FARGATE") for ce in compute_environments)
+    if not gpus or int(gpus) <= 0 or fargate or any(map(has_gpus, compute_environments)):
+        return []  # (Fargate: check_resources says so)
+    names = ", ".join(f"{ce.get('computeEnvironmentName')} "
+                      f"({','.join(ce.get('computeResources', {}).get('instanceTypes') or ['Fargate'])})"
+                      for ce in compute_environments)
+    return [f"hydra.launcher.gpus={gpus}: job queue '{queue}' has no GPU instances (its compute environments: "
+            f"{names}); point these jobs at a GPU queue with hydra.launcher.job_queue (the stack's GpuJobQueue), "
+            "or ask for gpus=0"]
+
+
 def check_multinode(nodes: int, queue: str, compute_environments: list[dict], definition: dict | None) -> list[str]:
     """What Batch needs of a queue and job definition to run trials of `nodes` nodes (multi-node parallel jobs):
     On-Demand EC2 compute (neither Fargate nor Spot), a `multinode` job definition of at least `nodes` nodes."""
@@ -393,7 +423,8 @@ class BatchExecutor:
     """One watcher for every array of a sweep: DescribeJobs on the array parents with unfinished jobs (100 ids
     a call), ListJobs(arrayJobId, jobStatus) only for states whose count grew, a poll interval that grows while
     nothing changes, and backoff with jitter on throttling. `request_for(payload_uri, first, size)` gives the
-    SubmitJob requests of a batch (the launcher's settings); a sweep opened from its manifest has none."""
+    SubmitJob requests of a batch (the launcher's settings; `offset`: job `first`'s position in the payload); a
+    sweep opened from its manifest has none."""
 
     def __init__(self, api: BatchApi, poll_interval_s: float = 5.0, request_for=None):
         self.api, self.request_for = api, request_for
@@ -415,8 +446,8 @@ class BatchExecutor:
         self.add(arrays)  # Batch jobs outlive the process that submitted them
         return True
 
-    def recover(self, payload_uri: str, first: int, size: int, since: float) -> list[Array]:
-        requests = self.request_for(payload_uri, first, size)
+    def recover(self, payload_uri: str, first: int, size: int, since: float, offset: int = 0) -> list[Array]:
+        requests = self.request_for(payload_uri, first, size, offset)
         went_out = {}  # (payload URI, index offset) -> the job that a SubmitJob, its answer lost, made
         named = {request["jobName"] for _, _, request in requests}
         queue = requests[0][2]["jobQueue"]
@@ -427,7 +458,7 @@ class BatchExecutor:
             went_out[environment.get(_job.PAYLOAD_URI), environment.get(_job.INDEX_OFFSET)] = job["jobId"]
         found, missing = [], []
         for n_first, n, request in requests:
-            job_id = went_out.get((payload_uri, str(n_first - first)))
+            job_id = went_out.get((payload_uri, str(n_first - first + offset)))
             if job_id:
                 found.append(Array(job_id, n_first, n))
             else:
@@ -439,8 +470,8 @@ class BatchExecutor:
                  f"({', '.join(a.job_id for a in arrays)})")
         return arrays
 
-    def submit(self, payload_uri: str, first: int, size: int) -> list[Array]:
-        arrays = self.send(self.request_for(payload_uri, first, size))
+    def submit(self, payload_uri: str, first: int, size: int, offset: int = 0) -> list[Array]:
+        arrays = self.send(self.request_for(payload_uri, first, size, offset))
         self.interval = self.base_interval  # news soon
         return arrays
 

@@ -64,18 +64,85 @@ def processes(params) -> list[str]:
     return problems
 
 
-def resolve(params, api) -> None:
+def resolve(params, api) -> dict[str, str]:
     """Batch's settings that the stack of hydra.launcher.stack_name gives (queue, job definition, staging, log
-    group, ...), set in `params` where the user left them unset (explicit settings win): before anything is
-    checked. Raises _batch.BatchError where the stack cannot be read."""
+    group, ...), set in `params` where the user left them unset (explicit settings win), and a queue or job
+    definition that names one of its outputs (GpuJobQueue) made that output's value: before anything is
+    checked. Returns the stack's outputs ({} without a stack). Raises _batch.BatchError where the stack cannot
+    be read."""
     from hydra_plugins.hydra_awsbatch_launcher import _batch
 
     if not params.stack_name:
-        return
-    outputs = api.stack_outputs(params.stack_name, multinode=int(params.get("nodes", 1)) > 1)
-    for setting, value in outputs.items():
+        return {}
+    outputs = api.outputs_of(params.stack_name)
+    for setting in ("job_queue", "job_definition"):
+        params[setting] = outputs.get(params.get(setting), params.get(setting))
+    for setting, value in api.stack_outputs(params.stack_name, multinode=int(params.get("nodes", 1)) > 1).items():
         if params.get(setting) in (None, "", _batch.DEFAULT_LOG_GROUP if setting == "log_group" else None):
             params[setting] = value
+    return outputs
+
+
+def on_stack(values: dict, asked, params, outputs: dict[str, str]) -> dict:
+    """A resource set's settings (`values`: its own, else the launcher's) with the stack's outputs: a queue or
+    job definition naming an output is its value; one the set left to the stack is the stack's multi-node one
+    where the set's jobs have several nodes and the launcher's do not."""
+    from hydra_plugins.hydra_awsbatch_launcher import _batch
+
+    values = dict(values)
+    several = int(values.get("nodes") or 1) > 1 and int(params.get("nodes") or 1) <= 1
+    for setting in ("job_queue", "job_definition"):
+        if values.get(setting) in outputs:
+            values[setting] = outputs[values[setting]]
+        elif asked.get(setting) is None and several and values.get(setting) == outputs.get(
+                _batch.STACK_OUTPUTS[setting]):
+            values[setting] = outputs.get(_batch.MULTINODE_OUTPUTS[setting], values[setting])
+    return values
+
+
+def local_sets(sets: dict, effective, name) -> list[str]:
+    """What aws_batch_local refuses of the jobs' resource sets (`sets`: Resources -> job numbers, `effective`:
+    a set's settings, `name(asked, nums)`: who asked): more GPUs than this machine has, nodes or processes that are not
+    whole numbers."""
+    from hydra_plugins.hydra_awsbatch_launcher import _resources
+
+    problems, have = [], None
+    for asked, nums in sets.items():
+        values = effective(asked)
+        problems += [f"{name(asked, nums)}: {_resources.explain(asked, line)}" for line in processes(values)]
+        if values.get("gpus") and int(values["gpus"]) > 0:
+            have = _resources.local_gpus() if have is None else have
+            if int(values["gpus"]) > have:
+                problems.append(f"{name(asked, nums)}: {asked.setting('gpus')}: this machine has {have} GPU(s) "
+                                "(CUDA_VISIBLE_DEVICES, nvidia-smi -L); run these jobs on aws_batch, or ask for at "
+                                f"most {have} in the job's config")
+    return problems
+
+
+def batch_sets(sets: dict, effective, api, name, default: dict) -> list[str]:
+    """What Batch would refuse of each resource set of the jobs (`default`: the launcher's own settings, checked
+    already by `batch`): its queue, job definition and resources, and GPUs asked of a queue without GPU
+    instances; each problem names the jobs that asked."""
+    from hydra_plugins.hydra_awsbatch_launcher import _batch, _resources
+
+    queues, definitions, problems = {}, {}, []
+    for asked, nums in sets.items():
+        v = effective(asked)
+        queue, definition = v.get("job_queue"), v.get("job_definition")
+        if queue not in queues:
+            queues[queue] = api.check_queue(queue)
+        if definition not in definitions:
+            definitions[definition] = api.check_job_definition(definition)
+        (queue_problems, environments), (definition_problems, found) = queues[queue], definitions[definition]
+        mine = _batch.check_gpus(v.get("gpus"), queue, environments) if not queue_problems else []
+        if v != default:
+            mine += queue_problems + definition_problems + _batch.check_resources(
+                v.get("vcpus"), v.get("memory_mib"), v.get("gpus"), v.get("timeout_min"), 1, environments)
+            mine += processes(v)
+            if not queue_problems and not definition_problems:
+                mine += _batch.check_multinode(int(v.get("nodes") or 1), queue, environments, found)
+        problems += [f"{name(asked, nums)}: {_resources.explain(asked, line)}" for line in dict.fromkeys(mine)]
+    return problems
 
 
 def batch(p, api, sweeper: str, dry_run: bool) -> list[str]:

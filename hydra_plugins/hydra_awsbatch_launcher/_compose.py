@@ -96,16 +96,21 @@ def apply_values(config: DictConfig, values: list) -> DictConfig:
     return config
 
 
-def job_subdir(config) -> str:
-    """The job's dir under hydra.sweep.dir, evaluated as run_job evaluates it (with the job's HydraConfig)."""
+def as_job(config, read):
+    """`read(config)` with the job's HydraConfig set, as run_job sets it (`${hydra:...}` reads the job's)."""
     from hydra.core.hydra_config import HydraConfig
 
     saved = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(config)
     try:
-        return str(OmegaConf.select(config, "hydra.sweep.subdir"))
+        return read(config)
     finally:
         HydraConfig.instance().cfg = saved
+
+
+def job_subdir(config) -> str:
+    """The job's dir under hydra.sweep.dir, evaluated as run_job evaluates it (with the job's HydraConfig)."""
+    return as_job(config, lambda c: str(OmegaConf.select(c, "hydra.sweep.subdir")))
 
 
 class _Base:
@@ -249,6 +254,24 @@ class ComposeOnce:
             base.reset_cache()
             return job_subdir(config)
 
+    def read_each(self, master_config: DictConfig, batch: Sequence[Sequence[str]], first_num: int, sweep_dir: str,
+                  read, per_shape) -> list:
+        """`read(config)` of each job's config (job first_num + i gets batch[i]), built on its shape's scratch copy
+        as run_job sees it; once per shape where `per_shape(config)` says its jobs' values cannot change it."""
+        with self.lock:
+            answers, known = [], {}
+            for i, overrides in enumerate(batch):
+                key, base, recipe, parsed = self.plan(master_config, overrides, first_num + i)
+                if key in known:
+                    answers.append(known[key])
+                    continue
+                config = self.scratch(key, base, recipe, parsed, sweep_dir)
+                answers.append(as_job(config, read))
+                base.reset_cache()
+                if per_shape(config):
+                    known[key] = answers[-1]
+            return answers
+
     def check(self, master_config: DictConfig, batch: Sequence[Sequence[str]]) -> None:
         """Every config of the batch can be made (Hydra's errors otherwise), before any of it is staged: those
         the sweeper checked already are not checked again."""
@@ -283,6 +306,7 @@ class ComposedBatch(NamedTuple):
     bases: list  # pickled base configs (_Base.data)
     recipes: list  # Recipe, in job order
     subdirs: list  # each job's dir under the sweep dir
+    resources: tuple | list = ()  # each job's _resources.Resources (none: the launcher's own, for all)
 
     def config(self, i: int) -> DictConfig:
         """Job first+i's config, made anew (the launcher keeps none)."""
@@ -308,8 +332,9 @@ def chunks(size: int, whole: bool = False) -> list[tuple[int, int]]:
 
 
 def compose_batch(composer: ComposeOnce, master_config: DictConfig, job_overrides: Sequence[Sequence[str]],
-                  first_num: int, sweep_dir: Path) -> ComposedBatch:
-    """Job first_num + i of the batch gets job_overrides[i], as Hydra's basic launcher numbers them."""
+                  first_num: int, sweep_dir: Path, resources: Sequence = ()) -> ComposedBatch:
+    """Job first_num + i of the batch gets job_overrides[i], as Hydra's basic launcher numbers them; `resources`:
+    what each job asks (_resources.py)."""
     bases: dict[int, int] = {}  # id(_Base) -> its index in this batch
     data, recipes, subdirs = [], [], []
     for i, overrides in enumerate(job_overrides):
@@ -322,4 +347,4 @@ def compose_batch(composer: ComposeOnce, master_config: DictConfig, job_override
         recipe = recipe._replace(base=bases[id(base)])
         recipes.append(recipe)
         subdirs.append(composer.subdir(key, base, recipe, parsed, str(sweep_dir)))
-    return ComposedBatch(first_num, str(sweep_dir), data, recipes, subdirs)
+    return ComposedBatch(first_num, str(sweep_dir), data, recipes, subdirs, list(resources))

@@ -47,21 +47,26 @@ class LocalExecutor:
     """Runs jobs as local processes, at most `max_parallel` at once, in the order they were submitted."""
 
     def __init__(self, max_parallel: int | None, log_dir: Path, cwd: str, in_place: bool = True,
-                 environment: dict | None = None, nodes: int = 1, procs_per_node: int | None = None):
+                 environment: dict | None = None, nodes: int = 1, procs_per_node: int | None = None,
+                 threads: int | None = None, everyone: list | None = None):
         self.max_parallel = max(1, max_parallel or os.cpu_count() or 1)
         self.log_dir = Path(log_dir)
         self.cwd, self.in_place = cwd, in_place
         self.environment = dict(environment or {})
         self.nodes, self.procs_per_node = nodes, procs_per_node
+        self.threads = threads  # a job's threads (its vcpus); None: its share of the CPUs
         self._jobs: list[_Process] = []
+        # the jobs that max_parallel counts: these, and those of the executors of other resource sets
+        self.everyone = everyone if everyone is not None else self._jobs
 
-    def submit(self, payload_uri: str, first_num: int, size: int) -> list[Array]:
-        """Queue one array of `size` jobs (`size` multi-node jobs where a job has several nodes: Batch has no
-        array of those)."""
+    def submit(self, payload_uri: str, first_num: int, size: int, offset: int = 0) -> list[Array]:
+        """Queue one array of `size` jobs, job `first_num` at position `offset` of the payload (`size`
+        multi-node jobs where a job has several nodes: Batch has no array of those)."""
         array_id = f"local-{os.getpid()}-{first_num}"
         # Each job gets its share of the CPUs, as a Batch job gets its vCPUs: parallel jobs whose math
         # libraries each start a thread per CPU spin against each other and run many times slower.
-        threads = max(1, (os.cpu_count() or 1) // min(self.max_parallel, len(self._jobs) + size))
+        cpus = os.cpu_count() or 1
+        threads = min(self.threads or cpus, max(1, cpus // min(self.max_parallel, len(self.everyone) + size)))
         env = self._environment(payload_uri, str(max(1, threads // (self.nodes * (self.procs_per_node or 1)))))
         if self.nodes > 1:  # one multi-node job per config, each node with the variables Batch gives it
             for index in range(size):
@@ -70,21 +75,26 @@ class LocalExecutor:
                                           log_path=self._log(num, node)),
                                   dict(env, AWS_BATCH_JOB_ID=f"{job_id}#{node}", AWS_BATCH_JOB_NODE_INDEX=str(node),
                                        AWS_BATCH_JOB_NUM_NODES=str(self.nodes), AWS_BATCH_JOB_MAIN_NODE_INDEX="0",
-                                       **{INDEX_OFFSET: str(index)}))
+                                       **{INDEX_OFFSET: str(offset + index)}))
                          for node in range(self.nodes)]
                 for child in nodes[1:]:
                     child.env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = "127.0.0.1"
                 nodes[0].children = nodes[1:]
-                self._jobs.append(nodes[0])
+                self._add(nodes[0])
             return [Array(f"{array_id}-{index}", first_num + index, 1) for index in range(size)]
         for index in range(size):
             job_id = f"{array_id}:{index}" if size > 1 else array_id
-            job_env = dict(env, AWS_BATCH_JOB_ID=job_id)
+            job_env = dict(env, AWS_BATCH_JOB_ID=job_id, **{INDEX_OFFSET: str(offset)})
             if size > 1:
                 job_env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
-            self._jobs.append(_Process(JobInfo(first_num + index, job_id=job_id, log_path=self._log(first_num + index)),
-                                       job_env))
+            self._add(_Process(JobInfo(first_num + index, job_id=job_id, log_path=self._log(first_num + index)),
+                               job_env))
         return [Array(array_id, first_num, size)]
+
+    def _add(self, job: _Process) -> None:
+        self._jobs.append(job)
+        if self.everyone is not self._jobs:
+            self.everyone.append(job)
 
     def _environment(self, payload_uri: str, threads: str) -> dict:
         """What every job of an array (every node of a job) sees, as in a container: no PYTHONPATH of the
@@ -138,7 +148,7 @@ class LocalExecutor:
             elif job.failed_node is None and _failure(codes) is not None:  # the others cannot go on without it
                 job.failed_node = _failure(codes)
                 self._signal(job, signal.SIGKILL)
-        running = sum(job.info.state == BatchState.RUNNING for job in self._jobs)
+        running = sum(job.info.state == BatchState.RUNNING for job in self.everyone)
         for job in self._jobs:
             if running >= self.max_parallel:
                 break

@@ -134,6 +134,7 @@ class JobRecord:
     result: str = ""  # the return value's repr, or "ErrorType: message"
     last_report: dict = field(default_factory=dict)  # the newest record the job reported (_metrics.py)
     stop_request: str = ""  # why the sweep asked the job to stop early, where it did
+    resources: dict = field(default_factory=dict)  # what its config asked (vcpus, gpus, job_queue...: _resources.py)
 
     def latency(self) -> dict[str, float]:
         """Where the job's time went, in seconds: waiting to start (submitted to started), starting (to its
@@ -227,8 +228,9 @@ class Manifest:
         jobs = staged.jobs
         batch = BatchRecord(jobs.first, len(jobs.recipes), staged.payload_uri, staged_at=time.time())
         self.batches.append(batch)
-        self.jobs += [JobRecord(recipe.num, list(recipe.task), subdir, BatchState.STAGED)
-                      for recipe, subdir in zip(jobs.recipes, jobs.subdirs)]
+        asked = [r.as_dict() for r in jobs.resources] or [{}] * len(jobs.recipes)
+        self.jobs += [JobRecord(recipe.num, list(recipe.task), subdir, BatchState.STAGED, resources=resources)
+                      for recipe, subdir, resources in zip(jobs.recipes, jobs.subdirs, asked)]
         self.code_uri = staged.code_uri
         return batch
 

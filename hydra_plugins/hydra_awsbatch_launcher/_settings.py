@@ -53,11 +53,43 @@ class LaunchSettings:
                 "metrics_interval_s": float(self.params.metrics_interval_s),
                 "terminate_on_interrupt": bool(self.params.get("terminate_on_interrupt", True))}
 
-    def job_environment(self) -> dict[str, str]:
-        """What every job of the sweep is told: the user's variables and the options jobs read (_job.py)."""
+    def job_environment(self, asked=None) -> dict[str, str]:
+        """What every job of the sweep (of resource set `asked`) is told: the user's variables and the options
+        jobs read (_job.py)."""
         from hydra_plugins.hydra_awsbatch_launcher._job import JobSettings
 
-        return dict(self.params.environment, **JobSettings.of(self.params).environment())
+        options = dict(self.params, **self.effective(asked)) if asked is not None else self.params
+        return dict(self.params.environment, **JobSettings.of(options).environment())
+
+    def resources(self, composer, job_overrides, first: int, check) -> list:
+        """What each job's config asks (_resources.Resources), its sets checked by `check(sets, name)` (a list of
+        problems) before anything is staged: a LaunchError naming the jobs whose config asks what cannot be."""
+        import dataclasses
+
+        from hydra_plugins.hydra_awsbatch_launcher import _resources
+
+        keys = [f.name for f in dataclasses.fields(self.conf_class)]
+        asked = _resources.of_jobs(composer, self.config, job_overrides, first, str(self.sweep_dir), keys)
+        problems = check(_resources.sets(asked, range(first, first + len(asked))),
+                         lambda resources, nums: _resources.askers(resources, nums, lambda n: job_overrides[n - first]))
+        if problems:
+            raise LaunchError(problems)
+        return asked
+
+    def effective(self, asked) -> dict:
+        """A resource set's settings: what its jobs asked, else the launcher's (None: Batch's defaults)."""
+        from hydra_plugins.hydra_awsbatch_launcher._resources import KEYS
+
+        return {k: asked.get(k) if asked.get(k) is not None else self.params.get(k) for k in KEYS if k in self.params}
+
+    def routed(self, make, resources_of, staging):
+        """The sweep's executor: one of `make(resources, index)` per resource set (_resources.Routed), each in
+        warm workers of its own where there are any (a pool per set); `resources_of(num)`: what the manifest
+        says job `num` asked."""
+        from hydra_plugins.hydra_awsbatch_launcher._resources import Resources, Routed
+
+        return Routed(lambda asked, index: self.warm(make(asked, index), staging),
+                      lambda num: Resources.of(resources_of(num)))
 
     def warm(self, workers, staging):
         """The executor of the sweep's trials: `workers` itself, or warm workers that it runs (workers=M)."""

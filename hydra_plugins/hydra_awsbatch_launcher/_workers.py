@@ -326,10 +326,10 @@ class WarmPool:
         return self.states[worker]
 
     # Executor ---------------------------------------------------------------------------------------------
-    def submit(self, payload_uri: str, first: int, size: int) -> list[Array]:
-        for index in range(size):
+    def submit(self, payload_uri: str, first: int, size: int, offset: int = 0) -> list[Array]:
+        for index in range(size):  # trial `first` at position `offset` of the payload
             self.trials[first + index] = JobInfo(first + index, BatchState.RUNNABLE)
-            self.where[first + index] = (payload_uri, index)
+            self.where[first + index] = (payload_uri, offset + index)
             self.queue.append(first + index)
         self._round()
         return [Array(f"warm-pool:{first}", first, size)]

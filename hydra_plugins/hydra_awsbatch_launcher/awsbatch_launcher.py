@@ -91,13 +91,14 @@ class BaseAwsBatchLauncher(Launcher):
                                         **self.engine_options()))
             log.info(f"Launching {len(job_overrides)} jobs {self.where}")
             self.composer.check(self.config, job_overrides)  # all of them, before the first chunk goes out
+            resources = self.settings.resources(self.composer, job_overrides, initial_job_idx, self.check_resources)
             if not self.settings.dry_run:
                 self.sweep.announce(len(job_overrides))
             futures = []
             # the first jobs go out at once
             for start, stop in _compose.chunks(len(job_overrides), whole=self.settings.dry_run):
                 jobs = _compose.compose_batch(self.composer, self.config, job_overrides[start:stop],
-                                              initial_job_idx + start, self.settings.sweep_dir)
+                                              initial_job_idx + start, self.settings.sweep_dir, resources[start:stop])
                 staged = self.stager.stage(jobs)
                 if self.settings.dry_run:
                     self.show_dry_run(staged)
@@ -196,15 +197,25 @@ class AwsBatchLocalLauncher(BaseAwsBatchLauncher):
     def writes_in_place(self) -> bool:
         return bool(self.params.in_place)
 
+    def check_resources(self, sets: dict, name) -> list[str]:
+        from hydra_plugins.hydra_awsbatch_launcher import _check
+
+        return _check.local_sets(sets, self.settings.effective, name)
+
     def executor(self, staging):
+        """Local processes per resource set, at most max_parallel at once in all; warm workers: a pool per set."""
         from hydra_plugins.hydra_awsbatch_launcher._local import LocalExecutor
 
-        warm = int(self.params.get("workers") or 0)  # warm workers: all of them at once, logging apart
-        logs = self.settings.sweep_dir / ".logs" / ("workers" if warm else "")
-        executor = LocalExecutor(warm or self.params.max_parallel, logs, cwd=os.getcwd(), in_place=self.params.in_place,
-                                 environment=self.settings.job_environment(), nodes=int(self.params.get("nodes", 1)),
-                                 procs_per_node=self.params.get("procs_per_node"))
-        return self.settings.warm(executor, staging)
+        warm, everyone = int(self.params.get("workers") or 0), []  # warm workers: all of them at once, logging apart
+
+        def make(asked, index: int):
+            values = self.settings.effective(asked)
+            logs = self.settings.sweep_dir / ".logs" / ((f"workers-{index}" if index else "workers") if warm else "")
+            return LocalExecutor(warm or self.params.max_parallel, logs, cwd=os.getcwd(), in_place=self.params.in_place,
+                                 environment=self.settings.job_environment(asked), nodes=int(values.get("nodes") or 1),
+                                 procs_per_node=values.get("procs_per_node"), everyone=None if warm else everyone,
+                                 threads=int(values["vcpus"]) if values.get("vcpus") else None)
+        return self.settings.routed(make, lambda num: self.sweep.manifest.job(num).resources, staging)
 
 
 class AwsBatchLauncher(BaseAwsBatchLauncher):
@@ -226,6 +237,7 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._api = None
+        self.outputs: dict[str, str] = {}  # the stack's outputs (hydra.launcher.stack_name), once resolved
 
     @property
     def api(self):
@@ -252,7 +264,7 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         if session:  # nothing else can be asked of AWS
             raise LaunchError(problems + session)
         try:
-            _check.resolve(p, self.api)
+            self.outputs = _check.resolve(p, self.api)
         except _batch.BatchError as error:
             raise LaunchError([*problems, str(error)]) from None
         problems += _check.batch(p, self.api, str(self.config.hydra.sweeper.get("_target_", "")), self.settings.dry_run)
@@ -263,6 +275,18 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
                         f"{p.memory_mib} and vcpus={p.vcpus} are not enforced here, where AWS Batch would kill a job "
                         "that outgrows its memory")
 
+    def effective(self, asked) -> dict:
+        """A resource set's Batch settings: its own, else the launcher's, with the stack's outputs."""
+        from hydra_plugins.hydra_awsbatch_launcher import _check
+
+        return _check.on_stack(self.settings.effective(asked), asked, self.params, self.outputs)
+
+    def check_resources(self, sets: dict, name) -> list[str]:
+        from hydra_plugins.hydra_awsbatch_launcher import _check
+        from hydra_plugins.hydra_awsbatch_launcher._resources import Resources
+
+        return _check.batch_sets(sets, self.effective, self.api, name, self.effective(Resources()))
+
     def manifest_settings(self) -> dict:
         return dict(super().manifest_settings(), region=self.api.session.region_name)
 
@@ -270,46 +294,60 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
     def watching(self) -> bool:
         return bool(self.params.wait)
 
-    def submit_spec(self, sweep_id: str):
-        """What every SubmitJob of sweep `sweep_id` carries (_batch.SubmitSpec)."""
+    def submit_spec(self, sweep_id: str, asked):
+        """What every SubmitJob of sweep `sweep_id` for jobs of resource set `asked` carries (_batch.SubmitSpec)."""
         from hydra_plugins.hydra_awsbatch_launcher import _batch
         from hydra_plugins.hydra_awsbatch_launcher._job import IN_PLACE
 
-        p = self.params
-        environment = dict(self.settings.job_environment(), **({IN_PLACE: "1"} if self.writes_in_place else {}))
+        p, v = self.params, self.effective(asked)
+        environment = dict(self.settings.job_environment(asked), **({IN_PLACE: "1"} if self.writes_in_place else {}))
         endpoint = _batch.loopback_endpoint()
         if endpoint:  # the local cloud: containers reach moto on this machine with dummy credentials
             environment.update(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=self.api.session.region_name,
                                **_batch.DUMMY_CREDENTIALS)
         return _batch.SubmitSpec(
-            _batch.sanitize_job_name(p.job_name), p.job_queue, p.job_definition, environment,
-            {"VCPU": p.vcpus, "MEMORY": p.memory_mib, "GPU": p.gpus}, self.timeout_s(), p.attempts,
-            {**_batch.automatic_tags(sweep_id, p.job_name), **p.tags}, p.share_identifier, p.scheduling_priority,
-            int(p.get("nodes", 1)))
+            _batch.sanitize_job_name(p.job_name), v["job_queue"], v["job_definition"], environment,
+            {"VCPU": v["vcpus"], "MEMORY": v["memory_mib"], "GPU": v["gpus"]}, self.timeout_s(v["timeout_min"]),
+            p.attempts, {**_batch.automatic_tags(sweep_id, p.job_name), **p.tags}, p.share_identifier,
+            p.scheduling_priority, int(v.get("nodes") or 1))
 
-    def timeout_s(self) -> int | None:
+    def timeout_s(self, timeout_min) -> int | None:
         """A job's Batch timeout: the trial's (timeout_min); a warm worker's is WORKER_LIFE_S (its trials keep
         theirs), since the job definition's would end it mid-sweep."""
         if self.params.get("workers"):
             from hydra_plugins.hydra_awsbatch_launcher._workers import WORKER_LIFE_S
 
             return WORKER_LIFE_S
-        return None if self.params.timeout_min is None else max(60, int(self.params.timeout_min * 60))
+        return None if timeout_min is None else max(60, int(timeout_min * 60))
 
     def show_dry_run(self, staged) -> None:
+        """The resource sets of the jobs, then each SubmitJob request (one per run of neighbours of a set)."""
         import json
 
+        from hydra_plugins.hydra_awsbatch_launcher import _resources
+
         sweep_id = self.sweep.manifest.sweep_id
-        for _, _, request in self.submit_spec(sweep_id).requests(staged.payload_uri, sweep_id, staged.first,
-                                                                 len(staged.nums)):
-            print(f"SubmitJob request (dry run, nothing submitted):\n{json.dumps(request, indent=2)}")
+        asked = staged.jobs.resources or [_resources.Resources()] * len(staged.nums)
+        groups = _resources.sets(asked, staged.nums)
+        print(f"Resource sets (dry run, nothing submitted): {len(groups)}")
+        for resources, nums in groups.items():
+            values = " ".join(f"{k}={v}" for k, v in self.effective(resources).items() if v is not None)
+            print(f"  {len(nums)} job(s) #{_resources.numbers(nums)}: {values}")
+        for first, size, resources in _resources.runs(staged.first, asked):
+            for _, _, request in self.submit_spec(sweep_id, resources).requests(staged.payload_uri, sweep_id, first,
+                                                                                size, first - staged.first):
+                print(f"SubmitJob request (dry run, nothing submitted):\n{json.dumps(request, indent=2)}")
         log.info("Dry run: nothing was uploaded or submitted")
 
     def executor(self, staging):
+        """One watcher per resource set (its own SubmitSpec); warm workers: a pool per set."""
         from hydra_plugins.hydra_awsbatch_launcher import _batch
 
         sweep_id = staging.sweep_id  # the spec made at each submission: a resumed sweep's executor is made before
         # its settings are resolved from the stack (resume_async)
-        executor = _batch.BatchExecutor(self.api, self.params.poll_interval_s, request_for=lambda payload, first, size:
-                                        self.submit_spec(sweep_id).requests(payload, sweep_id, first, size))
-        return self.settings.warm(executor, staging)
+
+        def make(asked, index: int):
+            return _batch.BatchExecutor(self.api, self.params.poll_interval_s, request_for=lambda payload, first, size,
+                                        offset=0: self.submit_spec(sweep_id, asked).requests(payload, sweep_id, first,
+                                                                                            size, offset))
+        return self.settings.routed(make, lambda num: self.sweep.manifest.job(num).resources, staging)

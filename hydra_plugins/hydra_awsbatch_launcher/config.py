@@ -13,7 +13,8 @@ DEFAULT_LOG_GROUP = "/aws/batch/job"  # where Batch writes job logs unless the j
 
 @dataclass
 class BaseAwsBatchLauncherConf:
-    """What every executor shares: how a sweep is staged, and what comes back."""
+    """What every executor shares: how a sweep is staged, what comes back, and what each job asks (its
+    resources, which may interpolate the job's own config, resolved per job: _resources.py)."""
 
     # Where code, payloads and results go: s3://bucket/prefix or a local folder; null: <sweep dir>/.staging
     staging_uri: Optional[str] = None
@@ -38,6 +39,17 @@ class BaseAwsBatchLauncherConf:
     # The price table of the sweep page's cost estimate (a YAML file like the package's prices.yaml); null: the
     # package's own, dated
     price_table: Optional[str] = None
+    # vCPUs per job; null: the job definition's (aws_batch_local: the job's threads; null: its share of the CPUs).
+    # This and the next three, nodes, procs_per_node, job_queue and job_definition may read the job's own config
+    # (gpus: ${model.gpus}), resolved per job: see docs/resources.md
+    vcpus: Optional[float] = None
+    # Memory per job in MiB; null: the job definition's (aws_batch_local: not enforced)
+    memory_mib: Optional[int] = None
+    # GPUs per job; null: the job definition's (aws_batch_local: refused where this machine has fewer)
+    gpus: Optional[int] = None
+    # Minutes an attempt may run before Batch stops it (at least 1); null: the job definition's timeout
+    # (aws_batch_local: a warm worker's trial only)
+    timeout_min: Optional[float] = None
     # Nodes per trial: above 1, each trial is a multi-node parallel job whose nodes each run procs_per_node
     # processes, started as torchrun does (RANK, WORLD_SIZE, MASTER_ADDR... set; rank 0's return is the trial's)
     nodes: int = 1
@@ -72,7 +84,7 @@ class AwsBatchLauncherConf(BaseAwsBatchLauncherConf):
     _target_: str = "hydra_plugins.hydra_awsbatch_launcher.awsbatch_launcher.AwsBatchLauncher"
     # CloudFormation stack (our template.yaml) whose outputs give the queue, job definition and staging bucket
     stack_name: Optional[str] = None
-    # Job queue name or ARN; null: the stack's JobQueue output
+    # Job queue name or ARN, or the name of an output of the stack (GpuJobQueue); null: the stack's JobQueue output
     job_queue: Optional[str] = None
     # Job definition: name, name:revision or ARN; null: the stack's JobDefinition output
     job_definition: Optional[str] = None
@@ -80,14 +92,6 @@ class AwsBatchLauncherConf(BaseAwsBatchLauncherConf):
     region: Optional[str] = None
     # Named profile from ~/.aws/config; null: boto3's chain
     profile: Optional[str] = None
-    # vCPUs per job; null: the job definition's
-    vcpus: Optional[float] = None
-    # Memory per job in MiB; null: the job definition's
-    memory_mib: Optional[int] = None
-    # GPUs per job; null: the job definition's
-    gpus: Optional[int] = None
-    # Minutes an attempt may run before Batch stops it (at least 1); null: the job definition's timeout
-    timeout_min: Optional[float] = None
     # Attempts per job, 1-10: retried on host loss (Spot reclaim) and on the app's SIGTERM exit code 75
     attempts: int = 3
     # Tags for every job, on top of hydra-awsbatch:sweep-id, :app and :user
