@@ -127,7 +127,8 @@ def test_missing_credentials_or_region(sweep, aws_env, tmp_path, remove, message
 def test_dry_run_prints_the_request_and_submits_nothing(sweep, batch_resources):
     jobs, objects = jobs_in_queues(batch_resources), staged_objects(batch_resources)
     proc = sweep("hydra.launcher.dry_run=true", "hydra.launcher.vcpus=2", "hydra.launcher.memory_mib=2048",
-                 "hydra.launcher.gpus=1", f"hydra.launcher.job_queue={batch_resources['gpu_queue']}", "hydra.launcher.attempts=4", "hydra.launcher.timeout_min=5",
+                 "hydra.launcher.gpus=1", f"hydra.launcher.job_queue={batch_resources['gpu_queue']}",
+                 "hydra.launcher.attempts=4", "hydra.launcher.timeout_min=5",
                  "hydra.launcher.share_identifier=vision", "hydra.launcher.scheduling_priority=7")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.split("SubmitJob request (dry run, nothing submitted):\n", 1)[1]

@@ -50,6 +50,7 @@ class Trial:
     marks: dict = field(default_factory=dict)  # submitted, started, task_started, task_ended, home, stopped (epoch s)
     overrides: list = field(default_factory=list)
     log_path: str = ""
+    resources: dict = field(default_factory=dict)  # what its config asked (vcpus, gpus, job_queue...)
 
 
 @dataclass
@@ -272,7 +273,7 @@ def _trial_of_state(t: dict, job, manifest, local: bool) -> Trial:
                  _number(t.get("value")), str(t.get("error") or ""), str(t.get("stop_reason") or ""),
                  list(t.get("curve") or []) or _curve(job, manifest, local), marks,
                  list(job.overrides) if job else [f"{k}={v}" for k, v in (t.get("params") or {}).items()],
-                 _log_path(job, manifest, local))
+                 _log_path(job, manifest, local), dict(job.resources) if job else {})
 
 
 def _value_of(result: str, key: str | None) -> float | None:
@@ -301,7 +302,7 @@ def _trial_of_job(job, manifest, local: bool, key: str | None) -> Trial:
     value = _value_of(job.result, key) if status in ("completed", "pruned") else None
     return Trial(job.num, job.num, params, status, value, job.result if status == "failed" else "",
                  job.stop_request, _curve(job, manifest, local), _marks(job), list(job.overrides),
-                 _log_path(job, manifest, local))
+                 _log_path(job, manifest, local), dict(job.resources))
 
 
 def _params_of_space(space: dict, trials) -> list:
@@ -589,6 +590,13 @@ def _header(data: SweepData, spent: Cost | None) -> str:
                         *map(shlex.quote, best.overrides)])
         rows.append((f"best {e(data.objective)}", f"<b>{e(sig(best.value))}</b> ({e(data.direction)}), trial "
                      f"{best.number} (job #{best.job})<pre class=cmd>{e(cmd)}</pre>"))
+    from hydra_plugins.hydra_awsbatch_launcher import _resources
+
+    sets = _resources.sets([_resources.Resources.of(t.resources) for t in data.trials],
+                           [t.job if t.job is not None else t.number for t in data.trials])
+    if any(asked.values for asked in sets):  # what each resource set's jobs asked
+        rows.append(("resources", "<br>".join(f"{len(nums)} trial(s), jobs #{e(_resources.numbers(nums))}: "
+                                              f"<code>{e(asked.describe())}</code>" for asked, nums in sets.items())))
     rows.append(("time", f"wall {wall / 60:,.1f} min, {busy / 3600:,.2f} worker-hours ({busy:,.0f} worker-s), "
                  f"mean workers busy {busy / wall if wall > 0 else 0:.2f}"))
     if spent:

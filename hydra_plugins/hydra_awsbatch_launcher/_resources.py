@@ -52,7 +52,19 @@ class Resources:
         return f"hydra.launcher.{key}={self.get(key)}" + (f" (from {came})" if came else "")
 
     def describe(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.as_dict().items()) or "the launcher's defaults"
+        return " ".join(f"{k}={show(v)}" for k, v in self.as_dict().items()) or "the launcher's defaults"
+
+
+def show(value) -> str:
+    """4, not 4.0: a value as a message shows it."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def varying(records: Sequence[dict]) -> list[str]:
+    """Each job's resources as `hydra-awsbatch status` shows them (`records`: the manifest's, in job order): the
+    options whose values differ between the jobs, "" for all where every job asks the same."""
+    keys = [k for k in KEYS if len({repr(r.get(k)) for r in records}) > 1]
+    return [" ".join(f"{k}={show(r[k])}" for k in keys if r.get(k) is not None) for r in records]
 
 
 def job_name(num: int, overrides: Sequence[str]) -> str:

@@ -122,7 +122,7 @@ def outcomes(m) -> dict[int, str]:
 
 
 def status(args) -> int:
-    from hydra_plugins.hydra_awsbatch_launcher import _manifest
+    from hydra_plugins.hydra_awsbatch_launcher import _manifest, _resources
     from hydra_plugins.hydra_awsbatch_launcher._report import sig
 
     m, sweep = open_sweep(args.sweep, on_batch=False)
@@ -131,15 +131,16 @@ def status(args) -> int:
         sweep.take_reports(sweep.channel.poll(running, limit=len(running)))  # what the running jobs reported
     print(f"sweep {m.sweep_id} ({m.launcher}), created {m.created}, staging {m.staging_uri}")
     overrides, states = varying(m.jobs), outcomes(m)
+    asked = dict(zip((job.num for job in m.jobs), _resources.varying([job.resources for job in m.jobs])))
     width = max([9, *map(len, overrides.values())])
     print(f"{'#':>4}  {'state':<10} {'duration':>9}  {'overrides':<{width}}  "
-          "result / last report / where the time went")
+          "resources (where they differ) / result / last report / where the time went")
     for job in m.jobs:
         duration = f"{job.stopped - job.started:.0f}s" if job.started and job.stopped else "-"
         latency = " ".join(f"{name} {seconds:.1f}s" for name, seconds in job.latency().items())
         print(f"{job.num:>4}  {states[job.num]:<10} {duration:>9}  {overrides[job.num]:<{width}}  "
-              + "  ".join(text for text in (sig(job.result) if job.result else job.reason, last_report(job.last_report),
-                                            latency) if text))
+              + "  ".join(text for text in (asked[job.num], sig(job.result) if job.result else job.reason,
+                                            last_report(job.last_report), latency) if text))
     if m.unsubmitted() and not _manifest.held_by(Path(m.sweep_dir)):
         print(m.unsubmitted())
     return 0
