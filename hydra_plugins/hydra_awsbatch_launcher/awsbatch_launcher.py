@@ -331,7 +331,8 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         groups = _resources.sets(asked, staged.nums)
         print(f"Resource sets (dry run, nothing submitted): {len(groups)}")
         for resources, nums in groups.items():
-            values = " ".join(f"{k}={v}" for k, v in self.effective(resources).items() if v is not None)
+            values = " ".join(f"{k}={_resources.show(v)}" for k, v in self.effective(resources).items()
+                              if v is not None)
             print(f"  {len(nums)} job(s) #{_resources.numbers(nums)}: {values}")
         for first, size, resources in _resources.runs(staged.first, asked):
             for _, _, request in self.submit_spec(sweep_id, resources).requests(staged.payload_uri, sweep_id, first,
