@@ -642,3 +642,21 @@ def test_two_warm_workers_run_eight_trials_in_two_containers(script, cloud_env):
     for command in ("attach", "cancel"):  # the workers went with the launcher that fed them: nothing to follow
         done = cli(command, "sweep", cwd=script.app(), env=cloud_env)
         assert done.returncode == 1 and "ran on 2 warm workers" in done.stderr, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------------------------ resources per config
+def test_each_model_goes_out_as_one_array_with_what_its_config_asks(local_cloud, run_app, cloud_env, tmp_path):
+    """model=mlp,resnet on the example's per-model resources (GPU counts 0 here, and the stack's one queue): two
+    arrays, each SubmitJob with the vCPUs and memory its model's config asks, and every job trained."""
+    from tests.test_resources import as_submitted
+
+    proc = run_app("--multirun", "model=mlp,resnet", "lr=1e-3,1e-4", "epochs=1", "batch_size=256",
+                   "model.resources.gpus=0", "model.resources.queue=null", "hydra/launcher=aws_batch_by_model",
+                   *BATCH[1:], "hydra.sweep.dir=sweep", env=cloud_env)
+    record = manifest(tmp_path / "sweep")
+    assert [j["state"] for j in record["jobs"]] == ["SUCCEEDED"] * 4, proc.stdout[-3000:] + proc.stderr[-3000:]
+    arrays = record["batches"][0]["arrays"]
+    assert [(a["first"], a["size"]) for a in arrays] == [(0, 2), (2, 2)]
+    assert as_submitted(local_cloud["endpoint"], [a["job_id"] for a in arrays]) == [
+        {"VCPU": "1", "MEMORY": "2048", "GPU": "0"}, {"VCPU": "4", "MEMORY": "15000", "GPU": "0"}]
+    assert all(float(j["result"]) > 0 for j in record["jobs"])

@@ -5,6 +5,7 @@ aws_batch_local, a warm pool per set, and what cannot be met refused naming the 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,8 @@ APP = """
 
     @hydra.main(version_base=None, config_path="conf", config_name="config")
     def main(cfg):
-        return {"x": cfg.x, "size": cfg.size.name, "threads": os.environ.get("OMP_NUM_THREADS")}
+        return {"loss": (cfg.x - 0.3) ** 2, "x": cfg.x, "size": cfg.size.name,
+                "threads": os.environ.get("OMP_NUM_THREADS")}
 
     if __name__ == "__main__":
         main()
@@ -131,6 +133,23 @@ def test_each_resource_set_keeps_its_own_warm_workers(sized_app):
     assert "trial 1 starts" in small and "trial 3 starts" in large and small != large
     results = [j["result"] for j in record["jobs"]]
     assert "'threads': '1'" in results[0] and "'threads': '2'" in results[2], results
+
+
+@pytest.mark.integration
+def test_thompson_searches_a_choice_that_changes_resources_each_trial_on_its_own_pool(sized_app):
+    proc = sized_app("hydra/sweeper=thompson", "size=choice(small,large)", "x=interval(0,1)",
+                     "hydra.sweeper.objective=loss", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_workers=2",
+                     "hydra.sweeper.n_initial=4", "hydra/launcher=aws_batch_local", *PER_SIZE, "hydra.launcher.gpus=0",
+                     "hydra.launcher.workers=1")
+    assert proc.returncode == 0, proc.stderr
+    sweep = sized_app.app / "sweep"
+    jobs = manifest(sweep)["jobs"]
+    assert len(jobs) == 6 and {j["state"] for j in jobs} == {"SUCCEEDED"}
+    size = {j["num"]: "large" if "size=large" in j["overrides"] else "small" for j in jobs}
+    assert all(j["resources"]["vcpus"] == (2 if size[j["num"]] == "large" else 1) for j in jobs), jobs
+    for log in (sweep / ".logs").glob("workers*/*.log"):  # a warm worker serves one resource set
+        ran = {int(n) for n in re.findall(r"trial (\d+) starts", log.read_text())}
+        assert len({size[n] for n in ran}) == 1, (log, ran, size)
 
 
 # ----------------------------------------------------------------------------------- aws_batch on moto
