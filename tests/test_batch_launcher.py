@@ -234,6 +234,29 @@ def test_status_and_attach_bring_back_what_the_jobs_made(sweep, app, aws_env):
         assert (job_dir / ".hydra/overrides.yaml").read_text().strip() == f"- +x={num + 1}"
 
 
+def test_status_measures_each_interval_on_one_clock(sweep, app, aws_env, tmp_path):
+    """A launcher's machine whose clock is an hour behind (its Python's time.time, as a wrong system clock makes
+    it) launches on Batch, whose clock is right; status on that machine shows where each job's time went in
+    seconds, not "waiting 3600.0s": waiting is measured on Batch's clock, ending's launcher part on the
+    launcher's."""
+    import os
+    import re
+
+    behind = tmp_path / "clock-behind"
+    behind.mkdir()
+    (behind / "sitecustomize.py").write_text("import time\n_now = time.time\ntime.time = lambda: _now() - 3600\n")
+    launcher_env = dict(aws_env, PYTHONPATH=os.pathsep.join(filter(None, [str(behind), aws_env.get("PYTHONPATH")])))
+    assert sweep("hydra.launcher.wait=false", values="1", env=launcher_env).returncode == 0
+    batch = boto3.client("batch")
+    for job in manifest(app / "sweep")["jobs"]:  # the container's clock is Batch's
+        assert run_like_a_container(batch.describe_jobs(jobs=[job["job_id"]])["jobs"][0], aws_env).returncode == 0
+    assert cli("attach", "sweep", env=launcher_env, cwd=app).returncode == 0
+    status = cli("status", "sweep", env=launcher_env, cwd=app)
+    spans = dict(re.findall(r"\b(waiting|starting|task|ending) (-?[\d.]+)s", status.stdout))
+    assert set(spans) == {"waiting", "starting", "task", "ending"}, status.stdout
+    assert all(float(seconds) < 120 for seconds in spans.values()), status.stdout
+
+
 def test_attach_does_not_count_a_job_staged_but_never_heard_submitted(sweep, app, aws_env):
     """A launcher killed after it recorded a batch and before Batch's answer came leaves a job with no job id:
     attach follows the others and says what to do about it, instead of counting it completed."""
@@ -252,6 +275,16 @@ def test_attach_does_not_count_a_job_staged_but_never_heard_submitted(sweep, app
     assert attach.returncode == 1, attach.stdout + attach.stderr
     assert "2 jobs completed, 0 failed" in attach.stdout, attach.stdout
     assert "1 jobs were staged but not known to be submitted" in attach.stdout
+    # Hydra's basic sweeper does not resume: a rerun runs every job again, which the advice says (not "run the
+    # sweep again, which submits the others")
+    assert "Running the same command again starts the sweep anew: all 3 jobs run again, the 2 completed ones " \
+           "included" in attach.stdout, attach.stdout
+    assert "launch them by their overrides, e.g. +x=3" in attach.stdout
+    (app / "sweep" / "thompson_state.json").write_text('{"trials": []}')  # a thompson sweep resumes instead
+    attach = cli("attach", "sweep", env=aws_env, cwd=app)
+    assert "Run the same command again: the thompson sweeper resumes this sweep, follows the jobs that went out " \
+           "on Batch and runs only the trials that did not end" in attach.stdout, attach.stdout
+    assert "starts the sweep anew" not in attach.stdout
 
 
 def test_a_job_without_a_result_says_why_and_shows_its_log_tail(sweep, app, aws_env, monkeypatch):

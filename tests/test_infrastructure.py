@@ -320,3 +320,29 @@ def test_moto_cannot_deploy_the_multinode_parts_yet():
         assert jobdef["type"] == "multinode" and jobdef["nodeProperties"]["mainNode"] == 0
     finally:
         server.stop()
+
+
+def test_two_local_clouds_of_one_stack_name_run_an_image_each(tmp_path):
+    """Two local clouds (two checkouts, each with its own state dir) deploy stack hydra-batch on moto servers of
+    their own: each job definition names its own cloud's image, so the second `up` builds a tag the first
+    cloud's jobs never run (one tag for both retagged it silently, and the first cloud ran the second's code)."""
+    import signal
+
+    from hydra_plugins.hydra_awsbatch_launcher import _local_cloud
+
+    images = {}
+    for name in ("checkout-a", "checkout-b"):
+        state = tmp_path / name
+        state.mkdir()
+        pid, endpoint = _local_cloud.start_moto(state)
+        try:
+            outputs, image = _local_cloud.deploy(endpoint, _local_cloud.STACK, state)
+            batch = _local_cloud.client(endpoint, "batch")
+            (jobdef,) = batch.describe_job_definitions(jobDefinitions=[outputs["JobDefinition"]])["jobDefinitions"]
+            images[name] = (image, jobdef["containerProperties"]["image"])
+        finally:
+            os.kill(pid, signal.SIGTERM)
+    (image_a, used_a), (image_b, used_b) = images.values()
+    assert image_a == used_a and image_b == used_b  # what up builds is what the cloud's jobs run
+    assert image_a != image_b and image_a.rsplit(":", 1)[0] == image_b.rsplit(":", 1)[0]  # one repository
+    assert _local_cloud.image_tag(tmp_path / "checkout-a") == image_a.rsplit(":", 1)[1]  # the same cloud, again

@@ -236,3 +236,37 @@ def test_ctrl_c_stops_every_job_and_records_it(tmp_path, app_env):
     leftover = subprocess.run(["pgrep", "-f", "hydra_awsbatch_launcher.worker"], capture_output=True, text=True)
     assert not [pid for pid in leftover.stdout.split() if os.path.exists(f"/proc/{pid}")
                 and str(app) in os.readlink(f"/proc/{pid}/cwd")]
+
+
+def test_attach_after_a_local_launcher_died_submitting_gives_advice_true_for_it(run_script, tmp_path, app_env):
+    """A local sweep (Hydra's basic sweeper) whose launcher died while it submitted: one job staged and never
+    started, one never staged. attach collects the two that ran and says what is true here: local jobs never
+    outlive their launcher (nothing of Batch), and a rerun of the command runs all four jobs again."""
+    import json
+
+    from tests.conftest import cli
+
+    app = """
+        import hydra
+
+        @hydra.main(version_base=None, config_path=None)
+        def main(cfg):
+            return cfg.x * 10
+
+        if __name__ == "__main__":
+            main()
+    """
+    proc = run_script(app, "-m", "+x=1,2", "hydra/launcher=aws_batch_local", "hydra.sweep.dir=sweep")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = tmp_path / "app/sweep" / _manifest.MANIFEST
+    record = manifest(tmp_path / "app/sweep")  # what a launcher killed while it submitted leaves
+    record["jobs"].append({"num": 2, "overrides": ["+x=3"], "subdir": "2", "state": "STAGED"})
+    record["announced"] = 4
+    path.write_text(json.dumps(record))
+
+    attach = cli("attach", str(tmp_path / "app/sweep"), env=app_env)
+    assert "2 jobs completed, 0 failed" in attach.stdout, attach.stdout + attach.stderr
+    assert "1 jobs were staged but never started (local jobs" in attach.stdout
+    assert "1 of the sweep's 4 jobs were never submitted" in attach.stdout
+    assert "all 4 jobs run again, the 2 completed ones included" in attach.stdout
+    assert "Batch" not in attach.stdout and attach.returncode == 1

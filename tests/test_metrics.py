@@ -257,3 +257,74 @@ def test_report_where_hydra_is_set_up_but_runs_no_job(tmp_path, monkeypatch):
     finally:
         HydraConfig.instance().cfg = None
         _metrics.finish()
+
+
+MANY_REPORTS = """
+from hydra_plugins.hydra_awsbatch_launcher import report
+
+
+def task(cfg):
+    for step in range(cfg.reports):
+        report(step, loss=1.0 / (step + 1), accuracy=0.5, lr=0.001, grad_norm=3.25)
+    return cfg.reports
+"""
+
+
+@pytest.mark.integration
+def test_the_launchers_memory_stays_flat_whatever_the_count_of_reports(inprocess_launcher):
+    """Two jobs of aws_batch_local (outputs home through staging, as from Batch) report 40,000 times each, read
+    by the watcher every 0.2 s and by nobody else (Hydra's basic sweeper asks for no curve): what the launcher
+    holds after they ended is what its watcher needs (a last report a job, cursors), not the 80,000 reports
+    (about 1.3 KB each, kept until a caller took them). A caller with a cursor still gets every record, from
+    disk; and the job dirs end with all of them."""
+    import gc
+    import tracemalloc
+
+    reports = 40_000
+    launcher = inprocess_launcher(["hydra/launcher=aws_batch_local", "hydra.sweep.dir=sweep",
+                                   "hydra.launcher.in_place=false", "hydra.launcher.metrics_interval_s=0.2"],
+                                  MANY_REPORTS)
+    warm_up = launcher.launch_async([["+reports=10"]] * 2, initial_job_idx=0)  # what a sweep imports, first
+    assert [f.result(timeout=300).return_value for f in warm_up] == [10] * 2
+    pytest.importorskip("sklearn.inspection")  # and what the sweep page imports once 4 jobs completed
+    pytest.importorskip("plotly.offline")
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        futures = launcher.launch_async([[f"+reports={reports}"]] * 2, initial_job_idx=2)
+        assert [f.result(timeout=300).return_value for f in futures] == [reports] * 2
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"the launcher holds {held / 1e6:.2f} MB more after {2 * reports:,} reports")
+    assert held < 4e6, f"the launcher holds {held / 1e6:.1f} MB more after {2 * reports:,} reports"
+    assert [r["step"] for r in launcher.metrics(3, since=reports - 2)] == [reports - 2, reports - 1]
+    assert len(launcher.metrics(2)) == reports == len(records(Path("sweep/2") / _metrics.FILE))
+
+
+@pytest.mark.unit
+def test_report_outside_a_hydra_job_checks_what_a_job_checks_and_records_nothing(tmp_path, monkeypatch):
+    """The task called by a unit test (no Hydra job): a metric that is no number, a step going back, a NaN step
+    raise as in every job of a sweep, and nothing is written; each call of the task starts its steps afresh."""
+    from hydra_plugins.hydra_awsbatch_launcher import report
+
+    monkeypatch.chdir(tmp_path)
+
+    def task(steps, loss=0.5):
+        for step in steps:
+            report(step, loss=loss)
+        return "done"
+
+    assert task([1, 2, 3]) == task([1, 2]) == task([0.5]) == "done"  # a new call, a new start
+    with pytest.raises(TypeError, match=r"report\(\): loss='0.5' is not a number"):
+        task([1, 2], loss="0.5")
+    with pytest.raises(ValueError, match=r"report\(\): step 2 comes after step 3; steps never go back"):
+        task([1, 3, 2])
+    with pytest.raises(ValueError, match=r"report\(\): step=nan is not a finite number"):
+        task([float("nan")])
+    with pytest.raises(TypeError, match=r"report\(\): time= is the name"):
+        report(1, time=5.0)
+    assert report(7, loss=0.1) is False and report(8, loss=0.1) is False
+    assert not list(tmp_path.iterdir()) and _metrics._current is None  # nothing recorded

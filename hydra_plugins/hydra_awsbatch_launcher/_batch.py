@@ -539,6 +539,7 @@ class BatchExecutor:
         info.state = BatchState(job["status"])
         info.reason = job.get("statusReason", "") or container.get("reason", "")
         info.exit_code = container.get("exitCode")
+        info.created = job["createdAt"] / 1000 if job.get("createdAt") else info.created
         info.started = job["startedAt"] / 1000 if job.get("startedAt") else info.started
         info.stopped = job["stoppedAt"] / 1000 if job.get("stoppedAt") else info.stopped
 

@@ -21,6 +21,7 @@ class JobInfo:
     started: float | None = None  # epoch seconds
     stopped: float | None = None
     log_path: str = ""
+    created: float | None = None  # when Batch took the job, on Batch's clock (None: a local job's)
 
 
 class Executor(Protocol):

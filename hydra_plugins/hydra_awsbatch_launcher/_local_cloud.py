@@ -8,6 +8,7 @@ real container of our image, on a Docker engine that has no bridge and uses the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -256,6 +257,20 @@ def deploy_stack(endpoint: str, stack: str = STACK, **parameters: str) -> dict:
     return {o["OutputKey"]: o["OutputValue"] for o in found["Outputs"]}
 
 
+def image_tag(state_dir: Path) -> str:
+    """The job image's tag of the local cloud kept in `state_dir`: one per cloud, so that two clouds of one stack
+    name (two checkouts, each with its HYDRA_AWSBATCH_LOCAL_CLOUD_DIR) never run each other's code."""
+    return "cloud-" + hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def deploy(endpoint: str, stack: str, state_dir: Path) -> tuple[dict, str]:
+    """The stack of the local cloud kept in `state_dir`, its job definitions on that cloud's own image tag: the
+    stack's outputs, and the image to build."""
+    tag = image_tag(state_dir)
+    outputs = deploy_stack(endpoint, stack, ImageTag=tag)
+    return outputs, f"{outputs['RepositoryUri']}:{tag}"
+
+
 # ---------------------------------------------------------------------------------------------- commands
 def state_file() -> Path:
     return STATE_DIR / "state.json"
@@ -323,8 +338,7 @@ def up(stack: str = STACK) -> dict:
              "started": time.time()}
     state_file().write_text(json.dumps(state))
     with step(f"deploying template.yaml as stack {stack}"):
-        outputs = deploy_stack(endpoint, stack)
-    image = outputs["RepositoryUri"] + ":latest"
+        outputs, image = deploy(endpoint, stack, STATE_DIR)
     with step("base image"):
         base = base_image()
     with step("job image", announce=False):

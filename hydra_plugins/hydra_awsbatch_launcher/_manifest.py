@@ -131,6 +131,8 @@ class JobRecord:
     task_started: float | None = None  # from the job's result: when run_job was called, and when it returned
     task_ended: float | None = None
     home: float | None = None  # when its result (and job dir) came home
+    created: float | None = None  # when Batch took it, on Batch's clock (None for a local job: all the launcher's)
+    seen_ended: float | None = None  # when the launcher saw it end, on the launcher's clock
     result: str = ""  # the return value's repr, or "ErrorType: message"
     last_report: dict = field(default_factory=dict)  # the newest record the job reported (_metrics.py)
     stop_request: str = ""  # why the sweep asked the job to stop early, where it did
@@ -138,10 +140,17 @@ class JobRecord:
 
     def latency(self) -> dict[str, float]:
         """Where the job's time went, in seconds: waiting to start (submitted to started), starting (to its
-        task's start), its task, and ending (task's end to the result home)."""
-        marks = [("waiting", self.submitted, self.started), ("starting", self.started, self.task_started),
-                 ("task", self.task_started, self.task_ended), ("ending", self.task_ended, self.home)]
-        return {name: round(max(0.0, b - a), 3) for name, a, b in marks if a is not None and b is not None}
+        task's start), its task, and ending (task's end to the result home). Each interval on one clock, so that a
+        launcher whose clock is off skews none: on Batch, waiting is Batch's (created to started), and ending is
+        the job's end on Batch (task's end to the container's stop) plus the launcher's part (from seeing the job
+        end to its result home); a local job's marks are all the launcher's."""
+        on_batch = self.created is not None
+        spans = {"waiting": [(self.created if on_batch else self.submitted, self.started)],
+                 "starting": [(self.started, self.task_started)], "task": [(self.task_started, self.task_ended)],
+                 "ending": [(self.task_ended, self.stopped), (self.seen_ended, self.home)] if on_batch
+                 else [(self.task_ended, self.home)]}
+        return {name: round(sum(max(0.0, b - a) for a, b in pairs), 3) for name, pairs in spans.items()
+                if all(a is not None and b is not None for a, b in pairs)}
 
     def update(self, seen) -> bool:
         """Take what the executor saw of the job (an _executor.JobInfo) until it ended; whether anything changed."""
@@ -150,6 +159,9 @@ class JobRecord:
         if self.state in FINAL or new == old:
             return False
         self.state, self.job_id, self.exit_code, self.reason, self.started, self.stopped = new
+        self.created = seen.created if seen.created is not None else self.created
+        if self.state in FINAL:
+            self.seen_ended = time.time()
         return True
 
     def close(self, result: str, completed: bool, exit_code: int | None, times: dict | None = None) -> None:

@@ -13,11 +13,16 @@ One line a record: {"step": 3, "time": 1764651000.5, "val_loss": 0.31, ...}.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import os
+import sys
+import tempfile
+import threading
 import time
+from array import array
 from numbers import Real
 from pathlib import Path
 
@@ -41,6 +46,22 @@ def number(name: str, value) -> float:
     raise TypeError(f"report(): {name}={value!r} is not a number")
 
 
+def checked(step, metrics: dict, last_step: float | None) -> dict:
+    """The record of `report(step, **metrics)` after `last_step`, checked: a finite number for a step that never
+    goes back, a number for each metric; TypeError or ValueError saying what is wrong otherwise."""
+    step = number("step", step)
+    if not math.isfinite(step):
+        raise ValueError(f"report(): step={step} is not a finite number; give the epoch or batch it is at")
+    if "time" in metrics:
+        raise TypeError("report(): time= is the name of the time each report is made at, which report() records; "
+                        "name the metric otherwise")
+    if last_step is not None and step < last_step:
+        raise ValueError(f"report(): step {step:g} comes after step {last_step:g}; steps never go back")
+    record = {"step": int(step) if step.is_integer() else step, "time": time.time()}
+    record.update((name, number(name, value)) for name, value in metrics.items())
+    return record
+
+
 class Reporter:
     """One job's reports: validated, buffered, written now and then (`remote`: its metrics folder in staging)."""
 
@@ -56,17 +77,8 @@ class Reporter:
         self.warned = False
 
     def report(self, step, metrics: dict) -> bool:
-        step = number("step", step)
-        if not math.isfinite(step):
-            raise ValueError(f"report(): step={step} is not a finite number; give the epoch or batch it is at")
-        if "time" in metrics:
-            raise TypeError("report(): time= is the name of the time each report is made at, which report() records; "
-                            "name the metric otherwise")
-        if self.last_step is not None and step < self.last_step:
-            raise ValueError(f"report(): step {step:g} comes after step {self.last_step:g}; steps never go back")
-        record = {"step": int(step) if step.is_integer() else step, "time": time.time()}
-        record.update((name, number(name, value)) for name, value in metrics.items())
-        self.last_step = step
+        record = checked(step, metrics, self.last_step)
+        self.last_step = float(record["step"])
         self.buffer.append(record)
         if time.monotonic() - self.written >= self.interval_s:
             self.flush()
@@ -132,8 +144,10 @@ def report(step, **metrics) -> bool:
     `if report(epoch, val_loss=0.31, val_acc=0.9): ...`. True once the sweep asks the job to stop (a pruner
     found it hopeless): save what you need and return; a job that goes on is terminated after a grace period.
     Cheap: buffered, written at most every few seconds. Outside a Hydra run (the task function called
-    directly) it does nothing and returns False. In a trial of several processes (torchrun's RANK), rank 0 reports
-    for the trial and the other ranks' calls do nothing and return False: share rank 0's answer with them."""
+    directly: a unit test, a notebook) it records nothing and returns False, after the checks a job makes (a
+    metric that is no number, a step that is not finite or goes back within the call raise as in a job).
+    In a trial of several processes (torchrun's RANK), rank 0 reports for the trial and the other ranks' calls do
+    nothing and return False: share rank 0's answer with them."""
     global _current
     from hydra.core.hydra_config import HydraConfig
 
@@ -145,8 +159,9 @@ def report(step, **metrics) -> bool:
         from omegaconf import OmegaConf
 
         output_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default=None) if config else None
-        if not output_dir:
-            return False  # the task was called without a Hydra job (a test, a notebook): nothing to report to
+        if not output_dir:  # the task was called without a Hydra job (a test, a notebook): nothing to report to
+            unrecorded(step, metrics, sys._getframe(1))
+            return False
         finish()
         if not _exit_hook:
             _at_exit()
@@ -156,6 +171,20 @@ def report(step, **metrics) -> bool:
         _current = (config, Reporter(local_file, os.environ.get(METRICS_URI) or None,
                                      JobSettings.read().metrics_interval_s, os.environ.get(STOP_URI) or None))
     return _current[1].report(step, metrics)
+
+
+LAST_STEP = "__report_last_step__"  # where unrecorded() keeps a call's last step: in that call's frame
+
+
+def unrecorded(step, metrics: dict, caller) -> None:
+    """report() outside a Hydra job: the checks a job makes, and nothing recorded, so that a unit test of the task
+    fails where its jobs would. Steps never go back within one call of the function that reports (`caller`, its
+    frame): the last one is kept among that call's own locals, so the next call starts afresh and nothing here
+    outlives a call or holds its locals. Code at a module's top level is checked but its steps are not followed."""
+    function = bool(caller.f_code.co_flags & inspect.CO_OPTIMIZED)
+    record = checked(step, metrics, caller.f_locals.get(LAST_STEP) if function else None)
+    if function:
+        caller.f_locals[LAST_STEP] = float(record["step"])
 
 
 def finish() -> None:
@@ -171,11 +200,16 @@ def finish() -> None:
 class Channel:
     """The parent's end (`staging`: the sweep's _manifest.Staging). What the jobs report, read while they run:
     only parts not read yet, per round at most `per_round` running jobs, each at most once per `interval_s`.
-    And the other way, a request to stop, which the job's report() sees at its next write."""
+    And the other way, a request to stop, which the job's report() sees at its next write.
+
+    Flat memory whatever the count of reports: what it read goes to a spool on disk (an unnamed temporary file,
+    gone with the process however it ends); it keeps per job only where it is (parts read, the spool's index,
+    a cursor into the job dir's metrics.jsonl). The newest record of each job is the manifest's."""
 
     def __init__(self, staging, interval_s: float = 10.0, per_round: int = 8):
         self.staging, self.interval_s, self.per_round = staging, interval_s, per_round
-        self.unread: dict[int, tuple[int, list[dict]]] = {}  # job -> (index of its first, records not yet taken)
+        self.spool = Spool()  # what was read from staging, for jobs whose metrics.jsonl is not home (yet)
+        self.cursors: dict[int, tuple[int, int]] = {}  # job -> (records, bytes) of its metrics.jsonl read so far
         self.parts: dict[int, int] = {}
         self.read_at: dict[int, float] = {}
         self.deadlines: dict[int, tuple[float, str]] = {}  # jobs asked to stop: by when, and why
@@ -214,48 +248,108 @@ class Channel:
         return newest
 
     def _read(self, num: int) -> list[dict]:
-        """Job `num`'s new records: one listing of its metrics folder, and one read a new part."""
+        """The newest record of each new part of job `num`: one listing of its metrics folder, and one read a new
+        part, which goes to the spool as it is read (nothing of it is kept here)."""
         from hydra_plugins.hydra_awsbatch_launcher import _storage
 
         folder = self.staging.metrics(num)
         parts = [rel for rel, _ in _storage.list_files(folder) if rel.startswith("part-")]
         new = []
         for rel in parts[self.parts.get(num, 0):]:
-            new += parse(_storage.read_bytes(_storage.join(folder, rel)).decode())
+            text = _storage.read_bytes(_storage.join(folder, rel)).decode()
+            records = parse(text)
+            self.spool.add(num, text[:text.rfind("\n") + 1], len(records))  # read again as parse() reads it
+            new += records[-1:]
         self.parts[num] = len(parts)
-        self.unread.setdefault(num, (0, []))[1].extend(new)
         return new
 
     def records(self, num: int, job_dir: Path | None = None, since: int = 0) -> list[dict]:
         """What job `num` reported from its record `since` on (a cursor: the records a caller has): its job dir's
-        metrics.jsonl once that is home (all of it), else what was read from staging. Records before `since` are
-        the caller's from then on: the channel keeps only what no one took yet."""
+        metrics.jsonl once that is home (or where the job writes it in place), else what was read from staging,
+        from the spool. Nothing of it stays in memory here but where the last call ended."""
         path = job_dir / FILE if job_dir is not None else None
         if path is not None and path.is_file():
-            return parse(path.read_text())[since:]
-        first, kept = self.unread.get(num, (0, []))
-        if since > first:
-            first, kept = since, kept[since - first:]
-            self.unread[num] = (first, kept)
-        return kept[since - first:] if since >= first else list(kept)
+            self.spool.forget(num)  # the file has all of it
+            records, self.cursors[num] = read_records(path, since, self.cursors.get(num, (0, 0)))
+            return records
+        return self.spool.read(num, since)
+
+
+class Spool:
+    """Records read from staging, on disk: one unnamed temporary file for the sweep, appended to as parts are
+    read, and per job the (offset, size, count) of each piece of it (a part's worth, not a record's)."""
+
+    def __init__(self):
+        self.file = None
+        self.index: dict[int, array] = {}
+        self.lock = threading.Lock()  # the watcher adds, a sweeper's thread reads
+
+    def add(self, num: int, text: str, count: int) -> None:
+        if not count:
+            return
+        data = text.encode()
+        with self.lock:
+            if self.file is None:
+                self.file = tempfile.TemporaryFile(prefix="hydra-awsbatch-metrics-")
+            offset = self.file.seek(0, os.SEEK_END)
+            self.file.write(data)
+            self.index.setdefault(num, array("q")).extend((offset, len(data), count))
+
+    def read(self, num: int, since: int = 0) -> list[dict]:
+        """Job `num`'s records from its record `since` on."""
+        records: list[dict] = []
+        with self.lock:
+            pieces = self.index.get(num, array("q"))
+            first = 0
+            for i in range(0, len(pieces), 3):
+                offset, size, count = pieces[i:i + 3]
+                if first + count > since:
+                    self.file.seek(offset)
+                    records += parse(self.file.read(size).decode())[max(0, since - first):]
+                first += count
+        return records
+
+    def forget(self, num: int) -> None:
+        with self.lock:
+            self.index.pop(num, None)
+
+
+def read_records(path: Path, since: int = 0, cursor: tuple[int, int] = (0, 0)) -> tuple[list[dict], tuple[int, int]]:
+    """The whole records of a metrics file from record `since` on, read line by line (as parse() reads them), and
+    where the reading ended, (records, bytes): a later call given it starts there, not at the file's start."""
+    count, offset = cursor if cursor[0] <= since and cursor[1] <= path.stat().st_size else (0, 0)
+    records = []
+    with open(path, "rb") as stream:
+        stream.seek(offset)
+        for line in stream:
+            if not line.endswith(b"\n"):
+                break  # being written: left for the next read
+            offset += len(line)
+            record = _record(line.decode(errors="replace"))
+            if record is not None:
+                if count >= since:
+                    records.append(record)
+                count += 1
+    return records, (count, offset)
 
 
 def parse(text: str) -> list[dict]:
     """The whole records of a metrics file. The job may be appending to it as it is read (`in_place`): a last line
     without its newline is being written and is left for the next read. Where a job killed mid-write left a cut
     record, the next run's first record follows it on the same line: that one is kept, the cut one skipped."""
-    records = []
-    for line in text[:text.rfind("\n") + 1].splitlines():
+    return [record for line in text[:text.rfind("\n") + 1].splitlines() if (record := _record(line)) is not None]
+
+
+def _record(line: str) -> dict | None:
+    """One line's record, or None (blank, or cut with nothing whole after it)."""
+    try:
+        record = json.loads(line) if line.strip() else None
+    except ValueError:
         try:
-            record = json.loads(line) if line.strip() else None
+            record = json.loads(line[line.rfind('{"step"'):])
         except ValueError:
-            try:
-                record = json.loads(line[line.rfind('{"step"'):])
-            except ValueError:
-                continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+            return None
+    return record if isinstance(record, dict) else None
 
 
 def summary(record: dict | None) -> str:

@@ -261,13 +261,47 @@ def attach(args) -> int:
     failed = sum(r.status != JobStatus.COMPLETED for r in returns)
     print(f"sweep {m.sweep_id}: {len(returns) - failed} jobs completed, {failed} failed; "
           f"job dirs in {shlex.quote(m.sweep_dir)}")
-    unheard = len(m.jobs) - len(returns)  # staged, and its launcher stopped before Batch's answer came
-    if unheard:
-        print(f"{unheard} jobs were staged but not known to be submitted (the launcher stopped before Batch "
-              "answered): run the sweep again, which finds those that went out and submits the others")
-    if m.unsubmitted():
-        print(f"{m.unsubmitted()}: run the sweep again to run them")
+    unheard = [job for job in m.jobs if not job.job_id]  # staged, and its launcher stopped before they went out
+    for line in missing(m, unheard, len(returns) - failed):
+        print(line)
     return 1 if failed or unheard or m.unsubmitted() else 0
+
+
+def missing(m, unheard: list, completed: int) -> list[str]:
+    """What a sweep whose launcher stopped while it submitted lacks, and what runs it, true for this sweep: the
+    thompson sweeper resumes it (what went out is followed, the rest submitted); any other sweeper (Hydra's basic,
+    Optuna...) starts anew, the completed jobs included."""
+    from hydra_plugins.hydra_awsbatch_launcher import _report, _storage
+
+    lines = []
+    on_batch = m.launcher == "AwsBatchLauncher" and not m.settings.get("workers")
+    if unheard and on_batch:
+        lines.append(f"{len(unheard)} jobs were staged but not known to be submitted (the launcher stopped before "
+                     "Batch answered; some may have gone out)")
+    elif unheard:
+        lines.append(f"{len(unheard)} jobs were staged but never started (local jobs and warm workers run only "
+                     "while their launcher runs)")
+    if m.unsubmitted():
+        lines.append(m.unsubmitted())
+    if not lines:
+        return []
+    try:
+        resumes = (Path(m.sweep_dir) / _report.STATE).is_file() or _storage.exists(
+            _storage.join(m.staging.sweep, _report.STATE))
+    except Exception:  # staging unreachable: the sweep dir said no
+        resumes = False
+    if resumes:
+        found = ", follows the jobs that went out on Batch" if unheard and on_batch else ""
+        lines.append(f"Run the same command again: the thompson sweeper resumes this sweep{found} and runs only "
+                     "the trials that did not end; the ended ones are kept")
+        return lines
+    total = max(m.announced, len(m.jobs))
+    twice = " (and those of them that went out twice)" if unheard and on_batch else ""
+    lines.append(f"Running the same command again starts the sweep anew: all {total:,} jobs run again, the "
+                 f"{completed:,} completed ones included{twice}: Hydra's sweepers (but hydra/sweeper=thompson) do "
+                 "not resume a sweep. To run only the missing jobs, launch them by their overrides"
+                 + (f", e.g. {' '.join(unheard[0].overrides)}" if unheard else ""))
+    return lines
 
 
 def local_cloud(args) -> int:
