@@ -494,38 +494,45 @@ class Cost:
 
 def worker_seconds(data: SweepData) -> float:
     """The time the jobs ran (started to stopped; still running: to now), in all."""
-    seconds = 0.0
-    for trial in data.trials:
-        start, end = trial.marks.get("started"), trial.marks.get("stopped") or trial.marks.get("home")
-        if start is not None:
-            seconds += max(0.0, (end or time.time()) - start)
-    return seconds
+    return sum(_ran(trial) for trial in data.trials)
+
+
+def _ran(trial: Trial) -> float:
+    start, end = trial.marks.get("started"), trial.marks.get("stopped") or trial.marks.get("home")
+    return max(0.0, (end or time.time()) - start) if start is not None else 0.0
 
 
 def cost(data: SweepData, table: dict | None = None) -> Cost | None:
-    """The sweep's cost at the table's prices: each job's vCPUs, memory and GPUs times the time it ran."""
+    """The sweep's cost at the table's prices: each job's vCPUs, memory and GPUs (what its config asked, else the
+    launcher's, else the table's job definition) times the time it ran."""
     try:
         table = table or price_table((data.config.get("launcher") or {}).get("price_table"))
     except (OSError, ValueError) as error:
         log.warning(f"hydra-awsbatch: no price table ({error}); no cost estimate")
         return None
-    launcher = data.config.get("launcher") or {}
-    default = table.get("job_definition") or {}
-    vcpus = _number(launcher.get("vcpus")) or _number(default.get("vcpus")) or 1.0
-    memory = (_number(launcher.get("memory_mib")) or _number(default.get("memory_mib")) or 2048) / 1024
-    gpus = _number(launcher.get("gpus")) or _number(default.get("gpus")) or 0.0
-    nodes = _number(launcher.get("nodes")) or 1.0
-    family = table["families"][table["gpu_family"] if gpus else table["cpu_family"]]
-    seconds = worker_seconds(data) * nodes
+    launcher, default = data.config.get("launcher") or {}, table.get("job_definition") or {}
+    spent: dict[str, list[float]] = {}  # shape -> [seconds, on-demand, spot]
+    for trial in data.trials or [Trial(0, None, {}, "waiting")]:
+        def asked(key: str, fallback: float, resources=trial.resources) -> float:
+            return next((v for v in map(_number, (resources.get(key), launcher.get(key), default.get(key)))
+                         if v is not None), fallback)
 
-    def price(kind: str) -> float:
-        rates = family[kind]
-        hourly = vcpus * rates["vcpu_hour"] + memory * rates["gib_hour"] + gpus * rates["gpu_hour"]
-        return hourly * seconds / 3600
-
-    shape = f"{sig(vcpus)} vCPU, {sig(memory)} GiB" + (f", {sig(gpus)} GPU" if gpus else "") + (
-        f" x {sig(nodes)} nodes" if nodes > 1 else "") + f" ({table['gpu_family'] if gpus else table['cpu_family']})"
-    return Cost(price("on_demand"), price("spot"), seconds, shape, str(table.get("date", "?")),
+        vcpus, memory, gpus, nodes = (asked("vcpus", 1.0), asked("memory_mib", 2048) / 1024, asked("gpus", 0.0),
+                                      asked("nodes", 1.0))
+        kind = table["gpu_family"] if gpus else table["cpu_family"]
+        shape = f"{sig(vcpus)} vCPU, {sig(memory)} GiB" + (f", {sig(gpus)} GPU" if gpus else "") + (
+            f" x {sig(nodes)} nodes" if nodes > 1 else "") + f" ({kind})"
+        seconds, rates = _ran(trial) * nodes, table["families"][kind]
+        hourly = {k: vcpus * rates[k]["vcpu_hour"] + memory * rates[k]["gib_hour"] + gpus * rates[k]["gpu_hour"]
+                  for k in ("on_demand", "spot")}
+        total = spent.setdefault(shape, [0.0, 0.0, 0.0])
+        total[0] += seconds
+        total[1] += hourly["on_demand"] * seconds / 3600
+        total[2] += hourly["spot"] * seconds / 3600
+    shapes = (" and ".join(f"{shape} ({t[0] / 3600:,.2f} h)" for shape, t in spent.items()) if len(spent) > 1
+              else next(iter(spent)))
+    return Cost(sum(t[1] for t in spent.values()), sum(t[2] for t in spent.values()),
+                sum(t[0] for t in spent.values()), shapes, str(table.get("date", "?")),
                 str(table.get("region", "?")), str(table.get("source", "")).strip(), data.launcher != "aws_batch")
 
 
