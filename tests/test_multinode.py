@@ -307,7 +307,7 @@ def test_aws_batch_submits_one_multi_node_job_per_trial(tmp_path, aws_env, batch
     (tmp_path / "my_app.py").write_text(textwrap.dedent(ENV_APP))
     proc = subprocess.run([sys.executable, "my_app.py", "-m", "+x=1,2,3", "hydra/launcher=aws_batch",
                            "hydra.launcher.nodes=2", "hydra.launcher.gpus=1", "hydra.launcher.dry_run=true",
-                           f"hydra.launcher.job_queue={batch_resources['queue']}",
+                           f"hydra.launcher.job_queue={batch_resources['gpu_queue']}",  # GPU instances
                            "hydra.launcher.job_definition=test-mnp",
                            f"hydra.launcher.staging_uri={batch_resources['staging']}", "hydra.sweep.dir=sweep"],
                           cwd=tmp_path, env=aws_env, capture_output=True, text=True, timeout=300)
