@@ -237,3 +237,22 @@ def test_each_resource_set_is_one_array_with_what_its_configs_asked(on_batch, ba
     assert as_submitted(moto_server, [a["job_id"] for a in arrays]) == [
         {"VCPU": "1", "MEMORY": "1024", "GPU": "0"}, {"VCPU": "2", "MEMORY": "4096", "GPU": "1"}]
     assert [j["resources"]["gpus"] for j in record["jobs"]] == [0, 0, 1, 1]
+
+
+@pytest.mark.integration
+def test_a_configs_queue_may_name_the_stacks_output(on_batch, batch_resources):
+    """`queue: GpuJobQueue` in the large size's config: the stack's GPU queue; `null`: the stack's JobQueue."""
+    import secrets
+
+    stack = f"resources-{secrets.token_hex(3)}"
+    outputs = {"JobQueue": batch_resources["queue"], "GpuJobQueue": batch_resources["gpu_queue"]}
+    boto3.client("cloudformation").create_stack(StackName=stack, TemplateBody=json.dumps({
+        "Resources": {"Nothing": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()}}))
+    sizes = {"small": SIZES["small"], "large": SIZES["large"].replace("queue: null", "queue: GpuJobQueue")}
+    proc = on_batch("size=small,large", "x=1", f"hydra.launcher.stack_name={stack}", "hydra.launcher.dry_run=true",
+                    sizes=sizes)
+    assert proc.returncode == 0, proc.stderr
+    texts = proc.stdout.split("SubmitJob request (dry run, nothing submitted):\n")[1:]
+    queues = [json.JSONDecoder().raw_decode(text)[0]["jobQueue"] for text in texts]
+    assert queues == [batch_resources["queue"], batch_resources["gpu_queue"]]
