@@ -16,13 +16,33 @@ import time
 
 import pytest
 
-from hydra_plugins.hydra_thompson_sweeper._pruners import Asha, Median, make, settings_problems
+from hydra_plugins.hydra_thompson_sweeper._pruners import Reports, make, settings_problems
 from tests.conftest import ROOT
+
+
+class Fed:
+    """A pruner fed as the study feeds it: the trials' records kept here (the study's role), the pruner reading
+    them through its view and keeping only its rung tables."""
+
+    def __init__(self, *args, **kwargs):
+        self.records: dict[int, list[dict]] = {}
+        self.pruner = make(*args, **kwargs, reports=Reports(lambda n: self.records.get(n, []), lambda: self.records))
+
+    def observe(self, trial: int, step: float, value: float) -> str | None:
+        self.records.setdefault(trial, []).append({"step": step, "value": value})
+        return self.pruner.observe(trial, step, value)
+
+    def forget(self, trial: int) -> None:
+        self.records.pop(trial, None)
+        self.pruner.forget(trial)
+
+    def __getattr__(self, name):
+        return getattr(self.pruner, name)
 
 
 @pytest.mark.unit
 def test_asha_keeps_the_top_third_at_each_rung_without_waiting_for_it_to_fill():
-    asha = Asha(1.0, 27.0, 3)
+    asha = Fed("asha", 1, 27, 3)
     assert asha.levels == [1.0, 3.0, 9.0]
     assert asha.observe(0, 1, 0.5) is None and asha.observe(1, 1, 0.3) is None  # under 3 at the rung: go on
     assert asha.observe(2, 1, 0.9).startswith("ASHA: 0.9 at step 1 is not in the top 1/3 of the 3 trials")
@@ -38,7 +58,7 @@ def test_asha_keeps_the_top_third_at_each_rung_without_waiting_for_it_to_fill():
 def test_the_gp_learns_a_trial_s_values_at_the_levels_and_its_last_report_between_them():
     """What a trial's curve gives the GP (Syne Tune's rungs_and_last): each level it reached, and its last report
     where no level took it, before max_resource; never twice the same report, never a value that is not finite."""
-    pruner = make("extrapolate", 1, 27, 3)
+    pruner = Fed("extrapolate", 1, 27, 3)
     for step in range(1, 15):  # stopped at step 14, between the levels 9 and 27
         pruner.observe(0, step, 1.0 / step)
     assert pruner.fidelities(0) == [(1 / 27, 1.0), (3 / 27, 1 / 3), (9 / 27, 1 / 9), (14 / 27, 1 / 14)]
@@ -65,7 +85,7 @@ def test_measured_rungs_stop_nothing_until_done_trials_show_the_rung_ranks_them(
     """rungs=measured: no stop before 8 trials are done; then rung 1 stops trials only where the done trials'
     order there is their final order (curves that cross: it stops nothing), while rung 3, which ranks them
     right in both cases, stops."""
-    asha = make("asha", 1, 9, 3, rungs="measured")
+    asha = Fed("asha", 1, 9, 3, rungs="measured")
     for trial in range(8):  # trial i ends at i; at step 1 its order is the reverse where curves cross
         first = 1.0 - trial / 10 if crossing else 1.0 + trial / 10
         for step, value in [(1, first), (3, 0.5 + trial / 10), (9, trial / 10)]:
@@ -79,10 +99,10 @@ def test_measured_rungs_stop_nothing_until_done_trials_show_the_rung_ranks_them(
 def test_hyperband_brackets_judge_a_trial_from_its_bracket_s_first_rung_among_its_bracket_only():
     """brackets=4 over rungs 1, 3, 9 (below 27): the trials go to the brackets in equal shares, the same after a
     rebuild; bracket b first judges a trial at rung b, against its own bracket's trials; bracket 3 stops nothing."""
-    asha = make("asha", 1, 27, 3, brackets=4)
+    asha = Fed("asha", 1, 27, 3, brackets=4)
     assert {asha.bracket(t) for t in range(8)} == {0, 1, 2, 3}  # the first few trials meet every bracket
     assert all(23 <= [asha.bracket(t) for t in range(100)].count(b) <= 27 for b in range(4))  # equal shares
-    assert [asha.bracket(t) for t in range(100)] == [make("asha", 1, 27, 3, brackets=4).bracket(t)
+    assert [asha.bracket(t) for t in range(100)] == [Fed("asha", 1, 27, 3, brackets=4).bracket(t)
                                                      for t in range(100)]
     by_bracket = {b: [t for t in range(40) if asha.bracket(t) == b] for b in range(4)}
     for trials in by_bracket.values():
@@ -113,7 +133,7 @@ def test_extrapolation_stops_a_fast_starter_that_flattened_out_worse_and_lets_a_
         return [(step, final + (1 - final) * math.exp(-step / tau) + rng.gauss(0, 0.05)) for step in steps]
 
     finished = {0: curve(-1.0, 3, range(1, 28)), 1: curve(-2.0, 6, range(1, 28))}
-    pruner = make("extrapolate", 1, 27, 3)
+    pruner = Fed("extrapolate", 1, 27, 3)
     fast, slow = curve(-0.5, 1, range(1, 10)), curve(-3.0, 8, range(1, 10))
     assert all(pruner.observe(2, step, value) is None for step, value in fast[:5])  # nothing finished yet
     for trial, points in finished.items():
@@ -127,7 +147,7 @@ def test_extrapolation_stops_a_fast_starter_that_flattened_out_worse_and_lets_a_
     assert re.match(r"extrapolated: its curve ends at step 27 at -0\.\d+ at best, worse than the best finished "
                     r"trial's -1\.9", reason), reason
     assert all(pruner.observe(3, step, value) is None for step, value in slow)
-    rebuilt = make("extrapolate", 1, 27, 3)
+    rebuilt = Fed("extrapolate", 1, 27, 3)
     for trial, points in [(2, fast), *finished.items(), (3, slow)]:  # another order, as a resume replays them
         for step, value in points:
             rebuilt.observe(trial, step, value)
@@ -141,7 +161,7 @@ def test_extrapolation_knows_power_laws_and_takes_odd_reports_without_failing():
     """Training curves often decay as power laws, slower than any exponential: a trial on the best one's curve,
     0.05 lower, goes on, a trial 0.5 higher stops. Reports at one step several times, at step 0, or after a
     NaN do not break the fits (a degenerate fit is never plausible)."""
-    pruner = make("extrapolate", 1, 27, 3)
+    pruner = Fed("extrapolate", 1, 27, 3)
     for trial, offset in enumerate([0.05, 0.0]):  # the second ends better than the first, which has finished
         for step in range(1, 28):
             assert pruner.observe(trial, step, offset + step**-0.5) is None
@@ -152,7 +172,7 @@ def test_extrapolation_knows_power_laws_and_takes_odd_reports_without_failing():
     assert pruner.observe(5, 0, 2.0) is None and pruner.observe(5, 1, math.nan).startswith("its value is nan")
     assert pruner.observe(5, 2, 1.5) is None and pruner.observe(5, 3, 1.5) is None  # a curve of two points
     assert pruner.observe(5, 4, 1.5) is not None  # three finite points after the NaN, flat: fitted, and hopeless
-    every_batch = make("extrapolate", 1, 10_000, 3)  # a task that reports every batch, 10,000 in all
+    every_batch = Fed("extrapolate", 1, 10_000, 3)  # a task that reports every batch, 10,000 in all
     for trial, offset in enumerate([0.01, 0.0]):
         for step in [*range(1, 10_000, 50), 10_000]:
             every_batch.observe(trial, step, offset + step**-0.5)
@@ -168,17 +188,16 @@ def test_extrapolation_knows_power_laws_and_takes_odd_reports_without_failing():
 def test_a_trial_run_again_is_judged_on_its_new_reports_only(pruner):
     """A trial that died with an earlier sweeper runs again from its start (the sweeper's submit forgets it):
     its old reports neither sit at a rung nor join its new curve."""
-    rule = make(pruner, 1, 9, 3)
+    rule = Fed(pruner, 1, 9, 3)
     for trial in range(3):
         for step in range(1, 10):
             rule.observe(trial, step, 1.0 + trial / 10 + 1 / step)
     for step in (1, 2, 3):
         rule.observe(3, step, 9.0 + 1 / step)  # hopeless, then it dies with the sweeper
     rule.forget(3)
-    assert 3 not in rule.curves
     assert all(3 not in here for here in getattr(rule, "at_rung", {}).values())
     assert all(rule.observe(3, step, 0.5 + 1 / step) is None for step in range(1, 10))  # now the best
-    assert rule.curves[3] == [(step, 0.5 + 1 / step) for step in range(1, 10)]
+    assert rule.fidelities(3) == [(level / 9, 0.5 + 1 / level) for level in (1, 3)]  # its new curve
     if pruner == "extrapolate":  # one that had reached its end before it died: its final value no longer counts
         assert rule.best == 0.5 + 1 / 9
         rule.forget(3)
@@ -187,13 +206,13 @@ def test_a_trial_run_again_is_judged_on_its_new_reports_only(pruner):
 
 @pytest.mark.unit
 def test_median_rule_and_values_that_are_not_numbers():
-    median = Median(2.0, 10.0, 3)
+    median = Fed("median", 2, 10, 3)
     for trial, values in enumerate([[1.0, 0.8, 0.6], [1.0, 0.7, 0.5]]):
         for step, value in enumerate(values, start=1):
             assert median.observe(trial, step, value) is None
     assert median.observe(2, 1, 5.0) is None  # before min_resource
     assert median.observe(2, 2, 0.9).startswith("median rule: 0.9 at step 2, worse than the median 0.75 of 2")
-    assert make("none", 1, None, 3).observe(0, 1, math.nan) == "its value is nan at step 1"
+    assert Fed("none", 1, None, 3).observe(0, 1, math.nan) == "its value is nan at step 1"
     assert median.observe(3, 2, math.nan) == "its value is nan at step 2"
     # a NaN is no trial's value at a step: the others' median there is 0.8, of 0.7, 0.8 and 0.9
     assert median.observe(4, 2, 0.84) == "median rule: 0.84 at step 2, worse than the median 0.8 of 3"
@@ -203,7 +222,7 @@ def test_median_rule_and_values_that_are_not_numbers():
 def test_a_value_that_is_not_finite_at_a_rung_ranks_last_and_the_rung_goes_on_stopping():
     """A trial whose value is NaN at a rung is stopped; what it reports before it hears must not leave a NaN
     among the rung's values, where it would make every cut-off NaN and the rung stop nobody again."""
-    asha = Asha(1.0, 9.0, 3)
+    asha = Fed("asha", 1, 9, 3)
     assert asha.observe(0, 1, math.nan) == "its value is nan at step 1"
     assert asha.observe(0, 2, 0.5) is None  # reported before it heard: the rung counts it as the worst
     assert asha.observe(1, 1, 0.5) is None and asha.observe(2, 1, 0.4) is None
@@ -272,8 +291,9 @@ def run_sweep(tmp_path, env, *args):
 @pytest.mark.integration
 @pytest.mark.parametrize("pruner, brackets", [("asha", 1), ("median", 1), ("asha", 2), ("extrapolate", 1)])
 def test_pruners_stop_hopeless_trials_while_they_run(tmp_path, app_env, pruner, brackets):
+    # steps of 0.5 s or more: a stop request reaches a task within STOP_LOOK_S (2 s), so it hears it before its end
     proc = run_sweep(tmp_path, app_env, f"hydra.sweeper.pruner={pruner}", "hydra.sweeper.max_resource=9",
-                     "hydra.sweeper.min_resource=2", f"hydra.sweeper.brackets={brackets}")
+                     "hydra.sweeper.min_resource=2", f"hydra.sweeper.brackets={brackets}", "+step_s=0.5")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(tmp_path / "sweep/trials.csv") as stream:
         trials = list(csv.DictReader(stream))
@@ -302,7 +322,8 @@ def test_pruners_stop_hopeless_trials_while_they_run(tmp_path, app_env, pruner, 
 def test_a_resumed_sweep_keeps_its_stopped_trials_and_its_rungs(tmp_path, app_env):
     """ASHA's rungs are rebuilt from the trials' curves on resume: the stopped trials stay stopped (none runs
     again, and the GP gets its stand-in for each), and the new trials are judged against the earlier ones."""
-    asha = ("hydra.sweeper.pruner=asha", "hydra.sweeper.min_resource=2", "hydra.sweeper.max_resource=9")
+    asha = ("hydra.sweeper.pruner=asha", "hydra.sweeper.min_resource=2", "hydra.sweeper.max_resource=9",
+            "+step_s=0.5")  # steps of 0.5 s or more: a trial asked to stop hears it (STOP_LOOK_S) before its end
     first = run_sweep(tmp_path, app_env, *asha, "hydra.sweeper.n_trials=6")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     with open(tmp_path / "sweep/trials.csv") as stream:
@@ -327,7 +348,8 @@ def test_a_resumed_sweep_keeps_its_stopped_trials_and_its_rungs(tmp_path, app_en
     third_best = sorted(abs(float(t["+x"]) - 0.3) for t in before)[2]
     worse = [t for t in after[6:] if abs(float(t["+x"]) - 0.3) > third_best]
     assert worse, after  # the case that shows the rungs (the seed's Sobol points give it)
-    assert all(t["status"] == "pruned" and "at step 2 is not in the top 1/3" in t["stop_reason"] for t in worse)
+    assert all(t["status"] == "pruned" and "at step 2 is not in the top 1/3" in t["stop_reason"] for t in worse), (
+        worse, second.stdout[-3000:])
 
 
 @pytest.mark.integration

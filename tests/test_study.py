@@ -120,3 +120,26 @@ def test_bad_settings_and_a_bad_space_are_refused_naming_each_problem():
                                    "16,32,64", "choice(1, 2.5, true, 'a b')", "range(5, 1, -2)", "range(7, 8)"])
 def test_the_space_reads_the_override_grammar_as_hydra_reads_it(sweep):
     assert parse_space({"p": sweep}) == search_space({"p": sweep}, [])[0]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("pruner", ["asha", "median", "extrapolate"])
+def test_a_running_curve_is_kept_once_by_the_study_and_the_pruner_keeps_only_its_tables(pruner):
+    """A trial's reports live in its curve, the study's; the pruner reads them through a view and keeps its rung
+    tables and counters only, so its memory does not grow with the reports. A maximised metric is signed for it."""
+    study = Study({"x": "interval(0, 1)"}, direction="maximize", seed=0, n_initial=4, pruner=pruner,
+                  metric="acc", min_resource=1, max_resource=500, reduction_factor=3)
+    trials = [study.ask() for _ in range(3)]
+    for step in range(1, 501):
+        for i, trial in enumerate(trials):
+            study.report(trial, step, 0.5 + i / 10 - 1 / step, loss=1.0 / step)
+    assert [len(t.curve) for t in trials] == [500] * 3 and trials[2].curve[-1]["loss"] == 1 / 500
+
+    def held(value) -> int:  # the entries a pruner's field holds, nested containers counted in full
+        if isinstance(value, dict):
+            return len(value) + sum(held(v) for v in value.values())
+        return len(value) + sum(held(v) for v in value) if isinstance(value, (list, set, tuple)) else 0
+
+    assert sum(held(v) for k, v in vars(study.pruner).items() if k != "reports") < 60, vars(study.pruner)
+    assert list(study.pruner.reports.curve(1))[:2] == [(1, -(0.6 - 1)), (2, -(0.6 - 0.5))]  # signed: lower wins
+    assert not trials[2].stop_reason  # the best goes on

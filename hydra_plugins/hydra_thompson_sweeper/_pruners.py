@@ -31,12 +31,16 @@ the GP learns from a trial's curve: its values at the levels min_resource * redu
 max_resource (ASHA's rungs) and its last value past them (a trial stopped between levels), each at its fraction
 of a full training (MOBSTER, Klein et al. 2020; Syne Tune's searcher_data=rungs_and_last). The levels' values
 are final once reached: the study gives them to the GP while the trial runs (study.Study.take).
+
+The pruners keep only their rung tables (and counters): the trials' curves are the study's, read through
+`Reports`, a view of its records that copies nothing.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 PRUNERS = ("none", "median", "asha", "extrapolate")
 RUNGS = ("always", "measured")
@@ -79,12 +83,34 @@ def settings_problems(pruner: str, min_resource: float, max_resource: float | No
     return problems
 
 
+class Reports:
+    """What the trials reported of the pruner's metric, signed so that lower is better: a view of records kept
+    elsewhere (each a dict {"step", metric: value, ...}, as the study keeps a trial's curve), read, never copied.
+    `curve(n)`: trial n's records; `numbers()`: the trials there are."""
+
+    def __init__(self, curve: Callable[[int], Sequence[dict]], numbers: Callable[[], Iterable[int]],
+                 metric: str = "value", sign: float = 1.0):
+        self.records, self.numbers, self.metric, self.sign = curve, numbers, metric, sign
+
+    def curve(self, trial: int) -> Iterator[tuple[float, float]]:
+        """The trial's (step, value) pairs, in the order reported."""
+        metric, sign = self.metric, self.sign
+        return ((r["step"], sign * r[metric]) for r in self.records(trial) if metric in r)
+
+    def last(self, trial: int) -> tuple[float, float] | None:
+        """The trial's last (step, value)."""
+        metric = self.metric
+        return next(((r["step"], self.sign * r[metric]) for r in reversed(self.records(trial)) if metric in r),
+                    None)
+
+
 class Pruner:
     """Never stops a trial, but one whose value is NaN or infinite."""
 
-    def __init__(self, min_resource: float = 1.0, max_resource: float = 1.0, reduction_factor: int = 3):
+    def __init__(self, min_resource: float = 1.0, max_resource: float = 1.0, reduction_factor: int = 3,
+                 reports: Reports | None = None):
         self.min_resource, self.max_resource, self.eta = min_resource, max_resource, int(reduction_factor)
-        self.curves: dict[int, list[tuple[float, float]]] = {}  # trial -> (step, value), in the order reported
+        self.reports = reports  # the trials' curves, the study's (observe's report is in it already)
         self.levels: list[float] = []  # min_resource * eta**k below max_resource: ASHA's rungs
         level = min_resource
         while level < max_resource:
@@ -92,8 +118,7 @@ class Pruner:
             level *= self.eta
 
     def observe(self, trial: int, step: float, value: float) -> str | None:
-        """The trial's value at a step; why to stop it, or None to let it go on."""
-        self.curves.setdefault(trial, []).append((step, value))
+        """The trial's value at a step, its last report in `reports`; why to stop it, or None to let it go on."""
         if not math.isfinite(value):
             return f"its value is {value} at step {step:g}"
         return self.decide(trial, step, value)
@@ -103,16 +128,10 @@ class Pruner:
 
     def forget(self, trial: int) -> None:
         """The trial runs again from its start (it died with an earlier sweeper): what it reported is void."""
-        self.curves.pop(trial, None)
-
-    def index_at(self, trial: int, step: float) -> int | None:
-        """Where in the trial's curve its first report at or past `step` is."""
-        return next((i for i, (s, _) in enumerate(self.curves.get(trial, ())) if s >= step), None)
 
     def value_at(self, trial: int, step: float) -> float | None:
         """The trial's value at its first report at or past `step`."""
-        i = self.index_at(trial, step)
-        return None if i is None else self.curves[trial][i][1]
+        return next((v for s, v in self.reports.curve(trial) if s >= step), None)
 
     def fidelities(self, trial: int) -> list[tuple[float, float]]:
         """What the GP learns of a trial that ended, each at its fraction of a full training where its value is
@@ -120,19 +139,20 @@ class Pruner:
         changes: the study gives it to the GP the moment it is reported), and its last report if no level took it,
         from min_resource and before max_resource (Syne Tune's rungs_and_last): a trial stopped between levels
         tells the GP how far it had got."""
-        curve = self.curves.get(trial, [])
-        taken = [(level, self.index_at(trial, level)) for level in self.levels]
+        curve = list(self.reports.curve(trial))  # read once, here only, when the trial ends
+        taken = [(level, next((i for i, (s, _) in enumerate(curve) if s >= level), None)) for level in self.levels]
         points = [(level / self.max_resource, curve[i][1]) for level, i in taken if i is not None]
         if (curve and len(curve) - 1 not in {i for _, i in taken}
                 and self.min_resource <= curve[-1][0] < self.max_resource):
             points.append((curve[-1][0] / self.max_resource, curve[-1][1]))
         return [(fraction, value) for fraction, value in points if math.isfinite(value)]
 
+
 class Median(Pruner):
     def decide(self, trial: int, step: float, value: float) -> str | None:
         if step < self.min_resource or step >= self.max_resource:
             return None
-        others = [v for t in self.curves if t != trial for v in [self.value_at(t, step)]
+        others = [v for t in self.reports.numbers() if t != trial for v in [self.value_at(t, step)]
                   if v is not None and math.isfinite(v)]
         if len(others) < 2:
             return None
@@ -155,7 +175,6 @@ class Asha(Pruner):
         self.brackets = int(brackets)
 
     def forget(self, trial: int) -> None:
-        super().forget(trial)
         for here in self.at_rung.values():
             here.pop(trial, None)
 
@@ -167,8 +186,9 @@ class Asha(Pruner):
     def reversed_share(self, rung: float) -> float | None:
         """Of the trials done (they reached max_resource), the share of pairs whose order at `rung` is the
         reverse of their final order; None with fewer than MEASURED_TRIALS of them."""
-        done = [(self.value_at(t, rung), self.value_at(t, self.max_resource)) for t, curve in self.curves.items()
-                if curve[-1][0] >= self.max_resource and math.isfinite(curve[-1][1])]
+        lasts = ((t, self.reports.last(t)) for t in self.reports.numbers())
+        done = [(self.value_at(t, rung), self.value_at(t, self.max_resource)) for t, last in lasts
+                if last is not None and last[0] >= self.max_resource and math.isfinite(last[1])]
         done = [(early, final) for early, final in done if early is not None and math.isfinite(early)]
         if len(done) < MEASURED_TRIALS:
             return None
@@ -210,15 +230,17 @@ class Extrapolate(Pruner):
         self.best = math.inf  # the best of them (kept, not searched for at every report of a large sweep)
         self.squares, self.dof = 0.0, 0  # the finished trials' fits: squared residuals, degrees of freedom
         self.judged: dict[int, int] = {}  # trial -> its reports when it was last judged
+        self.counts: dict[int, int] = {}  # trial -> its reports so far
 
     def forget(self, trial: int) -> None:
-        super().forget(trial)
+        self.counts.pop(trial, None)
         if self.finals.pop(trial, None) is not None:  # it had reached max_resource before it died
             self.best = min(self.finals.values(), default=math.inf)
         self.judged.pop(trial, None)
 
     def decide(self, trial: int, step: float, value: float) -> str | None:
-        reports, last = len(self.curves[trial]), self.judged.get(trial, 0)
+        reports = self.counts[trial] = self.counts.get(trial, 0) + 1
+        last = self.judged.get(trial, 0)
         if step < self.max_resource and reports - last < max(1, last // 20):
             return None  # judged at most once per 5 % more reports: a task reporting every batch costs little
         self.judged[trial] = reports
@@ -260,7 +282,7 @@ class Extrapolate(Pruner):
         """The trial's reports that a curve is fitted to: finite values at steps above 0, the last at a step
         reported twice (a task may report several times a step); at most MAX_POINTS of them, evenly spread
         from the first to the last (a task reporting every batch: a fit's cost stays bounded)."""
-        points = sorted({step: value for step, value in self.curves.get(trial, ())
+        points = sorted({step: value for step, value in self.reports.curve(trial)
                          if step > 0 and math.isfinite(value)}.items())
         if len(points) <= MAX_POINTS:
             return points
@@ -294,13 +316,14 @@ class Extrapolate(Pruner):
 
 
 def make(pruner: str, min_resource: float, max_resource: float | None, reduction_factor: int,
-         rungs: str = "always", brackets: int = 1) -> Pruner:
+         rungs: str = "always", brackets: int = 1, reports: Reports | None = None) -> Pruner:
     """The pruner of these (checked) settings. `none` never stops a trial and has no levels: the GP then
     learns from final values only. `rungs` (asha): always, or measured (a rung stops trials once the done
-    trials show that its order is their final one: at most MAX_REVERSED of their pairs reversed)."""
+    trials show that its order is their final one: at most MAX_REVERSED of their pairs reversed). `reports`: the
+    trials' curves it reads (the study's)."""
     full = float(max_resource) if pruner != "none" else float(min_resource)
     if pruner == "asha":
-        return Asha(float(min_resource), full, int(reduction_factor), measured=rungs == "measured",
+        return Asha(float(min_resource), full, int(reduction_factor), reports, measured=rungs == "measured",
                     brackets=brackets)
     pruners = {"none": Pruner, "median": Median, "extrapolate": Extrapolate}
-    return pruners[pruner](float(min_resource), full, int(reduction_factor))
+    return pruners[pruner](float(min_resource), full, int(reduction_factor), reports)

@@ -74,7 +74,10 @@ def read_state(path: Path) -> dict:
     data = json.loads(path.read_text())
     if data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a state file of this version of the thompson sweeper")
-    trials = [Trial(**dict(t, status=TrialStatus(t["status"]))) for t in data["trials"]]
+    trials = sorted((Trial(**dict(t, status=TrialStatus(t["status"]))) for t in data["trials"]), key=lambda t: t.number)
+    if [t.number for t in trials] != list(range(len(trials))):
+        raise ValueError(f"{path}: its trials are not numbered 0 to {len(trials) - 1} (edited by hand?); a study "
+                         "numbers its trials as it asks them")
     return dict(data, trials=trials, signature={**SIGNATURE_DEFAULTS, **data["signature"]},
                 searches=data.get("searches", []))
 

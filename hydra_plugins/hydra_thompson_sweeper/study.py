@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Search, Space, settings_problems
+from hydra_plugins.hydra_thompson_sweeper._pruners import Reports
 from hydra_plugins.hydra_thompson_sweeper._pruners import make as make_pruner
 from hydra_plugins.hydra_thompson_sweeper._pruners import settings_problems as pruner_problems
 from hydra_plugins.hydra_thompson_sweeper._space import SweepError, parse_space
@@ -62,7 +63,9 @@ class Study:
         floor = min_resource / max_resource if pruner != "none" else None  # the GP models the resource
         self.optimizer = Optimizer(space, direction, algorithm, n_initial, refit_every, seed, resource_floor=floor,
                                    patience=patience, budget=n_trials)
-        self.pruner = make_pruner(pruner, min_resource, max_resource, reduction_factor, rungs, brackets)
+        self.trials: list[Trial] = []  # trial n is trials[n]
+        reports = Reports(lambda n: self.trials[n].curve, lambda: range(len(self.trials)), metric, self.sign)
+        self.pruner = make_pruner(pruner, min_resource, max_resource, reduction_factor, rungs, brackets, reports)
         self.prunes = pruner != "none"
         # what a resumed study must share with this one: the space, the settings that made its trials
         self.signature = {"space": {d.name: d.describe() for d in space.dimensions}, **(context or {}),
@@ -70,7 +73,6 @@ class Study:
                           "pruner": pruner, **({"metric": metric, "min_resource": min_resource,
                                                 "max_resource": max_resource, "reduction_factor": reduction_factor}
                                                if self.prunes else {})}
-        self.trials: list[Trial] = []
         self.created = time.time()
         self.learnt: dict[int, set[float]] = {}  # trial -> the fractions of a training of its curve the GP has
         self.searches_said = 1  # the optimiser's searches said so far (a restart is said once)
@@ -222,7 +224,7 @@ class Study:
     def restore(self, state: dict) -> None:
         """A saved state's trials replayed: the optimiser learns what it had learnt, the pruner's rungs are as
         they were, and the searches as they were (the results came in another order)."""
-        self.trials = sorted(state["trials"], key=lambda t: t.number)
+        self.trials = state["trials"]  # in number order: trial n is trials[n]
         self.created = state["created"]
         self.optimizer.proposed = len(self.trials)
         with self.optimizer.replay([Search.from_state(search) for search in state["searches"]]):
