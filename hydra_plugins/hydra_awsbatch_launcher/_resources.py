@@ -120,6 +120,9 @@ def of_jobs(composer, master_config, job_overrides: Sequence[Sequence[str]], fir
     """Every job's Resources, from its composed config; a LaunchError naming each job whose config cannot say
     (before anything is staged)."""
     keys = [k for k in KEYS if k in keys]
+    if per_shape(keys)(master_config) and not any(_may_change(o, composer.groups) for job in job_overrides
+                                                   for o in job):  # each job asks what the sweep's config says
+        return [reader(keys)(master_config)] * len(job_overrides)
     answers = composer.read_each(master_config, job_overrides, first_num, sweep_dir, reader(keys), per_shape(keys))
     problems = [f"{job_name(first_num + i, job_overrides[i])}: {line}; set it in the job's config, or give a "
                 "default (${oc.select:KEY,DEFAULT})" for i, answer in enumerate(answers)
@@ -128,6 +131,13 @@ def of_jobs(composer, master_config, job_overrides: Sequence[Sequence[str]], fir
         more = len(problems) - MAX_PROBLEMS
         raise LaunchError(problems[:MAX_PROBLEMS] + ([f"... and {more} more like these"] if more > 0 else []))
     return answers
+
+
+def _may_change(override: str, groups: set) -> bool:
+    """Whether an override may change what hydra.launcher says: it picks a config (a group's option: composed
+    configs teach `groups`, every shape of the batch composed by now), or sets Hydra's own config."""
+    key = override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+    return key.startswith("hydra") or "/" in key or key in groups or "=" not in override
 
 
 def sets(resources: Sequence[Resources], nums: Sequence[int]) -> dict[Resources, list[int]]:
