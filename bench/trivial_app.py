@@ -12,3 +12,6 @@ def main(cfg):
 if __name__ == "__main__":
     main()
 '''
+
+# The same app as a training script starts: torch imported at module level (what warm workers keep warm)
+TORCH_SOURCE = "import torch  # noqa: F401\n" + SOURCE

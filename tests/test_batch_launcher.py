@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from hydra_plugins.hydra_awsbatch_launcher import _batch
-from tests.conftest import cli, manifest, run_like_a_container
+from tests.conftest import cli, manifest, run_like_a_container, wait_for
 
 pytestmark = pytest.mark.integration
 STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
@@ -232,6 +232,32 @@ def test_status_and_attach_bring_back_what_the_jobs_made(sweep, app, aws_env):
         job_dir = app / "sweep" / str(num)
         assert f"job x={num + 1}" in (job_dir / "my_app.log").read_text()
         assert (job_dir / ".hydra/overrides.yaml").read_text().strip() == f"- +x={num + 1}"
+
+
+def test_status_of_a_warm_sweep_whose_launcher_died_shows_its_trials_stopped(app, aws_env, batch_resources):
+    """Warm workers stop within a minute of their launcher: a warm sweep whose launcher was killed shows its
+    unfinished trials STOPPED, not RUNNING for ever, and says how to go on."""
+    import os
+    import signal
+
+    cmd = [sys.executable, "my_app.py", "-m", "+x=1,2,3", "hydra/launcher=aws_batch", "hydra.sweep.dir=sweep",
+           "hydra.launcher.poll_interval_s=0.1", "hydra.launcher.workers=2",
+           f"hydra.launcher.job_queue={batch_resources['queue']}",
+           f"hydra.launcher.job_definition={batch_resources['job_definition']}",
+           f"hydra.launcher.staging_uri={batch_resources['staging']}"]
+    proc = subprocess.Popen(cmd, cwd=app, env=aws_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # moto's no-container Batch runs no worker: the trials wait
+        assert wait_for(lambda: (app / "sweep/manifest.json").is_file() and manifest(app / "sweep")["jobs"],
+                        timeout=120)
+        running = cli("status", "sweep", env=aws_env, cwd=app)
+        assert "STOPPED" not in running.stdout, running.stdout + running.stderr
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    status = cli("status", "sweep", env=aws_env, cwd=app)
+    assert status.returncode == 0 and status.stdout.count("STOPPED") == 3 + 1, status.stdout + status.stderr
+    assert "were running on warm workers when the sweep's launching process ended" in status.stdout
 
 
 def test_status_measures_each_interval_on_one_clock(sweep, app, aws_env, tmp_path):

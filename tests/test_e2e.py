@@ -557,6 +557,9 @@ def test_a_two_node_trial_runs_in_two_containers(local_cloud, run_app, cloud_env
     logs = {p.name: p.read_text() for p in (tmp_path / "batch/0").glob("train_model*.log")}
     assert sorted(logs) == ["train_model.log", "train_model.rank1.log"], sorted(logs)  # node 1's, brought home
     assert "rank 0 of 2" in logs["train_model.log"] and "rank 1 of 2" in logs["train_model.rank1.log"]
+    node_log = subprocess.run(["hydra-awsbatch", "logs", "batch", "0", "--node", "1", "-n", "500"], cwd=tmp_path,
+                              env=cloud_env, capture_output=True, text=True, timeout=120)
+    assert node_log.returncode == 0 and "node 1 of 2" in node_log.stdout, node_log.stdout + node_log.stderr
 
 
 RANKS_THAT_WAIT = """

@@ -261,6 +261,47 @@ def test_a_rank_that_fails_fails_the_trial_naming_it(tmp_path, app_env):
     assert "ValueError: boom in rank 1" in (tmp_path / "sweep/0/my_app.rank1.log").read_text() + proc.stderr
 
 
+NODE_FAILS_APP = """
+    import os, time
+    import hydra
+
+    def load_data(rank):
+        if rank == "1":
+            raise ValueError("boom on node 1")
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        load_data(os.environ["RANK"])
+        time.sleep(600)  # rank 0 trains on, in no collective that would notice
+        return 7
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_a_rank_that_fails_on_a_child_node_fails_the_trial_at_once_with_its_traceback(tmp_path, app_env):
+    """nodes=2: rank 1 (node 1) raises while rank 0 goes on alone. The trial fails within seconds, its error that
+    rank's exception and traceback (not node 1's closed connection); `logs SWEEP 0 --node 1` shows node 1's log."""
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(NODE_FAILS_APP))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "my_app.py", "-m", LOCAL, "hydra.launcher.nodes=2",
+                           "hydra.sweep.dir=sweep"], cwd=tmp_path, env=app_env, capture_output=True, text=True,
+                          timeout=300)
+    assert time.monotonic() - started < 120, "the trial ran on after its rank failed"
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job = manifest(tmp_path / "sweep")["jobs"][0]
+    assert job["state"] == "FAILED" and job["result"].endswith("rank 1 (node 1 of 2): boom on node 1"), job
+    assert "in load_data" in proc.stderr and 'raise ValueError("boom on node 1")' in proc.stderr, proc.stderr[-3000:]
+    logs = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "logs", "sweep", "0",
+                           "--node", "1", "-n", "200"], cwd=tmp_path, env=app_env, capture_output=True, text=True,
+                          timeout=60)
+    assert logs.returncode == 0 and "node 1 of 2" in logs.stdout, logs.stdout + logs.stderr
+    wrong = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "logs", "sweep", "0",
+                            "--node", "2"], cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "--node 2: job #0 of sweep" in wrong.stderr and "0 to 1" in wrong.stderr
+
+
 @pytest.fixture
 def multinode_definition(batch_resources, aws_env) -> str:
     """A multinode job definition of 2 nodes, as template.yaml's MultiNodeJobDefinition (moto keeps its type, not its

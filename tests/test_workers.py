@@ -35,6 +35,8 @@ LEAKY = """
         os.chdir("/")
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # left running
         open(f"{cfg.out}/child-{cfg.x}", "w").write(str(child.pid))
+        daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        open(f"{cfg.out}/daemon-{cfg.x}", "w").write(str(daemon.pid))  # and one in a session of its own
         open(f"{cfg.out}/found-{cfg.x}.json", "w").write(json.dumps(found))
         time.sleep(cfg.get("seconds", 0))
         return cfg.x
@@ -70,10 +72,12 @@ def worker_processes(parent: int) -> dict[int, int]:
 def app(tmp_path, app_env):
     (tmp_path / "my_app.py").write_text(textwrap.dedent(LEAKY))
     (tmp_path / "out").mkdir()
+    (tmp_path / "tmp").mkdir()  # the jobs' temporary folder, to see what they leave there
 
     def start(*args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "my_app.py", "--multirun", f"+out={tmp_path / 'out'}",
-                                 "hydra.sweep.dir=sweep", *args], cwd=tmp_path, env=app_env,
+                                 "hydra.sweep.dir=sweep", *args], cwd=tmp_path,
+                                env=dict(app_env, TMPDIR=str(tmp_path / "tmp")),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     return start
@@ -96,6 +100,8 @@ def test_two_warm_workers_run_twelve_trials_each_in_a_process_of_its_own(app, tm
     assert sum(p.read_text().count(": trial ") for p in logs) == 24  # each trial's start and end, once
     children = [int(p.read_text()) for p in (tmp_path / "out").glob("child-*")]
     assert len(children) == 12 and not [pid for pid in children if alive(pid)]  # what a trial left, it took along
+    daemons = [int(p.read_text()) for p in (tmp_path / "out").glob("daemon-*")]
+    assert len(daemons) == 12 and not [pid for pid in daemons if alive(pid)]  # its own session's too
     assert wait_for(lambda: not worker_processes(proc.pid), timeout=10)  # and the workers left with the sweep
     for job in jobs:  # where each trial's time went, in order
         marks = [job[name] for name in ("submitted", "started", "task_started", "task_ended", "home")]
@@ -104,6 +110,52 @@ def test_two_warm_workers_run_twelve_trials_each_in_a_process_of_its_own(app, tm
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and status.stdout.count(" task ") == 12, status.stdout + status.stderr
     assert "waiting" in status.stdout and "starting" in status.stdout and "ending" in status.stdout
+
+
+PROBED = """
+    import os, pathlib, sys
+    import hydra
+
+    with open(os.environ["IMPORT_PROBE"], "a") as probe:  # each import of this script, by process
+        probe.write(f"{os.getpid()} {__name__}\\n")
+    flag = pathlib.Path(os.environ["IMPORT_PROBE"] + ".failed")
+    if __name__ != "__main__" and os.environ.get("FAIL_FIRST_IMPORT") and not flag.exists():
+        flag.write_text("")
+        raise RuntimeError("this script's first import in a job fails")
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        return cfg.x
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+@pytest.mark.parametrize("fail_first", [False, True], ids=["warm", "warm-up-fails"])
+def test_a_warm_worker_imports_the_script_once_and_says_once_why_it_could_not(tmp_path, app_env, fail_first):
+    """The script (its module-level imports: torch in a training script) is imported once per warm worker, before
+    its first trial, not once per trial. A warm-up that fails is said once, in the launcher's log and the
+    worker's, and the trials import the script themselves."""
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(PROBED))
+    env = dict(app_env, IMPORT_PROBE=str(tmp_path / "imports"), FAIL_FIRST_IMPORT="1" if fail_first else "")
+    proc = subprocess.run([sys.executable, "my_app.py", "--multirun", "+x=range(0,6)", "hydra.sweep.dir=sweep",
+                           "hydra/launcher=aws_batch_local", "hydra.launcher.workers=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [j["state"] for j in manifest(tmp_path / "sweep")["jobs"]] == ["SUCCEEDED"] * 6
+    imports = (tmp_path / "imports").read_text().splitlines()
+    assert sum(line.endswith(" __main__") for line in imports) == 1  # the launcher's own run of the script
+    in_jobs = [line for line in imports if not line.endswith(" __main__")]
+    worker_log = (tmp_path / "sweep/.logs/workers/0.log").read_text()
+    said = "its warm-up failed (RuntimeError: this script's first import in a job fails)"
+    if not fail_first:
+        assert len(in_jobs) == 1, imports  # the worker's, before its first trial: the six trials are forks of it
+        assert "warm-up failed" not in proc.stderr + worker_log
+    else:
+        assert len(in_jobs) == 1 + 6, imports  # the failed warm-up, then each trial for itself
+        assert worker_log.count(said) == 1, worker_log
+        assert proc.stdout.count("warm-up failed") == 1 and said in proc.stdout, proc.stdout[-3000:]
 
 
 def test_a_warm_worker_that_dies_costs_only_its_trial(app, tmp_path):
@@ -125,6 +177,61 @@ def test_a_warm_worker_that_dies_costs_only_its_trial(app, tmp_path):
         [x] for x in range(6)]
     assert "runs again on another worker" in output
     assert len({j["job_id"] for j in jobs}) >= 2
+    assert not list((tmp_path / "tmp").glob("hydra-awsbatch-*"))  # the dead worker's scratch, its trial's: removed
+
+
+def test_a_job_without_warm_workers_leaves_no_child_running(app, tmp_path):
+    """A job's children end with it, those in a session of their own too, as they would with its container."""
+    proc = app("+x=range(0,2)", "hydra/launcher=aws_batch_local")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    left = [int(p.read_text()) for p in (tmp_path / "out").glob("*-[01]") if p.name.split("-")[0] in ("child",
+                                                                                                        "daemon")]
+    assert len(left) == 4 and not [pid for pid in left if alive(pid)]
+
+
+HARD_ENDS = """
+    import os, signal, time
+    import hydra
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        print(f"trial {cfg.x} says hello", flush=True)
+        time.sleep(0.5)
+        if cfg.x == 1:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if cfg.x == 2:
+            os._exit(0)
+        return cfg.x
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+def test_a_warm_trial_that_dies_hard_is_told_in_its_own_words_and_leaves_no_scratch(tmp_path, app_env):
+    """A segfault and an os._exit(0) on a warm worker: each trial's error says how its process ended (not a
+    container's exit code, nor the worker job's RUNNING state), with its own lines of the worker's log, which
+    `logs SWEEP N` shows too; no scratch folder is left in the temporary folder, a kill -9'd worker's neither."""
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(HARD_ENDS))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = dict(app_env, TMPDIR=str(temp))
+    proc = subprocess.run([sys.executable, "my_app.py", "--multirun", "+x=range(0,4)", "hydra.sweep.dir=sweep",
+                           "hydra/launcher=aws_batch_local", "hydra.launcher.workers=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    jobs = manifest(tmp_path / "sweep")["jobs"]
+    assert [j["state"] for j in jobs] == ["SUCCEEDED", "FAILED", "FAILED", "SUCCEEDED"], jobs
+    said = proc.stdout + proc.stderr
+    assert "its process was killed by SIGSEGV" in said and "exit code -11" not in said, said[-3000:]
+    assert "its process exited with code 0 (before it wrote its result" in said, said[-3000:]
+    assert "RUNNING; exit code" not in said and "trial 1 says hello" in said and "trial 0 says hello" not in said
+    logs = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "logs", "sweep", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert logs.returncode == 0 and "trial 2 says hello" in logs.stdout, logs.stdout + logs.stderr
+    assert "trial 1 says hello" not in logs.stdout and "trial 3 says hello" not in logs.stdout
+    assert not list(temp.glob("hydra-awsbatch-*")), list(temp.iterdir())
 
 
 @pytest.mark.parametrize("why, setting, said", [
@@ -184,6 +291,8 @@ def test_the_warm_workers_benchmark_runs_at_a_reduced_size(tmp_path):
     assert set(summary["median_s"]) == {"joblib", "aws_batch_local", "aws_batch_local, warm workers",
                                         "warm workers, fresh interpreter"}
     assert all(value > 0 for value in summary["median_s"].values())
+    assert set(summary["warm_trial_start_median_s"]) == {"trivial script", "torch script"}
+    assert all(len(starts) == 6 for starts in summary["warm_trial_start_s"].values())
 
 
 def test_the_end_summary_of_a_large_sweep_groups_jobs_by_outcome(caplog):

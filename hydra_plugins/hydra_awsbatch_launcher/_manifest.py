@@ -299,7 +299,7 @@ def settings_of(params: dict, code_root: Path) -> dict:
     from hydra_plugins.hydra_awsbatch_launcher._wire import script_relpath
 
     keep = ("sync_outputs", "sync_exclude", "region", "profile", "log_group", "shared_sweep_dir", "in_place",
-            "workers")
+            "workers", "nodes")
     settings = {k: params[k] for k in keep if k in params}
     try:  # attach imports the script by file when a result holds one of its classes
         return dict(settings, code_root=str(code_root), script=script_relpath(code_root))

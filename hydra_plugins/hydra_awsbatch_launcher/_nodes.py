@@ -5,10 +5,15 @@ the job's side. On every node the worker starts the ranks as `torchrun` does, wi
 is the job's, and rank 0 alone writes the job dir's `.hydra` files and the result. The other ranks log to
 `<job name>.rank<R>.log` in the same job dir, and a child node brings its ranks' files to the job's outputs.
 
+A rank whose task raises writes its ending beside its node's ranks (`rank_failed`) and exits at once: the elastic
+agent then stops the node's other ranks (rather than let them wait in a collective, or train on, for a trial that has
+failed), and the trial's error is that rank's exception and traceback, the first rank to fail of any node.
+
 Batch does nothing when a child node dies (the job ends when its main node does), so the nodes watch each other:
 every child node's worker holds a TCP connection to the main node's worker (`NodeWatch`, on the rendezvous port + 1),
-with a heartbeat; a connection that closes before its node's ranks ended well, or stays silent `SILENCE_S`, stops
-the main node's ranks (so the job, and Batch stops the other nodes) and fails the trial naming that node.
+with a heartbeat; a child whose rank failed sends that rank's error; a connection that closes before its node's
+ranks ended well, or stays silent `SILENCE_S`, stops the main node's ranks (so the job, and Batch stops the other
+nodes) and fails the trial naming that node (and its rank's error, where it sent one).
 
 Where the node is, in Batch's words (a multi-node parallel job; `aws_batch_local` gives the same variables):
 AWS_BATCH_JOB_NUM_NODES, AWS_BATCH_JOB_NODE_INDEX, AWS_BATCH_JOB_MAIN_NODE_INDEX, and on child nodes only
@@ -17,14 +22,16 @@ AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS: the main node finds its own addres
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import signal
 import socket
 import threading
 import time
 from typing import NamedTuple
 
-from hydra_plugins.hydra_awsbatch_launcher._job import MASTER_PORT, WATCH_PORT, JobSettings
+from hydra_plugins.hydra_awsbatch_launcher._job import EXIT_FAILED, MASTER_PORT, WATCH_PORT, JobSettings
 
 DEFAULT_PORT = 29500  # torchrun's
 RENDEZVOUS_TIMEOUT_S = 900  # how long the nodes wait for each other (Batch starts them one by one)
@@ -96,6 +103,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def rank_failed(scratch: str, rank: int, fields: dict) -> None:
+    """A rank's ending (Ending.fields()) whose task failed, for its node's worker to find."""
+    path = os.path.join(scratch, f"rank{rank}.failed")
+    with open(path + ".tmp", "wb") as out:
+        pickle.dump({"rank": rank, "at": time.time(), "fields": fields}, out)
+    os.replace(path + ".tmp", path)
+
+
+def first_failure(scratch: str, node: Layout) -> dict | None:
+    """The ending of this node's rank that failed first, its message naming the rank and node; None if none."""
+    found = []
+    for name in os.listdir(scratch):
+        if name.startswith("rank") and name.endswith(".failed"):
+            with open(os.path.join(scratch, name), "rb") as saved:
+                found.append(pickle.load(saved))
+    if not found:
+        return None
+    first = min(found, key=lambda f: f["at"])
+    return dict(first["fields"], error=named(first["fields"].get("error"), first["rank"], node))
+
+
+def named(error: dict | None, rank: int, node: Layout) -> dict:
+    """A rank's error, its message saying which rank of which node."""
+    error = dict(error or {"type": "", "message": "it failed", "traceback": ""})
+    error["message"] = f"rank {rank} (node {node.node_rank} of {node.nodes}): {error['message']}"
+    return error
+
+
 # ------------------------------------------------------------------------------------------- the watch
 class NodeWatch:
     """The nodes of one trial watching each other. On the main node: accept every child node's connection and
@@ -103,11 +138,13 @@ class NodeWatch:
     `dead` names it, and `on_dead()` stops this node's ranks. A child that says `interrupted` (a SIGTERM: Batch
     stopping the job, which stops the main node too) is dead only if this node is not stopped within SILENCE_S.
     On a child node: connect to the main node (until the rendezvous would time out), say who it is, send a
-    heartbeat, and at its end say how its ranks ended: `done` (well), `interrupted`, or nothing (they failed)."""
+    heartbeat, and at its end say how its ranks ended: `done` (well), `interrupted`, `failed <its rank's error as
+    JSON>`, or nothing (they died). A child's failure stops the main node's ranks at once: `failure` holds it."""
 
     def __init__(self, node: Layout, on_dead=lambda: os.kill(os.getpid(), signal.SIGTERM)):
         self.node, self.on_dead = node, on_dead
         self.dead: str | None = None
+        self.failure: dict | None = None  # the error a child node's failed rank sent
         self.died = threading.Event()
         self.ended = threading.Event()  # this node's ranks ended: a child's end is no news any more
         self.holding = False  # this node's ranks failed already: a child's death is named, not signalled
@@ -124,7 +161,8 @@ class NodeWatch:
         return self
 
     def close(self, said: str | None = None) -> None:
-        """This node's ranks ended; a child node tells the main node how (`said`: done, interrupted, or None)."""
+        """This node's ranks ended; a child node tells the main node how (`said`: done, interrupted, failed <JSON>,
+        or None)."""
         self.ended.set()
         with self._lock:
             if self._socket is None:
@@ -156,11 +194,15 @@ class NodeWatch:
 
     def _follow(self, connection: socket.socket) -> None:
         connection.settimeout(SILENCE_S)
-        name, last, why = "a child node", "", "its connection closed"
+        name, last, why, failure = "a child node", "", "its connection closed", None
         try:
             with connection, connection.makefile("rb") as lines:
                 for line in lines:  # "hello <node rank> <job id>", "alive" every HEARTBEAT_S, then how it ended
-                    last, *rest = line.decode(errors="replace").split() or [""]
+                    text = line.decode(errors="replace")
+                    last, *rest = text.split() or [""]
+                    if last == "failed":
+                        failure = json.loads(text.split(None, 1)[1])
+                        break
                     if last == "hello" and rest:
                         name = f"node {rest[0]} of {self.node.nodes}" + (f" ({rest[1]})" if rest[1:] else "")
         except TimeoutError:
@@ -173,7 +215,9 @@ class NodeWatch:
         with self._lock:
             if done or self.ended.is_set() or self.dead is not None:
                 return
-            self.dead = f"{name} stopped before the trial ended ({why})"
+            self.failure = failure
+            self.dead = (f"{name} failed: {failure['message']}" if failure
+                         else f"{name} stopped before the trial ended ({why})")
         self.died.set()
         if not self.holding:
             print(f"hydra-awsbatch: {self.dead}: stopping this node's processes", flush=True)
@@ -209,11 +253,13 @@ class NodeWatch:
 
 
 # -------------------------------------------------------------------------------------------- the node
-def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseException], *args) -> None:
-    """Start this node's ranks, each `rank_main(*args)` (a module's function: the ranks are spawned), and wait
-    for them (the elastic agent runs in this process). The main node takes rank 0's ending (the dict that
-    rank_main returns) as the job's; a child node's ending says whether its own ranks ended well. A SIGTERM that
-    stops the ranks raises `interrupted`."""
+def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseException], payload_uri: str, index: int,
+            scratch: str) -> None:
+    """Start this node's ranks, each `rank_main(payload_uri, index, scratch)` (a module's function: the ranks are
+    spawned), and wait for them (the elastic agent runs in this process). The main node takes rank 0's ending (the
+    dict that rank_main returns) as the job's, or the error of the rank that failed first (a child node's, which it
+    sends); a child node's ending says whether its own ranks ended well. A SIGTERM that stops the ranks raises
+    `interrupted`."""
     from hydra_plugins.hydra_awsbatch_launcher import _wire
     from hydra_plugins.hydra_awsbatch_launcher._hooks import hook
 
@@ -230,15 +276,24 @@ def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseExceptio
     watch = NodeWatch(node).start() if node.nodes > 1 else None
     said = None  # how this node's ranks ended, as a child node tells the main node: done, interrupted, or None
     try:
-        returns = elastic_launch(config, rank_main)(*args)
+        returns = elastic_launch(config, rank_main)(payload_uri, index, scratch)
         said = "done" if all(r["status"] == _wire.Outcome.SUCCEEDED for r in returns.values()) else None
     except (SignalException, interrupted) as exc:  # SIGTERM (Spot, timeout, Ctrl-C, or the watch): the ranks had it
-        if watch and watch.dead:  # too, and saved what they could
+        if watch and watch.failure:  # too, and saved what they could
+            return _fail(ending, watch.failure)
+        if watch and watch.dead:
             raise RuntimeError(f"{watch.dead}; this node's processes were stopped, and with them the trial") from None
         said = "interrupted"
         raise interrupted(str(exc)) from None
     except ChildFailedError as exc:
-        dead = watch.verdict(timeout=5.0) if watch and node.main else None
+        failed = first_failure(scratch, node)  # a rank's task raised (its error), or a rank died (none)
+        dead = watch.verdict(timeout=0.5 if failed else 5.0) if watch and node.main else None
+        if watch and watch.failure:  # a child's rank failed first: this node's failed on its loss
+            return _fail(ending, watch.failure)
+        if failed and not node.main:  # the main node makes it the trial's error
+            said = "failed " + json.dumps(failed["error"])
+        if failed:
+            return ending.take(dict(failed, job_return=None, num=ending.num))
         if dead:  # its loss is what failed this node's ranks
             raise RuntimeError(f"{dead}; this node's processes were stopped, and with them the trial") from None
         failures = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in sorted(exc.failures.items()))
@@ -255,6 +310,11 @@ def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseExceptio
         ending.status, ending.exit_code = _wire.Outcome.SUCCEEDED, 0
     if failed:  # another rank failed: so does the trial, saying which
         rank, other = next(iter(failed.items()))
-        error = dict(other["error"] or {"type": "", "message": "it failed", "traceback": ""})
-        error["message"] = f"rank {rank} (node {node.node_rank} of {node.nodes}): {error['message']}"
-        ending.take(dict(other, error=error, job_return=None, num=ending.num))
+        ending.take(dict(other, error=named(other["error"], rank, node), job_return=None, num=ending.num))
+
+
+def _fail(ending, error: dict) -> None:
+    """The trial failed with a child node's rank's error."""
+    from hydra_plugins.hydra_awsbatch_launcher import _wire
+
+    ending.take({"status": _wire.Outcome.FAILED, "exit_code": EXIT_FAILED, "error": error, "job_return": None})

@@ -110,16 +110,15 @@ def _signal(trial, sig: int) -> None:
             pass
 
 
-def _start(plain, assign: dict, fresh: bool, scratch: Path):
+def _start(plain, assign: dict, fresh: bool):
     """The trial of `assign` (`plain`: the worker module): forked from this process (warmed up with its
-    payload the first time), or a new Python."""
+    payload: _Worker.warm_up), or a new Python."""
     env = {_job.PAYLOAD_URI: assign["payload_uri"], _job.INDEX_OFFSET: str(assign["index"]),
            "AWS_BATCH_JOB_ARRAY_INDEX": "0"}
     if fresh:
         return subprocess.Popen([sys.executable, "-m", plain.MODULE], start_new_session=True,
                                 env=dict(os.environ, **env, **{_job.PARENT_PID: str(os.getpid()),
                                                                _job.ORPHAN_KILL: "1"}))
-    plain.warm_up(assign["payload_uri"], scratch)
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
@@ -134,7 +133,8 @@ def serve(plain, pool: str, worker: int, idle_timeout_s: float) -> int:
     """Worker `worker` of the pool at `pool`: run trial after trial until told to stop, idle too long or
     orphaned. `plain`: the worker module, whose job each trial runs (handed in: this module imports no
     worker)."""
-    scratch = Path(tempfile.mkdtemp(prefix="hydra-awsbatch-warm-"))
+    scratch = Path(tempfile.mkdtemp(prefix=plain.scratch_prefix(worker, os.getpid())))  # aws_batch_local's
+    # parent removes it where this process dies too hard to (kill -9)
     try:
         return _Worker(plain, pool, worker, idle_timeout_s, scratch).serve()
     finally:
@@ -160,9 +160,12 @@ class _Worker:
         self.beat, self.beat_seen = None, time.monotonic()
         self.trial = None
         self.stopping = False
+        self.cold: dict[str, str] = {}  # payload URI -> why its warm-up failed (said once)
+        self.cold_note = ""  # the last of them, in its state for the launcher to say
 
     def say(self, state: str, **fields) -> None:
-        _write(_storage.join(self.mine, "state"), {**self.last, **fields, "state": state})
+        note = {"cold": self.cold_note} if self.cold_note else {}
+        _write(_storage.join(self.mine, "state"), {**self.last, **note, **fields, "state": state})
 
     def on_sigterm(self, signum, frame) -> None:  # Batch stopping this job (Ctrl-C, cancel, Spot): and the trial
         self.stopping = True
@@ -212,19 +215,36 @@ class _Worker:
     def run(self, assign: dict) -> None:
         print(f"hydra-awsbatch: warm worker {self.worker}: trial {assign['num']} starts", flush=True)
         started = time.time()
-        self.trial = _start(self.plain, assign, self.fresh, self.scratch)
+        if not self.fresh:
+            self.warm_up(assign["payload_uri"])
+        self.trial = _start(self.plain, assign, self.fresh)
         self.say("running", seq=assign["seq"], num=assign["num"], started=started)
         code, why = self.follow(assign["seq"])
         try:  # what the trial left running in its session goes with it
             os.killpg(self.trial.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        self.plain.end_children()  # and what it started in sessions of their own (this worker adopted them)
+        left = self.plain.scratch_prefix(assign["num"], self.trial.pid) + "*"  # a trial that ended too hard to
+        for path in Path(tempfile.gettempdir()).glob(left):  # remove its scratch folder (a signal, an os._exit)
+            shutil.rmtree(path, ignore_errors=True)
         self.trial = None
         self.last = {"seq": assign["seq"], "num": assign["num"], "exit_code": code, "started": started,
                      "stopped": time.time(), "interrupted": self.stopping, "why": why}
         self.say("ended")
-        print(f"hydra-awsbatch: warm worker {self.worker}: trial {assign['num']} ended (exit code {code}"
-              + (f"; {why}" if why else "") + ")", flush=True)
+        print(f"hydra-awsbatch: warm worker {self.worker}: trial {assign['num']} ended: {ended(code)}"
+              + (f" ({why})" if why else ""), flush=True)
+
+    def warm_up(self, payload_uri: str) -> None:
+        """The payload's imports and unpickling once, before the trials are forked; where that fails, said once
+        (here and, through this worker's state, in the launcher's log), and each trial does it for itself."""
+        if payload_uri in self.cold:
+            return
+        why = self.plain.warm_up(payload_uri, self.scratch)
+        if why:
+            self.cold[payload_uri] = why
+            self.cold_note = f"its warm-up failed ({why}): each trial imports the task itself"
+            print(f"hydra-awsbatch: warm worker {self.worker}: {self.cold_note}", flush=True)
 
     def follow(self, seq: int) -> tuple[int, str]:
         """Wait for the trial's process. SIGTERM its session when the launcher asks this trial to stop, when the
@@ -249,6 +269,31 @@ class _Worker:
             elif time.monotonic() - asked_at > KILL_AFTER_S:
                 _signal(trial, signal.SIGKILL)
         return trial.returncode, why
+
+
+def ended(code: int | None) -> str:
+    """How a trial's process ended, in its own words (not a container's)."""
+    if code is None:
+        return "its process ended, how is not known"
+    if code < 0:
+        try:
+            return f"its process was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"its process was killed by signal {-code}"
+    if code == 0:
+        return "its process exited with code 0 (before it wrote its result: an os._exit?)"
+    return f"its process exited with code {code}"
+
+
+def trial_lines(lines: list[str], num: int) -> list[str] | None:
+    """Trial `num`'s lines in a warm worker's log: from its last start to its end (or the log's end); None where
+    the log does not hold its start."""
+    starts = [i for i, line in enumerate(lines) if line.endswith(f": trial {num} starts")]
+    if not starts:
+        return None
+    mine = lines[starts[-1]:]
+    end = next((i for i, line in enumerate(mine) if f": trial {num} ended" in line), None)
+    return mine if end is None else mine[:end + 1]
 
 
 # ------------------------------------------------------------------------------------------- the launcher
@@ -276,6 +321,7 @@ class WarmPool:
         self.closing = False  # the sweep is ending: nothing is handed out, started or run again
         self.workers_polled, self._seen = 0.0, []
         self.trouble = ""  # the last error of a round, logged once
+        self.cold_said: set[str] = set()  # workers' warm-up failures, logged once each
         self._beating = False  # the heartbeat thread runs
         self._beat_lock = threading.Lock()  # the heartbeat and the stop: the stop is the last word
         atexit.register(self.close)  # the launcher's end is the sweep's: the workers go
@@ -366,6 +412,9 @@ class WarmPool:
         trial = self.trials.get(num)
         busy = trial is not None and trial.state not in FINAL
         state = self._state(worker) if busy else self.states.get(worker, {})
+        if state.get("cold") and state["cold"] not in self.cold_said:
+            self.cold_said.add(state["cold"])
+            log.warning(f"Warm worker {worker} ({job.job_id}): {state['cold']} (slower; its log says more)")
         if busy and state.get("seq") == seq:
             trial.started = state.get("started") or trial.started  # the worker's clock, as Batch's times are
             if state.get("state") == "running":
@@ -402,9 +451,7 @@ class WarmPool:
             return
         trial.exit_code, trial.stopped = code, state.get("stopped") or time.time()
         trial.state = BatchState.SUCCEEDED if code == 0 else BatchState.FAILED
-        if code:
-            trial.reason = (f"Essential container in task exited (exit code {code})"
-                            + (f": {state['why']}" if state.get("why") else ""))
+        trial.reason = ended(code) + (f" ({state['why']})" if state.get("why") else "")
 
     def _again(self, trial: JobInfo, why: str, lost: bool) -> None:
         """The trial runs again on another worker; a trial whose workers died under it MAX_LOSSES times fails."""
@@ -481,10 +528,19 @@ class WarmPool:
         return self.workers.stuck()
 
     def failure_details(self, nums: list[int], log_group: str = "") -> dict[int, str]:
-        """What the worker that ran each trial knows (its log holds every trial it ran)."""
-        found = self.workers.failure_details(sorted({self.ran_on[n] for n in nums if n in self.ran_on}), log_group)
-        return {num: f"{self.trials[num].reason or self.trials[num].state}; on warm worker "
-                     f"{self.trials[num].job_id or '-'}\n{found.get(self.ran_on.get(num), '')}" for num in nums}
+        """How each trial's process ended, on which worker, and its own lines of that worker's log."""
+        found = self.workers.failure_details(sorted({self.ran_on[n] for n in nums if n in self.ran_on}), log_group,
+                                             lines=1000)
+        details = {}
+        for num in nums:
+            text = found.get(self.ran_on.get(num), "").splitlines()[1:]  # not the worker job's own state line
+            where = next((line for line in text[:1] if line.startswith("Last ")), "")
+            lines = trial_lines(text[1:] if where else text, num) or []
+            details[num] = "\n".join([f"{self.trials[num].reason or self.trials[num].state}; on warm worker "
+                                      f"{self.trials[num].job_id or '-'}",
+                                      *([f"Its lines of {where[5:].split(' of ', 1)[-1]}"] if lines and where else []),
+                                      *lines])
+        return details
 
     def forced_stop_note(self, sweep: str) -> str:
         return self.workers.forced_stop_note(sweep)

@@ -118,7 +118,21 @@ def outcomes(m) -> dict[int, str]:
     for job in m.jobs:
         if shown[job.num] == "SUCCEEDED" and not trials and job.stop_request and "interrupted" not in job.stop_request:
             shown[job.num] = "PRUNED"
+    for num in orphaned(m):
+        shown[num] = "STOPPED"
     return shown
+
+
+def orphaned(m) -> list[int]:
+    """The unfinished trials of a warm sweep on Batch whose launching process is gone (its sweep dir's lock is
+    here and nobody holds it): its warm workers stop within a minute of it, and these trials with them."""
+    from hydra_plugins.hydra_awsbatch_launcher import _manifest
+
+    lock = Path(m.sweep_dir) / _manifest.LOCK
+    if not (m.settings.get("workers") and m.launcher == "AwsBatchLauncher" and lock.is_file()
+            and not _manifest.held_by(Path(m.sweep_dir))):
+        return []
+    return [job.num for job in m.jobs if job.state not in _manifest.FINAL]
 
 
 def status(args) -> int:
@@ -143,6 +157,11 @@ def status(args) -> int:
                                             last_report(job.last_report), latency) if text))
     if m.unsubmitted() and not _manifest.held_by(Path(m.sweep_dir)):
         print(m.unsubmitted())
+    stopped = orphaned(m)
+    if stopped:
+        print(f"{len(stopped)} trial(s) (STOPPED) were running on warm workers when the sweep's launching process "
+              "ended; its workers stop within 60 s of it, and their trials with them. Run the sweep again to resume "
+              "it")
     return 0
 
 
@@ -153,16 +172,23 @@ def logs(args) -> int:
         return local_log(m, job, args)
     if job is None or not job.job_id:
         raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} has no submitted job #{args.job_num}")
+    job_id = node_job(m, job, args.node)
     api, group = sweep.executor.api, m.settings.get("log_group", DEFAULT_LOG_GROUP)
+    warm = bool(m.settings.get("workers"))  # the trial's lines of its warm worker's stream
     printed: list[str] = []
     while True:
-        described = api.describe([job.job_id])
-        found = api.job_log_tail(described[0], group, 10_000 if args.follow else args.lines) if described else None
+        described = api.describe([job_id])
+        found = (api.job_log_tail(described[0], group, 10_000 if args.follow or warm else args.lines)
+                 if described else None)
         ended = not described or described[0].get("status") in ("SUCCEEDED", "FAILED")
         if not found and (not args.follow or ended):
-            raise SystemExit(f"hydra-awsbatch: job #{args.job_num} ({job.job_id}) has no log stream yet; "
+            raise SystemExit(f"hydra-awsbatch: job #{args.job_num} ({job_id}) has no log stream yet; "
                              f"it is {described[0]['status'] if described else 'unknown to Batch'}")
         lines = found[1] if found else []
+        if warm:
+            lines, over = trial_lines(lines, job, f"its warm worker's log stream ({found[0] if found else job_id})",
+                                      args.follow and not ended)
+            ended = ended or over
         new = lines[overlap(printed, lines):] if printed else lines[-args.lines:]
         if new:
             print("\n".join(new), flush=True)
@@ -170,6 +196,15 @@ def logs(args) -> int:
         if not args.follow or ended:
             return 0
         time.sleep(args.interval)
+
+
+def node_job(m, job, node: int) -> str:
+    """The Batch job id of node `node` of a multi-node trial (JOBID#K, as Batch names a node); node 0: the job."""
+    nodes = int((getattr(job, "resources", None) or {}).get("nodes") or m.settings.get("nodes") or 1)
+    if not 0 <= node < nodes:
+        raise SystemExit(f"hydra-awsbatch: --node {node}: job #{job.num} of sweep {m.sweep_id} ran on {nodes} "
+                         f"node(s): 0 to {nodes - 1}")
+    return f"{job.job_id}#{node}" if node else job.job_id
 
 
 def overlap(printed: list[str], lines: list[str]) -> int:
@@ -181,11 +216,48 @@ def overlap(printed: list[str], lines: list[str]) -> int:
     return 0
 
 
+def trial_lines(lines: list[str], job, where: str, waiting: bool) -> tuple[list[str], bool]:
+    """A warm trial's own lines of its worker's log, and whether they are all there (the trial ended)."""
+    from hydra_plugins.hydra_awsbatch_launcher import _workers
+
+    mine = _workers.trial_lines(lines, job.num)
+    if mine is None and not waiting:
+        raise SystemExit(f"hydra-awsbatch: trial #{job.num} ran on a warm worker, and {where} does not hold its "
+                         "start (it may not have started, or its lines are older than the last 10,000)")
+    return mine or [], bool(mine) and f": trial {job.num} ended" in mine[-1]
+
+
+def warm_local_log(m, job, args) -> int:
+    """A warm trial of aws_batch_local: its lines of its worker's log (SWEEP/.logs/workers/W.log)."""
+    from hydra_plugins.hydra_awsbatch_launcher import _manifest, _workers
+
+    printed = 0
+    while True:
+        logs = sorted(Path(m.sweep_dir, ".logs", "workers").glob("*.log"), key=lambda p: p.stat().st_mtime)
+        texts = [p.read_text(errors="replace").splitlines() for p in reversed(logs)]  # the newest first
+        lines = next((t for t in texts if _workers.trial_lines(t, job.num) is not None), [])
+        done = job.state in _manifest.FINAL or not _manifest.held_by(Path(m.sweep_dir))
+        mine, over = trial_lines(lines, job, "no warm worker's log in " + shlex.quote(str(Path(m.sweep_dir, ".logs",
+                                 "workers"))), args.follow and not done)
+        new = mine[printed:] if printed else mine[-args.lines:]
+        if new:
+            print("\n".join(new), flush=True)
+        printed = len(mine)
+        if not args.follow or over or done:
+            return 0
+        time.sleep(min(args.interval, 0.5))
+
+
 def local_log(m, job, args) -> int:
     """A local job's log file (SWEEP/.logs/N.log): its last lines; with -f, what it writes until the job ends."""
     from hydra_plugins.hydra_awsbatch_launcher import _manifest
 
-    path = Path(m.sweep_dir) / ".logs" / f"{args.job_num}.log"
+    if job is not None and m.settings.get("workers"):
+        return warm_local_log(m, job, args)
+
+    if job is not None and args.node:
+        node_job(m, job, args.node)  # a node the job had
+    path = Path(m.sweep_dir) / ".logs" / (f"{args.job_num}.node{args.node}.log" if args.node else f"{args.job_num}.log")
     if job is None:
         raise SystemExit(f"hydra-awsbatch: sweep {m.sweep_id} has no job #{args.job_num}")
     if not path.is_file() and not args.follow:
@@ -340,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "logs":
             command.add_argument("job_num", type=int, help="the job's number (#N in the sweep)")
             command.add_argument("-n", "--lines", type=positive, default=50, help="lines to show (default 50)")
+            command.add_argument("--node", type=int, default=0, help="a multi-node trial's node (default 0: the "
+                                 "main node)")
             command.add_argument("-f", "--follow", action="store_true", help="go on printing what the job writes "
                                                                             "until it ends")
             command.add_argument("--interval", type=float, default=5.0, help=argparse.SUPPRESS)

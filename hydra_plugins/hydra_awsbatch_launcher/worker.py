@@ -70,6 +70,44 @@ def scratch_prefix(num: int, pid: int) -> str:
     return f"hydra-awsbatch-{num}-{pid}-"
 
 
+def adopt_orphans() -> None:
+    """Linux: this process becomes the reaper of its descendants' orphans (a task's child that started a session
+    of its own, a daemon), so that end_children finds them when the job ends."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (zombies included), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def end_children(keep: tuple[int, ...] = ()) -> None:
+    """SIGKILL what a job left running: this process's children but `keep` (its task's children, and the orphans
+    adopt_orphans made its own), until none is left (a killed one's children come next), each reaped."""
+    for _ in range(20):
+        left = [pid for pid in children(os.getpid()) if pid not in keep]
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError, PermissionError):
+                pass
+
+
 def _place_remotely(config, header: dict, scratch: Path, code_dir: Path) -> None:
     """Away from the parent's disk: job dirs under scratch, and the parent's working directory mapped into
     the unpacked code when it lay inside code_root (so relative paths resolve as they did there)."""
@@ -277,6 +315,7 @@ def run(payload_uri: str, index: int) -> int:
     try:
         settle(ending, steps)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        end_children()  # what the task left running ends with it, as its container would on Batch
         upload(job, ending, staging, result=node is None or node.main)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -287,13 +326,14 @@ _WARM: dict[str, tuple] = {}  # a warm worker's payloads, unpickled once: URI ->
 WARM_PAYLOADS = 4  # the newest ones kept (a thompson sweep stages a payload per refill)
 
 
-def warm_up(payload_uri: str, scratch: Path) -> None:
-    """What each trial of a warm worker would do anew (_workers.py): import Hydra and the task's own modules,
-    and read and unpickle the payload (what its jobs share, and its base configs), once here, in a copy of the code
-    package, so that every trial forked from this process starts with them. Whatever goes wrong is left for the
-    trial itself to say. A payload warmed up already is not read again."""
+def warm_up(payload_uri: str, scratch: Path) -> str | None:
+    """What each trial of a warm worker would do anew (_workers.py): import Hydra, the task's script (its
+    module-level imports: torch, say) and its own modules, and read and unpickle the payload (what its jobs share,
+    and its base configs), once here, in a copy of the code package, so that every trial forked from this process
+    starts with them. A payload warmed up already is not read again. Why it failed, or None: the trials then do
+    it themselves, each saying what goes wrong for it."""
     if payload_uri in _WARM:
-        return
+        return None
     from hydra.core import utils  # noqa: F401  (run_job, and Hydra's imports with it)
 
     from hydra_plugins.hydra_awsbatch_launcher import _compose, _package, _storage, _wire
@@ -302,24 +342,29 @@ def warm_up(payload_uri: str, scratch: Path) -> None:
     try:
         payload = _wire.load_payload(_storage.read_bytes(payload_uri))
         header = payload.header
-        if _wire.version_mismatch(header["versions"]):
-            return
+        problem = _wire.version_mismatch(header["versions"])
+        if problem:
+            return problem
         code_dir = scratch / "code" / header["code_uri"].rsplit("/", 1)[-1]
         if not code_dir.is_dir():
             _package.unpack_code(_storage.read_bytes(header["code_uri"]), code_dir)
         sys.path.insert(0, str(code_dir))
         try:
-            _WARM[payload_uri] = (payload, _wire.PayloadBody(*_wire.loads(payload.body)),
-                                  {i: _wire.loads(base) for i, base in enumerate(payload.bases)})
+            shared = _wire.PayloadBody(*_wire.loads(payload.body))
+            bases = {i: _wire.loads(base) for i, base in enumerate(payload.bases)}
             from hydra.core.plugins import Plugins
 
             Plugins.instance()  # Hydra's plugin scan, once, with the task's code on the path
+            if isinstance(shared.task_function, _wire.ScriptFunction):  # the script, imported once (idle main)
+                shared.task_function.load(code_dir)
         finally:
             sys.path.remove(str(code_dir))
+        _WARM[payload_uri] = (payload, shared, bases)
         for older in list(_WARM)[:-WARM_PAYLOADS]:
             del _WARM[older]
-    except Exception:
-        pass
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def run_forked(payload_uri: str, index: int, parent: int) -> None:
@@ -343,7 +388,7 @@ def rank_main(payload_uri: str, index: int, scratch: str) -> dict:
     the job as the plain path does; the others write no `.hydra` files, log to their own file, report nothing."""
     import logging
 
-    from hydra_plugins.hydra_awsbatch_launcher import _metrics, _wire
+    from hydra_plugins.hydra_awsbatch_launcher import _metrics, _nodes, _wire
     from hydra_plugins.hydra_awsbatch_launcher._manifest import Staging
 
     rank = int(os.environ["RANK"])
@@ -365,6 +410,10 @@ def rank_main(payload_uri: str, index: int, scratch: str) -> dict:
     if ending.status == _wire.Outcome.INTERRUPTED:  # the agent is stopping the ranks and reads no return value:
         logging.shutdown()  # leave now (its checkpoint saved) rather than wait for one to be read
         os._exit(EXIT_INTERRUPTED)
+    if ending.status == _wire.Outcome.FAILED:  # its exception, for the node (_nodes.py), and an exit the agent sees
+        _nodes.rank_failed(scratch, rank, ending.fields())  # at once: it stops the other ranks (rather than let
+        logging.shutdown()  # them wait in a collective, or run on, for a trial that has failed)
+        os._exit(ending.exit_code or EXIT_FAILED)
     return ending.fields()
 
 
@@ -405,6 +454,7 @@ def main() -> int:
     if os.environ.get(PARENT_PID, "").isdigit():
         orphan = signal.SIGKILL if os.environ.get(ORPHAN_KILL) else signal.SIGTERM
         threading.Thread(target=_watch_parent, args=(int(os.environ[PARENT_PID]), orphan), daemon=True).start()
+    adopt_orphans()
     index = int(os.environ.get(INDEX_OFFSET) or 0) + array_index()
     from hydra_plugins.hydra_awsbatch_launcher import _workers
 
