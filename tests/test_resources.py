@@ -118,7 +118,7 @@ def test_a_job_whose_config_cannot_say_is_named_with_hydras_words(sized_app):
 
 
 @pytest.mark.integration
-def test_each_resource_set_keeps_its_own_warm_workers(sized_app):
+def test_each_resource_set_keeps_its_own_warm_workers(sized_app, app_env):
     """A pool per set: the small trials run on the small set's warm worker, the large ones on the large set's,
     each with the threads its vcpus ask."""
     proc = sized_app("size=small,large", "x=1,2", "hydra/launcher=aws_batch_local", *PER_SIZE,
@@ -133,6 +133,9 @@ def test_each_resource_set_keeps_its_own_warm_workers(sized_app):
     assert "trial 1 starts" in small and "trial 3 starts" in large and small != large
     results = [j["result"] for j in record["jobs"]]
     assert "'threads': '1'" in results[0] and "'threads': '2'" in results[2], results
+    shown = cli("logs", "sweep", "3", env=app_env, cwd=sized_app.app)  # a trial of the second set's pool: its own lines
+    assert shown.returncode == 0 and "trial 3 starts" in shown.stdout and "trial 2 starts" not in shown.stdout, (
+        shown.stdout + shown.stderr)
 
 
 @pytest.mark.integration
@@ -256,3 +259,16 @@ def test_a_configs_queue_may_name_the_stacks_output(on_batch, batch_resources):
     texts = proc.stdout.split("SubmitJob request (dry run, nothing submitted):\n")[1:]
     queues = [json.JSONDecoder().raw_decode(text)[0]["jobQueue"] for text in texts]
     assert queues == [batch_resources["queue"], batch_resources["gpu_queue"]]
+
+
+@pytest.mark.integration
+def test_a_value_override_that_an_option_reads_is_resolved_per_job(sized_app):
+    """Not per config group alone: `hydra.launcher.vcpus=${x}` with x=1,2 gives each job its own vCPUs (threads,
+    here), one set each."""
+    proc = sized_app("x=1,2", "hydra/launcher=aws_batch_local", "hydra.launcher.vcpus=${x}",
+                     "hydra.launcher.max_parallel=1")  # one job at a time: each may have every CPU
+    assert proc.returncode == 0, proc.stderr
+    record = manifest(sized_app.app / "sweep")
+    assert [j["resources"]["vcpus"] for j in record["jobs"]] == [1, 2]
+    assert [(a["first"], a["size"]) for a in record["batches"][0]["arrays"]] == [(0, 1), (1, 1)]
+    assert "'threads': '1'" in record["jobs"][0]["result"] and "'threads': '2'" in record["jobs"][1]["result"]
