@@ -258,6 +258,7 @@ def test_status_of_a_warm_sweep_whose_launcher_died_shows_its_trials_stopped(app
     status = cli("status", "sweep", env=aws_env, cwd=app)
     assert status.returncode == 0 and status.stdout.count("STOPPED") == 3 + 1, status.stdout + status.stderr
     assert "were running on warm workers when the sweep's launching process ended" in status.stdout
+    assert "starts the sweep anew: all 3 jobs run again, the 0 completed ones included" in status.stdout
 
 
 def test_status_measures_each_interval_on_one_clock(sweep, app, aws_env, tmp_path):

@@ -103,6 +103,7 @@ def test_two_warm_workers_run_twelve_trials_each_in_a_process_of_its_own(app, tm
     daemons = [int(p.read_text()) for p in (tmp_path / "out").glob("daemon-*")]
     assert len(daemons) == 12 and not [pid for pid in daemons if alive(pid)]  # its own session's too
     assert wait_for(lambda: not worker_processes(proc.pid), timeout=10)  # and the workers left with the sweep
+    assert {j["reason"] for j in jobs} == {""}  # a trial that succeeded is not worded as a crash
     for job in jobs:  # where each trial's time went, in order
         marks = [job[name] for name in ("submitted", "started", "task_started", "task_ended", "home")]
         assert None not in marks and marks == sorted(marks), marks
@@ -188,6 +189,46 @@ def test_a_job_without_warm_workers_leaves_no_child_running(app, tmp_path):
     left = [int(p.read_text()) for p in (tmp_path / "out").glob("*-[01]") if p.name.split("-")[0] in ("child",
                                                                                                         "daemon")]
     assert len(left) == 4 and not [pid for pid in left if alive(pid)]
+
+
+HELPERS = """
+    import multiprocessing, os
+    from multiprocessing import shared_memory
+    import hydra
+
+    if __name__ != "__main__":  # imported in a job (once per warm worker): a helper process of the script's own
+        MANAGER = multiprocessing.Manager()
+
+    @hydra.main(version_base=None, config_path=None)
+    def main(cfg):
+        shared = MANAGER.dict()  # the helper serves every trial
+        shared["x"] = cfg.x
+        leaked = shared_memory.SharedMemory(create=True, size=64, name=f"{cfg.shm}-{cfg.x}")  # never unlinked:
+        leaked.close()  # multiprocessing's resource tracker removes it when the job's process ends
+        return shared["x"]
+
+    if __name__ == "__main__":
+        main()
+"""
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["a process per job", "warm workers"])
+def test_a_jobs_helpers_serve_it_and_multiprocessing_cleans_up_after_it(tmp_path, app_env, warm):
+    """What the script starts at import (a multiprocessing Manager) is the warm worker's own: it is not ended with a
+    trial, and serves the next. multiprocessing's resource tracker is left to do its work when the job ends (a
+    shared memory segment the task never unlinked is removed), with nothing in the logs."""
+    (tmp_path / "my_app.py").write_text(textwrap.dedent(HELPERS))
+    shm = f"hab-test-{os.getpid()}-{int(warm)}"
+    launcher = ["hydra.launcher.workers=1"] if warm else ["hydra.launcher.max_parallel=2"]
+    proc = subprocess.run([sys.executable, "my_app.py", "--multirun", "+x=range(0,3)", f"+shm={shm}",
+                           "hydra.sweep.dir=sweep", "hydra/launcher=aws_batch_local", *launcher], cwd=tmp_path,
+                          env=app_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [j["result"] for j in manifest(tmp_path / "sweep")["jobs"]] == ["0", "1", "2"]
+    assert wait_for(lambda: not list(Path("/dev/shm").glob(f"{shm}-*")), timeout=10), list(
+        Path("/dev/shm").glob(f"{shm}-*"))
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep/.logs").rglob("*.log"))
+    assert "died unexpectedly" not in logs and "Traceback" not in logs, logs[-3000:]
 
 
 HARD_ENDS = """

@@ -141,8 +141,10 @@ class NodeWatch:
     heartbeat, and at its end say how its ranks ended: `done` (well), `interrupted`, `failed <its rank's error as
     JSON>`, or nothing (they died). A child's failure stops the main node's ranks at once: `failure` holds it."""
 
-    def __init__(self, node: Layout, on_dead=lambda: os.kill(os.getpid(), signal.SIGTERM)):
+    def __init__(self, node: Layout, on_dead=lambda: os.kill(os.getpid(), signal.SIGTERM), failed=lambda: None):
         self.node, self.on_dead = node, on_dead
+        self.failed = failed  # a child node: its rank's error the moment one fails (first_failure), or None
+        self.said_failed = False
         self.dead: str | None = None
         self.failure: dict | None = None  # the error a child node's failed rank sent
         self.died = threading.Event()
@@ -168,7 +170,7 @@ class NodeWatch:
             if self._socket is None:
                 return
             try:
-                if said and not self.node.main:
+                if said and not self.node.main and not (said.startswith("failed") and self.said_failed):
                     self._socket.sendall(f"{said}\n".encode())
                 self._socket.close()
             except OSError:
@@ -201,7 +203,10 @@ class NodeWatch:
                     text = line.decode(errors="replace")
                     last, *rest = text.split() or [""]
                     if last == "failed":
-                        failure = json.loads(text.split(None, 1)[1])
+                        try:
+                            failure = dict(json.loads(text.split(None, 1)[1]))
+                        except (ValueError, TypeError, IndexError):
+                            why = f"it said it failed, in words that could not be read: {text[:200]!r}"
                         break
                     if last == "hello" and rest:
                         name = f"node {rest[0]} of {self.node.nodes}" + (f" ({rest[1]})" if rest[1:] else "")
@@ -239,16 +244,22 @@ class NodeWatch:
                 return
             self._socket = connection
         message = f"hello {self.node.node_rank} {self.node.job_id or '-'}\n".encode()
+        beat = 0.0
         while True:
-            with self._lock:
-                if self._socket is None:
-                    return
-                try:
-                    self._socket.sendall(message)
-                except OSError:  # the main node is gone: Batch ends the job, and so this node
-                    return
-            message = b"alive\n"
-            if self.ended.wait(HEARTBEAT_S):
+            failure = None if self.said_failed else self.failed()  # a rank failed: said at once, not at the end
+            if failure is not None or time.monotonic() - beat >= HEARTBEAT_S:
+                if failure is not None:
+                    message = f"failed {json.dumps(failure['error'])}\n".encode()
+                with self._lock:
+                    if self._socket is None:
+                        return
+                    try:
+                        self._socket.sendall(message)
+                    except OSError:  # the main node is gone: Batch ends the job, and so this node
+                        return
+                self.said_failed = self.said_failed or failure is not None
+                message, beat = b"alive\n", time.monotonic()
+            if self.ended.wait(0.25):
                 return
 
 
@@ -273,7 +284,7 @@ def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseExceptio
         monitor_interval=0.1, start_method="spawn")
     print(f"hydra-awsbatch: node {node.node_rank} of {node.nodes}, {node.procs} processes, rendezvous at "
           f"{node.main_address}:{node.port}", flush=True)
-    watch = NodeWatch(node).start() if node.nodes > 1 else None
+    watch = NodeWatch(node, failed=lambda: first_failure(scratch, node)).start() if node.nodes > 1 else None
     said = None  # how this node's ranks ended, as a child node tells the main node: done, interrupted, or None
     try:
         returns = elastic_launch(config, rank_main)(payload_uri, index, scratch)
@@ -287,7 +298,8 @@ def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseExceptio
         raise interrupted(str(exc)) from None
     except ChildFailedError as exc:
         failed = first_failure(scratch, node)  # a rank's task raised (its error), or a rank died (none)
-        dead = watch.verdict(timeout=0.5 if failed else 5.0) if watch and node.main else None
+        dead = watch.verdict(timeout=2.0 if failed else 5.0) if watch and node.main else None  # a child's rank
+        # may have failed first, its error on the way (this node's then failed on losing it)
         if watch and watch.failure:  # a child's rank failed first: this node's failed on its loss
             return _fail(ending, watch.failure)
         if failed and not node.main:  # the main node makes it the trial's error

@@ -217,14 +217,16 @@ class _Worker:
         started = time.time()
         if not self.fresh:
             self.warm_up(assign["payload_uri"])
+        helpers = set(self.plain.children(os.getpid()))  # this worker's own (what the script started at import)
         self.trial = _start(self.plain, assign, self.fresh)
         self.say("running", seq=assign["seq"], num=assign["num"], started=started)
         code, why = self.follow(assign["seq"])
+        self.plain.let_helpers_finish(self.trial.pid)  # its multiprocessing helpers clean up what it left
         try:  # what the trial left running in its session goes with it
             os.killpg(self.trial.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        self.plain.end_children()  # and what it started in sessions of their own (this worker adopted them)
+        self.plain.end_children(keep=helpers)  # and what it started in sessions of their own (adopted here)
         left = self.plain.scratch_prefix(assign["num"], self.trial.pid) + "*"  # a trial that ended too hard to
         for path in Path(tempfile.gettempdir()).glob(left):  # remove its scratch folder (a signal, an os._exit)
             shutil.rmtree(path, ignore_errors=True)
@@ -451,7 +453,8 @@ class WarmPool:
             return
         trial.exit_code, trial.stopped = code, state.get("stopped") or time.time()
         trial.state = BatchState.SUCCEEDED if code == 0 else BatchState.FAILED
-        trial.reason = ended(code) + (f" ({state['why']})" if state.get("why") else "")
+        if code:
+            trial.reason = ended(code) + (f" ({state['why']})" if state.get("why") else "")
 
     def _again(self, trial: JobInfo, why: str, lost: bool) -> None:
         """The trial runs again on another worker; a trial whose workers died under it MAX_LOSSES times fails."""
@@ -536,8 +539,8 @@ class WarmPool:
             text = found.get(self.ran_on.get(num), "").splitlines()[1:]  # not the worker job's own state line
             where = next((line for line in text[:1] if line.startswith("Last ")), "")
             lines = trial_lines(text[1:] if where else text, num) or []
-            details[num] = "\n".join([f"{self.trials[num].reason or self.trials[num].state}; on warm worker "
-                                      f"{self.trials[num].job_id or '-'}",
+            trial = self.trials[num]
+            details[num] = "\n".join([f"{trial.reason or ended(trial.exit_code)}; on warm worker {trial.job_id or '-'}",
                                       *([f"Its lines of {where[5:].split(' of ', 1)[-1]}"] if lines and where else []),
                                       *lines])
         return details

@@ -159,9 +159,11 @@ def status(args) -> int:
         print(m.unsubmitted())
     stopped = orphaned(m)
     if stopped:
+        done = sum(job.state == "SUCCEEDED" for job in m.jobs)
         print(f"{len(stopped)} trial(s) (STOPPED) were running on warm workers when the sweep's launching process "
-              "ended; its workers stop within 60 s of it, and their trials with them. Run the sweep again to resume "
-              "it")
+              "ended; its workers stop within 60 s of it, and their trials with them. "
+              + ("Run the same command again: the thompson sweeper resumes this sweep" if resumes(m) else
+                 anew(m, done, example=m.job(stopped[0]).overrides)))
     return 0
 
 
@@ -233,12 +235,13 @@ def warm_local_log(m, job, args) -> int:
 
     printed = 0
     while True:
-        logs = sorted(Path(m.sweep_dir, ".logs", "workers").glob("*.log"), key=lambda p: p.stat().st_mtime)
+        logs = sorted(Path(m.sweep_dir, ".logs").glob("workers*/*.log"), key=lambda p: p.stat().st_mtime)  # a
+        # folder per resource set
         texts = [p.read_text(errors="replace").splitlines() for p in reversed(logs)]  # the newest first
         lines = next((t for t in texts if _workers.trial_lines(t, job.num) is not None), [])
         done = job.state in _manifest.FINAL or not _manifest.held_by(Path(m.sweep_dir))
-        mine, over = trial_lines(lines, job, "no warm worker's log in " + shlex.quote(str(Path(m.sweep_dir, ".logs",
-                                 "workers"))), args.follow and not done)
+        where = "no warm worker's log in " + shlex.quote(str(Path(m.sweep_dir, ".logs"))) + "/workers*"
+        mine, over = trial_lines(lines, job, where, args.follow and not done)
         new = mine[printed:] if printed else mine[-args.lines:]
         if new:
             print("\n".join(new), flush=True)
@@ -343,8 +346,6 @@ def missing(m, unheard: list, completed: int) -> list[str]:
     """What a sweep whose launcher stopped while it submitted lacks, and what runs it, true for this sweep: the
     thompson sweeper resumes it (what went out is followed, the rest submitted); any other sweeper (Hydra's basic,
     Optuna...) starts anew, the completed jobs included."""
-    from hydra_plugins.hydra_awsbatch_launcher import _report, _storage
-
     lines = []
     on_batch = m.launcher == "AwsBatchLauncher" and not m.settings.get("workers")
     if unheard and on_batch:
@@ -357,23 +358,34 @@ def missing(m, unheard: list, completed: int) -> list[str]:
         lines.append(m.unsubmitted())
     if not lines:
         return []
-    try:
-        resumes = (Path(m.sweep_dir) / _report.STATE).is_file() or _storage.exists(
-            _storage.join(m.staging.sweep, _report.STATE))
-    except Exception:  # staging unreachable: the sweep dir said no
-        resumes = False
-    if resumes:
+    if resumes(m):
         found = ", follows the jobs that went out on Batch" if unheard and on_batch else ""
         lines.append(f"Run the same command again: the thompson sweeper resumes this sweep{found} and runs only "
                      "the trials that did not end; the ended ones are kept")
         return lines
-    total = max(m.announced, len(m.jobs))
     twice = " (and those of them that went out twice)" if unheard and on_batch else ""
-    lines.append(f"Running the same command again starts the sweep anew: all {total:,} jobs run again, the "
-                 f"{completed:,} completed ones included{twice}: Hydra's sweepers (but hydra/sweeper=thompson) do "
-                 "not resume a sweep. To run only the missing jobs, launch them by their overrides"
-                 + (f", e.g. {' '.join(unheard[0].overrides)}" if unheard else ""))
+    lines.append(anew(m, completed, twice, unheard[0].overrides if unheard else None))
     return lines
+
+
+def resumes(m) -> bool:
+    """Whether running the sweep's command again resumes it: a thompson sweep (its state file is there)."""
+    from hydra_plugins.hydra_awsbatch_launcher import _report, _storage
+
+    try:
+        return (Path(m.sweep_dir) / _report.STATE).is_file() or _storage.exists(
+            _storage.join(m.staging.sweep, _report.STATE))
+    except Exception:  # staging unreachable: the sweep dir said no
+        return False
+
+
+def anew(m, completed: int, twice: str = "", example: list | None = None) -> str:
+    """What running a sweep of Hydra's sweepers (they do not resume) again does, and how to run only the rest."""
+    total = max(m.announced, len(m.jobs))
+    return (f"Running the same command again starts the sweep anew: all {total:,} jobs run again, the "
+            f"{completed:,} completed ones included{twice}: Hydra's sweepers (but hydra/sweeper=thompson) do "
+            "not resume a sweep. To run only the missing jobs, launch them by their overrides"
+            + (f", e.g. {' '.join(example)}" if example else ""))
 
 
 def local_cloud(args) -> int:

@@ -14,6 +14,7 @@ exits with the code its ranks ended with.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -81,31 +82,71 @@ def adopt_orphans() -> None:
         pass
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (zombies included), from /proc."""
-    found = []
+HELPERS = (b"multiprocessing.resource_tracker", b"multiprocessing.forkserver")  # multiprocessing's own: they end
+# when the process that started them does, after cleaning up what the task left in them (shared memory)
+
+
+def _processes():
+    """(pid, parent, session, is multiprocessing's helper) of every process, from /proc."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            pass
-    return found
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        yield int(stat.parent.name), int(fields[1]), int(fields[3]), any(h in command for h in HELPERS)
 
 
-def end_children(keep: tuple[int, ...] = ()) -> None:
-    """SIGKILL what a job left running: this process's children but `keep` (its task's children, and the orphans
-    adopt_orphans made its own), until none is left (a killed one's children come next), each reaped."""
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (zombies included), but multiprocessing's helpers."""
+    return [p for p, parent, _, helper in _processes() if parent == pid and not helper]
+
+
+def let_helpers_finish(session: int, timeout: float = 2.0) -> None:
+    """Give multiprocessing's helpers in a trial's session (its resource tracker) `timeout` to clean up and end
+    now that the trial has (before its session is killed), reaping those this process adopted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [(p, parent) for p, parent, sid, helper in _processes() if helper and sid == session]
+        for pid, parent in left:
+            if parent == os.getpid():
+                _reaped(pid)
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+END_GRACE_S = 3.0  # what a job left running gets to end on SIGTERM before it is killed
+
+
+def end_children(keep: set[int] | frozenset[int] = frozenset()) -> None:
+    """End what a job left running: this process's children but `keep` (its own helpers) and multiprocessing's,
+    the orphans adopt_orphans made its own among them: SIGTERM, END_GRACE_S to end, then SIGKILL; until none is
+    left (an ended one's children come next), each reaped."""
     for _ in range(20):
         left = [pid for pid in children(os.getpid()) if pid not in keep]
         if not left:
             return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError, PermissionError):
-                pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            deadline = time.monotonic() + (END_GRACE_S if sig == signal.SIGTERM else 5.0)
+            while left and time.monotonic() < deadline:
+                left = [pid for pid in left if not _reaped(pid)]
+                if left:
+                    time.sleep(0.05)
+            if not left:
+                break
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # not ours (any more), or reaped
+        return True
 
 
 def _place_remotely(config, header: dict, scratch: Path, code_dir: Path) -> None:
@@ -315,7 +356,6 @@ def run(payload_uri: str, index: int) -> int:
     try:
         settle(ending, steps)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        end_children()  # what the task left running ends with it, as its container would on Batch
         upload(job, ending, staging, result=node is None or node.main)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -455,7 +495,8 @@ def main() -> int:
         orphan = signal.SIGKILL if os.environ.get(ORPHAN_KILL) else signal.SIGTERM
         threading.Thread(target=_watch_parent, args=(int(os.environ[PARENT_PID]), orphan), daemon=True).start()
     adopt_orphans()
-    index = int(os.environ.get(INDEX_OFFSET) or 0) + array_index()
+    atexit.register(end_children)  # the last to run at exit: what the job left running ends with it, as its
+    index = int(os.environ.get(INDEX_OFFSET) or 0) + array_index()  # container would on Batch
     from hydra_plugins.hydra_awsbatch_launcher import _workers
 
     if _workers.is_pool(payload_uri):  # a warm worker: trial after trial, each the plain worker in a process

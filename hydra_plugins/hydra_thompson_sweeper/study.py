@@ -236,9 +236,11 @@ class Study:
         self.trials = state["trials"]  # in number order: trial n is trials[n]
         self.created = state["created"]
         self.optimizer.proposed = len(self.trials)
+        curves = [trial.curve for trial in self.trials]  # the pruner sees each curve as it is replayed, as it
+        for trial in self.trials:  # saw them live: none before its turn
+            trial.curve = []
         with self.optimizer.replay([Search.from_state(search) for search in state["searches"]]):
-            for trial in self.trials:
-                curve, trial.curve = trial.curve, []
+            for trial, curve in zip(self.trials, curves):
                 for record in curve:
                     self.take(trial, record)
                 if trial.status == TrialStatus.COMPLETED:
