@@ -1,5 +1,5 @@
 """The discrete benchmarks (issue 40): the tables bench/discrete/build.py made hold what its docstring says, and
-bench/discrete.py runs at a reduced size (one table, two seeds, a third of the budget), so that it cannot rot;
+bench/discrete.py runs at a reduced size (one table, one seed, 30 evaluations' worth of time), so that it cannot rot;
 `Study.recommend()`, the answer it measures beside `study.best`, changes no proposal."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_a_table_holds_every_config_of_its_grid_with_three_seeds(name):
 @pytest.mark.integration
 def test_the_discrete_benchmark_runs_at_a_reduced_size(tmp_path):
     out = tmp_path / "discrete.json"
-    proc = subprocess.run([sys.executable, "bench/discrete.py", "--datasets", "wine", "--seeds", "2", "--evals",
+    proc = subprocess.run([sys.executable, "bench/discrete.py", "--datasets", "wine", "--seeds", "1", "--evals",
                            "30", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -46,7 +46,8 @@ def test_the_discrete_benchmark_runs_at_a_reduced_size(tmp_path):
         assert len(regrets) == 3 and all(-6 <= r < 1 for r in regrets), (method, regrets)
         assert 15 <= summary[method]["evaluations"] <= 60  # 30 evaluations' worth of time, times vary by config
     runs = [r for r in result["runs"] if r["method"] in ("ours", "ours-recommend")]
-    assert {r["seed"] for r in runs} == {0, 1} and len(runs) == 4
+    assert [r["seed"] for r in runs] == [0, 0]  # one Study run, answered two ways
+    assert runs[0]["evaluations"] == runs[1]["evaluations"] and runs[0]["distinct"] == runs[1]["distinct"]
 
 
 @pytest.mark.unit
