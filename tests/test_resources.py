@@ -42,10 +42,10 @@ def sized_app(tmp_path, app_env):
     """Write the app (sizes as given) into tmp_path/app; `run(*args, env=...)` runs `python my_app.py -m ARGS`."""
     app = tmp_path / "app"
 
-    def run(*args: str, env: dict | None = None, sizes: dict | None = None):
+    def run(*args: str, env: dict | None = None, sizes: dict | None = None, config: str = CONFIG):
         (app / "conf" / "size").mkdir(parents=True, exist_ok=True)
         (app / "my_app.py").write_text(textwrap.dedent(APP))
-        (app / "conf" / "config.yaml").write_text(CONFIG)
+        (app / "conf" / "config.yaml").write_text(config)
         for name, text in (sizes or SIZES).items():
             (app / "conf" / "size" / f"{name}.yaml").write_text(text)
         return subprocess.run([sys.executable, "my_app.py", "-m", "hydra.sweep.dir=sweep", *args], cwd=app,
@@ -165,8 +165,8 @@ def on_batch(sized_app, aws_env, batch_resources):
             *PER_SIZE]
     sizes = {"small": SIZES["small"].replace("queue: null", f"queue: {batch_resources['queue']}"),
              "large": SIZES["large"].replace("queue: null", f"queue: {batch_resources['gpu_queue']}")}
-    def run(*args: str, sizes: dict = sizes):
-        return sized_app(*base, *args, env=aws_env, sizes=sizes)
+    def run(*args: str, sizes: dict = sizes, config: str = CONFIG):
+        return sized_app(*base, *args, env=aws_env, sizes=sizes, config=config)
 
     run.app = sized_app.app
     return run
@@ -243,8 +243,10 @@ def test_each_resource_set_is_one_array_with_what_its_configs_asked(on_batch, ba
 
 
 @pytest.mark.integration
-def test_a_configs_queue_may_name_the_stacks_output(on_batch, batch_resources):
-    """`queue: GpuJobQueue` in the large size's config: the stack's GPU queue; `null`: the stack's JobQueue."""
+@pytest.mark.parametrize("default", ["small", "large"])
+def test_a_configs_queue_may_name_the_stacks_output(on_batch, batch_resources, default):
+    """`queue: GpuJobQueue` in the large size's config: the stack's GPU queue; `null`: the stack's JobQueue, not the
+    queue of the primary config's default size (Hydra resolves the launcher's options against it)."""
     import secrets
 
     stack = f"resources-{secrets.token_hex(3)}"
@@ -254,7 +256,7 @@ def test_a_configs_queue_may_name_the_stacks_output(on_batch, batch_resources):
         "Outputs": {key: {"Value": value} for key, value in outputs.items()}}))
     sizes = {"small": SIZES["small"], "large": SIZES["large"].replace("queue: null", "queue: GpuJobQueue")}
     proc = on_batch("size=small,large", "x=1", f"hydra.launcher.stack_name={stack}", "hydra.launcher.dry_run=true",
-                    sizes=sizes)
+                    sizes=sizes, config=CONFIG.replace("size: small", f"size: {default}"))
     assert proc.returncode == 0, proc.stderr
     texts = proc.stdout.split("SubmitJob request (dry run, nothing submitted):\n")[1:]
     queues = [json.JSONDecoder().raw_decode(text)[0]["jobQueue"] for text in texts]

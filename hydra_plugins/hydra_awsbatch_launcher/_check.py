@@ -92,6 +92,8 @@ def on_stack(values: dict, asked, params, outputs: dict[str, str]) -> dict:
     values = dict(values)
     several = int(values.get("nodes") or 1) > 1 and int(params.get("nodes") or 1) <= 1
     for setting in ("job_queue", "job_definition"):
+        if values.get(setting) is None and outputs.get(_batch.STACK_OUTPUTS[setting]):  # left to the stack
+            values[setting] = outputs[_batch.STACK_OUTPUTS[setting]]
         if values.get(setting) in outputs:
             values[setting] = outputs[values[setting]]
         elif asked.get(setting) is None and several and values.get(setting) == outputs.get(

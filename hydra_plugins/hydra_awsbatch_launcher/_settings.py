@@ -77,10 +77,12 @@ class LaunchSettings:
         return asked
 
     def effective(self, asked) -> dict:
-        """A resource set's settings: what its jobs asked, else the launcher's (None: Batch's defaults)."""
-        from hydra_plugins.hydra_awsbatch_launcher._resources import KEYS
+        """A resource set's settings: what its jobs' configs say (null included: the default, the job definition's
+        or the stack's, not the sweep's primary config's value), else the launcher's."""
+        from hydra_plugins.hydra_awsbatch_launcher._resources import KEYS, Resources
 
-        return {k: asked.get(k) if asked.get(k) is not None else self.params.get(k) for k in KEYS if k in self.params}
+        given = dict(asked.values) if isinstance(asked, Resources) else dict(asked or {})
+        return {k: given[k] if k in given else self.params.get(k) for k in KEYS if k in self.params}
 
     def routed(self, make, resources_of, staging):
         """The sweep's executor: one of `make(resources, index)` per resource set (_resources.Routed), each in

@@ -287,6 +287,16 @@ def ended(code: int | None) -> str:
     return f"its process exited with code {code}"
 
 
+def details(trial: JobInfo, found: str) -> str:
+    """How a trial's process ended, on which worker, and its own lines of `found` (what the worker executor says of
+    the worker job: its state line, "Last N lines of LOG:", the lines)."""
+    text = found.splitlines()[1:]  # not the worker job's own state line
+    where = next((line for line in text[:1] if line.startswith("Last ")), "")
+    lines = trial_lines(text[1:] if where else text, trial.num) or []
+    return "\n".join([f"{trial.reason or ended(trial.exit_code)}; on warm worker {trial.job_id or '-'}",
+                      *([f"Its lines of {where[5:].split(' of ', 1)[-1]}"] if lines and where else []), *lines])
+
+
 def trial_lines(lines: list[str], num: int) -> list[str] | None:
     """Trial `num`'s lines in a warm worker's log: from its last start to its end (or the log's end); None where
     the log does not hold its start."""
@@ -534,16 +544,7 @@ class WarmPool:
         """How each trial's process ended, on which worker, and its own lines of that worker's log."""
         found = self.workers.failure_details(sorted({self.ran_on[n] for n in nums if n in self.ran_on}), log_group,
                                              lines=1000)
-        details = {}
-        for num in nums:
-            text = found.get(self.ran_on.get(num), "").splitlines()[1:]  # not the worker job's own state line
-            where = next((line for line in text[:1] if line.startswith("Last ")), "")
-            lines = trial_lines(text[1:] if where else text, num) or []
-            trial = self.trials[num]
-            details[num] = "\n".join([f"{trial.reason or ended(trial.exit_code)}; on warm worker {trial.job_id or '-'}",
-                                      *([f"Its lines of {where[5:].split(' of ', 1)[-1]}"] if lines and where else []),
-                                      *lines])
-        return details
+        return {num: details(self.trials[num], found.get(self.ran_on.get(num), "")) for num in nums}
 
     def forced_stop_note(self, sweep: str) -> str:
         return self.workers.forced_stop_note(sweep)

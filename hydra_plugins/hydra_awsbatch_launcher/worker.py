@@ -340,6 +340,7 @@ def run(payload_uri: str, index: int) -> int:
     os.environ[METRICS_URI] = staging.metrics(ending.num)  # where report() writes, for the parent to read
     os.environ[STOP_URI] = staging.stop(ending.num)  # where report() looks whether the sweep asks it to stop
     scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(ending.num, os.getpid())))
+    _scratch.append(scratch)  # for _watch_parent to remove if it must kill this job
     signal.signal(signal.SIGTERM, on_sigterm)
     job = None
     node = None  # a trial of one process; else this node's place in its trial (_nodes.py)
@@ -470,6 +471,7 @@ def _helper_rank(config, rank: int) -> None:
 
 
 _parent_died = False
+_scratch: list[Path] = []  # this process's job's scratch folder, once made
 
 
 def _watch_parent(parent: int, sig: int = signal.SIGTERM) -> None:
@@ -480,6 +482,9 @@ def _watch_parent(parent: int, sig: int = signal.SIGTERM) -> None:
     while os.getppid() == parent:
         time.sleep(0.5)
     _parent_died = True
+    if sig == signal.SIGKILL:  # nothing of this job will remove its scratch folder: this thread does
+        for scratch in _scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     os.killpg(os.getpgid(0), sig)
 
 
