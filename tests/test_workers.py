@@ -231,6 +231,27 @@ def test_a_jobs_helpers_serve_it_and_multiprocessing_cleans_up_after_it(tmp_path
     assert "died unexpectedly" not in logs and "Traceback" not in logs, logs[-3000:]
 
 
+def test_a_warm_trials_times_are_each_measured_on_one_clock(app, tmp_path, app_env):
+    """A launcher whose clock is an hour behind its workers' (as on Batch, where the workers' clock is the
+    instances'): status shows seconds for every span of a warm trial, not an hour (waiting is the launcher's
+    queue on its own clock; starting and task the worker's; ending the worker's part plus the launcher's)."""
+    import re
+
+    behind = tmp_path / "clock-behind"
+    behind.mkdir()
+    (behind / "sitecustomize.py").write_text("import time\n_now = time.time\ntime.time = lambda: _now() - 3600\n")
+    env = dict(app_env, PYTHONPATH=os.pathsep.join([str(behind), app_env["PYTHONPATH"]]))  # the jobs do not
+    proc = subprocess.run([sys.executable, "my_app.py", "--multirun", f"+out={tmp_path / 'out'}", "+x=range(0,3)",
+                           "hydra.sweep.dir=sweep", "hydra/launcher=aws_batch_local", "hydra.launcher.workers=1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # get PYTHONPATH
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status = subprocess.run([sys.executable, "-m", "hydra_plugins.hydra_awsbatch_launcher.cli", "status", "sweep"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    spans = re.findall(r"\b(waiting|starting|task|ending) (-?[\d.]+)s", status.stdout)
+    assert {name for name, _ in spans} == {"waiting", "starting", "task", "ending"}, status.stdout
+    assert all(float(seconds) < 120 for _, seconds in spans), status.stdout
+
+
 HARD_ENDS = """
     import os, signal, time
     import hydra

@@ -327,9 +327,9 @@ class WarmPool:
         self.live: dict[int, JobInfo] = {}  # worker -> its job, while it runs
         self.states: dict[int, dict] = {}  # worker -> its state object, as last read
         self.read_now: set[int] = set()  # workers whose state was read this round
-        self.started = 0  # worker jobs started so far (worker numbers 0, 1, ...)
-        self.stillborn = 0  # worker jobs that failed before they said they were ready
-        self.seq = 0
+        self.started = self.stillborn = self.seq = 0  # worker jobs started (numbered 0, 1...); those that failed
+        # before they said they were ready; assignments made
+        self.waited: dict[int, float] = {}  # trial -> when queued (the launcher's clock), then how long it waited
         self.closing = False  # the sweep is ending: nothing is handed out, started or run again
         self.workers_polled, self._seen = 0.0, []
         self.trouble = ""  # the last error of a round, logged once
@@ -354,8 +354,7 @@ class WarmPool:
     def _poll_workers(self, force: bool = False) -> list[JobInfo]:
         """The worker jobs' states, polled at the worker executor's own pace (Batch: DescribeJobs)."""
         if force or time.monotonic() - self.workers_polled >= self.workers.poll_interval_s:
-            self.workers_polled = time.monotonic()
-            self._seen = self.workers.poll()
+            self.workers_polled, self._seen = time.monotonic(), self.workers.poll()
         return self._seen
 
     def _heartbeat(self) -> None:
@@ -387,6 +386,7 @@ class WarmPool:
     def submit(self, payload_uri: str, first: int, size: int, offset: int = 0) -> list[Array]:
         for index in range(size):  # trial `first` at position `offset` of the payload
             self.trials[first + index] = JobInfo(first + index, BatchState.RUNNABLE)
+            self.waited[first + index] = time.time()
             self.where[first + index] = (payload_uri, offset + index)
             self.queue.append(first + index)
         self._round()
@@ -429,6 +429,8 @@ class WarmPool:
             log.warning(f"Warm worker {worker} ({job.job_id}): {state['cold']} (slower; its log says more)")
         if busy and state.get("seq") == seq:
             trial.started = state.get("started") or trial.started  # the worker's clock, as Batch's times are
+            if trial.started and trial.created is None:  # waiting measured on one clock, the launcher's queue's:
+                trial.created = trial.started - self.waited.get(num, 0.0)  # as if taken then, on the worker's
             if state.get("state") == "running":
                 trial.state = BatchState.RUNNING
             elif "exit_code" in state and not state.get("revoked"):  # ended, or exited after it ended
@@ -451,9 +453,8 @@ class WarmPool:
         why = (f"{self.stillborn} warm workers failed before they started (the last: {job.job_id}, "
                f"{job.reason or job.state}{'; its log: ' + job.log_path if job.log_path else ''})")
         log.error(f"{why}: the {len(self.queue)} trials waiting for one fail")
-        for num in self.queue:
-            self.trials[num].state, self.trials[num].reason = BatchState.FAILED, why
-            self.trials[num].stopped = time.time()
+        for trial in map(self.trials.get, self.queue):
+            trial.state, trial.reason, trial.stopped = BatchState.FAILED, why, time.time()
         self.queue.clear()
 
     def _ended(self, trial: JobInfo, state: dict, job: JobInfo) -> None:
@@ -473,15 +474,15 @@ class WarmPool:
             trial.state, trial.reason, trial.stopped = BatchState.FAILED, why, time.time()
             return
         log.warning(f"Trial {trial.num}: {why}; it runs again on another worker")
-        trial.state, trial.job_id, trial.started = BatchState.RUNNABLE, "", None
+        trial.state, trial.job_id, trial.started, trial.created = BatchState.RUNNABLE, "", None, None
         self.queue.insert(0, trial.num)
+        self.waited[trial.num] = time.time()
 
     def _idle(self, worker: int) -> bool:
         """Whether a worker can take a trial: its job runs, and it said it ended the last one it was given."""
         if self.live[worker].state != BatchState.RUNNING:
             return False
-        seq, _ = self.assigned.get(worker, (0, None))
-        state = self._state(worker)
+        state, seq = self._state(worker), self.assigned.get(worker, (0, None))[0]
         return state.get("state") in ("ready", "ended") and state.get("seq", 0) >= seq
 
     def _assign(self) -> None:
@@ -496,7 +497,7 @@ class WarmPool:
             _write(_storage.join(self.pool, f"w{worker}", "assign"),
                    {"seq": self.seq, "num": num, "payload_uri": payload_uri, "index": index})
             self.assigned[worker] = (self.seq, num)
-            self.ran_on[num] = worker
+            self.ran_on[num], self.waited[num] = worker, time.time() - self.waited[num]
             trial = self.trials[num]
             trial.state, trial.job_id, trial.log_path = BatchState.STARTING, job.job_id, job.log_path
 
