@@ -15,9 +15,7 @@ is the validation log-loss, minimised. Protocol (the issue's):
 - methods: `ours`: the shipped `Study` (default settings, `n_trials` the budget's evaluations), asked and told
   as the sweeper does; its answer is `study.best`. `tpe`: Optuna's TPESampler(multivariate=True,
   constant_liar=True), driven asynchronously through ask/tell (the trials in flight stay RUNNING); its answer
-  `study.best_trial`. `random`: uniform configs; its answer the best value seen. `ours-recommend`: the same
-  runs as `ours` (one Study), answered by `study.recommend()`: the finished trial the GP's posterior mean finds
-  best, not the luckiest draw (issue 40's lever; it changes no proposal);
+  `study.best_trial`. `random`: uniform configs; its answer the best value seen;
 - regret: the true value (mean over the 3 seeds) of the config the method would return at that time, minus the
   table's best mean; log10 of it, floored at 1e-6 (-6: the table's optimum); the median over seeds.
 
@@ -83,7 +81,7 @@ class Table:
 
 def policy(method: str, table: Table, seed: int, evals: int):
     """ask() -> (params, handle); tell(handle, value); {label: answer}, answer() -> the params the method would
-    return now (ours: two answers of one run, `study.best` and `study.recommend()`, which changes no proposal)."""
+    return now (a method may be answered several ways in one run: a lever that changes no proposal)."""
     if method == "tpe":
         import optuna
 
@@ -125,8 +123,7 @@ def policy(method: str, table: Table, seed: int, evals: int):
     def answer(pick):
         return lambda: (lambda trial: trial.params if trial else None)(pick())
 
-    return ask, (lambda trial, value: study.tell(trial, value)), {
-        "ours": answer(lambda: study.best), "ours-recommend": answer(study.recommend)}
+    return ask, (lambda trial, value: study.tell(trial, value)), {"ours": answer(lambda: study.best)}
 
 
 def simulate(name: str, method: str, seed: int, evals: int) -> list[dict]:
@@ -194,7 +191,7 @@ def main(argv=None) -> dict:
             runs = [r for rs in pool.map(simulate, *zip(*tasks)) for r in rs]
     else:
         runs = [r for task in tasks for r in simulate(*task)]
-    labels = [label for m in args.methods for label in ([m, "ours-recommend"] if m == "ours" else [m])]
+    labels = list(args.methods)
     if args.merge and args.out.exists():
         kept = json.loads(args.out.read_text())
         assert kept["protocol"]["evals"] == args.evals, "--merge needs the same --evals"

@@ -1,6 +1,5 @@
 """The discrete benchmarks (issue 40): the tables bench/discrete/build.py made hold what its docstring says, and
-bench/discrete.py runs at a reduced size (one table, one seed, 30 evaluations' worth of time), so that it cannot rot;
-`Study.recommend()`, the answer it measures beside `study.best`, changes no proposal."""
+bench/discrete.py runs at a reduced size (one table, one seed, 30 evaluations' worth of time), so that it cannot rot."""
 
 from __future__ import annotations
 
@@ -39,36 +38,11 @@ def test_the_discrete_benchmark_runs_at_a_reduced_size(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     summary = result["summary"]["wine"]
-    assert {"ours", "ours-recommend", "tpe", "random"} <= set(summary)
-    assert "| wine |" in proc.stdout
-    for method in ("ours", "ours-recommend", "tpe", "random"):
+    assert {"ours", "tpe", "random"} <= set(summary)
+    assert "| wine (1 seeds) |" in proc.stdout  # the table printed
+    for method in ("ours", "tpe", "random"):
         regrets = summary[method]["median_log10_regret"]
         assert len(regrets) == 3 and all(-6 <= r < 1 for r in regrets), (method, regrets)
         assert 15 <= summary[method]["evaluations"] <= 60  # 30 evaluations' worth of time, times vary by config
-    runs = [r for r in result["runs"] if r["method"] in ("ours", "ours-recommend")]
-    assert [r["seed"] for r in runs] == [0, 0]  # one Study run, answered two ways
-    assert runs[0]["evaluations"] == runs[1]["evaluations"] and runs[0]["distinct"] == runs[1]["distinct"]
-
-
-@pytest.mark.unit
-def test_recommend_is_a_finished_trial_and_changes_no_proposal():
-    """A user who asks for the posterior's best while the search runs gets the same search as one who does not."""
-    from hydra_plugins.hydra_thompson_sweeper import Study
-
-    space = {"x": "range(0, 8)", "c": "choice(a, b, c)"}
-
-    def run(recommending: bool):
-        study, picks = Study(space, seed=3, n_initial=5), []
-        for n in range(12):
-            trial = study.ask()
-            noise = 0.3 if n % 2 else -0.3
-            study.tell(trial, (trial.params["x"] - 5) ** 2 / 10 + (trial.params["c"] != "b") + noise)
-            if recommending:
-                picks.append(study.recommend())
-        return [t.params for t in study.trials], picks, study
-
-    plain, _, _ = run(False)
-    asked, picks, study = run(True)
-    assert asked == plain
-    assert all(p is not None and p.status.value == "completed" for p in picks)
-    assert picks[-1] in study.completed()
+    ours = [r for r in result["runs"] if r["method"] == "ours"]
+    assert len(ours) == 1 and ours[0]["seed"] == 0 and ours[0]["distinct"] <= ours[0]["evaluations"] + 4

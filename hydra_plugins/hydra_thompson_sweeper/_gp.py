@@ -110,8 +110,9 @@ class GP:
             model = model.condition_on_observations(pending, believed)
         return draw_matheron_paths(model, sample_shape=torch.Size([1]))
 
-    def build(self, seen: list):
-        """A GP of these observations, its hyperparameters not fitted (the last fit's, where there is one)."""
+    def model(self, seen: list, ahead: int = 0, refit: bool = False):
+        """The GP of these observations (the current search's), with its hyperparameters fitted anew where due (`ahead`:
+        where due once that many more results are in) or asked (`refit`)."""
         import warnings
 
         import torch
@@ -126,29 +127,9 @@ class GP:
         with warnings.catch_warnings():  # "not standardized" while every value so far is the same: it is
             warnings.simplefilter("ignore", InputDataWarning)
             model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
+        n = len(seen)
         if self.hyper is not None:  # the last fit's hyperparameters: a refit starts from them
             model.load_state_dict(self.hyper, strict=False)
-        return model
-
-    def mean(self, seen: list, points: list[dict]) -> list[float]:
-        """The posterior mean at these params (a full training), in the direction the sample is maximised, of a
-        GP of `seen` with the last fit's hyperparameters (fitted for this alone where there are none yet): the
-        GP's own state is left as it was, so that asking this changes no proposal."""
-        import torch
-
-        model = self.build(seen)
-        if self.hyper is None:
-            self.fit(model)
-        model.eval()
-        X = self.inputs(torch.tensor([self.space.encode(p) for p in points], dtype=torch.float64))
-        with torch.no_grad():
-            return model.posterior(X).mean.reshape(-1).tolist()
-
-    def model(self, seen: list, ahead: int = 0, refit: bool = False):
-        """The GP of these observations (the current search's), with its hyperparameters fitted anew where due (`ahead`:
-        where due once that many more results are in) or asked (`refit`)."""
-        model = self.build(seen)
-        n = len(seen)
         if refit or self.fit_due(n + ahead):
             self.fit(model)
             self.fitted_at = n if self.fit_due(n) else n + ahead  # a fit ahead stands for the one it replaces

@@ -34,7 +34,6 @@ search restarts do not pull the fresh one back to the old basin.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -390,20 +389,6 @@ class Optimizer:
             return None
         pick = min if self.direction == "minimize" else max
         return pick(full, key=lambda o: o.value)
-
-    def recommend(self) -> Observation | None:
-        """The full training whose params the GP's posterior mean finds best (the GP of every observation,
-        with the current search's hyperparameters): on a noisy objective the best value seen is the luckiest
-        draw, the posterior's best the point the data say is best. The best value seen until the GP proposes
-        (or with random search); nothing of the optimiser's state changes."""
-        full = self.full()
-        if not self.thompson or len(full) < max(self.n_initial, 2):
-            return self.best()
-        points = list({json.dumps(o.params, sort_keys=True, default=str): o.params for o in full}.values())
-        with self._random(self.proposed):  # a first fit draws
-            means = self.gp.mean(self.observations, points)
-        top = points[max(range(len(points)), key=means.__getitem__)]
-        return self.best([o for o in full if o.params == top])
 
     # ------------------------------------------------------------------------------------------- ask
     def propose(self, pending: list[dict] = ()) -> dict:

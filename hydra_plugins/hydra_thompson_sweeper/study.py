@@ -189,15 +189,6 @@ class Study:
             return None
         return (min if self.direction == "minimize" else max)(done, key=lambda t: t.value)
 
-    def recommend(self) -> Trial | None:
-        """The finished trial at the params the GP's posterior mean finds best: on a noisy objective, the answer
-        the data support (`best` is the luckiest draw); `best` until the GP proposes, or with random search."""
-        pick = self.optimizer.recommend()
-        if pick is None:
-            return self.best
-        done = [t for t in self.completed() if t.params == pick.params]
-        return (min if self.direction == "minimize" else max)(done, key=lambda t: t.value) if done else self.best
-
     # ---------------------------------------------------------------------------------------- state file
     def to_json(self) -> str:
         settings = dict(self.settings, space=[asdict(d) for d in self.space.dimensions])
