@@ -92,8 +92,9 @@ def on_stack(values: dict, asked, params, outputs: dict[str, str]) -> dict:
     values = dict(values)
     several = int(values.get("nodes") or 1) > 1 and int(params.get("nodes") or 1) <= 1
     for setting in ("job_queue", "job_definition"):
-        if values.get(setting) is None and outputs.get(_batch.STACK_OUTPUTS[setting]):  # left to the stack
-            values[setting] = outputs[_batch.STACK_OUTPUTS[setting]]
+        if values.get(setting) is None:  # left to the stack: its multi-node one for a set of several nodes
+            output = (_batch.MULTINODE_OUTPUTS if int(values.get("nodes") or 1) > 1 else _batch.STACK_OUTPUTS)[setting]
+            values[setting] = outputs.get(output)
         if values.get(setting) in outputs:
             values[setting] = outputs[values[setting]]
         elif asked.get(setting) is None and several and values.get(setting) == outputs.get(

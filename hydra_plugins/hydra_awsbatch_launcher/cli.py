@@ -180,6 +180,11 @@ def logs(args) -> int:
     printed: list[str] = []
     while True:
         described = api.describe([job_id])
+        if not described and job_id != job.job_id and api.describe([job.job_id]):  # moto (the local cloud) keeps
+            print(f"hydra-awsbatch: Batch does not know {job_id}: the job's own log stream, every node's lines",
+                  file=sys.stderr)  # one stream for all the nodes of a job
+            job_id = job.job_id
+            continue
         found = (api.job_log_tail(described[0], group, 10_000 if args.follow or warm else args.lines)
                  if described else None)
         ended = not described or described[0].get("status") in ("SUCCEEDED", "FAILED")
