@@ -216,18 +216,35 @@ def test_a_gpu_job_on_a_queue_without_gpus_is_refused_naming_both_before_staging
 
 
 def as_submitted(endpoint: str, job_ids: list[str]) -> list[dict]:
-    """The containerOverrides moto's server took for these jobs over HTTP (its DescribeJobs shows the job
-    definition's resources, not those asked), read from its state dump: the resources asked, by type."""
+    """The containerOverrides moto's server at `endpoint` (the local cloud's, a process of its own) took for these
+    jobs (its DescribeJobs shows the job definition's resources, not those asked), read from its state dump: the
+    resources asked, by type."""
     import urllib.request
 
-    jobs = {j["job_id"]: j for j in json.loads(urllib.request.urlopen(f"{endpoint}/moto-api/data.json").read())
-            ["batch"]["Job"]}
+    jobs = {j["job_id"]: j for j in json.loads(urllib.request.urlopen(f"{endpoint}/moto-api/data.json",
+                                                                      timeout=120).read())["batch"]["Job"]}
     return [{r["type"]: r["value"] for r in jobs[i]["container_overrides"].get("resourceRequirements", [])}
             for i in job_ids]
 
 
+def as_submitted_here(job_ids: list[str]) -> list[dict]:
+    """The containerOverrides moto's server (in this process: tests/moto_batch.py) took for these jobs over HTTP
+    (its DescribeJobs shows the job definition's resources, not those asked): the resources asked, by type. Read
+    from its Batch backend, job by job (its /moto-api/data.json dump takes minutes once a session's tests have
+    submitted a 10,000-job array)."""
+    from moto.batch.models import batch_backends
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    def job(job_id: str):
+        return next(found for backend in batch_backends[DEFAULT_ACCOUNT_ID].values()
+                    for found in [backend.get_job_by_id(job_id)] if found is not None)
+
+    return [{r["type"]: r["value"] for r in job(i).container_overrides.get("resourceRequirements", [])}
+            for i in job_ids]
+
+
 @pytest.mark.integration
-def test_each_resource_set_is_one_array_with_what_its_configs_asked(on_batch, batch_resources, moto_server):
+def test_each_resource_set_is_one_array_with_what_its_configs_asked(on_batch, batch_resources):
     proc = on_batch("size=small,large", "x=1,2", "hydra.launcher.wait=false")
     assert proc.returncode == 0, proc.stderr
     record = manifest(on_batch.app / "sweep")
@@ -237,7 +254,7 @@ def test_each_resource_set_is_one_array_with_what_its_configs_asked(on_batch, ba
     assert [j["arrayProperties"]["size"] for j in described] == [2, 2]
     assert [j["jobQueue"].rsplit("/", 1)[-1] for j in described] == [batch_resources["queue"],
                                                                       batch_resources["gpu_queue"]]
-    assert as_submitted(moto_server, [a["job_id"] for a in arrays]) == [
+    assert as_submitted_here([a["job_id"] for a in arrays]) == [
         {"VCPU": "1", "MEMORY": "1024", "GPU": "0"}, {"VCPU": "2", "MEMORY": "4096", "GPU": "1"}]
     assert [j["resources"]["gpus"] for j in record["jobs"]] == [0, 0, 1, 1]
 
