@@ -288,7 +288,7 @@ def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseExceptio
     said = None  # how this node's ranks ended, as a child node tells the main node: done, interrupted, or None
     try:
         returns = elastic_launch(config, rank_main)(payload_uri, index, scratch)
-        said = "done" if all(r["status"] == _wire.Outcome.SUCCEEDED for r in returns.values()) else None
+        said = "done"  # a rank returns only when its task succeeded (rank_main: a failed one exits)
     except (SignalException, interrupted) as exc:  # SIGTERM (Spot, timeout, Ctrl-C, or the watch): the ranks had it
         if watch and watch.failure:  # too, and saved what they could
             return _fail(ending, watch.failure)
@@ -314,15 +314,10 @@ def execute(node: Layout, job, ending, rank_main, interrupted: type[BaseExceptio
     finally:
         if watch:
             watch.close(said)
-    failed = {rank: r for rank, r in sorted(returns.items()) if r["status"] != _wire.Outcome.SUCCEEDED}
     if node.main:
-        ending.take(returns[0])  # rank 0's: the job's return value, or its own failure
-        failed.pop(0, None)
+        ending.take(returns[0])  # rank 0's: the job's return value
     else:
         ending.status, ending.exit_code = _wire.Outcome.SUCCEEDED, 0
-    if failed:  # another rank failed: so does the trial, saying which
-        rank, other = next(iter(failed.items()))
-        ending.take(dict(other, error=named(other["error"], rank, node), job_return=None, num=ending.num))
 
 
 def _fail(ending, error: dict) -> None:
