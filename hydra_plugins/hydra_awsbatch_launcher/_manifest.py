@@ -294,13 +294,14 @@ class Manifest:
         _storage.write_bytes(str(Path(self.sweep_dir) / MANIFEST), text)
 
 
-def settings_of(params: dict, code_root: Path) -> dict:
-    """What `hydra-awsbatch` needs of a launcher's options (`params`) to find a sweep's jobs and outputs again."""
+def settings_of(params: dict, code_root: Path, overrides=()) -> dict:
+    """What `hydra-awsbatch` needs of a launcher's options (`params`) to find a sweep's jobs and outputs again, and
+    the command's task `overrides` as typed (`+lr=interval(...)`: the sweep page names what was swept)."""
     from hydra_plugins.hydra_awsbatch_launcher._wire import script_relpath
 
     keep = ("sync_outputs", "sync_exclude", "region", "profile", "log_group", "shared_sweep_dir", "in_place",
             "workers", "nodes")
-    settings = {k: params[k] for k in keep if k in params}
+    settings = dict({k: params[k] for k in keep if k in params}, overrides=list(overrides))
     try:  # attach imports the script by file when a result holds one of its classes
         return dict(settings, code_root=str(code_root), script=script_relpath(code_root))
     except (AttributeError, KeyError, TypeError, ValueError):

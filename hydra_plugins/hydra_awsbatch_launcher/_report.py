@@ -109,8 +109,8 @@ def _hydra_config(sweep_dir: str, first_job: str | None = None) -> dict:
 
 def _command(config: dict, settings: dict, searched=()) -> str:
     overrides = config.get("overrides") or {}
-    task = list(overrides.get("task", []))
-    if config.get("from_job"):  # a job's values: the searched ones are the sweeper's to choose
+    task = list(overrides.get("task", []) if settings.get("overrides") is None else settings["overrides"])
+    if config.get("from_job") and settings.get("overrides") is None:  # a job's values: the sweeper chose these
         task = [o for o in task if o.partition("=")[0] not in set(searched)]
     words = [o for o in overrides.get("hydra", []) if o != "hydra.mode=MULTIRUN"] + task
     script = settings.get("script") or f"{(config.get('job') or {}).get('name') or 'app'}.py"
@@ -168,10 +168,12 @@ def read(where: str, running: bool | None = None) -> SweepData:
     else:
         objective_key = sweeper_conf.get("objective")
         trials = [_trial_of_job(job, manifest, local, objective_key) for job in manifest.jobs]
-        params = _params_of_overrides(trials)
-        specs = {} if config.get("from_job") else dict(
-            o.partition("=")[::2] for o in (config.get("overrides") or {}).get("task", []))
+        typed = manifest.settings.get("overrides")  # the command's, as typed (older manifests: multirun.yaml's)
+        typed = typed if typed is not None else [] if config.get("from_job") else (
+            (config.get("overrides") or {}).get("task", []))
+        specs = dict(o.partition("=")[::2] for o in typed)
         specs.update((str(k), str(v)) for k, v in (sweeper_conf.get("params") or {}).items())
+        params = _params_of_overrides(trials, swept=_swept(specs))
         for p in params:  # a log scale the command asked for: tag(log, ...), Optuna's and Nevergrad's too
             spec = specs.get(p.name) or specs.get(p.name.lstrip("+~")) or ""
             p.log = p.log or (p.kind != "choice" and "log" in spec)
@@ -320,14 +322,30 @@ def _params_of_space(space: dict, trials) -> list:
     return params + _params_of_overrides(trials, extra)
 
 
-def _params_of_overrides(trials, names=None) -> list:
-    """Parameters that differ between jobs, typed from their values: numbers (log where positive and spanning two
-    decades or more) or categories."""
+def _swept(specs: dict) -> set:
+    """The names a sweep's overrides or its sweeper's params sweep (`choice(...)`, `a,b`, `interval(...)`), read by
+    Hydra's override grammar: such a parameter is shown even where every trial drew one value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser, swept = OverridesParser.create(), set()
+    for name, spec in specs.items():
+        try:
+            if parser.parse_override(f"{name}={spec}").is_sweep_override():
+                swept.update((name, name.lstrip("+~")))
+        except OverrideParseException:  # not an override Hydra reads: not a sweep the page can name
+            continue
+    return swept
+
+
+def _params_of_overrides(trials, names=None, swept=frozenset()) -> list:
+    """Parameters that differ between jobs, or that the sweep swept (`swept`), typed from their values: numbers
+    (log where positive and spanning two decades or more) or categories."""
     names = names if names is not None else list(dict.fromkeys(k for t in trials for k in t.params))
     params = []
     for name in names:
         values = [t.params.get(name) for t in trials]
-        if len({str(v) for v in values}) < 2:
+        if len({str(v) for v in values}) < 2 and name not in swept and name.lstrip("+~") not in swept:
             continue
         numbers = [_number(v) for v in values if v is not None]
         if numbers and all(n is not None for n in numbers):
