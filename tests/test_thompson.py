@@ -452,6 +452,40 @@ def test_a_proposal_never_repeats_a_pending_point():
 
 
 @pytest.mark.unit
+def test_a_small_grid_is_scored_whole_and_a_space_with_an_interval_on_candidates(monkeypatch):
+    """A space of at most n_candidates points and no interval (categories and ordered lists): each proposal is the
+    best point of one joint posterior sample over every point of it; with an interval, of Sobol candidates."""
+    import itertools
+
+    import torch
+
+    grid = Space([Dimension.choice("act", ["relu", "tanh", "logistic"]), Dimension.integers("layers", 1, 4),
+                  Dimension.integers("batch", 32, 256, 32, log=True), Dimension.integers("dropout", 0.0, 0.5, 0.1)])
+    rows = grid.grid(2048)
+    values = [d.choices if d.kind == "choice" else [d.decode(u) for u in d.cells()] for d in grid.dimensions]
+    assert sorted(tuple(grid.decode(r.tolist()).values()) for r in rows) == sorted(itertools.product(*values))
+    assert grid.grid(len(rows) - 1) is None  # one point too many
+    mixed = Space(grid.dimensions + [Dimension.interval("decay", 0.0, 0.1)])
+    assert mixed.grid(2048) is None
+    for space, sobol in ((grid, False), (mixed, True)):
+        opt = Optimizer(space, n_initial=3, seed=0)
+        for _ in range(3):  # the design
+            p = opt.propose()
+            opt.observe(p, 1.0 if p["act"] == "tanh" else 2.0)
+
+        def no_sobol(*args, **kwargs):
+            raise AssertionError("Sobol candidates drawn")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.quasirandom, "SobolEngine", no_sobol)
+            if sobol:
+                with pytest.raises(AssertionError, match="Sobol candidates"):
+                    opt.propose()
+            else:
+                assert opt.propose()["act"] in ("relu", "tanh", "logistic")
+
+
+@pytest.mark.unit
 def test_the_ask_tell_core_runs_without_hydra(tmp_path):
     """Other code drives the optimiser as the README shows, in a Python where Hydra cannot be imported."""
     (tmp_path / "hydra").mkdir()

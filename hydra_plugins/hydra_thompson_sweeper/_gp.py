@@ -1,7 +1,8 @@
 """The thompson optimiser's Gaussian process (BoTorch, GPyTorch): its inputs (the space's columns, and the
 fraction of a training where the resource is modelled, log-scaled from the floor), its fit (hyperparameters
 fitted anew every `refit_every` observations, from the last fit's), and a proposal: the maximiser of one
-posterior sample (Thompson sampling), drawn pathwise so that it can be scored on thousands of candidates."""
+posterior sample (Thompson sampling), drawn pathwise so that it can be scored on thousands of candidates, or
+drawn jointly at every point of a space that is a small grid."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ class GP:
     direction: str = "minimize"
     refit_every: int = 25
     resource_floor: float | None = None  # the smallest fraction of a training observed; None: full ones only
-    n_candidates: int = 2048  # Sobol candidates a posterior sample is scored on, besides local ones
+    n_candidates: int = 2048  # Sobol candidates a posterior sample is scored on; a grid of at most this many: whole
     hyper: dict | None = field(default=None, repr=False)  # the fitted hyperparameters
     fitted_at: int = 0  # observations when they were fitted
 
@@ -41,14 +42,25 @@ class GP:
         return torch.cat([features, column[:, None]], dim=1)
 
     def propose(self, seen: list, best: list, pending, avoid: tuple) -> dict:
-        """The maximiser of one posterior sample of the GP of `seen`: scored on Sobol candidates and on points
-        near the `best` observations, then refined twice around the winner; never one of the `pending` points,
-        and in none of the basins to `avoid` where there are other points."""
+        """The maximiser of one posterior sample of the GP of `seen`: on every point of a space that is a grid of at
+        most n_candidates points (a joint sample there); elsewhere scored on Sobol candidates and on points near the
+        `best` observations, then refined twice around the winner; never one of the `pending` points, and in none
+        of the basins to `avoid` where there are other points."""
+        import warnings
+
         import torch
+        from linear_operator.utils.warnings import NumericalWarning
 
         columns = sum(d.columns for d in self.space.dimensions)
         taken = self.inputs(torch.tensor([self.space.encode(p) for p in pending], dtype=torch.float64)
                             .reshape(len(pending), columns))
+        grid = self.space.grid(self.n_candidates)
+        if grid is not None:  # every point scored: a config tried before may win again (noise)
+            features, model = self.inputs(self.space.features(grid)), self.conditioned(seen, taken)
+            with torch.no_grad(), warnings.catch_warnings():  # jitter added where configs correlate nearly fully
+                warnings.simplefilter("ignore", NumericalWarning)
+                scores = model.posterior(features).rsample().reshape(-1)
+            return self.space.decode(grid[int(self.allowed(scores, features, taken, avoid).argmax())].tolist())
         path = self.sample_path(seen, taken)
         d = len(self.space.dimensions)
         latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
@@ -58,18 +70,24 @@ class GP:
         for scale in (None, 0.03, 0.01):
             if scale is not None:
                 latent = torch.cat([chosen[None], self.near(chosen[None], scale, 256)])
-            columns = self.space.features(latent)
-            features = self.inputs(columns)
+            features = self.inputs(self.space.features(latent))
             with torch.no_grad():
                 scores = path(features).reshape(-1)
-            if len(taken):
-                scores[(torch.cdist(features, taken) < 1e-9).any(dim=1)] = -math.inf
-            if avoid:
-                held = inside(columns, avoid)
-                if not held.all():  # as in the design: points in a basin only where there are no others
-                    scores[held] = -math.inf
-            chosen = latent[int(scores.argmax())]
+            chosen = latent[int(self.allowed(scores, features, taken, avoid).argmax())]
         return self.space.decode(chosen.tolist())
+
+    def allowed(self, scores, features, taken, avoid: tuple):
+        """The scores of these candidates (the GP's inputs), -inf at the `taken` points, and in the basins to
+        `avoid` where there are other candidates."""
+        import torch
+
+        if len(taken):
+            scores[(torch.cdist(features, taken) < 1e-9).any(dim=1)] = -math.inf
+        if avoid:
+            held = inside(features[:, :sum(d.columns for d in self.space.dimensions)], avoid)
+            if not held.all():  # as in the design: points in a basin only where there are no others
+                scores[held] = -math.inf
+        return scores
 
     @staticmethod
     def near(centres, scale: float, n: int):
@@ -103,12 +121,18 @@ class GP:
         import torch
         from botorch.sampling.pathwise import draw_matheron_paths
 
+        return draw_matheron_paths(self.conditioned(seen, pending), sample_shape=torch.Size([1]))
+
+    def conditioned(self, seen: list, pending=None):
+        """The GP of `seen`, told the `pending` points' posterior mean where it models the resource."""
+        import torch
+
         model = self.model(seen)
         if pending is not None and len(pending) and self.resource_floor is not None:
             with torch.no_grad():
                 believed = model.posterior(pending).mean
             model = model.condition_on_observations(pending, believed)
-        return draw_matheron_paths(model, sample_shape=torch.Size([1]))
+        return model
 
     def model(self, seen: list, ahead: int = 0, refit: bool = False):
         """The GP of these observations (the current search's), with its hyperparameters fitted anew where due (`ahead`:

@@ -14,7 +14,9 @@ from part of a training (`observe(params, value, fraction)`: a stopped trial's v
 the fraction as one more input, log-scaled from the floor (0) to a full training (1), and proposals maximise
 a sample at a full training (MOBSTER's model, Klein et al. 2020, with Thompson sampling for the proposals).
 Candidates are drawn in a latent cube and decoded into the space before they are scored, so every proposal
-is a valid point: integers are integers on their step, choices are one of the values.
+is a valid point: integers are integers on their step, choices are one of the values. A space of categories and
+ordered lists (no interval) of at most `n_candidates` points is scored whole, on one joint posterior sample (exact
+Thompson sampling on a finite set): the best config of a noisy grid may be proposed again, which pays (issue 40).
 
 Restarts. A GP with one set of hyperparameters, fitted to data gathered around the first good basin found,
 grows sure that the space far from its data is poor: on Hartmann6 a third of the searches settled in the local
@@ -139,6 +141,12 @@ class Dimension:
         value = self.low + torch.round((x - self.low) / self.step).clamp(0, self.values - 1) * self.step
         return (((value.log() if self.log else value) - low) / (high - low))[:, None]
 
+    def cells(self) -> list[float]:
+        """The latent coordinate of each value of a discrete dimension (the middle of a choice's cell)."""
+        if self.kind == CHOICE:
+            return [(i + 0.5) / len(self.choices) for i in range(len(self.choices))]
+        return [self.encode(self.low + k * self.step)[0] for k in range(self.values)]
+
     def index(self, value) -> int:
         for i, choice in enumerate(self.choices):  # "32" from a command line matches 32 in the space
             if choice == value or str(choice) == str(value):
@@ -167,6 +175,17 @@ class Space:
 
     def encode(self, params: dict) -> list[float]:
         return [x for d in self.dimensions for x in d.encode(params[d.name])]
+
+    def grid(self, most: int):
+        """The latent coordinates of every point of the space (a tensor, one row a point) where it is a grid of at
+        most `most` points (no float interval); else None."""
+        import itertools
+
+        import torch
+
+        if any(d.kind == FLOAT for d in self.dimensions) or math.prod(d.values for d in self.dimensions) > most:
+            return None
+        return torch.tensor(list(itertools.product(*(d.cells() for d in self.dimensions))), dtype=torch.float64)
 
     def features(self, latent):
         """The GP's inputs of the points at these latent coordinates (a tensor, one row a point)."""
@@ -258,7 +277,7 @@ class Optimizer:
     n_initial: int = 10  # Sobol points before the GP takes over
     refit_every: int = 25  # observations between two fits of the GP's hyperparameters
     seed: int = 0
-    n_candidates: int = 2048  # Sobol candidates a posterior sample is scored on, besides local ones
+    n_candidates: int = 2048  # Sobol candidates a posterior sample is scored on; a grid of at most this many: whole
     resource_floor: float | None = None  # the smallest fraction of a training observed; None: full ones only
     patience: int | None = None  # trials without improvement before a fresh search; None: 40, or 5 a dimension
     budget: int | None = None  # trials in all (the sweep's n_trials), if known: no fresh search too late to pay
