@@ -351,11 +351,12 @@ def test_report_of_a_sweep_in_s3_staging(app_folder, aws_env, bucket, tmp_path):
 def test_an_optuna_sweep_gets_its_page(app_folder, app_env):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     run(app_folder, app_env, "hydra/sweeper=optuna", LOCAL, "+lr=tag(log, interval(1e-4, 1e-2))",
-        "+width=range(8, 256)", "+opt=choice(adam, sgd)", "+act=choice(relu)", "+pause=0.01",
-        "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3", "hydra.sweep.dir=sweep")
+        "+width=range(8, 256)", "+opt=choice(adam, sgd)", "+act=choice(relu)", "+where=${hydra:runtime.cwd}",
+        "+pause=0.01", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3", "hydra.sweep.dir=sweep")
     data = _report.read(str(app_folder / "sweep"))
     assert data.sweeper == "optuna" and [t.status for t in data.trials] == ["completed"] * 6
     # every parameter swept shows, even one every trial drew alike (+act has one choice; +opt may, 1 run in 32)
     assert [p.name for p in data.params] == ["+lr", "+width", "+opt", "+act"] and data.objective == "val_loss"
-    assert "hydra/sweeper=optuna" in data.command and "'+opt=choice(adam, sgd)'" in data.command  # as typed
+    assert "hydra/sweeper=optuna" in data.command and "'+opt=choice(adam, sgd)'" in data.command  # as typed,
+    assert "'+where=${hydra:runtime.cwd}'" in data.command  # its interpolations unresolved
     assert "6 completed" in (app_folder / "sweep/report.html").read_text()

@@ -45,7 +45,8 @@ class LaunchSettings:
         """What `hydra-awsbatch` needs to find this sweep's jobs and outputs again."""
         from hydra_plugins.hydra_awsbatch_launcher import _manifest
 
-        command = list(OmegaConf.select(self.config, "hydra.overrides.task", default=None) or [])
+        typed = OmegaConf.select(self.config, "hydra.overrides.task", default=None)  # as typed: ${...} unresolved
+        command = OmegaConf.to_container(typed, resolve=False) if typed is not None else []
         return _manifest.settings_of(OmegaConf.to_container(self.params), self.code_root(), command)
 
     def engine_options(self, held) -> dict:
