@@ -255,7 +255,7 @@ def test_sigterm_to_a_training_container_saves_and_the_rerun_resumes(local_cloud
     saved = max(int(re.search(r"ckpt-e(\d+)", k).group(1)) for k in keys)
     assert 0 < saved < 300
 
-    run_app(*args, "hydra.sweep.dir=second", env=cloud_env)
+    run_app(*args, "hydra.sweep.dir=second", env=cloud_env, timeout=600)  # the rest of 300 epochs; a busy CPU
     log = (tmp_path / "second/0/train_model.log").read_text()
     assert f"Resumed from s3://{local_cloud['bucket']}/{ckpt_prefix}/ckpt-e{saved:05d}" in log
     assert "epoch 300/300" in log and "epoch 1/300 " not in log
