@@ -359,4 +359,5 @@ def test_an_optuna_sweep_gets_its_page(app_folder, app_env):
     assert [p.name for p in data.params] == ["+lr", "+width", "+opt", "+act"] and data.objective == "val_loss"
     assert "hydra/sweeper=optuna" in data.command and "'+opt=choice(adam, sgd)'" in data.command  # as typed,
     assert "'+where=${hydra:runtime.cwd}'" in data.command  # its interpolations unresolved
+    assert "keeps no record" not in data.command  # the manifest keeps it
     assert "6 completed" in (app_folder / "sweep/report.html").read_text()

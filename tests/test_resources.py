@@ -223,8 +223,12 @@ def as_submitted(endpoint: str, job_ids: list[str]) -> list[dict]:
 
     jobs = {j["job_id"]: j for j in json.loads(urllib.request.urlopen(f"{endpoint}/moto-api/data.json",
                                                                       timeout=120).read())["batch"]["Job"]}
-    return [{r["type"]: r["value"] for r in jobs[i]["container_overrides"].get("resourceRequirements", [])}
-            for i in job_ids]
+    return [asked(jobs[i]["container_overrides"]) for i in job_ids]
+
+
+def asked(container_overrides: dict) -> dict:
+    """A job's containerOverrides' resource requirements, by type."""
+    return {r["type"]: r["value"] for r in container_overrides.get("resourceRequirements", [])}
 
 
 def as_submitted_here(job_ids: list[str]) -> list[dict]:
@@ -239,8 +243,7 @@ def as_submitted_here(job_ids: list[str]) -> list[dict]:
         return next(found for backend in batch_backends[DEFAULT_ACCOUNT_ID].values()
                     for found in [backend.get_job_by_id(job_id)] if found is not None)
 
-    return [{r["type"]: r["value"] for r in job(i).container_overrides.get("resourceRequirements", [])}
-            for i in job_ids]
+    return [asked(job(i).container_overrides) for i in job_ids]
 
 
 @pytest.mark.integration

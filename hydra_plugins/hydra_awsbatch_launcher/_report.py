@@ -107,16 +107,24 @@ def _hydra_config(sweep_dir: str, first_job: str | None = None) -> dict:
     return {}
 
 
+def _typed(config: dict, settings: dict) -> list | None:
+    """The command's task overrides as typed: the manifest's, else multirun.yaml's; None where only a job's
+    values are known (a sweeper that writes no multirun.yaml, in a manifest older than its `overrides`)."""
+    if settings.get("overrides") is not None:
+        return list(settings["overrides"])
+    return None if config.get("from_job") else list((config.get("overrides") or {}).get("task", []))
+
+
 def _command(config: dict, settings: dict, searched=()) -> str:
     overrides = config.get("overrides") or {}
-    task = list(overrides.get("task", []) if settings.get("overrides") is None else settings["overrides"])
-    if config.get("from_job") and settings.get("overrides") is None:  # a job's values: the sweeper chose these
-        task = [o for o in task if o.partition("=")[0] not in set(searched)]
+    typed = _typed(config, settings)
+    task = typed if typed is not None else [  # a job's values: the searched ones were the sweeper's to choose
+        o for o in overrides.get("task", []) if o.partition("=")[0] not in set(searched)]
     words = [o for o in overrides.get("hydra", []) if o != "hydra.mode=MULTIRUN"] + task
     script = settings.get("script") or f"{(config.get('job') or {}).get('name') or 'app'}.py"
     cwd = (config.get("runtime") or {}).get("cwd") or settings.get("code_root")
     line = " ".join(["python", shlex.quote(script), "--multirun", *map(shlex.quote, words)])
-    if config.get("from_job") and searched:
+    if typed is None and searched:
         line += f"  # and the search space of {', '.join(searched)} (this sweeper keeps no record of it)"
     return f"cd {shlex.quote(cwd)} && {line}" if cwd else line
 
@@ -168,10 +176,7 @@ def read(where: str, running: bool | None = None) -> SweepData:
     else:
         objective_key = sweeper_conf.get("objective")
         trials = [_trial_of_job(job, manifest, local, objective_key) for job in manifest.jobs]
-        typed = manifest.settings.get("overrides")  # the command's, as typed (older manifests: multirun.yaml's)
-        typed = typed if typed is not None else [] if config.get("from_job") else (
-            (config.get("overrides") or {}).get("task", []))
-        specs = dict(o.partition("=")[::2] for o in typed)
+        specs = dict(o.partition("=")[::2] for o in _typed(config, manifest.settings) or [])
         specs.update((str(k), str(v)) for k, v in (sweeper_conf.get("params") or {}).items())
         params = _params_of_overrides(trials, swept=_swept(specs))
         for p in params:  # a log scale the command asked for: tag(log, ...), Optuna's and Nevergrad's too
@@ -323,8 +328,9 @@ def _params_of_space(space: dict, trials) -> list:
 
 
 def _swept(specs: dict) -> set:
-    """The names a sweep's overrides or its sweeper's params sweep (`choice(...)`, `a,b`, `interval(...)`), read by
-    Hydra's override grammar: such a parameter is shown even where every trial drew one value."""
+    """The names (without `+` or `~`) a sweep's overrides or its sweeper's params sweep (`choice(...)`, `a,b`,
+    `interval(...)`), read by Hydra's override grammar: such a parameter is shown even where every trial drew one
+    value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -332,7 +338,7 @@ def _swept(specs: dict) -> set:
     for name, spec in specs.items():
         try:
             if parser.parse_override(f"{name}={spec}").is_sweep_override():
-                swept.update((name, name.lstrip("+~")))
+                swept.add(name.lstrip("+~"))
         except OverrideParseException:  # not an override Hydra reads: not a sweep the page can name
             continue
     return swept
@@ -345,7 +351,7 @@ def _params_of_overrides(trials, names=None, swept=frozenset()) -> list:
     params = []
     for name in names:
         values = [t.params.get(name) for t in trials]
-        if len({str(v) for v in values}) < 2 and name not in swept and name.lstrip("+~") not in swept:
+        if len({str(v) for v in values}) < 2 and name.lstrip("+~") not in swept:
             continue
         numbers = [_number(v) for v in values if v is not None]
         if numbers and all(n is not None for n in numbers):
