@@ -185,8 +185,23 @@ def _docker_problem() -> str | None:
     return docker_answers()
 
 
+def _e2e_skip_line(problem: str) -> str:
+    from hydra_plugins.hydra_awsbatch_launcher._local_cloud import SAFE_DOCKERD
+
+    first = problem.split(". ")[0].split(":")[0]
+    return (f"e2e tier skipped: {first}. To run it, start Docker as the README's local cloud section shows "
+            f"(sudo {SAFE_DOCKERD} &), then: python -m pytest -m e2e")
+
+
+def pytest_report_header(config):
+    """The e2e tier's fate, at the top of the run (pytest-xdist's workers collect the tests and print nothing)."""
+    problem = _docker_problem()
+    return None if problem is None else _e2e_skip_line(problem)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Without a Docker engine the e2e tier is skipped, saying why and how to run it; in CI it must run."""
+    """Without a Docker engine the e2e tier is skipped (the header says why and how to run it); in CI it must
+    run."""
     e2e = [item for item in items if item.get_closest_marker("e2e")]
     if not e2e:
         return
@@ -195,18 +210,6 @@ def pytest_collection_modifyitems(config, items):
         return
     if os.environ.get("CI") == "true":
         raise pytest.UsageError(f"CI runs the e2e tier, but {problem}")
-    from hydra_plugins.hydra_awsbatch_launcher._local_cloud import SAFE_DOCKERD
-
-    first = problem.split(". ")[0].split(":")[0]
-    config._e2e_skip_reason = (f"e2e tier skipped ({len(e2e)} tests): {first}. To run it, start Docker as the "
-                               f"README's local cloud section shows (sudo {SAFE_DOCKERD} &), then: "
-                               "python -m pytest -m e2e")
     skip = pytest.mark.skip(reason="no Docker engine (see the line at the top of the run)")
     for item in e2e:
         item.add_marker(skip)
-
-
-def pytest_collection_finish(session):
-    reason = getattr(session.config, "_e2e_skip_reason", None)
-    if reason:
-        session.config.get_terminal_writer().line(reason, yellow=True, bold=True)
