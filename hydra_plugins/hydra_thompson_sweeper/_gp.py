@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+WARM_FIT_STEPS = 50  # L-BFGS-B steps of a fit that starts from the last fit's hyperparameters
+
 
 @dataclass
 class GP:
@@ -155,22 +157,27 @@ class GP:
         if self.hyper is not None:  # the last fit's hyperparameters: a refit starts from them
             model.load_state_dict(self.hyper, strict=False)
         if refit or self.fit_due(n + ahead):
-            self.fit(model)
+            self.fit(model, warm=self.hyper is not None)
             self.fitted_at = n if self.fit_due(n) else n + ahead  # a fit ahead stands for the one it replaces
             self.hyper = {k: v for k, v in model.state_dict().items() if not k.startswith("outcome_transform")}
         model.eval()
         return model
 
     @staticmethod
-    def fit(model) -> None:
+    def fit(model, warm: bool = False) -> None:
+        """Maximum marginal likelihood (BoTorch's L-BFGS-B). A warm fit starts from the last fit's hyperparameters,
+        a few observations ago, and takes at most WARM_FIT_STEPS steps: near its optimum already, it spent most of
+        its time (about 350 likelihood evaluations a refit, profiled on bench/lcbench.py) on digits that do not
+        move a proposal."""
         import warnings
 
         from botorch.fit import fit_gpytorch_mll
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
+        options = {"optimizer_kwargs": {"options": {"maxiter": WARM_FIT_STEPS}}} if warm else {}
         with warnings.catch_warnings():  # a fit that stops early keeps its best hyperparameters
             warnings.simplefilter("ignore")
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), **options)
 
 
 def inside(columns, basins: tuple):
