@@ -97,6 +97,33 @@ def test_iqm_and_regret():
     assert stats.regret(run, 900.0, ref) == pytest.approx(0.25)
 
 
+def test_goals_compare_ours_with_every_peer_per_task_and_pooled():
+    def run(method, task, seed, times, best):
+        return {"method": method, "task": task, "seed": seed, "incumbent": {"t": times, "best": best},
+                "decision_median_s": 0.0, "suggest_s": {"median_new": 0.0, "mean_new": 0.0,
+                                                        "median_new_at_400_600_results": None},
+                "host_s": 1.0, "trials": 1, "results": 1}
+
+    reference = {"tasks": {"a": {"best": 100.0, "worst": 0.0}, "b": {"best": 100.0, "worst": 0.0}}}
+    runs = []
+    for seed in range(3):
+        runs += [run("ours", "a", seed, [100.0], [95.0]),  # regret 0.05 from 100 s on
+                 run("ours", "b", seed, [100.0, 3000.0], [70.0, 90.0]),  # 0.3, then 0.1 from 3,000 s
+                 run("ASHA-stop", "a", seed, [100.0], [90.0]),  # 0.1
+                 run("ASHA-stop", "b", seed, [100.0], [80.0]),  # 0.2
+                 run("random", "a", seed, [100.0], [99.0])]  # ours' own loop: not a peer
+    goal = stats.goals(stats.summarise(runs, reference, reps=10), runs, reference)["ours"]
+    assert goal["tasks"]["a"]["met"] and goal["tasks"]["a"]["gap"]["1800"] == pytest.approx(-0.05)
+    assert not goal["tasks"]["b"]["met"] and goal["tasks"]["b"]["gap"]["1800"] == pytest.approx(0.1)
+    assert goal["tasks"]["b"]["gap"]["3600"] == pytest.approx(-0.1) and goal["tasks_met"] == 1
+    # pooled IQM of [0.05, 0.05, 0.05, 0.3, 0.3, 0.3] is 0.175 against ASHA's 0.15 until 3,000 s
+    assert not goal["pooled"]["met"] and goal["pooled"]["gap"]["1800"] == pytest.approx(0.025)
+    # ASHA's final pooled IQM (0.15) is reached when b improves, at 3,000 s: 42 % of the budget
+    assert goal["reach"]["ASHA-stop"] == {"target": pytest.approx(0.15), "at_s": 3000.0,
+                                          "fraction": pytest.approx(3000 / 7200)}
+    assert "goal 1 on 1 of 2 tasks (behind on b (1800s +0.1000))" in stats.goals_text({"ours": goal})
+
+
 def test_reference_covers_the_five_tasks():
     from bench.lcbench.cli import REFERENCE
 
@@ -119,6 +146,7 @@ def test_reduced_bench_runs(tmp_path, capsys):
         entry = random["pooled"][t]
         assert entry["lo"] <= entry["iqm"] <= entry["hi"] and 0 <= entry["iqm"] < 1
     assert random["host"]["new_config_median_s"] is not None
-    # ours runs where Study exists, and is skipped with its reason where it does not
-    assert "ours" in result["summary"] or any(line.startswith("ours:") for line in result["skipped"])
+    assert result["summary"]["ours"]["seeds"] == {"189908": 2} and not result["skipped"]
+    assert set(result["goals"]) == {"ours"}  # no Syne Tune peer ran: no goal is met
+    assert result["goals"]["ours"]["tasks_met"] == 0 and not result["goals"]["ours"]["pooled"]["met"]
     assert "| random | 2 |" in result["table"]

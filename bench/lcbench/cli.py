@@ -179,6 +179,7 @@ def main(argv=None) -> int:
         "failed": failed,
         "table": stats.table(summary),
         "task_tables": {str(t): stats.task_table(summary, t) for t in stats.CHECKPOINTS},
+        "goals": stats.goals(summary, runs, reference),
         "summary": summary,
         "reference": reference,
         "runs": runs,
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(result["table"])
     print(result["task_tables"][str(stats.CHECKPOINTS[-1])])
+    print(stats.goals_text(result["goals"]))
     for line in skipped:
         print("SKIPPED", line)
     png = args.plot or str(out.with_suffix(".png"))

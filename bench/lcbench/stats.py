@@ -127,6 +127,62 @@ def task_table(summary: dict, t: int) -> str:
     return "\n".join(lines)
 
 
+GOAL_TIMES = (1800, 3600, 7200)
+
+
+def goals(summary: dict, runs: list[dict], reference: dict, step: float = 30.0) -> dict:
+    """The issue's goals 1 and 2 for each of ours, read off the summary: per task and pooled, whether its IQM
+    regret is at or below every Syne Tune method's at 1,800, 3,600 and 7,200 s (and by how much: ours minus the
+    best peer's, < 0 ahead); and the simulated time its pooled IQM takes to reach each ASHA's pooled IQM at the
+    budget (on a grid of `step` s; None: not reached), as a fraction of that budget."""
+    peers = [m for m in summary if not m.startswith("ours") and m != "random"]
+    budget = max(CHECKPOINTS)
+    out = {}
+    for method in (m for m in summary if m.startswith("ours")):
+        entry = {"tasks": {}, "pooled": {}}
+        for task in summary[method]["tasks"]:
+            gaps = {}
+            for t in GOAL_TIMES:
+                rivals = [summary[p]["tasks"][task][str(t)]["iqm"] for p in peers if task in summary[p]["tasks"]]
+                if rivals:
+                    gaps[str(t)] = summary[method]["tasks"][task][str(t)]["iqm"] - min(rivals)
+            entry["tasks"][task] = {"gap": gaps, "met": bool(gaps) and all(g <= 0 for g in gaps.values())}
+        same = [p for p in peers if set(summary[p]["tasks"]) == set(summary[method]["tasks"])]
+        gaps = {str(t): summary[method]["pooled"][str(t)]["iqm"] - min(summary[p]["pooled"][str(t)]["iqm"]
+                                                                      for p in same)
+                for t in GOAL_TIMES} if same else {}
+        entry["pooled"] = {"gap": gaps, "met": bool(gaps) and all(g <= 0 for g in gaps.values()),
+                           "peers": same}
+        entry["tasks_met"] = sum(e["met"] for e in entry["tasks"].values())
+        mine = [r for r in runs if r["method"] == method]
+        grid = np.arange(step, budget + step / 2, step)
+        curve = [iqm([regret(r, t, reference["tasks"][r["task"]]) for r in mine]) for t in grid]
+        entry["reach"] = {}
+        for asha in (p for p in same if p.startswith("ASHA")):
+            target = summary[asha]["pooled"][str(budget)]["iqm"]
+            hit = next((float(t) for t, v in zip(grid, curve) if v <= target), None)
+            entry["reach"][asha] = {"target": target, "at_s": hit, "fraction": None if hit is None else hit / budget}
+        out[method] = entry
+    return out
+
+
+def goals_text(goal: dict) -> str:
+    """One line a method of ours: the goals met, and the gaps where they are not."""
+    lines = []
+    for method, e in goal.items():
+        missed = [f"{task} ({', '.join(f'{t}s {g:+.4f}' for t, g in e['tasks'][task]['gap'].items() if g > 0)})"
+                  for task in e["tasks"] if not e["tasks"][task]["met"] and e["tasks"][task]["gap"]]
+        pooled = "pooled met" if e["pooled"]["met"] else (
+            "pooled missed: " + ", ".join(f"{t}s {g:+.4f}" for t, g in e["pooled"]["gap"].items() if g > 0)
+            if e["pooled"]["gap"] else "pooled: no peer ran every task")
+        reach = "; ".join(f"reaches {a}'s final {r['target']:.4f} at "
+                          + ("never" if r["at_s"] is None else f"{r['at_s']:.0f} s ({r['fraction']:.0%})")
+                          for a, r in e["reach"].items())
+        lines.append(f"{method}: goal 1 on {e['tasks_met']} of {len(e['tasks'])} tasks"
+                     + (f" (behind on {'; '.join(missed)})" if missed else "") + f"; {pooled}; {reach}")
+    return "\n".join(lines)
+
+
 def _s(seconds) -> str:
     return "-" if seconds is None else f"{seconds:.1f}"
 
