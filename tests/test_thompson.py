@@ -280,7 +280,7 @@ def test_prefit_makes_the_fit_a_proposal_would_make_so_the_proposal_makes_none(m
     from hydra_plugins.hydra_thompson_sweeper._gp import GP
 
     real = GP.fit
-    monkeypatch.setattr(GP, "fit", staticmethod(lambda model: (fits.append(1), real(model))))
+    monkeypatch.setattr(GP, "fit", staticmethod(lambda model, warm=False: (fits.append(1), real(model, warm=warm))))
     opt = Optimizer(Space([Dimension.interval("x", 0.0, 1.0)]), n_initial=4, refit_every=5, seed=3)
     for _ in range(4):  # the Sobol design: nothing to fit before it ends
         opt.prefit()
