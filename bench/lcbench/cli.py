@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
         "LCBench (YAHPO Gym's surrogate): ours through Study against Syne Tune 0.14.2's schedulers on one "
         "simulated clock; normalised regret IQMs with bootstrap 95 %% intervals, and a plot."))
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+    parser.add_argument("--methods", nargs="*", default=list(DEFAULT_METHODS),
                         help=f"of {OWN_METHODS + SYNE_METHODS} (ours-<pruner> for any pruner of Study)")
     parser.add_argument("--seeds", type=int, default=10, help="seeds a method runs on each task (default 10)")
     parser.add_argument("--seeds-for", nargs="*", default=["MOBSTER=2", "HyperTune=2"], metavar="METHOD=N", help=(
@@ -135,8 +136,10 @@ def main(argv=None) -> int:
     parser.add_argument("--nice", type=int, default=19)
     parser.add_argument("--out", default=str(ROOT / "bench" / "lcbench.json"))
     parser.add_argument("--plot", default=None, help="PNG (default: --out with .png)")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep the runs already in --out of the (method, task) pairs not run now")
+    parser.add_argument("--merge", nargs="*", metavar="JSON", default=None, help=(
+        "keep the runs already in these outputs (none named: --out) of the (method, task) pairs not run now: a bench "
+        "run in parts (say the slow Syne Tune peers in one process, ours in another) summed up in one; with "
+        "--methods and nothing after it, only the merge"))
     parser.add_argument("--syne-venv", default=str(DEFAULT_VENV),
                         help=f"Syne Tune's venv, built here if missing (default {DEFAULT_VENV}; env LCBENCH_SYNE_VENV)")
     parser.add_argument("--reference", default=str(REFERENCE))
@@ -160,9 +163,14 @@ def main(argv=None) -> int:
     skipped = sorted({r["method"] + ": " + r["skipped"] for r in runs if "skipped" in r})
     runs = [r for r in runs if "skipped" not in r]
     out = Path(args.out)
-    if args.merge and out.exists():
+    if args.merge is not None:
         done = {(r["method"], r["task"]) for r in runs}
-        runs = [r for r in json.loads(out.read_text())["runs"] if (r["method"], r["task"]) not in done] + runs
+        for earlier in [Path(p) for p in args.merge] or ([out] if out.exists() else []):
+            kept = [r for r in json.loads(earlier.read_text())["runs"] if (r["method"], r["task"]) not in done]
+            done |= {(r["method"], r["task"]) for r in kept}
+            runs = kept + runs
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    budget = max(r["budget_s"] for r in runs)
 
     summary = stats.summarise(runs, reference)
     result = {
@@ -171,10 +179,12 @@ def main(argv=None) -> int:
                 "(pooled: seeds resampled within each task), at each checkpoint of simulated time",
         "measured_at": {"commit": git_commit(), "date": datetime.date.today().isoformat(),
                         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "wall_s": round(wall, 1)},
-        "settings": {"tasks": args.tasks, "methods": args.methods, "budget_s": args.budget,
+        "settings": {"tasks": sorted({r["task"] for r in runs}, key=list(TASKS).index), "methods": methods,
+                     "budget_s": budget,
                      "n_workers": args.workers, "checkpoints_s": list(stats.CHECKPOINTS),
                      "host_time_charged": args.charge_host_time, "syne_tune_poll_s": args.poll,
-                     "seeds": {m: len(seeds_of(m)) for m in args.methods}, "syne_tune": SYNE_TUNE_VERSION},
+                     "seeds": {m: max(Counter(r["task"] for r in runs if r["method"] == m).values()) for m in methods},
+                     "syne_tune": SYNE_TUNE_VERSION},
         "skipped": skipped,
         "failed": failed,
         "table": stats.table(summary),
@@ -194,7 +204,7 @@ def main(argv=None) -> int:
     try:
         import matplotlib  # noqa: F401
 
-        stats.plot(runs, reference, png, args.budget)
+        stats.plot(runs, reference, png, budget)
     except ImportError:  # the main interpreter may have no matplotlib; Syne Tune's venv has it
         if syne_python is None and Path(args.syne_venv, "bin", "python").exists():
             syne_python = Path(args.syne_venv, "bin", "python")
