@@ -151,13 +151,14 @@ def test_reduced_bench_runs(tmp_path, capsys):
     assert result["goals"]["ours"]["tasks_met"] == 0 and not result["goals"]["ours"]["pooled"]["met"]
     assert "| random | 2 |" in result["table"]
 
-    # A bench run in parts, summed up in one: the earlier output named first gives a (method, task) pair's runs.
-    part = tmp_path / "random-only.json"
-    cli.main(["--tasks", "189908", "--methods", "random", "--seeds", "1", "--budget", "900", "--jobs", "1",
-              "--nice", "0", "--out", str(part), "--plot", str(tmp_path / "q.png")])
+    # A bench run in parts, summed up in one: more seeds of random later, then the two outputs merged.
+    part = tmp_path / "random-more.json"
+    cli.main(["--tasks", "189908", "--methods", "random", "--seeds", "2", "--first-seed", "1", "--budget", "900",
+              "--jobs", "1", "--nice", "0", "--out", str(part), "--plot", str(tmp_path / "q.png")])
     merged = tmp_path / "merged.json"
     cli.main(["--methods", "--merge", str(part), str(out), "--out", str(merged), "--plot", str(tmp_path / "m.png")])
     both = json.loads(merged.read_text())
-    assert both["settings"]["seeds"] == {"random": 1, "ours": 2} and both["settings"]["tasks"] == ["189908"]
+    assert sorted(r["seed"] for r in both["runs"] if r["method"] == "random") == [0, 1, 2]
+    assert both["settings"]["seeds"] == {"random": 3, "ours": 2} and both["settings"]["tasks"] == ["189908"]
     assert both["settings"]["budget_s"] == 900
     assert both["summary"]["ours"] == result["summary"]["ours"] and (tmp_path / "m.png").exists()

@@ -46,13 +46,13 @@ def ensure_venv(venv: Path, python: str = "python3.11") -> Path:
     return exe
 
 
-def parse_seeds(default: int, overrides: list[str]) -> dict:
-    """--seeds N and --seeds-for METHOD=N ...: the seeds (0..N-1) each method runs."""
+def parse_seeds(default: int, overrides: list[str], first: int = 0) -> dict:
+    """--seeds N, --seeds-for METHOD=N ... and --first-seed F: the seeds (F..F+N-1) each method runs."""
     per = {}
     for item in overrides:
         method, _, n = item.partition("=")
         per[method] = int(n)
-    return lambda method: list(range(per.get(method, default)))
+    return lambda method: list(range(first, first + per.get(method, default)))
 
 
 SLOW = ("MOBSTER", "HyperTune")  # minutes a run: one process a seed, started first
@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds-for", nargs="*", default=["MOBSTER=2", "HyperTune=2"], metavar="METHOD=N", help=(
         "fewer (or more) seeds for some methods (default MOBSTER=2 HyperTune=2: on Fashion-MNIST one 7,200 s run "
         "took MOBSTER 28 min and HyperTune 15 min of wall time on this 2-core machine, the other peers seconds)"))
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0): more seeds later, "
+                        "with --merge")
     parser.add_argument("--budget", type=float, default=7200.0, help="simulated seconds (default 7200)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--charge-host-time", action="store_true", help=(
@@ -137,9 +139,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "lcbench.json"))
     parser.add_argument("--plot", default=None, help="PNG (default: --out with .png)")
     parser.add_argument("--merge", nargs="*", metavar="JSON", default=None, help=(
-        "keep the runs already in these outputs (none named: --out) of the (method, task) pairs not run now: a bench "
-        "run in parts (say the slow Syne Tune peers in one process, ours in another) summed up in one; with "
-        "--methods and nothing after it, only the merge"))
+        "keep the runs already in these outputs (none named: --out) that this one lacks (by method, task and seed): "
+        "a bench run in parts (say the slow Syne Tune peers in one process, ours in another, more seeds later) "
+        "summed up in one; with --methods and nothing after it, only the merge"))
     parser.add_argument("--syne-venv", default=str(DEFAULT_VENV),
                         help=f"Syne Tune's venv, built here if missing (default {DEFAULT_VENV}; env LCBENCH_SYNE_VENV)")
     parser.add_argument("--reference", default=str(REFERENCE))
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
     missing = [t for t in args.tasks if t not in reference["tasks"]]
     if missing:
         parser.error(f"no regret reference for tasks {missing}: run python -m bench.lcbench.reference --tasks ...")
-    seeds_of = parse_seeds(args.seeds, args.seeds_for)
+    seeds_of = parse_seeds(args.seeds, args.seeds_for, args.first_seed)
     syne_python = ensure_venv(Path(args.syne_venv)) if any(m in SYNE_METHODS for m in args.methods) else None
 
     t0 = time.time()
@@ -164,10 +166,13 @@ def main(argv=None) -> int:
     runs = [r for r in runs if "skipped" not in r]
     out = Path(args.out)
     if args.merge is not None:
-        done = {(r["method"], r["task"]) for r in runs}
+        def key(run):
+            return run["method"], run["task"], run["seed"]
+
+        done = {key(r) for r in runs}
         for earlier in [Path(p) for p in args.merge] or ([out] if out.exists() else []):
-            kept = [r for r in json.loads(earlier.read_text())["runs"] if (r["method"], r["task"]) not in done]
-            done |= {(r["method"], r["task"]) for r in kept}
+            kept = [r for r in json.loads(earlier.read_text())["runs"] if key(r) not in done]
+            done |= {key(r) for r in kept}
             runs = kept + runs
     methods = list(dict.fromkeys(r["method"] for r in runs))
     budget = max(r["budget_s"] for r in runs)
