@@ -13,7 +13,8 @@ the resource. Methods:
 - random: uniform search on our loop (a check of the loop against Syne Tune's RS).
 
 Reported: normalised regret (best - incumbent) / (best - worst) against bench/lcbench_reference.json (the best
-val_accuracy the surrogate reaches, from a large random search refined locally: bench/lcbench/reference.py), at
+val_accuracy of 30,000 random configs, whole curves: bench/lcbench/reference.py; a method that finds the corners
+of the box where the surrogate extrapolates passes it, and its regret goes below 0), at
 900, 1,800, 3,600 and 7,200 s, as interquartile means with bootstrap 95 % intervals over seeds, per task and
 pooled; host time per decision. Writes bench/lcbench.json and bench/lcbench.png.
 
