@@ -28,7 +28,7 @@ Needs onnxruntime in this interpreter (`pip install onnxruntime`) and python3.11
 
     nice -n 19 python bench/lcbench.py                                    # the whole bench (about 3 h, 2 cores)
     python bench/lcbench.py --tasks 189908 --methods random ASHA-stop --seeds 2 --budget 1800 --out /tmp/x.json
-    python bench/lcbench.py --methods ours ours-asha --merge              # rerun ours, keep the peers' runs
+    python bench/lcbench.py --methods ours ours-asha --merge              # rerun ours' seeds, keep the other runs
     python bench/lcbench.py --methods ours --seeds 5 --first-seed 10 --merge   # 5 more seeds of ours
     python bench/lcbench.py --methods --merge a.json b.json               # two parts summed up in one
     /tmp/yahpo-venv/bin/python -m bench.lcbench.check_yahpo               # the wrapper against yahpo-gym

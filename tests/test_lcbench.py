@@ -162,3 +162,14 @@ def test_reduced_bench_runs(tmp_path, capsys):
     assert both["settings"]["seeds"] == {"random": 3, "ours": 2} and both["settings"]["tasks"] == ["189908"]
     assert both["settings"]["budget_s"] == 900
     assert both["summary"]["ours"] == result["summary"]["ours"] and (tmp_path / "m.png").exists()
+    assert both["measured_at"]["merged_from"][str(part)]["runs_kept"] == 2
+
+    # Runs of another clock are refused, a missing output before anything runs.
+    longer = tmp_path / "random-1800.json"
+    cli.main(["--tasks", "189908", "--methods", "random", "--seeds", "1", "--first-seed", "5", "--budget", "1800",
+              "--jobs", "1", "--nice", "0", "--out", str(longer), "--plot", str(tmp_path / "r.png")])
+    assert cli.main(["--methods", "--merge", str(longer), str(out), "--out", str(tmp_path / "x.json")]) == 1
+    assert "do not share one clock" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--methods", "random", "--merge", str(tmp_path / "typo.json"), "--out", str(tmp_path / "y.json")])
+    assert "no such output" in capsys.readouterr().err

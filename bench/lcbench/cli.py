@@ -103,6 +103,23 @@ def run_jobs(todo, parallel: int, failed: list) -> list[dict]:
         return [run for runs in pool.map(one, todo) for run in runs]
 
 
+def merge(runs: list[dict], earlier: list[Path]) -> tuple[list[dict], dict]:
+    """These runs and those of the earlier outputs that they lack, by (method, task, seed): a run of this
+    invocation replaces an earlier one of the same seed, and of two earlier outputs the first named wins. Also
+    where each earlier output was measured (its commit and date)."""
+    def key(run):
+        return run["method"], run["task"], run["seed"]
+
+    done, parts = {key(r) for r in runs}, {}
+    for path in earlier:
+        data = json.loads(path.read_text())
+        kept = [r for r in data["runs"] if key(r) not in done]
+        done |= {key(r) for r in kept}
+        runs = kept + runs
+        parts[str(path)] = {k: data["measured_at"].get(k) for k in ("commit", "date")} | {"runs_kept": len(kept)}
+    return runs, parts
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -139,13 +156,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "lcbench.json"))
     parser.add_argument("--plot", default=None, help="PNG (default: --out with .png)")
     parser.add_argument("--merge", nargs="*", metavar="JSON", default=None, help=(
-        "keep the runs already in these outputs (none named: --out) that this one lacks (by method, task and seed): "
-        "a bench run in parts (say the slow Syne Tune peers in one process, ours in another, more seeds later) "
-        "summed up in one; with --methods and nothing after it, only the merge"))
+        "keep the runs already in these outputs (none named: --out) that this one lacks (by method, task and seed; "
+        "of two outputs the first named wins): a bench run in parts (say the slow Syne Tune peers in one process, "
+        "ours in another, more seeds later) summed up in one; with --methods and nothing after it, only the merge"))
     parser.add_argument("--syne-venv", default=str(DEFAULT_VENV),
                         help=f"Syne Tune's venv, built here if missing (default {DEFAULT_VENV}; env LCBENCH_SYNE_VENV)")
     parser.add_argument("--reference", default=str(REFERENCE))
     args = parser.parse_args(argv)
+    absent = [p for p in args.merge or [] if not Path(p).exists()]
+    if absent:
+        parser.error(f"--merge: no such output {absent}")
+    if not args.methods and args.merge is None:
+        parser.error("nothing to run: name --methods, or --merge outputs to sum up")
 
     unknown = [m for m in args.methods if m not in OWN_METHODS + SYNE_METHODS and not m.startswith("ours-")]
     if unknown:
@@ -165,17 +187,21 @@ def main(argv=None) -> int:
     skipped = sorted({r["method"] + ": " + r["skipped"] for r in runs if "skipped" in r})
     runs = [r for r in runs if "skipped" not in r]
     out = Path(args.out)
+    parts = {}
     if args.merge is not None:
-        def key(run):
-            return run["method"], run["task"], run["seed"]
-
-        done = {key(r) for r in runs}
-        for earlier in [Path(p) for p in args.merge] or ([out] if out.exists() else []):
-            kept = [r for r in json.loads(earlier.read_text())["runs"] if key(r) not in done]
-            done |= {key(r) for r in kept}
-            runs = kept + runs
+        runs, parts = merge(runs, [Path(p) for p in args.merge] or ([out] if out.exists() else []))
+    if not runs:
+        print("no runs to sum up" + "".join(f"\nFAILED {line}" for line in failed)
+              + "".join(f"\nSKIPPED {line}" for line in skipped), file=sys.stderr)
+        return 1
     methods = list(dict.fromkeys(r["method"] for r in runs))
-    budget = max(r["budget_s"] for r in runs)
+    clocks = {(r["budget_s"], r["n_workers"], r["clock"]["host_time_charged"]) for r in runs}
+    if len(clocks) > 1:
+        print(f"the runs do not share one clock (budget_s, n_workers, host_time_charged): {sorted(clocks)}",
+              file=sys.stderr)
+        return 1
+    (budget, workers, charged), = clocks
+    polls = sorted({r["clock"]["poll_s"] for r in runs if r["method"] in SYNE_METHODS})
 
     summary = stats.summarise(runs, reference)
     result = {
@@ -183,11 +209,11 @@ def main(argv=None) -> int:
                 "(best - incumbent) / (best - worst) of val_accuracy, IQM over seeds with bootstrap 95 % intervals "
                 "(pooled: seeds resampled within each task), at each checkpoint of simulated time",
         "measured_at": {"commit": git_commit(), "date": datetime.date.today().isoformat(),
-                        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "wall_s": round(wall, 1)},
-        "settings": {"tasks": sorted({r["task"] for r in runs}, key=list(TASKS).index), "methods": methods,
-                     "budget_s": budget,
-                     "n_workers": args.workers, "checkpoints_s": list(stats.CHECKPOINTS),
-                     "host_time_charged": args.charge_host_time, "syne_tune_poll_s": args.poll,
+                        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "wall_s": round(wall, 1),
+                        "merged_from": parts},
+        "settings": {"tasks": sorted({r["task"] for r in runs}, key=stats.task_order), "methods": methods,
+                     "budget_s": budget, "n_workers": workers, "checkpoints_s": list(stats.CHECKPOINTS),
+                     "host_time_charged": charged, "syne_tune_poll_s": polls[0] if len(polls) == 1 else polls,
                      "seeds": {m: max(Counter(r["task"] for r in runs if r["method"] == m).values()) for m in methods},
                      "syne_tune": SYNE_TUNE_VERSION},
         "skipped": skipped,

@@ -114,7 +114,7 @@ def table(summary: dict, checkpoints=CHECKPOINTS) -> str:
 
 def task_table(summary: dict, t: int) -> str:
     """IQM regret [95 % interval] at simulated time t: one line a method, one column a task, and pooled."""
-    tasks = sorted({task for e in summary.values() for task in e["tasks"]}, key=_task_order)
+    tasks = sorted({task for e in summary.values() for task in e["tasks"]}, key=task_order)
     lines = [f"| {t} s | " + " | ".join(f"{task} {TASK_NAMES.get(task, '')}".strip() for task in tasks)
              + " | pooled |", "|" + " --- |" * (len(tasks) + 2)]
     for method, entry in summary.items():
@@ -205,7 +205,7 @@ def plot(runs: list[dict], reference: dict, path: str, budget: float, reps: int 
     for run in runs:
         if "skipped" not in run:
             by_method.setdefault(run["method"], {}).setdefault(run["task"], []).append(run)
-    tasks = sorted({task for m in by_method.values() for task in m}, key=_task_order)
+    tasks = sorted({task for m in by_method.values() for task in m}, key=task_order)
     panels = tasks + (["pooled"] if len(tasks) > 1 else [])
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
@@ -248,7 +248,7 @@ def plot(runs: list[dict], reference: dict, path: str, budget: float, reps: int 
     plt.close(fig)
 
 
-def _task_order(task: str):
+def task_order(task: str):
     from bench.lcbench.surrogate import TASKS
 
     return TASKS.index(task) if task in TASKS else len(TASKS)
