@@ -88,6 +88,16 @@ def test_loop_keeps_four_workers_busy_on_the_simulated_clock(model):
     assert total <= 4 * 600.0
 
 
+def test_a_lever_in_the_method_name_sets_the_study():
+    study = own.make_optimiser("ours-asha-b3-n5", seed=0)
+    assert (study.settings["pruner"], study.settings["brackets"], study.settings["n_initial"]) == ("asha", 3, 5)
+    assert own.make_optimiser("ours", seed=0).settings["pruner"] == "none"
+    from hydra_plugins.hydra_thompson_sweeper import SweepError
+
+    with pytest.raises(SweepError, match="brackets=3"):  # Study's own error: brackets are asha's
+        own.make_optimiser("ours-b3", seed=0)
+
+
 def test_iqm_and_regret():
     assert stats.iqm([1, 2, 3, 4, 5, 6, 7, 100]) == pytest.approx(4.5)
     run = {"incumbent": {"t": [10.0, 50.0], "best": [60.0, 80.0]}}

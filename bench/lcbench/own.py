@@ -12,7 +12,8 @@ Methods:
 - `random` (our loop, uniform configs, every trial to 52 epochs): needs nothing but the surrogate; a check of the
   loop against Syne Tune's RS, and what the test suite runs.
 - `ours`, `ours-<pruner>` (e.g. `ours-asha`): the thompson sweeper's `Study` (asyTS; with a pruner), see
-  `study_factory`. Skipped with a message while `Study` cannot be imported.
+  `study_factory`; a lever after it (`ours-asha-b3`: brackets=3; LEVERS). Skipped with a message while `Study`
+  cannot be imported.
 
     python -m bench.lcbench.own --task 189908 --methods random ours ours-asha --seeds 0 1 --out runs.jsonl
 """
@@ -77,9 +78,14 @@ class _Trial:
         self.number, self.params = number, params
 
 
+# A lever of Study set in the method's name, one letter and a number: ours-asha-b3 is ours-asha with brackets=3.
+LEVERS = {"b": "brackets", "n": "n_initial", "r": "reduction_factor"}
+
+
 def study_factory(method: str, seed: int):
-    """`ours` -> Study without a pruner; `ours-<pruner>` -> Study(pruner=<pruner>). Raises Skip where the thompson
-    sweeper's Study is not importable yet.
+    """`ours` -> Study without a pruner; `ours-<pruner>` -> Study(pruner=<pruner>); `-b3`, `-n5`, `-r4` after it
+    set Study's brackets, n_initial and reduction_factor (LEVERS). Raises Skip where the thompson sweeper's Study
+    is not importable yet.
 
     ===== THE SLOT FOR "OURS" =====
     The API coded against (hydra_plugins/hydra_thompson_sweeper/study.py):
@@ -93,8 +99,14 @@ def study_factory(method: str, seed: int):
     except ImportError as error:
         raise Skip(f"{method}: `from hydra_plugins.hydra_thompson_sweeper import Study` fails ({error}); "
                    "the study is not there yet") from error
-    pruner = method.split("-", 1)[1] if "-" in method else "none"  # Study's word for no pruner
-    return Study(dict(SPACE), direction="maximize", seed=seed, pruner=pruner, min_resource=1, max_resource=EPOCHS)
+    pruner, levers = "none", {}  # Study's word for no pruner
+    for part in method.split("-")[1:]:
+        if part[:1] in LEVERS and part[1:].isdigit():
+            levers[LEVERS[part[0]]] = int(part[1:])
+        else:
+            pruner = part
+    return Study(dict(SPACE), direction="maximize", seed=seed, pruner=pruner, min_resource=1, max_resource=EPOCHS,
+                 **levers)
 
 
 def make_optimiser(method: str, seed: int):
