@@ -47,11 +47,14 @@ def test_a_large_sweep_runs_while_it_is_staged_and_ctrl_c_stops_it_with_every_jo
                             env=dict(app_env, MARKS=str(marks)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     staged = tmp_path / "sweep/.staging/sweeps"  # Ctrl-C once jobs ran and three chunks are staged, whichever is
-    wait_for(lambda: (len(list(marks.iterdir())) >= 4 and len(list(staged.glob("*/payload-*.pkl"))) >= 3)  # last
-             or proc.poll() is not None, timeout=180)  # (a busy CPU may stage slower than 4 trivial jobs run)
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)  # the old launcher took minutes: it rewrote the manifest per job
+    try:
+        wait_for(lambda: (len(list(marks.iterdir())) >= 4 and len(list(staged.glob("*/payload-*.pkl"))) >= 3)  # last
+                 or proc.poll() is not None, timeout=180)  # (a busy CPU may stage slower than 4 trivial jobs run)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)  # the old launcher took minutes: it rewrote the manifest per job
+    finally:  # a failed wait leaves no sweep of 3,000 jobs running behind the tests that follow
+        proc.kill()
     assert proc.returncode != 0
     assert "Interrupted: stopping the unfinished jobs" in output and "Stopped " in output, output[-3000:]
     assert not workers_of(tmp_path)
