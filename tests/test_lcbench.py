@@ -16,6 +16,7 @@ pytest.importorskip("onnxruntime", reason="the LCBench surrogate runs on onnxrun
 
 from bench.lcbench import own, stats  # noqa: E402
 from bench.lcbench.surrogate import DATA, EPOCHS, OBJECTIVES, TASKS, LCBench  # noqa: E402
+from hydra_plugins.hydra_thompson_sweeper import SweepError  # noqa: E402
 
 # yahpo-gym 1.0.2's BenchmarkSet("lcbench").objective_function for these rows (one row a call), in OBJECTIVES order.
 YAHPO = [
@@ -92,8 +93,6 @@ def test_a_lever_in_the_method_name_sets_the_study():
     study = own.make_optimiser("ours-asha-b3-n5", seed=0)
     assert (study.settings["pruner"], study.settings["brackets"], study.settings["n_initial"]) == ("asha", 3, 5)
     assert own.make_optimiser("ours", seed=0).settings["pruner"] == "none"
-    from hydra_plugins.hydra_thompson_sweeper import SweepError
-
     with pytest.raises(SweepError, match="brackets=3"):  # Study's own error: brackets are asha's
         own.make_optimiser("ours-b3", seed=0)
 
