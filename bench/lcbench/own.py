@@ -81,7 +81,7 @@ class _Trial:
 # A lever of Study set in the method's name, one letter and a number: ours-asha-b3 is ours-asha with brackets=3.
 LEVERS = {"b": "brackets", "n": "n_initial", "r": "reduction_factor"}
 # A lever of Study named by a word: ours-asha-levels is ours-asha with resource_model="levels".
-WORDS = {"levels": ("resource_model", "levels")}
+WORDS = {"levels": ("resource_model", "levels"), "levelsum": ("resource_model", "levelsum")}
 
 
 def study_factory(method: str, seed: int):

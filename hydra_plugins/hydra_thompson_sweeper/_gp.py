@@ -43,12 +43,13 @@ class GP:
         column = 1.0 - fractions.log() / math.log(self.resource_floor) if self.resource_floor < 1 else fractions
         return torch.cat([features, column[:, None]], dim=1)
 
-    def propose(self, seen: list, best: list, pending, avoid: tuple, believe: bool = False) -> dict:
+    def propose(self, seen: list, best: list, pending, avoid: tuple, believe: bool = False, sample=None) -> dict:
         """The maximiser of one posterior sample of the GP of `seen`: on every point of a space that is a grid of at
         most n_candidates points (a joint sample there); elsewhere scored on Sobol candidates and on points near the
         `best` observations, then refined twice around the winner; never one of the `pending` points, and in none
         of the basins to `avoid` where there are other points. `believe`: the pending points believed at the
-        posterior mean even where the GP does not model the resource (a level's GP of HyperTune's model)."""
+        posterior mean even where the GP does not model the resource (a level's GP of HyperTune's model); `sample`:
+        given the pending points' inputs, the function to maximise in place of this GP's posterior sample."""
         import warnings
 
         import torch
@@ -58,13 +59,18 @@ class GP:
         taken = self.inputs(torch.tensor([self.space.encode(p) for p in pending], dtype=torch.float64)
                             .reshape(len(pending), columns))
         grid = self.space.grid(self.n_candidates)
-        if grid is not None:  # every point scored: a config tried before may win again (noise)
+        if grid is not None and sample is None:  # every point scored: a config tried before may win again (noise)
             features, model = self.inputs(self.space.features(grid)), self.conditioned(seen, taken, believe)
             with torch.no_grad(), warnings.catch_warnings():  # jitter added where configs correlate nearly fully
                 warnings.simplefilter("ignore", NumericalWarning)
                 scores = model.posterior(features).rsample().reshape(-1)
             return self.space.decode(grid[int(self.allowed(scores, features, taken, avoid).argmax())].tolist())
-        path = self.sample_path(seen, taken, believe)
+        path = sample(taken) if sample else self.sample_path(seen, taken, believe)
+        if grid is not None:
+            features = self.inputs(self.space.features(grid))
+            with torch.no_grad():
+                scores = torch.cat([path(chunk).reshape(-1) for chunk in features.split(1024)])
+            return self.space.decode(grid[int(self.allowed(scores, features, taken, avoid).argmax())].tolist())
         d = len(self.space.dimensions)
         latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
         latent = latent.draw(self.n_candidates, dtype=torch.float64)

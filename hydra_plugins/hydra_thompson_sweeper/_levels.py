@@ -31,6 +31,7 @@ class Levels:
     gps: dict = field(default_factory=dict)  # level -> the GP of its observations (its hyperparameters kept)
     weights: dict = field(default_factory=dict)  # level -> its share of the proposals
     judged: tuple = ()  # (highest supported level, its observations) when the weights were last found
+    combine: str = "draw"  # draw: one level's sample, drawn by the weights; sum: the weighted sum of every level's
 
     def reset(self) -> None:
         """A fresh search: nothing of the last one's GPs or weights."""
@@ -50,10 +51,17 @@ class Levels:
             groups.setdefault(obs.fraction, []).append(obs)
         weights = self.weighted(groups)
         levels = sorted(weights)
-        level = levels[int(torch.multinomial(torch.tensor([weights[v] for v in levels]), 1))]
+        if self.combine == "sum":
+            level = max(levels, key=lambda v: weights[v])
+
+            def sample(taken):
+                paths = [(weights[v], self.gp(v).sample_path(groups[v], taken, believe=True)) for v in levels]
+                return lambda x: sum(w * path(x) for w, path in paths)
+        else:
+            level, sample = levels[int(torch.multinomial(torch.tensor([weights[v] for v in levels]), 1))], None
         group = groups[level]
         best = sorted(group, key=lambda o: o.value, reverse=self.direction == "maximize")[:5]
-        return self.gp(level).propose(group, best, pending, avoid, believe=True)
+        return self.gp(level).propose(group, best, pending, avoid, believe=True, sample=sample)
 
     def weighted(self, groups: dict) -> dict:
         """The ensemble's weights, found anew when the highest supported level or its observations change."""

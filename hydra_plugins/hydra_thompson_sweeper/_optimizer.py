@@ -44,7 +44,7 @@ from hydra_plugins.hydra_thompson_sweeper._gp import GP, inside
 from hydra_plugins.hydra_thompson_sweeper._levels import Levels
 
 ALGORITHMS = ("asy_ts", "syn_ts", "asy_random", "syn_random")  # asynchronous or in batches; GP or random
-RESOURCE_MODELS = ("joint", "levels")  # one GP of config and resource (MOBSTER's), or one a level (HyperTune's)
+RESOURCE_MODELS = ("joint", "levels", "levelsum")  # one GP of config and resource, or one a level
 FLOAT, INT, GRID, CHOICE = "float", "int", "grid", "choice"  # GRID: a float start and step
 
 
@@ -300,8 +300,9 @@ class Optimizer:
         if self.patience is None:
             self.patience = max(40, 5 * len(self.space.dimensions))
         self.gp = GP(self.space, self.direction, self.refit_every, self.resource_floor, self.n_candidates)
-        self.levels = Levels(self.space, self.direction, self.refit_every, self.n_candidates) \
-            if self.resource_model == "levels" and self.resource_floor is not None else None
+        self.levels = Levels(self.space, self.direction, self.refit_every, self.n_candidates,
+                             combine="sum" if self.resource_model == "levelsum" else "draw") \
+            if self.resource_model != "joint" and self.resource_floor is not None else None
         self._replaying = False  # observations given back after a resume (replay)
 
     @property
