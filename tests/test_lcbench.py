@@ -93,7 +93,6 @@ def test_a_lever_in_the_method_name_sets_the_study():
     study = own.make_optimiser("ours-asha-b3-n5", seed=0)
     assert (study.settings["pruner"], study.settings["brackets"], study.settings["n_initial"]) == ("asha", 3, 5)
     assert own.make_optimiser("ours", seed=0).settings["pruner"] == "none"
-    assert own.make_optimiser("ours-asha-levels", seed=0).settings["resource_model"] == "levels"
     with pytest.raises(SweepError, match="brackets=3"):  # Study's own error: brackets are asha's
         own.make_optimiser("ours-b3", seed=0)
 

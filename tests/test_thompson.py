@@ -218,33 +218,6 @@ def test_trials_in_flight_are_believed_at_the_posterior_mean_where_the_resource_
     assert spread(None, believe=True) == spread(None, believe=False)
 
 
-@pytest.mark.unit
-def test_hypertunes_resource_model_proposes_from_the_levels_that_rank_like_the_full_trainings():
-    """resource_model="levels": a GP a level of the resource, a level drawn by how well its GP ranks the full
-    trainings' configs. The first ninth of a training ranks x as a full training does (best at 0.3), the first
-    third in reverse (best far from 0.3): the third never proposes, and proposals gather near 0.3."""
-    def loss(x, fraction):
-        final = (x - 0.3) ** 2
-        return -final if fraction == 1 / 3 else final + (1 - fraction) * 0.1
-
-    opt = Optimizer(Space([Dimension.interval("x", 0, 1)]), n_initial=1, seed=0, resource_floor=1 / 9,
-                    resource_model="levels")
-    opt.propose()
-    for i in range(24):
-        x = (i + 0.5) / 24
-        opt.observe({"x": x}, loss(x, 1 / 9), 1 / 9)
-        if i % 2:
-            opt.observe({"x": x}, loss(x, 1 / 3), 1 / 3)
-    for x in (0.05, 0.2, 0.45, 0.6, 0.75, 0.9):
-        opt.observe({"x": x}, loss(x, 1.0))
-    proposals = [opt.propose()["x"] for _ in range(8)]
-    weights = opt.levels.weights
-    assert 1 / 3 not in weights and weights[1 / 9] > 0.5, weights
-    assert sum(abs(x - 0.3) < 0.1 for x in proposals) >= 6, proposals
-    with pytest.raises(ValueError, match="resource_model=both: joint or levels"):
-        Optimizer(Space([Dimension.interval("x", 0, 1)]), resource_model="both")
-
-
 class Reporting:
     """The launcher's side of the async contract that the sweeper's watch and record use, for unit tests: what
     each job reported so far (the integration tests run the real launchers)."""

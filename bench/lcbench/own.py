@@ -80,8 +80,6 @@ class _Trial:
 
 # A lever of Study set in the method's name, one letter and a number: ours-asha-b3 is ours-asha with brackets=3.
 LEVERS = {"b": "brackets", "n": "n_initial", "r": "reduction_factor"}
-# A lever of Study named by a word: ours-asha-levels is ours-asha with resource_model="levels".
-WORDS = {"levels": ("resource_model", "levels"), "levelsum": ("resource_model", "levelsum")}
 
 
 def study_factory(method: str, seed: int):
@@ -105,8 +103,6 @@ def study_factory(method: str, seed: int):
     for part in method.split("-")[1:]:
         if part[:1] in LEVERS and part[1:].isdigit():
             levers[LEVERS[part[0]]] = int(part[1:])
-        elif part in WORDS:
-            levers[WORDS[part][0]] = WORDS[part][1]
         else:
             pruner = part
     return Study(dict(SPACE), direction="maximize", seed=seed, pruner=pruner, min_resource=1, max_resource=EPOCHS,

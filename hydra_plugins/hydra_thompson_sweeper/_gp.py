@@ -43,13 +43,11 @@ class GP:
         column = 1.0 - fractions.log() / math.log(self.resource_floor) if self.resource_floor < 1 else fractions
         return torch.cat([features, column[:, None]], dim=1)
 
-    def propose(self, seen: list, best: list, pending, avoid: tuple, believe: bool = False, sample=None) -> dict:
+    def propose(self, seen: list, best: list, pending, avoid: tuple) -> dict:
         """The maximiser of one posterior sample of the GP of `seen`: on every point of a space that is a grid of at
         most n_candidates points (a joint sample there); elsewhere scored on Sobol candidates and on points near the
         `best` observations, then refined twice around the winner; never one of the `pending` points, and in none
-        of the basins to `avoid` where there are other points. `believe`: the pending points believed at the
-        posterior mean even where the GP does not model the resource (a level's GP of HyperTune's model); `sample`:
-        given the pending points' inputs, the function to maximise in place of this GP's posterior sample."""
+        of the basins to `avoid` where there are other points."""
         import warnings
 
         import torch
@@ -59,18 +57,13 @@ class GP:
         taken = self.inputs(torch.tensor([self.space.encode(p) for p in pending], dtype=torch.float64)
                             .reshape(len(pending), columns))
         grid = self.space.grid(self.n_candidates)
-        if grid is not None and sample is None:  # every point scored: a config tried before may win again (noise)
-            features, model = self.inputs(self.space.features(grid)), self.conditioned(seen, taken, believe)
+        if grid is not None:  # every point scored: a config tried before may win again (noise)
+            features, model = self.inputs(self.space.features(grid)), self.conditioned(seen, taken)
             with torch.no_grad(), warnings.catch_warnings():  # jitter added where configs correlate nearly fully
                 warnings.simplefilter("ignore", NumericalWarning)
                 scores = model.posterior(features).rsample().reshape(-1)
             return self.space.decode(grid[int(self.allowed(scores, features, taken, avoid).argmax())].tolist())
-        path = sample(taken) if sample else self.sample_path(seen, taken, believe)
-        if grid is not None:
-            features = self.inputs(self.space.features(grid))
-            with torch.no_grad():
-                scores = torch.cat([path(chunk).reshape(-1) for chunk in features.split(1024)])
-            return self.space.decode(grid[int(self.allowed(scores, features, taken, avoid).argmax())].tolist())
+        path = self.sample_path(seen, taken)
         d = len(self.space.dimensions)
         latent = torch.quasirandom.SobolEngine(d, scramble=True, seed=int(torch.randint(2**31, ())))
         latent = latent.draw(self.n_candidates, dtype=torch.float64)
@@ -122,7 +115,7 @@ class GP:
             rows.append(row)
         return torch.tensor(rows, dtype=torch.float64)
 
-    def sample_path(self, seen: list, pending=None, believe: bool = False):
+    def sample_path(self, seen: list, pending=None):
         """One sample of the GP posterior, as a function (BoTorch's pathwise Matheron sample), to maximise.
         Where the GP models the resource, it is first told that the trials in flight (`pending`: their inputs at
         a full training) end at its posterior mean there (the kriging believer; Syne Tune's MOBSTER fantasizes
@@ -138,15 +131,14 @@ class GP:
         # dimensional Sobol sequence for its one point, a tenth of a proposal's time at 600 observations).
         prior = functools.partial(draw_kernel_feature_paths,
                                   weight_generator=lambda shape: torch.randn(shape, dtype=torch.float64))
-        return draw_matheron_paths(self.conditioned(seen, pending, believe), sample_shape=torch.Size([1]),
-                                   prior_sampler=prior)
+        return draw_matheron_paths(self.conditioned(seen, pending), sample_shape=torch.Size([1]), prior_sampler=prior)
 
-    def conditioned(self, seen: list, pending=None, believe: bool = False):
-        """The GP of `seen`, told the `pending` points' posterior mean where it models the resource (or asked to)."""
+    def conditioned(self, seen: list, pending=None):
+        """The GP of `seen`, told the `pending` points' posterior mean where it models the resource."""
         import torch
 
         model = self.model(seen)
-        if pending is not None and len(pending) and (believe or self.resource_floor is not None):
+        if pending is not None and len(pending) and self.resource_floor is not None:
             import gpytorch
 
             # The latent mean (in the standardised outcomes the model holds), appended to its data: the same
@@ -158,16 +150,9 @@ class GP:
                                  torch.cat([model.train_targets, believed]), strict=False)
         return model
 
-    def targets(self, seen: list):
-        """The values of these observations as the GP models them (maximised), before standardisation."""
-        import torch
-
-        sign = -1.0 if self.direction == "minimize" else 1.0  # the sample is maximised
-        return sign * torch.tensor([o.value for o in seen], dtype=torch.float64)
-
-    def model(self, seen: list, ahead: int = 0, refit: bool = False, fixed: bool = False):
+    def model(self, seen: list, ahead: int = 0, refit: bool = False):
         """The GP of these observations (the current search's), with its hyperparameters fitted anew where due (`ahead`:
-        where due once that many more results are in) or asked (`refit`); `fixed`: the last fit's, whatever is due."""
+        where due once that many more results are in) or asked (`refit`)."""
         import warnings
 
         import torch
@@ -177,14 +162,15 @@ class GP:
 
         X = self.inputs(torch.tensor([self.space.encode(o.params) for o in seen], dtype=torch.float64),
                          torch.tensor([o.fraction for o in seen], dtype=torch.float64))
-        Y = self.targets(seen)[:, None]
+        sign = -1.0 if self.direction == "minimize" else 1.0  # the sample is maximised
+        Y = sign * torch.tensor([[o.value] for o in seen], dtype=torch.float64)
         with warnings.catch_warnings():  # "not standardized" while every value so far is the same: it is
             warnings.simplefilter("ignore", InputDataWarning)
             model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
         n = len(seen)
         if self.hyper is not None:  # the last fit's hyperparameters: a refit starts from them
             model.load_state_dict(self.hyper, strict=False)
-        if refit or not fixed and self.fit_due(n + ahead):
+        if refit or self.fit_due(n + ahead):
             self.fit(model, warm=self.hyper is not None)
             self.fitted_at = n if self.fit_due(n) else n + ahead  # a fit ahead stands for the one it replaces
             self.hyper = {k: v for k, v in model.state_dict().items() if not k.startswith("outcome_transform")}

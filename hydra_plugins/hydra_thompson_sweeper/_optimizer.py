@@ -41,10 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra_plugins.hydra_thompson_sweeper._gp import GP, inside
-from hydra_plugins.hydra_thompson_sweeper._levels import Levels
 
 ALGORITHMS = ("asy_ts", "syn_ts", "asy_random", "syn_random")  # asynchronous or in batches; GP or random
-RESOURCE_MODELS = ("joint", "levels", "levelsum")  # one GP of config and resource, or one a level
 FLOAT, INT, GRID, CHOICE = "float", "int", "grid", "choice"  # GRID: a float start and step
 
 
@@ -283,7 +281,6 @@ class Optimizer:
     resource_floor: float | None = None  # the smallest fraction of a training observed; None: full ones only
     patience: int | None = None  # trials without improvement before a fresh search; None: 40, or 5 a dimension
     budget: int | None = None  # trials in all (the sweep's n_trials), if known: no fresh search too late to pay
-    resource_model: str = "joint"  # with a resource_floor: RESOURCE_MODELS
     observations: list[Observation] = field(default_factory=list)
     proposed: int = 0
     searches: list[Search] = field(default_factory=lambda: [Search()])  # the current one last
@@ -291,8 +288,6 @@ class Optimizer:
     def __post_init__(self) -> None:
         problems = settings_problems(self.direction, self.algorithm, self.n_initial, self.refit_every,
                                      self.patience)
-        if self.resource_model not in RESOURCE_MODELS:
-            problems.append(f"resource_model={self.resource_model}: {' or '.join(RESOURCE_MODELS)}")
         if self.resource_floor is not None and not 0 < self.resource_floor <= 1:
             problems.append(f"resource_floor={self.resource_floor}: a fraction of a training, in (0, 1]")
         if problems:
@@ -300,9 +295,6 @@ class Optimizer:
         if self.patience is None:
             self.patience = max(40, 5 * len(self.space.dimensions))
         self.gp = GP(self.space, self.direction, self.refit_every, self.resource_floor, self.n_candidates)
-        self.levels = Levels(self.space, self.direction, self.refit_every, self.n_candidates,
-                             combine="sum" if self.resource_model == "levelsum" else "draw") \
-            if self.resource_model != "joint" and self.resource_floor is not None else None
         self._replaying = False  # observations given back after a resume (replay)
 
     @property
@@ -392,8 +384,6 @@ class Optimizer:
         avoid = search.avoid + tuple(self._basin())
         self.searches.append(Search(0, now, avoid) if search.fresh else Search(now, now, avoid))
         self.gp.reset()
-        if self.levels:
-            self.levels.reset()
 
     def _basin(self) -> list[Basin]:
         """The basin of the current search: its own best trial, in the lengthscales of its GP fitted now."""
@@ -439,7 +429,7 @@ class Optimizer:
         """Fit the GP's hyperparameters now where the next proposal would fit them, or would once one more
         result is in. A caller whose workers are all busy calls this after it submitted, so that the fit (and
         the first time, BoTorch's import) is not paid between a trial's end and the next trial's start."""
-        if self._gp_next() and not self.levels and self.gp.fit_due(len(self.seen()) + 1):
+        if self._gp_next() and self.gp.fit_due(len(self.seen()) + 1):
             with self._random(self.proposed):  # a fit that retries draws
                 self.gp.model(self.seen(), ahead=1)
 
@@ -478,7 +468,5 @@ class Optimizer:
     def _thompson(self, pending) -> dict:
         """The maximiser of one sample of the current search's GP, away from the basins it avoids."""
         seen = self.seen()
-        if self.levels:
-            return self.levels.propose(seen, pending, self._avoided())
         best = sorted(self.full(seen) or seen, key=lambda o: o.value, reverse=self.direction == "maximize")[:5]
         return self.gp.propose(seen, best, pending, self._avoided())

@@ -46,7 +46,7 @@ class Study:
                  algorithm: str = "asy_ts", n_initial: int = 10, refit_every: int = 25, patience: int | None = None,
                  n_trials: int | None = None, pruner: str = "none", metric: str = "value", min_resource: float = 1.0,
                  max_resource: float | None = None, reduction_factor: int = 3, rungs: str = "always",
-                 brackets: int = 1, resource_model: str = "joint", context: dict | None = None):
+                 brackets: int = 1, context: dict | None = None):
         problems = settings_problems(direction, algorithm, n_initial, refit_every, patience) + pruner_problems(
             pruner, min_resource, max_resource, reduction_factor, rungs, brackets)
         try:
@@ -59,11 +59,10 @@ class Study:
         self.settings = dict(direction=direction, seed=seed, algorithm=algorithm, n_initial=n_initial,
                              refit_every=refit_every, patience=patience, n_trials=n_trials, pruner=pruner,
                              metric=metric, min_resource=min_resource, max_resource=max_resource,
-                             reduction_factor=reduction_factor, rungs=rungs, brackets=brackets,
-                             resource_model=resource_model, context=context)
+                             reduction_factor=reduction_factor, rungs=rungs, brackets=brackets, context=context)
         floor = min_resource / max_resource if pruner != "none" else None  # the GP models the resource
         self.optimizer = Optimizer(space, direction, algorithm, n_initial, refit_every, seed, resource_floor=floor,
-                                   patience=patience, budget=n_trials, resource_model=resource_model)
+                                   patience=patience, budget=n_trials)
         self.trials: list[Trial] = []  # trial n is trials[n]
         reports = Reports(lambda n: self.trials[n].curve, lambda: range(len(self.trials)), metric, self.sign)
         self.pruner = make_pruner(pruner, min_resource, max_resource, reduction_factor, rungs, brackets, reports)
