@@ -25,6 +25,7 @@ DOCS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10"]
 TEST = EXAMPLE + BO + DOCS + CLOUD + [
     "pytest>=7.4",
     "pytest-timeout>=2.2",
+    "pytest-xdist>=3.5",  # the suite runs in up to 4 processes (pyproject.toml)
     "hydra-optuna-sweeper>=1.2",  # installed on the launching side only, as a user's other plugins are
     "hydra-joblib-launcher>=1.2",  # the baseline of bench/warm_workers.py
     "selenium>=4.20",  # the sweep page opened in a real headless Chromium (Debian's chromium-driver)

@@ -1,13 +1,14 @@
 """What the rendezvous of a multi-node trial costs on aws_batch_local: the example app's trial as 2 nodes x 2
 processes against 1 node x 4 processes (and one process for reference), wall time of the whole sweep.
 
-    python bench/multinode.py [--epochs 3] [--repeats 3] [--out bench/multinode]
+    python bench/multinode.py [--epochs 3] [--repeats 3] [--out bench/multinode] [--keep DIR]
 
 Each variant runs as a user runs it (a fresh `python train_model.py --multirun ... hydra/launcher=aws_batch_local`
 process), interleaved so drift in the machine's load hits all alike. Per run: the sweep's wall time, the job's
 (the manifest's started..stopped: every node), and rank 0's training (from its "Training" line to its "Finished"
 line), so job - training is what starting the processes and their rendezvous cost. The same global batch in
-every variant: the validation losses must agree (printed). Writes out.png and out.json.
+every variant: the validation losses must agree (printed). Writes out.png and out.json; the sweeps run in a
+temporary folder, or in DIR (kept) with --keep, each run's `dir` in out.json.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run(folder: Path, epochs: int, launcher: list[str], name: str) -> dict:
     job = json.loads((folder / name / "manifest.json").read_text())["jobs"][0]
     lines = (folder / name / "0/train_model.log").read_text().splitlines()
     train = stamp(next(x for x in lines if "Training " in x)), stamp(next(x for x in lines if "Finished:" in x))
-    return {"wall_s": wall, "job_s": job["stopped"] - job["started"], "train_s": train[1] - train[0],
+    return {"dir": name, "wall_s": wall, "job_s": job["stopped"] - job["started"], "train_s": train[1] - train[0],
             "val_loss": float(job["result"])}
 
 
@@ -57,11 +58,14 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "bench/multinode"))
+    parser.add_argument("--keep", metavar="DIR", help="run the sweeps in DIR and keep them (default: a temporary "
+                                                      "folder, removed)")
     args = parser.parse_args()
     began = time.perf_counter()
     runs = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(args.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for _ in range(args.repeats):
             for name, launcher in VARIANTS.items():
                 runs[name].append(run(folder, args.epochs, launcher, f"sweep-{len(runs[name])}-{name[:1]}{name[-1]}"))

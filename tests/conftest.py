@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -197,6 +198,29 @@ def pytest_report_header(config):
     """The e2e tier's fate, at the top of the run (pytest-xdist's workers collect the tests and print nothing)."""
     problem = _docker_problem()
     return None if problem is None else _e2e_skip_line(problem)
+
+
+@pytest.fixture(autouse=True)
+def _alone(request, tmp_path_factory):
+    """Tests marked `alone` (they read how soon something happens) run with no test of another pytest-xdist
+    process beside them; the others run side by side. A readers-writer lock between the processes: every test
+    holds `room` shared, an `alone` test holds it exclusive; `door`, taken briefly on the way in, lets an
+    `alone` test that waits for the room keep newcomers out, so it cannot starve."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder, above each process's own
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(shared / "door.lock", "a") as door, open(shared / "room.lock", "a") as room:
+        fcntl.flock(door, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(door, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(room, fcntl.LOCK_UN)
 
 
 def pytest_collection_modifyitems(config, items):

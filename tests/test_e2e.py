@@ -24,7 +24,10 @@ from tests.conftest import DUMMY_AWS, ROOT, SLEEP_TASK, cli, keep_busy, manifest
 
 pytestmark = pytest.mark.e2e
 STACK = "e2e-batch"
-BATCH = ["hydra/launcher=aws_batch", f"hydra.launcher.stack_name={STACK}", "hydra.launcher.poll_interval_s=0.5"]
+# One thread for torch in each container: the example's model is tiny, and on this 2-core machine, shared with the
+# tests of the other pytest process, two threads wait on each other (60 epochs: 18 s with one, 89 s with two).
+BATCH = ["hydra/launcher=aws_batch", f"hydra.launcher.stack_name={STACK}", "hydra.launcher.poll_interval_s=0.5",
+         "+hydra.launcher.environment.OMP_NUM_THREADS=1"]
 
 
 @pytest.fixture(scope="session")
@@ -218,6 +221,7 @@ def test_cancel_terminates_running_containers(script, cloud_env):
         ("FAILED", "cancelled with hydra-awsbatch cancel")] * 3
 
 
+@pytest.mark.alone
 def test_launch_async_keeps_every_batch_worker_busy(local_cloud, cloud_env, inprocess_launcher, tmp_path):
     """Twenty jobs of 0.1 s to 2 s, four in flight, each a Batch job in a container of its own."""
     launcher = inprocess_launcher(["hydra/launcher=aws_batch", f"hydra.launcher.stack_name={STACK}",

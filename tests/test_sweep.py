@@ -219,6 +219,7 @@ def test_jobs_added_while_others_run_join_the_same_watch(make_sweep):
 
 # ------------------------------------------------------------------------------ launch_async, for real
 @pytest.mark.integration
+@pytest.mark.alone
 def test_launch_async_keeps_every_worker_busy(inprocess_launcher, tmp_path):
     launcher = inprocess_launcher(["hydra/launcher=aws_batch_local", "hydra.sweep.dir=sweep",
                                    "hydra.launcher.max_parallel=4", "hydra.job.name=sleepy"], SLEEP_TASK)

@@ -631,6 +631,7 @@ def test_a_stalled_sweep_restarts_says_so_and_a_resume_keeps_its_searches(sweep_
 
 # --------------------------------------------------------------------------------------- aws_batch_local
 @pytest.mark.integration
+@pytest.mark.alone
 @pytest.mark.parametrize("workers, median, most", [("max_parallel=3", 2.5, 5.0), ("workers=3", 1.0, 3.0)],
                          ids=["a process per trial", "warm workers"])
 def test_every_worker_stays_busy_on_aws_batch_local(sweep_app, workers, median, most):
