@@ -144,6 +144,33 @@ def test_dry_run_prints_the_request_and_submits_nothing(sweep, batch_resources):
     assert jobs_in_queues(batch_resources) == jobs and staged_objects(batch_resources) == objects
 
 
+def test_each_job_is_told_its_threads_and_the_users_own_win(sweep, batch_resources):
+    """In a container a math library sees every CPU of the instance and starts a thread for each: every job is
+    told its vCPUs (its job definition's where hydra.launcher.vcpus is null) over its processes on a node as
+    OMP_NUM_THREADS, MKL_NUM_THREADS and OPENBLAS_NUM_THREADS; the user's environment wins."""
+    from hydra_plugins.hydra_awsbatch_launcher._job import THREAD_VARIABLES
+
+    boto3.client("batch").register_job_definition(
+        jobDefinitionName="test-four-vcpus", type="container", containerProperties={
+            "image": "x", "resourceRequirements": [{"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "512"}]})
+
+    def told(*args: str) -> list:
+        proc = sweep(f"hydra.launcher.job_queue={batch_resources['queue']}",
+                     f"hydra.launcher.staging_uri={batch_resources['staging']}", "hydra.launcher.dry_run=true", *args,
+                     settings=False)
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout.split("SubmitJob request (dry run, nothing submitted):\n", 1)[1]
+        overrides = json.JSONDecoder().raw_decode(text)[0]["containerOverrides"]
+        env = {e["name"]: e["value"] for e in overrides["environment"]}
+        return [env.get(name) for name in THREAD_VARIABLES]
+
+    assert told("hydra.launcher.job_definition=test-four-vcpus") == ["4", "4", "4"]
+    assert told("hydra.launcher.job_definition=test-four-vcpus", "hydra.launcher.vcpus=2") == ["2", "2", "2"]
+    assert told("hydra.launcher.job_definition=test-four-vcpus", "hydra.launcher.procs_per_node=3") == ["1", "1", "1"]
+    assert told(f"hydra.launcher.job_definition={batch_resources['job_definition']}", "hydra.launcher.vcpus=3",
+                "+hydra.launcher.environment.OMP_NUM_THREADS=8") == ["8", "3", "3"]
+
+
 def test_submission_shape_read_back_from_batch(sweep, app, batch_resources):
     proc = sweep("hydra.launcher.wait=false", "hydra.launcher.timeout_min=5", "+hydra.launcher.tags.team=vision",
                  "+hydra.launcher.environment.DATA=s3://data")

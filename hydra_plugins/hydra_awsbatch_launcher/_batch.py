@@ -241,6 +241,18 @@ class BatchApi:
         return [e["message"].rstrip("\n") for e in events]
 
 
+def definition_vcpus(definition: dict | None) -> float | None:
+    """A job definition's vCPUs (a multi-node one's: its first node range's), or None where it names none."""
+    if not definition:
+        return None
+    ranges = (definition.get("nodeProperties") or {}).get("nodeRangeProperties") or [{}]
+    container = definition.get("containerProperties") or ranges[0].get("container") or {}
+    for requirement in container.get("resourceRequirements") or []:
+        if requirement.get("type") == "VCPU":
+            return float(requirement["value"])
+    return container.get("vcpus")
+
+
 def _environment(job: dict) -> list[dict]:
     """A described job's environment variables: its container's, or (a multi-node job) its nodes'."""
     if job.get("container", {}).get("environment"):

@@ -25,6 +25,10 @@ WATCH_PORT = "HYDRA_AWSBATCH_WATCH_PORT"  # ... and its node watch's port
 METRICS_URI = "HYDRA_AWSBATCH_METRICS_URI"  # the job's metrics folder in staging, where report() writes
 STOP_URI = "HYDRA_AWSBATCH_STOP_URI"  # where the sweep asks the job to stop
 
+# A job's threads, set to its vCPUs (per process) unless the user's environment names them: in a container a math
+# library sees every CPU of the machine and starts a thread for each, which jobs sharing it make spin on each other
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
 EXIT_FAILED, EXIT_NO_PAYLOAD, EXIT_INTERRUPTED = 1, 2, 75  # 75: interrupted (Spot, timeout): Batch retries it
 
 

@@ -23,6 +23,7 @@ from hydra_plugins.hydra_awsbatch_launcher._job import (
     MASTER_PORT,
     PARENT_PID,
     PAYLOAD_URI,
+    THREAD_VARIABLES,
     WATCH_PORT,
 )
 from hydra_plugins.hydra_awsbatch_launcher._manifest import FINAL, Array, BatchState
@@ -102,7 +103,7 @@ class LocalExecutor:
         will fail on Batch fails here too."""
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env.update(self.environment)
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        for name in THREAD_VARIABLES:
             env.setdefault(name, threads)
         env.pop(IN_PLACE, None)
         env[PARENT_PID] = str(os.getpid())  # the job stops with this process, even after a SIGKILL

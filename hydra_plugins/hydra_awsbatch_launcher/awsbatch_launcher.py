@@ -238,6 +238,7 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         super().__init__(**params)
         self._api = None
         self.outputs: dict[str, str] = {}  # the stack's outputs (hydra.launcher.stack_name), once resolved
+        self.definitions: dict[str, float | None] = {}  # a job definition's vCPUs, looked up once
 
     @property
     def api(self):
@@ -300,7 +301,8 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         from hydra_plugins.hydra_awsbatch_launcher._job import IN_PLACE
 
         p, v = self.params, self.effective(asked)
-        environment = dict(self.settings.job_environment(asked), **({IN_PLACE: "1"} if self.writes_in_place else {}))
+        environment = {**self.threads(v), **self.settings.job_environment(asked),
+                       **({IN_PLACE: "1"} if self.writes_in_place else {})}
         endpoint = _batch.loopback_endpoint()
         if endpoint:  # the local cloud: containers reach moto on this machine with dummy credentials
             environment.update(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=self.api.session.region_name,
@@ -310,6 +312,23 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
             {"VCPU": v["vcpus"], "MEMORY": v["memory_mib"], "GPU": v["gpus"]}, self.timeout_s(v["timeout_min"]),
             p.attempts, {**_batch.automatic_tags(sweep_id, p.job_name), **p.tags}, p.share_identifier,
             p.scheduling_priority, int(v.get("nodes") or 1))
+
+    def threads(self, v: dict) -> dict:
+        """OMP_NUM_THREADS and the like for a job of settings `v`: its vCPUs (else its job definition's) over its
+        processes on a node, at least 1; the user's environment, merged over them, wins."""
+        from hydra_plugins.hydra_awsbatch_launcher import _batch
+        from hydra_plugins.hydra_awsbatch_launcher._job import THREAD_VARIABLES
+
+        vcpus = v.get("vcpus")
+        if vcpus is None:
+            name = v["job_definition"]
+            if name not in self.definitions:
+                self.definitions[name] = _batch.definition_vcpus(self.api.check_job_definition(name)[1])
+            vcpus = self.definitions[name]
+        if not vcpus:
+            return {}
+        per_node = int(v.get("procs_per_node") or v.get("gpus") or 1)
+        return dict.fromkeys(THREAD_VARIABLES, str(max(1, int(float(vcpus)) // per_node)))
 
     def timeout_s(self, timeout_min) -> int | None:
         """A job's Batch timeout: the trial's (timeout_min); a warm worker's is WORKER_LIFE_S (its trials keep

@@ -39,7 +39,8 @@ class BaseAwsBatchLauncherConf:
     # The price table of the sweep page's cost estimate (a YAML file like the package's prices.yaml); null: the
     # package's own, dated
     price_table: Optional[str] = None
-    # vCPUs per job; null: the job definition's (aws_batch_local: the job's threads; null: its share of the CPUs).
+    # vCPUs per job; null: the job definition's. Also the job's threads (OMP_NUM_THREADS, MKL_, OPENBLAS_: vCPUs
+    # over its processes on a node) unless environment sets them (aws_batch_local, null: its share of the CPUs).
     # This and the next three, nodes, procs_per_node, job_queue and job_definition may read the job's own config
     # (gpus: ${model.gpus}), resolved per job: see docs/resources.md
     vcpus: Optional[float] = None
