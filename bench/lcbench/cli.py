@@ -106,7 +106,7 @@ def run_jobs(todo, parallel: int, failed: list) -> list[dict]:
 def merge(runs: list[dict], earlier: list[Path]) -> tuple[list[dict], dict]:
     """These runs and those of the earlier outputs that they lack, by (method, task, seed): a run of this
     invocation replaces an earlier one of the same seed, and of two earlier outputs the first named wins. Also
-    where each earlier output was measured (its commit and date)."""
+    where each earlier output was measured (its commit and date, and its own parts where it was merged)."""
     def key(run):
         return run["method"], run["task"], run["seed"]
 
@@ -116,7 +116,9 @@ def merge(runs: list[dict], earlier: list[Path]) -> tuple[list[dict], dict]:
         kept = [r for r in data["runs"] if key(r) not in done]
         done |= {key(r) for r in kept}
         runs = kept + runs
-        parts[str(path)] = {k: data["measured_at"].get(k) for k in ("commit", "date")} | {"runs_kept": len(kept)}
+        inner = data["measured_at"].get("merged_from")  # a merge of parts itself: where those were measured
+        parts[str(path)] = ({k: data["measured_at"].get(k) for k in ("commit", "date")} | {"runs_kept": len(kept)}
+                            | ({"merged_from": inner} if inner else {}))
     return runs, parts
 
 
