@@ -387,15 +387,16 @@ def test_the_image_runs_as_non_root_and_refuses_to_start_without_a_payload(local
 
 # --------------------------------------------------------------------------------- the thompson sweeper
 def test_thompson_sweeper_runs_the_example_on_batch(local_cloud, run_app, cloud_env, tmp_path):
-    run_app("--multirun", "hydra/sweeper=thompson", "hydra.sweeper.n_workers=3", "hydra.sweeper.n_trials=9",
+    """6 trials, 3 in flight: a design of 3, then a proposal of the GP each time a Batch worker frees."""
+    run_app("--multirun", "hydra/sweeper=thompson", "hydra.sweeper.n_workers=3", "hydra.sweeper.n_trials=6",
             "hydra.sweeper.n_initial=3", "lr=tag(log, interval(1e-4, 1e-1))", "epochs=2", *BATCH,
             "hydra.sweep.dir=thompson", env=cloud_env)
     sweep = tmp_path / "thompson"
     with open(sweep / "trials.csv") as stream:
         trials = list(csv.DictReader(stream))
-    assert [t["status"] for t in trials] == ["completed"] * 9
+    assert [t["status"] for t in trials] == ["completed"] * 6
     jobs = manifest(sweep)["jobs"]
-    assert len(jobs) == 9 and {j["state"] for j in jobs} == {"SUCCEEDED"}
+    assert len(jobs) == 6 and {j["state"] for j in jobs} == {"SUCCEEDED"}
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == min(float(t["value"]) for t in trials)
     assert 1e-4 <= results["best_params"]["lr"] <= 1e-1
