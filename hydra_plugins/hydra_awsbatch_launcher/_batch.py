@@ -74,6 +74,7 @@ class BatchApi:
         import boto3
         from botocore.exceptions import ProfileNotFound
 
+        self._definitions: dict = {}  # job definition name -> check_job_definition's answer
         try:
             self.session = boto3.session.Session(region_name=region, profile_name=profile)
         except ProfileNotFound as error:
@@ -156,6 +157,14 @@ class BatchApi:
         return problems, envs
 
     def check_job_definition(self, name: str | None) -> tuple[list[str], dict | None]:
+        """Problems with job definition `name`, and the revision SubmitJob takes; described once per name (the
+        launcher's checks and each job's threads ask again)."""
+        if name not in self._definitions:
+            self._definitions[name] = self._check_job_definition(name)
+        problems, found = self._definitions[name]
+        return list(problems), found
+
+    def _check_job_definition(self, name: str | None) -> tuple[list[str], dict | None]:
         if not name:
             return ["no job definition: set hydra.launcher.job_definition or hydra.launcher.stack_name"], None
         if name.startswith("arn:") or ":" in name:  # one revision

@@ -128,15 +128,14 @@ def batch_sets(sets: dict, effective, api, name, default: dict) -> list[str]:
     instances; each problem names the jobs that asked."""
     from hydra_plugins.hydra_awsbatch_launcher import _batch, _resources
 
-    queues, definitions, problems = {}, {}, []
+    queues, problems = {}, []
     for asked, nums in sets.items():
         v = effective(asked)
-        queue, definition = v.get("job_queue"), v.get("job_definition")
+        queue = v.get("job_queue")
         if queue not in queues:
             queues[queue] = api.check_queue(queue)
-        if definition not in definitions:
-            definitions[definition] = api.check_job_definition(definition)
-        (queue_problems, environments), (definition_problems, found) = queues[queue], definitions[definition]
+        (queue_problems, environments) = queues[queue]
+        definition_problems, found = api.check_job_definition(v.get("job_definition"))  # described once a name
         mine = _batch.check_gpus(v.get("gpus"), queue, environments) if not queue_problems else []
         if v != default:
             mine += queue_problems + definition_problems + _batch.check_resources(

@@ -238,7 +238,6 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
         super().__init__(**params)
         self._api = None
         self.outputs: dict[str, str] = {}  # the stack's outputs (hydra.launcher.stack_name), once resolved
-        self.definitions: dict[str, float | None] = {}  # a job definition's vCPUs, looked up once
 
     @property
     def api(self):
@@ -321,10 +320,7 @@ class AwsBatchLauncher(BaseAwsBatchLauncher):
 
         vcpus = v.get("vcpus")
         if vcpus is None:
-            name = v["job_definition"]
-            if name not in self.definitions:
-                self.definitions[name] = _batch.definition_vcpus(self.api.check_job_definition(name)[1])
-            vcpus = self.definitions[name]
+            vcpus = _batch.definition_vcpus(self.api.check_job_definition(v["job_definition"])[1])
         if not vcpus:
             return {}
         per_node = int(v.get("procs_per_node") or v.get("gpus") or 1)
