@@ -35,6 +35,7 @@ import random
 import statistics
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -79,13 +80,14 @@ class Table:
         return math.log10(max(self.mean[config] - self.best, FLOOR))
 
 
-def policy(method: str, table: Table, seed: int, evals: int):
+def policy(method: str, table: Table, seed: int, evals: int, settings: dict):
     """ask() -> (params, handle); tell(handle, value); {label: answer}, answer() -> the params the method would
     return now (a method may be answered several ways in one run: a lever that changes no proposal)."""
     if method == "tpe":
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate, liar
         sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)
         study = optuna.create_study(direction="minimize", sampler=sampler)
 
@@ -114,7 +116,7 @@ def policy(method: str, table: Table, seed: int, evals: int):
 
     from hydra_plugins.hydra_thompson_sweeper import Study
 
-    study = Study(table.space(), direction="minimize", seed=seed, n_trials=evals)
+    study = Study(table.space(), direction="minimize", seed=seed, n_trials=evals, **settings)
 
     def ask():
         trial = study.ask()
@@ -126,14 +128,15 @@ def policy(method: str, table: Table, seed: int, evals: int):
     return ask, (lambda trial, value: study.tell(trial, value)), {"ours": answer(lambda: study.best)}
 
 
-def simulate(name: str, method: str, seed: int, evals: int) -> list[dict]:
-    """One run: the regret of each of the method's answers at each fraction of the budget, what it evaluated."""
+def simulate(name: str, method: str, seed: int, evals: int, settings: dict | None = None) -> list[dict]:
+    """One run: the regret of each of the method's answers at each fraction of the budget, what it evaluated.
+    `settings`: the Study's, other than its defaults (a lever)."""
     import torch
 
     torch.set_num_threads(1)
     table = Table(name)
     budget = evals * table.mean_time / WORKERS
-    ask, tell, answers_of = policy(method, table, seed, evals)
+    ask, tell, answers_of = policy(method, table, seed, evals, settings or {})
     noise = random.Random(1_000_003 * seed + 7)  # which recorded seed an evaluation draws: per run
     answers = {label: [(0.0, None)] for label in answers_of}  # label -> (time, the answer's config) after each result
     running, counter, evaluated, wall = [], 0, [], 0.0
@@ -182,9 +185,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--merge", action="store_true", help="keep the runs of --out (same evals) that this one lacks")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "discrete.json")
+    parser.add_argument("--study", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="a setting of ours' Study other than its default (a lever), e.g. confirm=never")
     args = parser.parse_args(argv)
+    settings = dict(s.split("=", 1) for s in args.study)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    tasks = [(d, m, s, args.evals) for d in args.datasets for s in seeds for m in args.methods]
+    tasks = [(d, m, s, args.evals, settings) for d in args.datasets for s in seeds for m in args.methods]
     start = time.time()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -195,6 +201,7 @@ def main(argv=None) -> dict:
     if args.merge and args.out.exists():
         kept = json.loads(args.out.read_text())
         assert kept["protocol"]["evals"] == args.evals, "--merge needs the same --evals"
+        assert kept["protocol"].get("study", {}) == settings, "--merge needs the same --study settings"
         new = {(r["dataset"], r["method"], r["seed"]) for r in runs}
         runs = [r for r in kept["runs"] if (r["dataset"], r["method"], r["seed"]) not in new] + runs
         args.datasets = [d for d in DATASETS if any(r["dataset"] == d for r in runs)]
@@ -211,7 +218,7 @@ def main(argv=None) -> dict:
                 "distinct": statistics.median(r["distinct"] for r in mine),
                 "host_s_per_run": round(statistics.fmean(r["host_s"] for r in mine), 2)}
         summary[d]["budget_s"] = round(args.evals * table.mean_time / WORKERS, 2)
-    result = {"protocol": {"workers": WORKERS, "evals": args.evals, "fractions": FRACTIONS,
+    result = {"protocol": {"workers": WORKERS, "evals": args.evals, "fractions": FRACTIONS, "study": settings,
                            "regret_floor": FLOOR, "objective": "validation log-loss, mean over 3 seeds"},
               "summary": summary, "runs": runs, "wall_s": round(time.time() - start, 1),
               "cpus": os.cpu_count()}

@@ -143,3 +143,59 @@ def test_a_running_curve_is_kept_once_by_the_study_and_the_pruner_keeps_only_its
     assert sum(held(v) for k, v in vars(study.pruner).items() if k != "reports") < 60, vars(study.pruner)
     assert list(study.pruner.reports.curve(1))[:2] == [(1, -(0.6 - 1)), (2, -(0.6 - 0.5))]  # signed: lower wins
     assert not trials[2].stop_reason  # the best goes on
+
+
+def _tell_design(study: Study, values: list[float]) -> list:
+    trials = [study.ask() for _ in values]
+    for trial, value in zip(trials, values):
+        study.tell(trial, value)
+    return trials
+
+
+@pytest.mark.unit
+def test_on_a_grid_a_noisy_best_is_run_again_before_it_is_believed_and_the_answer_is_the_best_mean():
+    """A config's value is one draw of a noisy training: once the design is in, the best config tried once is
+    asked again; a second, poor draw takes it off the top, and the answer is the config with the best mean."""
+    study = Study({"width": "range(0, 50)", "act": "choice(relu, gelu, tanh)"}, seed=0, n_initial=4)
+    design = _tell_design(study, [0.9, 0.5, 0.7, 0.8])
+    assert len({str(t.params) for t in design}) == 4
+    lucky = design[1]
+    again = study.ask()
+    assert again.params == lucky.params and again.number == 4  # confirmed before anything new
+    assert study.ask().params != lucky.params  # in flight: not asked a third time
+    study.tell(again, 1.1)  # the lucky draw's config means 0.8 now: the 0.7 is the best config
+    assert study.best is design[2] and study.best.value == 0.7
+    assert study.ask().params == design[2].params  # which is confirmed in turn
+
+
+def _confirmations(confirm: str, asks: int = 40) -> tuple[list[int], list[int]]:
+    """A sequential study on a grid of a deterministic objective: the asks that ran the best config again while it
+    had one completed trial, and the asks where the best config had one completed trial (design over)."""
+    offset = {"relu": 0.0, "gelu": 0.3, "tanh": 0.6}
+    study = Study({"width": "range(0, 100)", "act": "choice(relu, gelu, tanh)"}, seed=1, n_initial=5,
+                  confirm=confirm)
+    confirmed, could = [], []
+    for _ in range(asks):
+        best, completed = study.best, len(study.completed())
+        trial = study.ask()
+        if best is not None and completed >= 5 and [t.params for t in study.completed()].count(best.params) == 1:
+            could.append(trial.number)
+            if trial.params == best.params:
+                confirmed.append(trial.number)
+        study.tell(trial, abs(trial.params["width"] - 37) / 10 + offset[trial.params["act"]])
+    return confirmed, could
+
+
+@pytest.mark.unit
+def test_confirmation_stops_on_a_deterministic_objective_and_never_runs_on_a_float_interval():
+    confirmed, could = _confirmations("always")
+    assert confirmed == could and len(could) >= 5  # each new best run again
+    confirmed, could = _confirmations("auto")
+    assert confirmed[:3] == could[:3] and set(could) - set(confirmed)  # 3 same values: deterministic, stops
+    confirmed, could = _confirmations("never")
+    assert confirmed[:1] != could[:1]  # the GP's own proposal after the design, not the best again
+    study = Study({"x": "interval(0, 1)", "act": "choice(relu, gelu)"}, seed=0, n_initial=2)
+    done = _tell_design(study, [0.5, 0.4])
+    assert study.ask().params != done[1].params
+    with pytest.raises(SweepError, match="confirm=twice: one of auto, always, never"):
+        Study({"x": "interval(0, 1)"}, confirm="twice")

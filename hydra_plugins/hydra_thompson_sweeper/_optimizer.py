@@ -425,6 +425,11 @@ class Optimizer:
                 return self._sobol(number - since, self.seed + since, self._avoided())
             return self._thompson(pending)
 
+    def repeat(self, params: dict) -> dict:
+        """A tried point proposed again (the caller confirms a noisy best): it counts as a proposal."""
+        self.proposed += 1
+        return dict(params)
+
     def prefit(self) -> None:
         """Fit the GP's hyperparameters now where the next proposal would fit them, or would once one more
         result is in. A caller whose workers are all busy calls this after it submitted, so that the fit (and

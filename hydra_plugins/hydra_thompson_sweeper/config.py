@@ -60,6 +60,11 @@ class ThompsonSweeperConf:
     # asha: 1 (ASHA), or up to the rungs + 1 brackets of asynchronous Hyperband: a trial in bracket b is first
     # judged at rung b (with rungs + 1 brackets the last stops nothing), so some trials train for longer
     brackets: int = 1
+    # Run the best config a second time before it is believed, where a config can be tried twice (a space with
+    # no float interval) and the objective is noisy: the best is the config with the best mean of its trials.
+    # auto: on such a space, until three configs run twice gave the same value each time (deterministic);
+    # always; never
+    confirm: str = "auto"
     # Seconds a trial asked to stop has to save and return before its job is terminated
     stop_grace_s: float = 60.0
     # true: continue the sweep whose state is in hydra.sweep.dir (or the newest unfinished one beside it

@@ -28,7 +28,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from hydra_plugins.hydra_thompson_sweeper._optimizer import Dimension, Optimizer, Search, Space, settings_problems
+from hydra_plugins.hydra_thompson_sweeper import _replicates
+from hydra_plugins.hydra_thompson_sweeper._optimizer import (
+    FLOAT,
+    Dimension,
+    Optimizer,
+    Search,
+    Space,
+    settings_problems,
+)
 from hydra_plugins.hydra_thompson_sweeper._pruners import Reports
 from hydra_plugins.hydra_thompson_sweeper._pruners import make as make_pruner
 from hydra_plugins.hydra_thompson_sweeper._pruners import settings_problems as pruner_problems
@@ -46,9 +54,11 @@ class Study:
                  algorithm: str = "asy_ts", n_initial: int = 10, refit_every: int = 25, patience: int | None = None,
                  n_trials: int | None = None, pruner: str = "none", metric: str = "value", min_resource: float = 1.0,
                  max_resource: float | None = None, reduction_factor: int = 3, rungs: str = "always",
-                 brackets: int = 1, context: dict | None = None):
+                 brackets: int = 1, confirm: str = "auto", context: dict | None = None):
         problems = settings_problems(direction, algorithm, n_initial, refit_every, patience) + pruner_problems(
             pruner, min_resource, max_resource, reduction_factor, rungs, brackets)
+        if confirm not in _replicates.CONFIRM:
+            problems.append(f"confirm={confirm}: one of {', '.join(_replicates.CONFIRM)}")
         try:
             space = space if isinstance(space, Space) else parse_space(space)
         except SweepError as error:  # all problems at once
@@ -59,7 +69,9 @@ class Study:
         self.settings = dict(direction=direction, seed=seed, algorithm=algorithm, n_initial=n_initial,
                              refit_every=refit_every, patience=patience, n_trials=n_trials, pruner=pruner,
                              metric=metric, min_resource=min_resource, max_resource=max_resource,
-                             reduction_factor=reduction_factor, rungs=rungs, brackets=brackets, context=context)
+                             reduction_factor=reduction_factor, rungs=rungs, brackets=brackets, confirm=confirm,
+                             context=context)
+        self.confirm, self.grid = confirm, all(d.kind != FLOAT for d in space.dimensions)
         floor = min_resource / max_resource if pruner != "none" else None  # the GP models the resource
         self.optimizer = Optimizer(space, direction, algorithm, n_initial, refit_every, seed, resource_floor=floor,
                                    patience=patience, budget=n_trials)
@@ -79,8 +91,10 @@ class Study:
 
     # ------------------------------------------------------------------------------------- ask, report, tell
     def ask(self) -> Trial:
-        """A new trial, at the point the optimiser proposes: never one of the trials in flight."""
-        params = self.optimizer.propose([t.params for t in self.running()])
+        """A new trial, at the point the optimiser proposes (never one of the trials in flight), or the best
+        config run a second time to confirm it (`confirm`: _replicates.py)."""
+        again = _replicates.to_confirm(self.trials, self.sign, self.confirm, self.grid, self.optimizer.n_initial)
+        params = self.optimizer.repeat(again) if again else self.optimizer.propose([t.params for t in self.running()])
         trial = Trial(len(self.trials), job=-1, params=params, status=TrialStatus.RUNNING, submitted=time.time())
         self.trials.append(trial)
         return trial
@@ -184,10 +198,9 @@ class Study:
 
     @property
     def best(self) -> Trial | None:
-        done = self.completed()
-        if not done:
-            return None
-        return (min if self.direction == "minimize" else max)(done, key=lambda t: t.value)
+        """The best trial of the config with the best mean of its completed trials (a config tried once: its
+        trial's value), or None before a trial completed."""
+        return _replicates.best(self.trials, self.sign)
 
     # ---------------------------------------------------------------------------------------- state file
     def to_json(self) -> str:

@@ -70,7 +70,7 @@ class ThompsonSweeper(Sweeper):
                            refit_every=c.refit_every, patience=c.patience, n_trials=c.n_trials, pruner=c.pruner,
                            metric=c.metric or c.objective or "value", min_resource=c.min_resource,
                            max_resource=c.max_resource, reduction_factor=c.reduction_factor, rungs=c.rungs,
-                           brackets=c.brackets, context={"fixed": fixed, "objective": c.objective})
+                           brackets=c.brackets, confirm=c.confirm, context={"fixed": fixed, "objective": c.objective})
         self.asynchronous = isinstance(self.launcher, AsyncLauncher)
         found = self.open_files()
         self.jobs = TrialJobs(self.launcher, self.study, c, self.files, fixed, self.validate_batch_is_legal)
