@@ -123,11 +123,21 @@ return [gd.data[trace].text[0], document.querySelector('#curves-plot .hoverlayer
 
 
 def offline(requests: list[str], page: Path) -> list[str]:
-    """The requests the page made beyond its own file (data: and blob: URIs are in the page; chrome:// ones are the
-    browser's own new-tab page, made before it)."""
+    """The requests the page made beyond its own file: to a network or another file (data: and blob: URIs are in
+    the page; chrome:// and chrome-untrusted:// are the browser's own new-tab page, Chromium 150 asks the latter
+    after the page)."""
     own = page.resolve().as_uri()
     made = requests[requests.index(own):] if own in requests else requests
-    return [url for url in made if url != own and not url.startswith(("data:", "blob:", "chrome://"))]
+    return [url for url in made if url != own and url.split(":", 1)[0] in ("http", "https", "ws", "wss", "ftp", "file")]
+
+
+@pytest.mark.unit
+def test_a_request_beyond_the_page_is_seen_and_the_browsers_own_pages_are_not(tmp_path):
+    page = tmp_path / "report.html"
+    requests = ["chrome://new-tab-page/", "https://www.google.com/async/ntp", page.resolve().as_uri(),
+                "data:image/png;base64,AAAA", "chrome-untrusted://new-tab-page/one-google-bar?paramsencoded=",
+                "https://cdn.plot.ly/plotly-2.35.2.min.js", (tmp_path / "plotly.js").as_uri()]
+    assert offline(requests, page) == ["https://cdn.plot.ly/plotly-2.35.2.min.js", (tmp_path / "plotly.js").as_uri()]
 
 
 # ------------------------------------------------------------------------------------------- real sweeps

@@ -197,5 +197,9 @@ def test_confirmation_stops_on_a_deterministic_objective_and_never_runs_on_a_flo
     study = Study({"x": "interval(0, 1)", "act": "choice(relu, gelu)"}, seed=0, n_initial=2)
     done = _tell_design(study, [0.5, 0.4])
     assert study.ask().params != done[1].params
+    study = Study({"width": "range(0, 100)", "act": "choice(relu, gelu, tanh)"}, algorithm="asy_random",
+                  n_initial=2)
+    done = _tell_design(study, [0.5, 0.4])
+    assert study.ask().params != done[1].params  # random search stays random
     with pytest.raises(SweepError, match="confirm=twice: one of auto, always, never"):
         Study({"x": "interval(0, 1)"}, confirm="twice")

@@ -3,8 +3,8 @@ propose a tried config again and the objective is noisy (a training's seed): whi
 of its trials, not the luckiest draw), and when the study runs the best config a second time before it is
 believed (SMAC's intensification, at its simplest).
 
-`confirm`: `auto` (on a space with no float interval, until three configs run twice gave the same value each
-time: a deterministic objective), `always` or `never`."""
+`confirm`: `auto` (Thompson sampling on a space with no float interval, until three configs run twice gave the
+same value each time: a deterministic objective), `always` or `never`."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def deterministic(trials: list[Trial]) -> bool:
 
 def to_confirm(trials: list[Trial], sign: float, confirm: str, grid: bool, after: int) -> dict | None:
     """The params to run again now: the best config's, where it has one completed trial and none in flight, once
-    `after` trials completed (the design's: confirming each best of a design spends it on its luckiest draws)."""
+    `after` trials completed (the design's: confirming each best of a design spends it on its luckiest draws).
+    `grid`: whether `auto` confirms (Thompson sampling on a space with no float interval)."""
     if confirm == "never" or (confirm == "auto" and (not grid or deterministic(trials))):
         return None
     top = best(trials, sign)

@@ -62,8 +62,8 @@ class ThompsonSweeperConf:
     brackets: int = 1
     # Run the best config a second time before it is believed, where a config can be tried twice (a space with
     # no float interval) and the objective is noisy: the best is the config with the best mean of its trials.
-    # auto: on such a space, until three configs run twice gave the same value each time (deterministic);
-    # always; never
+    # auto: on such a space with asy_ts or syn_ts, until three configs run twice gave the same value each time
+    # (deterministic); always; never
     confirm: str = "auto"
     # Seconds a trial asked to stop has to save and return before its job is terminated
     stop_grace_s: float = 60.0

@@ -71,7 +71,7 @@ class Study:
                              metric=metric, min_resource=min_resource, max_resource=max_resource,
                              reduction_factor=reduction_factor, rungs=rungs, brackets=brackets, confirm=confirm,
                              context=context)
-        self.confirm, self.grid = confirm, all(d.kind != FLOAT for d in space.dimensions)
+        self.confirm, self.grid = confirm, all(d.kind != FLOAT for d in space.dimensions)  # configs repeat
         floor = min_resource / max_resource if pruner != "none" else None  # the GP models the resource
         self.optimizer = Optimizer(space, direction, algorithm, n_initial, refit_every, seed, resource_floor=floor,
                                    patience=patience, budget=n_trials)
@@ -93,7 +93,8 @@ class Study:
     def ask(self) -> Trial:
         """A new trial, at the point the optimiser proposes (never one of the trials in flight), or the best
         config run a second time to confirm it (`confirm`: _replicates.py)."""
-        again = _replicates.to_confirm(self.trials, self.sign, self.confirm, self.grid, self.optimizer.n_initial)
+        again = _replicates.to_confirm(self.trials, self.sign, self.confirm, self.grid and self.optimizer.thompson,
+                                       self.optimizer.n_initial)
         params = self.optimizer.repeat(again) if again else self.optimizer.propose([t.params for t in self.running()])
         trial = Trial(len(self.trials), job=-1, params=params, status=TrialStatus.RUNNING, submitted=time.time())
         self.trials.append(trial)
