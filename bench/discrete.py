@@ -22,6 +22,7 @@ is the validation log-loss, minimised. Protocol (the issue's):
     nice -n 19 python bench/discrete.py                          # 3 benchmarks, 10 seeds: table + bench/discrete.json
     python bench/discrete.py --datasets wine --seeds 2 --evals 30 --out /tmp/d.json   # the test's reduced size
     nice -n 19 python bench/discrete.py --datasets digits --first-seed 3 --seeds 3 --merge   # more seeds, kept
+    nice -n 19 python bench/discrete.py --methods ours --seeds 40 --study n_initial=15 --out /tmp/n15.json   # a lever
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -188,7 +191,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--study", nargs="*", default=[], metavar="NAME=VALUE",
                         help="a setting of ours' Study other than its default (a lever), e.g. confirm=never")
     args = parser.parse_args(argv)
-    settings = dict(s.split("=", 1) for s in args.study)
+    settings = {name: yaml.safe_load(value) for name, value in (s.split("=", 1) for s in args.study)}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     tasks = [(d, m, s, args.evals, settings) for d in args.datasets for s in seeds for m in args.methods]
     start = time.time()
