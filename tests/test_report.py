@@ -346,6 +346,16 @@ def test_rank_correlation_at_each_rung():
     assert [(r["level"], r["rho"]) for r in _report.rungs(data)] == [(1, 1.0), (3, -1.0)]
 
 
+def test_the_best_is_the_sweepers_where_it_says_so_else_the_best_value():
+    data = _report.SweepData("s", "/nowhere", "aws_batch_local", "thompson", "", "minimize", "v", None, [], [],
+                             False, {}, {}, {})
+    data.trials = [_report.Trial(n, n, {"w": w}, "completed", v) for n, (w, v) in enumerate([(1, 0.1), (2, 0.3),
+                                                                                              (1, 0.9)])]
+    assert _report._best(data).number == 0  # no judgement: the best value
+    data.best = 1  # config w=1 means 0.5: the study's best is trial 1
+    assert _report._best(data).number == 1
+
+
 def test_report_of_a_sweep_in_s3_staging(app_folder, aws_env, bucket, tmp_path):
     staging = f"s3://{bucket}/staging"
     run(app_folder, aws_env, LOCAL, "+lr=1e-3,1e-2", "+width=16", "+opt=adam", "+pause=0.01",

@@ -165,6 +165,7 @@ def test_on_a_grid_a_noisy_best_is_run_again_before_it_is_believed_and_the_answe
     assert study.ask().params != lucky.params  # in flight: not asked a third time
     study.tell(again, 1.1)  # the lucky draw's config means 0.8 now: the 0.7 is the best config
     assert study.best is design[2] and study.best.value == 0.7
+    assert json.loads(study.to_json())["best"] == design[2].number  # what the sweep page marks best
     assert study.ask().params == design[2].params  # which is confirmed in turn
 
 

@@ -70,6 +70,7 @@ class SweepData:
     config: dict  # multirun.yaml's hydra node ({} where absent)
     pruner: dict  # pruner, min_resource, max_resource, reduction_factor ({} for none)
     created: str = ""
+    best: int | None = None  # the best trial's number, as the thompson sweeper's study judges it (a config's mean)
 
 
 def _number(value) -> float | None:
@@ -173,6 +174,7 @@ def read(where: str, running: bool | None = None) -> SweepData:
         pruner = {k: sign.get(k) for k in ("pruner", "min_resource", "max_resource", "reduction_factor")} \
             if sign.get("pruner") not in (None, "none") else {}
         state_running = any(t.status in ("running", "waiting") for t in trials)
+        best = state.get("best")
     else:
         objective_key = sweeper_conf.get("objective")
         trials = [_trial_of_job(job, manifest, local, objective_key) for job in manifest.jobs]
@@ -182,7 +184,7 @@ def read(where: str, running: bool | None = None) -> SweepData:
         for p in params:  # a log scale the command asked for: tag(log, ...), Optuna's and Nevergrad's too
             spec = specs.get(p.name) or specs.get(p.name.lstrip("+~")) or ""
             p.log = p.log or (p.kind != "choice" and "log" in spec)
-        objective, metric, pruner, state_running = objective_key or "objective", objective_key, {}, False
+        objective, metric, pruner, state_running, best = objective_key or "objective", objective_key, {}, False, None
     if metric is None or not any(metric in r for t in trials for r in t.curve):
         metric = _first_metric(trials)
     if objective == "objective":
@@ -193,7 +195,7 @@ def read(where: str, running: bool | None = None) -> SweepData:
     command = _command(config, manifest.settings, [p.name for p in params])
     return SweepData(manifest.sweep_id, sweep_dir, launcher, sweeper, command, direction,
                      objective, metric, params, trials, running, manifest.settings, config, pruner,
-                     manifest.created)
+                     manifest.created, best)
 
 
 def _name_of_value(trials, metric: str | None) -> str:
@@ -369,9 +371,13 @@ def _params_of_overrides(trials, names=None, swept=frozenset()) -> list:
 
 # -------------------------------------------------------------------------------------------------- views
 def _best(data: SweepData):
+    """The sweeper's best trial where it says which (a config run twice: the best mean), else the best value."""
     done = [t for t in data.trials if t.status == "completed" and t.value is not None]
     if not done:
         return None
+    judged = [t for t in done if t.number == data.best]
+    if judged:
+        return judged[0]
     return (min if data.direction == "minimize" else max)(done, key=lambda t: t.value)
 
 

@@ -208,6 +208,7 @@ class Study:
         settings = dict(self.settings, space=[asdict(d) for d in self.space.dimensions])
         return json.dumps({"format": FORMAT, "signature": self.signature, "settings": settings,
                            "created": self.created, "searches": [s.state() for s in self.optimizer.searches],
+                           "best": None if self.best is None else self.best.number,  # the sweep page's best
                            "trials": [asdict(t) for t in self.trials]}, indent=1)
 
     def save(self, path: str | Path) -> str:
