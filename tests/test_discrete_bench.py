@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name", ["digits", "breast_cancer", "wine"])
+@pytest.mark.parametrize("name", ["digits", "breast_cancer", "wine", "iris", "diabetes"])
 def test_a_table_holds_every_config_of_its_grid_with_three_seeds(name):
     table = json.loads((ROOT / "bench" / "discrete" / f"{name}.json").read_text())
     grid, rows = table["meta"]["grid"], table["rows"]
@@ -26,8 +26,10 @@ def test_a_table_holds_every_config_of_its_grid_with_three_seeds(name):
         assert [config[i] in values for i, values in enumerate(grid.values())] == [True] * 6
         assert len(error) == len(logloss) == len(times) == 3
         assert all(0 <= e <= 1 for e in error) and all(v >= 0 for v in logloss) and all(t > 0 for t in times)
-    means = sorted(statistics.fmean(r[2]) for r in rows)
-    assert means[0] < means[len(means) // 2] / 2  # the grid holds good and poor configs: there is a search to make
+    rows.sort(key=lambda r: statistics.fmean(r[2]))
+    means = [statistics.fmean(r[2]) for r in rows]
+    noise = statistics.fmean(statistics.pstdev(r[2]) for r in rows[:10])  # a seed's spread among the best configs
+    assert means[len(means) // 2] - means[0] > 5 * noise  # good and poor configs, beyond the noise: a search to make
 
 
 @pytest.mark.integration
