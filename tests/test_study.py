@@ -4,6 +4,7 @@ another launcher uses it, with Hydra absent; its space read from Hydra's overrid
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -153,15 +154,17 @@ def _tell_design(study: Study, values: list[float]) -> list:
 
 
 @pytest.mark.unit
-def test_on_a_grid_a_noisy_best_is_run_again_before_it_is_believed_and_the_answer_is_the_best_mean():
+def test_on_a_grid_a_noisy_best_is_run_again_before_it_is_believed_and_the_answer_is_the_best_mean(caplog):
     """A config's value is one draw of a noisy training: once the design is in, the best config tried once is
     asked again; a second, poor draw takes it off the top, and the answer is the config with the best mean."""
+    caplog.set_level(logging.INFO, logger="hydra_plugins.hydra_thompson_sweeper")
     study = Study({"width": "range(0, 50)", "act": "choice(relu, gelu, tanh)"}, seed=0, n_initial=4)
     design = _tell_design(study, [0.9, 0.5, 0.7, 0.8])
     assert len({str(t.params) for t in design}) == 4
     lucky = design[1]
     again = study.ask()
     assert again.params == lucky.params and again.number == 4  # confirmed before anything new
+    assert "Trial 4 runs the best config (trial 1's) a second time before it is believed" in caplog.text
     assert study.ask().params != lucky.params  # in flight: not asked a third time
     study.tell(again, 1.1)  # the lucky draw's config means 0.8 now: the 0.7 is the best config
     assert study.best is design[2] and study.best.value == 0.7

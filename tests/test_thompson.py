@@ -568,6 +568,23 @@ def test_the_basic_launcher_runs_batches_and_resume_reuses_finished_trials(sweep
     assert trials_csv(sweep) == second and len(sweep_app.calls()) == 6  # refused before anything ran
 
 
+@pytest.mark.unit
+def test_confirm_always_runs_each_new_best_again_and_says_so(sweep_app):
+    """On a deterministic objective the second run gives the same value: the sweep says it confirms, the config
+    runs twice, and the final line gives a twice-run best its mean."""
+    proc = sweep_app("hydra.sweeper.n_trials=12", "hydra.sweeper.n_workers=1", "hydra.sweeper.n_initial=4",
+                     "hydra.sweeper.confirm=always", "hydra.sweep.dir=sweep")
+    out = proc.stdout + proc.stderr
+    assert "a second time before it is believed: a value is one draw of a noisy training (confirm)" in out
+    rows = trials_csv(sweep_app.app / "sweep")
+    configs = [(r["+x"], r["+n"], r["+kind"]) for r in rows]
+    twice = {c for c in configs if configs.count(c) > 1}
+    assert twice and all(len({r["value"] for r in rows if (r["+x"], r["+n"], r["+kind"]) == c}) == 1 for c in twice)
+    best = min(rows, key=lambda r: float(r["value"]))
+    assert (best["+x"], best["+n"], best["+kind"]) in twice  # found before the last trial: confirmed
+    assert f"its config's mean over 2 trials: {float(best['value']):.6g}" in out, out[-2000:]
+
+
 @pytest.mark.integration
 def test_max_minutes_stops_new_trials_and_lets_those_in_flight_end(sweep_app):
     """Two workers of aws_batch_local, trials of 1 to 6 s (and a Python start), 1.2 s to propose in: the two

@@ -29,6 +29,11 @@ def groups(trials: list[Trial]) -> dict[tuple, list[Trial]]:
     return done
 
 
+def values_of(trials: list[Trial], params: dict) -> list[float]:
+    """The values of the completed trials of this config."""
+    return [t.value for t in groups(trials).get(key(params), [])]
+
+
 def best(trials: list[Trial], sign: float) -> Trial | None:
     """The best trial of the config whose completed trials have the best mean (sign: 1 minimises, -1
     maximises); of tied configs, the one completed first."""

@@ -97,6 +97,9 @@ class Study:
                                        self.optimizer.n_initial)
         params = self.optimizer.repeat(again) if again else self.optimizer.propose([t.params for t in self.running()])
         trial = Trial(len(self.trials), job=-1, params=params, status=TrialStatus.RUNNING, submitted=time.time())
+        if again:
+            log.info(f"Trial {trial.number} runs the best config (trial {self.best.number}'s) a second time before "
+                     "it is believed: a value is one draw of a noisy training (confirm)")
         self.trials.append(trial)
         return trial
 

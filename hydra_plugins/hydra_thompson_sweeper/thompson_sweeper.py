@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +29,7 @@ from hydra_plugins.hydra_awsbatch_launcher.async_api import AsyncLauncher, LiveT
 from hydra_plugins.hydra_thompson_sweeper import _check
 from hydra_plugins.hydra_thompson_sweeper._jobs import TrialJobs
 from hydra_plugins.hydra_thompson_sweeper._pruners import MEASURED_TRIALS
+from hydra_plugins.hydra_thompson_sweeper._replicates import values_of
 from hydra_plugins.hydra_thompson_sweeper._space import SweepError, override, search_space
 from hydra_plugins.hydra_thompson_sweeper._trials import STATE, SweepFiles, Trial, TrialStatus, find_state
 
@@ -100,7 +102,9 @@ class ThompsonSweeper(Sweeper):
             ended = Counter(str(t.status) for t in self.study.trials)
             raise SweepError([f"no trial completed ({', '.join(f'{n} {status}' for status, n in ended.items())}): "
                               f"see trials.csv in {self.files.sweep_dir}"])
-        log.info(f"Best {c.objective or 'value'}: {best.value:.6g} (trial {best.number}) with "
+        runs = values_of(self.study.trials, best.params)
+        mean = f"; its config's mean over {len(runs)} trials: {statistics.fmean(runs):.6g}" if len(runs) > 1 else ""
+        log.info(f"Best {c.objective or 'value'}: {best.value:.6g} (trial {best.number}{mean}) with "
                  f"{' '.join(override(k, v) for k, v in best.params.items())}; results in "
                  f"{self.files.sweep_dir / 'optimization_results.yaml'}, trials.csv, convergence.png")
 
