@@ -281,8 +281,8 @@ def test_prefit_makes_the_fit_a_proposal_would_make_so_the_proposal_makes_none(m
 
     real = GP.fit
     monkeypatch.setattr(GP, "fit", staticmethod(lambda model, warm=False: (fits.append(1), real(model, warm=warm))))
-    opt = Optimizer(Space([Dimension.interval("x", 0.0, 1.0)]), n_initial=4, refit_every=5, seed=3)
-    for _ in range(4):  # the Sobol design: nothing to fit before it ends
+    opt = Optimizer(Space([Dimension.interval("x", 0.0, 1.0)]), n_initial=25, refit_every=5, seed=3)
+    for _ in range(25):  # the Sobol design: nothing to fit before it ends (25: past the early refits)
         opt.prefit()
         opt.observe(opt.propose(), 0.5)
     assert fits == []
@@ -308,6 +308,11 @@ def test_prefit_makes_the_fit_a_proposal_would_make_so_the_proposal_makes_none(m
     assert len(fits) == 3
     opt.prefit()  # and made once
     assert len(fits) == 3
+    early = GP(opt.space, refit_every=25)  # few observations: due once they grew by a fifth since the last fit
+    early.hyper = {}
+    for fitted, due in ((10, 12), (12, 15), (100, 120), (500, 525)):
+        early.fitted_at = fitted
+        assert (early.fit_due(due - 1), early.fit_due(due)) == (False, True), fitted
     random_search = Optimizer(Space([Dimension.interval("x", 0.0, 1.0)]), algorithm="asy_random", n_initial=2)
     for _ in range(4):
         random_search.observe(random_search.propose(), 1.0)

@@ -31,7 +31,8 @@ class ThompsonSweeperConf:
     algorithm: str = "asy_ts"
     # Space-filling (Sobol) trials before the Gaussian process proposes
     n_initial: int = 10
-    # Observations between two fits of the Gaussian process's hyperparameters
+    # Observations between two fits of the Gaussian process's hyperparameters (sooner while they are few: once
+    # they grew by a fifth since the last fit)
     refit_every: int = 25
     # Trials without improvement after which the search restarts from a fresh Sobol design and a GP of its
     # own (then, when that one stalls too, both are merged); null: 40, or 5 per searched parameter if more;
