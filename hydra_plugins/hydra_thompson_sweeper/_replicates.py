@@ -37,29 +37,35 @@ def values_of(trials: list[Trial], params: dict) -> list[float]:
 def best(trials: list[Trial], sign: float) -> Trial | None:
     """The best trial of the config whose completed trials have the best mean (sign: 1 minimises, -1
     maximises); of tied configs, the one completed first."""
-    done = groups(trials)
+    return _best(groups(trials), sign)
+
+
+def _best(done: dict[tuple, list[Trial]], sign: float) -> Trial | None:
     if not done:
         return None
     config = min(done.values(), key=lambda ts: sign * statistics.fmean(t.value for t in ts))
     return min(config, key=lambda t: sign * t.value)
 
 
-def deterministic(trials: list[Trial]) -> bool:
-    """Whether SAME_TWICE configs were run more than once and each gave one value every time."""
-    repeated = [ts for ts in groups(trials).values() if len(ts) > 1]
+def deterministic(done: dict[tuple, list[Trial]]) -> bool:
+    """Whether SAME_TWICE configs of these groups were run more than once and each gave one value every time."""
+    repeated = [ts for ts in done.values() if len(ts) > 1]
     return len(repeated) >= SAME_TWICE and all(len({t.value for t in ts}) == 1 for ts in repeated)
 
 
-def to_confirm(trials: list[Trial], sign: float, confirm: str, grid: bool, after: int) -> dict | None:
-    """The params to run again now: the best config's, where it has one completed trial and none in flight, once
-    `after` trials completed (the design's: confirming each best of a design spends it on its luckiest draws).
-    `grid`: whether `auto` confirms (Thompson sampling on a space with no float interval)."""
-    if confirm == "never" or (confirm == "auto" and (not grid or deterministic(trials))):
+def to_confirm(trials: list[Trial], sign: float, confirm: str, grid: bool, after: int) -> Trial | None:
+    """The best config's trial to run again now, where that config has one completed trial and none in flight,
+    once `after` trials completed (the design's: confirming each best of a design spends it on its luckiest
+    draws). `grid`: whether `auto` confirms (Thompson sampling on a space with no float interval)."""
+    if confirm == "never" or (confirm == "auto" and not grid):
         return None
-    top = best(trials, sign)
-    if top is None or sum(t.status == TrialStatus.COMPLETED for t in trials) < after:
+    done = groups(trials)
+    if sum(map(len, done.values())) < after or (confirm == "auto" and deterministic(done)):
         return None
-    same = [t for t in trials if key(t.params) == key(top.params)]
-    if sum(t.status == TrialStatus.COMPLETED for t in same) != 1 or any(not t.done for t in same):
+    top = _best(done, sign)
+    if top is None:
         return None
-    return dict(top.params)
+    config = key(top.params)
+    if len(done[config]) != 1 or any(not t.done and key(t.params) == config for t in trials):
+        return None
+    return top

@@ -71,10 +71,12 @@ class Study:
                              metric=metric, min_resource=min_resource, max_resource=max_resource,
                              reduction_factor=reduction_factor, rungs=rungs, brackets=brackets, confirm=confirm,
                              context=context)
-        self.confirm, self.grid = confirm, all(d.kind != FLOAT for d in space.dimensions)  # configs repeat
         floor = min_resource / max_resource if pruner != "none" else None  # the GP models the resource
         self.optimizer = Optimizer(space, direction, algorithm, n_initial, refit_every, seed, resource_floor=floor,
                                    patience=patience, budget=n_trials)
+        # where `confirm=auto` confirms: Thompson sampling on a space whose configs repeat (no float interval)
+        self.confirm = confirm
+        self.confirms = self.optimizer.thompson and all(d.kind != FLOAT for d in space.dimensions)
         self.trials: list[Trial] = []  # trial n is trials[n]
         reports = Reports(lambda n: self.trials[n].curve, lambda: range(len(self.trials)), metric, self.sign)
         self.pruner = make_pruner(pruner, min_resource, max_resource, reduction_factor, rungs, brackets, reports)
@@ -93,12 +95,12 @@ class Study:
     def ask(self) -> Trial:
         """A new trial, at the point the optimiser proposes (never one of the trials in flight), or the best
         config run a second time to confirm it (`confirm`: _replicates.py)."""
-        again = _replicates.to_confirm(self.trials, self.sign, self.confirm, self.grid and self.optimizer.thompson,
-                                       self.optimizer.n_initial)
-        params = self.optimizer.repeat(again) if again else self.optimizer.propose([t.params for t in self.running()])
+        again = _replicates.to_confirm(self.trials, self.sign, self.confirm, self.confirms, self.optimizer.n_initial)
+        params = (self.optimizer.repeat(again.params) if again
+                  else self.optimizer.propose([t.params for t in self.running()]))
         trial = Trial(len(self.trials), job=-1, params=params, status=TrialStatus.RUNNING, submitted=time.time())
         if again:
-            log.info(f"Trial {trial.number} runs the best config (trial {self.best.number}'s) a second time before "
+            log.info(f"Trial {trial.number} runs the best config (trial {again.number}'s) a second time before "
                      "it is believed: a value is one draw of a noisy training (confirm)")
         self.trials.append(trial)
         return trial
@@ -209,9 +211,10 @@ class Study:
     # ---------------------------------------------------------------------------------------- state file
     def to_json(self) -> str:
         settings = dict(self.settings, space=[asdict(d) for d in self.space.dimensions])
+        best = self.best
         return json.dumps({"format": FORMAT, "signature": self.signature, "settings": settings,
                            "created": self.created, "searches": [s.state() for s in self.optimizer.searches],
-                           "best": None if self.best is None else self.best.number,  # the sweep page's best
+                           "best": None if best is None else best.number,  # the sweep page's best
                            "trials": [asdict(t) for t in self.trials]}, indent=1)
 
     def save(self, path: str | Path) -> str:
